@@ -1,0 +1,224 @@
+"""A stand-in for DeepSC's fine-tuning CLI, for testing the ``command`` backend.
+
+Behaves like ``python -m src.deepsc.finetune.finetune key=value ...`` as far as deepsc-tune can
+tell: Hydra-style overrides (``key=value``, ``+key=value`` for keys new to the config, with
+Hydra's errors for an unknown key or a ``+`` on a known one), DeepSC's start banner, its
+per-epoch ``Epoch N [Finetune Cell Type Annotation]`` / ``Evaluation Loss: ...`` lines, its
+``Unknown lr_scheduler_type`` error, and files written into ``hydra.run.dir``.
+
+The validation accuracy is a deterministic function of ``learning_rate``, ``lr_scheduler_type``
+and the epoch (:func:`accuracy`): peaked at 1e-4 in log space, rising with epochs.
+
+Extra keys (pass them with ``+``, as Hydra would require):
+
+``+sleep=SECONDS``
+    Pause per epoch (default 0.05).
+``+mode=normal|crash|hang|silent|json|both``
+    crash: exit 3 after epoch 1; hang: sleep forever after epoch 1; silent: no metric lines,
+    exit 0; json: metrics only as JSON lines in ``$DEEPSC_TUNE_METRICS``; both: stdout and JSON.
+``+spawn_child=true``
+    Start a grandchild that sleeps for an hour (its pid in ``grandchild.pid``).
+``+ignore_term=true``
+    Ignore SIGTERM (inherited by the grandchild), so that only SIGKILL stops the run.
+
+Files in the run folder: ``pid``, ``argv.json``, ``config.json`` (the parsed config),
+``env.json`` (variables deepsc-tune sets), ``checkpoints/epoch_N.ckpt``, ``done``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+#: The config keys this fake knows (a small part of DeepSC's configs/finetune/finetune.yaml).
+DEFAULTS = {
+    "lr_scheduler_type": "cosine",
+    "learning_rate": 1e-4,
+    "warmup_ratio": 0.03,
+    "epoch": 10,
+    "batch_size": 32,
+    "grad_acc": 20,
+    "seed": 42,
+    "data_path": "data/processed/baseline/scgpt/myeloid_train.h5ad",
+    "data_path_eval": "data/processed/baseline/scgpt/myeloid_test.h5ad",
+    "seperated_train_eval_dataset": False,
+    "hydra.run.dir": "outputs/fake",
+}
+SCHEDULERS = ("constant", "cosine")
+HYDRA_HINT = "\nSet the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace."
+
+
+def accuracy(learning_rate: float, epoch: int, lr_scheduler_type: str = "cosine") -> float:
+    """Validation accuracy after ``epoch`` epochs: best at 1e-4, approaching its plateau."""
+    closeness = math.exp(-((math.log10(learning_rate) + 4.0) ** 2) / 0.5)
+    plateau = 0.5 + 0.45 * closeness + (0.01 if lr_scheduler_type == "cosine" else 0.0)
+    return plateau - (plateau - 0.2) * 0.5**epoch
+
+
+def macro_f1(acc: float) -> float:
+    return max(0.0, acc - 0.06)
+
+
+def parse_value(text: str):
+    """A Hydra override value: null, bools, ints, floats, [lists], quoted or plain strings."""
+    t = text.strip()
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return re.sub(r"\\(.)", r"\1", t[1:-1])
+    if t.startswith("[") and t.endswith("]"):
+        inner = t[1:-1].strip()
+        return [parse_value(p) for p in split_top(inner)] if inner else []
+    low = t.lower()
+    if low == "null":
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    if re.fullmatch(r"[+-]?(0|[1-9](_?\d)*)", t):
+        return int(t.replace("_", ""))
+    if re.fullmatch(r"[+-]?((\d+\.\d*|\.\d+)([eE][+-]?\d+)?|\d+[eE][+-]?\d+|inf|nan)", t, re.I):
+        return float(t)
+    return t
+
+
+def split_top(text: str) -> list[str]:
+    parts, depth, quote, cur = [], 0, None, ""
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(cur)
+            cur = ""
+            continue
+        cur += ch
+    return parts + [cur]
+
+
+def hydra_error(message: str) -> None:
+    print(message + "\n" + HYDRA_HINT, file=sys.stderr)
+    sys.exit(1)
+
+
+def parse_overrides(args: list[str]) -> dict:
+    cfg = dict(DEFAULTS)
+    for arg in args:
+        if "=" not in arg:
+            hydra_error(f"Error parsing override '{arg}'\nmissing EQUAL at '<EOF>'")
+        key, value = arg.split("=", 1)
+        if key.startswith("+"):
+            key = key[1:]
+            if key in DEFAULTS:
+                hydra_error(f"Could not append to config. An item is already at '{key}'.")
+        elif key not in DEFAULTS:
+            hydra_error(
+                f"Could not override '{key}'.\nTo append to your config use +{arg}\n"
+                f"Key '{key}' is not in struct\n    full_key: {key}\n    object_type=dict"
+            )
+        cfg[key] = parse_value(value)
+    return cfg
+
+
+def print_banner(cfg: dict) -> None:
+    lr = cfg["learning_rate"]
+    if cfg["lr_scheduler_type"] == "constant":
+        print(f"Using CONSTANT learning rate: {lr}")
+        print("No learning rate scheduling will be applied.")
+        return
+    # DeepSC's own flaw, kept: total steps assume 100,000 cells whatever the data.
+    total = cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * cfg["grad_acc"]))
+    print("Using COSINE ANNEALING with warmup:")
+    print(f"  - Warmup steps: {math.ceil(total * cfg['warmup_ratio'])}")
+    print(f"  - Total steps: {total}")
+    print(f"  - Initial LR: {lr}")
+
+
+def crash_and_exit(args: list[str], exc: str, code: int) -> None:
+    # Hydra's way of reporting an exception from the task function.
+    print(f"Error executing job with overrides: {args}", file=sys.stderr)
+    print("Traceback (most recent call last):", file=sys.stderr)
+    print('  File "src/deepsc/finetune/cell_type_annotation.py", line 97, in train', file=sys.stderr)
+    print(exc, file=sys.stderr)
+    print(HYDRA_HINT, file=sys.stderr)
+    sys.exit(code)
+
+
+def main(args: list[str]) -> None:
+    cfg = parse_overrides(args)
+    run_dir = Path(str(cfg["hydra.run.dir"]))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pid").write_text(str(os.getpid()))
+    (run_dir / "argv.json").write_text(json.dumps(args))
+    (run_dir / "config.json").write_text(json.dumps(cfg))
+    names = ("CUDA_VISIBLE_DEVICES", "PYTHONUNBUFFERED", "DEEPSC_TUNE_METRICS", "DEEPSC_TUNE_RUN_DIR")
+    (run_dir / "env.json").write_text(json.dumps({k: os.environ.get(k) for k in names}))
+    mode = cfg.get("mode", "normal")
+    if cfg.get("ignore_term"):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if cfg.get("spawn_child"):
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        (run_dir / "grandchild.pid").write_text(str(child.pid))
+
+    print("Getting common cell type count from data files...")
+    if cfg["lr_scheduler_type"] not in SCHEDULERS:
+        crash_and_exit(
+            args,
+            f"ValueError: Unknown lr_scheduler_type: '{cfg['lr_scheduler_type']}'. "
+            "Must be one of: 'constant', 'cosine'",
+            1,
+        )
+    print_banner(cfg)
+    if mode == "silent":
+        print("train_loader:  1000")
+        print("Training finished.")
+        return
+    print("train_loader:  1000")
+    print("eval_loader:  200")
+    metrics_file = os.environ.get("DEEPSC_TUNE_METRICS")
+    sleep = float(cfg.get("sleep", 0.05))
+    for epoch in range(1, int(cfg["epoch"]) + 1):
+        # tqdm's progress bar on stderr, redrawn with carriage returns.
+        for step in (1, 2):
+            sys.stderr.write(f"\rEpoch {epoch} [Finetune Cell Type Annotation]: {50 * step}%|##| {step}/2")
+            sys.stderr.flush()
+            time.sleep(sleep / 2)
+        sys.stderr.write("\n")
+        acc = accuracy(float(cfg["learning_rate"]), epoch, cfg["lr_scheduler_type"])
+        f1 = macro_f1(acc)
+        loss = -math.log(acc)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        (run_dir / "checkpoints" / f"epoch_{epoch}.ckpt").write_text(f"fake checkpoint, epoch {epoch}\n")
+        if mode in ("normal", "both", "crash", "hang"):
+            # DeepSC prints the header twice (two fabric.print calls), then evaluates.
+            print(f"Epoch {epoch} [Finetune Cell Type Annotation]")
+            print(f"Epoch {epoch} [Finetune Cell Type Annotation]")
+            print("unique true cell_type_ids: [0 1 2]")
+            print(
+                f"Evaluation Loss: {loss:.4f}, Error Rate: {1 - acc:.4f}, Accuracy: {acc:.4f}, "
+                f"Precision: {f1 + 0.01:.4f}, Recall: {f1 - 0.01:.4f}, Macro F1: {f1:.4f}"
+            )
+        if mode in ("json", "both") and metrics_file:
+            with open(metrics_file, "a") as f:
+                f.write(json.dumps({"epoch": epoch, "val_accuracy": acc, "val_macro_f1": f1, "val_loss": loss}) + "\n")
+            print(f"epoch {epoch} done")
+        if epoch == 1 and mode == "crash":
+            crash_and_exit(args, "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", 3)
+        if epoch == 1 and mode == "hang":
+            while True:
+                time.sleep(3600)
+    (run_dir / "done").write_text("ok\n")
+    print("Training finished.")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
