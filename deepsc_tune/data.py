@@ -784,6 +784,11 @@ def _select_genes(x_train, genes: pd.Index, *, n_top_genes: int | None) -> tuple
             tmp, flavor=HVG_FLAVOR, n_top_genes=n_top_genes, inplace=False
         )
     keep = np.flatnonzero(table["highly_variable"].to_numpy())
+    if keep.size > n_top_genes:
+        # scanpy keeps every gene tied at the cut-off; trim to exactly n_top_genes (ties broken
+        # by gene order) so the input width is what the user asked for.
+        score = np.nan_to_num(table["dispersions_norm"].to_numpy()[keep], nan=-np.inf)
+        keep = np.sort(keep[np.argsort(-score, kind="stable")[:n_top_genes]])
     return keep, (
         f"genes: {keep.size} highly variable of {len(genes)} (n_top_genes {n_top_genes}),"
         f" chosen on the {x_train.shape[0]} training cells only (scanpy, flavor {HVG_FLAVOR!r})"
