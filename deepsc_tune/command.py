@@ -745,9 +745,9 @@ class _ChildRun:
                     self._note(f"timed out after {s.timeout:g}s: stopping the process group")
                 elif outcome == "pruned":
                     self._note(f"stopped after epoch {self.history[-1].epoch}: stopping the process group")
-            except BaseException:
+            except BaseException as e:
                 # Ctrl-C or a callback that raised: stop the child before the exception moves on.
-                self._note("interrupted: stopping the process group")
+                self._note(f"interrupted ({type(e).__name__}): stopping the process group")
                 raise
             finally:
                 self._stop_group()
