@@ -182,6 +182,12 @@ class GeneTokenEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(
             layer, n_layers, norm=nn.LayerNorm(d_model), enable_nested_tensor=False
         )
+        # Dropout where BERT puts it (embeddings and the output of each residual branch), not on
+        # the attention weights nor inside the feed-forward: on the CPU, torch's dropout masks
+        # over (batch, heads, L, L) and (batch, L, 4 d_model) cost more than the layer itself.
+        for enc_layer in self.transformer.layers:
+            enc_layer.self_attn.dropout = 0.0
+            enc_layer.dropout = nn.Identity()
 
     def tokenize(self, x: torch.Tensor) -> GeneTokens:
         return tokenize(x, seq_len=self.seq_len, num_bin=self.num_bin, pad_id=self.pad_id)

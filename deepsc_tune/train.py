@@ -1,0 +1,675 @@
+"""The built-in fine-tuning loop: settings, epochs, validation metrics, the per-epoch callback.
+
+This module knows neither Optuna nor files of data: it takes a prepared data set (an object with
+the attributes of :class:`deepsc_tune.data.PreparedData`) and a :class:`TrainSettings`, trains,
+and calls ``on_epoch`` after every epoch; the objective decides what a callback does (report,
+prune). Settings keep DeepSC's names (``learning_rate``, ``lr_scheduler_type``, ``warmup_ratio``,
+``epoch``, ``batch_size``, ``grad_acc``, ``seed``).
+
+Training
+--------
+- AdamW (``weight_decay: 0`` is plain Adam, DeepSC's optimizer) on the trainable parameters;
+  gradients clipped to norm :data:`GRAD_CLIP_NORM` like DeepSC.
+- One optimizer step per ``grad_acc`` batches; the loss of a step is the mean over the cells of
+  its batches, so a short final group (the end of an epoch is always stepped, see
+  :mod:`deepsc_tune.schedules`) is not under-weighted.
+- The learning-rate schedule is stepped once per optimizer step, with the real step count.
+- ``loss: balanced`` weights the cross-entropy by ``n_train / (n_classes_present * count_c)``
+  (scikit-learn's "balanced" class weights, from the training labels). Validation loss is always
+  the unweighted cross-entropy so that runs with either loss compare.
+- Batches are drawn by indexing the dense training tensor with a shuffled permutation (a
+  ``torch.Generator`` seeded from ``seed``); no DataLoader, no per-batch host syncs.
+- Mixed precision on CUDA only: bf16 autocast where supported, else fp16 autocast with a
+  ``GradScaler``. On the CPU everything is float32.
+- Same ``seed``, settings, data and thread count on the CPU: identical metrics. (CUDA kernels
+  are not bit-for-bit deterministic.)
+
+Validation after every epoch
+----------------------------
+Loss, accuracy, macro precision / recall / F1 (scikit-learn's definitions with
+``labels=range(n_classes)`` so every class counts, ``zero_division=0``) and the learning rate of
+the epoch's last update. The best epoch (by ``metric``; the earliest on ties) keeps its weights
+in memory; the test split, when there is one, is evaluated with them at the end, for reporting
+only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import precision_recall_fscore_support
+
+from deepsc_tune.backend import METRICS, EpochCallback, EpochMetrics, FinetuneResult
+from deepsc_tune.errors import ConfigError, FinetuneError
+from deepsc_tune.model import (
+    CellClassifier,
+    GeneTransformerClassifier,
+    MLPClassifier,
+    load_init_checkpoint,
+)
+from deepsc_tune.schedules import (
+    build_lr_scheduler,
+    build_schedule,
+    check_scheduler_type,
+    schedule_banner,
+    steps_per_epoch,
+)
+
+MODELS = ("mlp", "transformer")
+FINETUNE_MODES = ("full", "head_only")
+LOSSES = ("standard", "balanced")
+
+#: Gradients are clipped to this total norm before every optimizer step (as DeepSC does).
+GRAD_CLIP_NORM = 100.0
+
+#: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.
+MAX_DEVICE_COPY_BYTES = 4 * 2**30
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclass
+class TrainSettings:
+    """Settings of one built-in fine-tune (YAML ``finetune:`` keys, DeepSC's names).
+
+    ``grad_acc`` defaults to 1 here; DeepSC's default of 20 suits its large model (effective
+    batch 640), not the small built-in models. ``hidden`` may be written as a list or as a
+    string such as ``"256,128"`` (Optuna's categorical choices must be scalars); ``"none"`` or
+    ``[]`` gives a linear model.
+    """
+
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.1
+    seq_len: int = 256
+    num_bin: int = 51
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    finetune_mode: str = "full"
+    init_checkpoint: str | None = None
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    restart_decay: float = 0.9
+    num_cycles: int | None = None
+    epoch: int = 10
+    batch_size: int = 32
+    grad_acc: int = 1
+    seed: int = 42
+    weight_decay: float = 0.0
+    loss: str = "standard"
+    device: str = "auto"
+    num_threads: int | None = None
+    eval_batch_size: int = 1024
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "finetune") -> TrainSettings:
+        """Validate and coerce a settings mapping (missing keys take their defaults).
+
+        Numbers given as strings (PyYAML reads ``1e-4`` as text) are parsed; integral floats are
+        accepted for integer keys. Every problem is reported at once: one line
+        ``source.key: expected ..., got ...`` each.
+
+        Raises
+        ------
+        ConfigError
+            Unknown keys or invalid values.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"{source}: expected a mapping of settings, got {d!r}")
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in d.items():
+            if key not in TRAIN_KEYS:
+                problems.append(
+                    f"{source}.{key}: unknown key; expected one of {', '.join(TRAIN_KEYS)}"
+                )
+                continue
+            try:
+                values[key] = _CHECKS[key](raw)
+            except _Invalid as e:
+                got = f", got {raw!r}" if e.show_value else ""
+                problems.append(f"{source}.{key}: {e}{got}")
+        if not problems:
+            merged = {**asdict(cls()), **values}
+            if merged["d_model"] % merged["n_heads"]:
+                problems.append(
+                    f"{source}.d_model: expected a multiple of n_heads ({merged['n_heads']}), "
+                    f"got {merged['d_model']!r}"
+                )
+        if problems:
+            if len(problems) == 1:
+                raise ConfigError(problems[0])
+            raise ConfigError(
+                f"{len(problems)} problems in {source}:\n" + "\n".join(f"- {p}" for p in problems)
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly dict (``hidden`` as a list)."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+#: Every key :meth:`TrainSettings.from_dict` accepts (search-space validation uses it).
+TRAIN_KEYS: tuple[str, ...] = tuple(f.name for f in fields(TrainSettings))
+
+
+class _Invalid(ValueError):
+    """A value failed its check; the message says what was expected."""
+
+    def __init__(self, message: str, *, show_value: bool = True) -> None:
+        super().__init__(message)
+        self.show_value = show_value  # False when the message already quotes the value
+
+
+def _number(raw: Any, *, integer: bool) -> int | float:
+    if isinstance(raw, bool):
+        raise _Invalid("expected a number")
+    if isinstance(raw, str):
+        try:
+            raw = float(raw.strip())
+        except ValueError:
+            raise _Invalid("expected a number") from None
+    if not isinstance(raw, (int, float)):
+        raise _Invalid("expected a number")
+    if integer:
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise _Invalid("expected an integer")
+            raw = int(raw)
+        return int(raw)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise _Invalid("expected a finite number")
+    return value
+
+
+def _int_at_least(low: int, *, optional: bool = False) -> Callable[[Any], int | None]:
+    def check(raw: Any) -> int | None:
+        if optional and raw is None:
+            return None
+        try:
+            value = int(_number(raw, integer=True))
+        except _Invalid:
+            raise _Invalid(
+                f"expected an integer >= {low}" + (" or null" if optional else "")
+            ) from None
+        if value < low:
+            raise _Invalid(f"expected an integer >= {low}" + (" or null" if optional else ""))
+        return value
+
+    return check
+
+
+def _float_in(low: float, high: float | None, *, low_open: bool = False, high_open: bool = False,
+              what: str | None = None) -> Callable[[Any], float]:
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    expected = what or (
+        f"a number in {lo}{low}, {high}{hi}" if high is not None else
+        f"a number {'>' if low_open else '>='} {low}"
+    )
+
+    def check(raw: Any) -> float:
+        try:
+            value = float(_number(raw, integer=False))
+        except _Invalid:
+            raise _Invalid(f"expected {expected}") from None
+        ok = (value > low if low_open else value >= low) and (
+            high is None or (value < high if high_open else value <= high)
+        )
+        if not ok:
+            raise _Invalid(f"expected {expected}")
+        return value
+
+    return check
+
+
+def _choice(options: Sequence[str]) -> Callable[[Any], str]:
+    def check(raw: Any) -> str:
+        if raw not in options:
+            raise _Invalid("expected one of " + ", ".join(repr(o) for o in options))
+        return raw
+
+    return check
+
+
+def _scheduler_type(raw: Any) -> str:
+    try:
+        return check_scheduler_type(raw)
+    except ConfigError as e:
+        # DeepSC's own message, which users know and search for; it already quotes the value.
+        raise _Invalid(str(e), show_value=False) from None
+
+
+def _hidden(raw: Any) -> tuple[int, ...]:
+    expected = "expected a list of positive layer widths such as [256, 128] or '256,128'"
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "[]")):
+        return ()
+    if isinstance(raw, str):
+        parts = [p for p in re.split(r"[\s,x\-\[\]]+", raw.strip()) if p]
+    elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        parts = [raw]
+    elif isinstance(raw, (list, tuple)):
+        parts = list(raw)
+    else:
+        raise _Invalid(expected)
+    try:
+        widths = tuple(int(_number(p, integer=True)) for p in parts)
+    except _Invalid:
+        raise _Invalid(expected) from None
+    if any(w < 1 for w in widths):
+        raise _Invalid(expected)
+    return widths
+
+
+def _optional_path(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw.strip():
+        raise _Invalid("expected a path to a torch state dict or null")
+    return raw
+
+
+def _device(raw: Any) -> str:
+    if not isinstance(raw, str) or not _DEVICE_RE.match(raw):
+        raise _Invalid("expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    return raw
+
+
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "model": _choice(MODELS),
+    "hidden": _hidden,
+    "dropout": _float_in(0.0, 1.0, high_open=True),
+    "seq_len": _int_at_least(1),
+    "num_bin": _int_at_least(3),
+    "d_model": _int_at_least(1),
+    "n_layers": _int_at_least(1),
+    "n_heads": _int_at_least(1),
+    "finetune_mode": _choice(FINETUNE_MODES),
+    "init_checkpoint": _optional_path,
+    "learning_rate": _float_in(0.0, None, low_open=True, what="a positive number such as 1e-4"),
+    "lr_scheduler_type": _scheduler_type,
+    "warmup_ratio": _float_in(0.0, 1.0),
+    "restart_decay": _float_in(0.0, 1.0, low_open=True),
+    "num_cycles": _int_at_least(1, optional=True),
+    "epoch": _int_at_least(1),
+    "batch_size": _int_at_least(1),
+    "grad_acc": _int_at_least(1),
+    "seed": _int_at_least(0),
+    "weight_decay": _float_in(0.0, None),
+    "loss": _choice(LOSSES),
+    "device": _device,
+    "num_threads": _int_at_least(1, optional=True),
+    "eval_batch_size": _int_at_least(1),
+}
+assert set(_CHECKS) == set(TRAIN_KEYS), "every setting needs a check"
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def build_model(settings: TrainSettings, *, n_genes: int, n_classes: int) -> CellClassifier:
+    """The classifier named by ``settings.model`` (weights from the current torch RNG)."""
+    if settings.model == "mlp":
+        return MLPClassifier(n_genes, n_classes, hidden=settings.hidden, dropout=settings.dropout)
+    return GeneTransformerClassifier(
+        n_genes,
+        n_classes,
+        seq_len=settings.seq_len,
+        num_bin=settings.num_bin,
+        d_model=settings.d_model,
+        n_layers=settings.n_layers,
+        n_heads=settings.n_heads,
+        dropout=settings.dropout,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FinetuneError(
+            f"finetune.device: {device!r} requested but CUDA is not available "
+            f"(torch {torch.__version__}); use 'auto' or 'cpu'"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise FinetuneError("finetune.device: 'mps' requested but MPS is not available")
+    return torch.device(device)
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights ``n / (n_present * count_c)``; 0 for absent classes."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes).astype(np.float64)
+    present = counts > 0
+    weights = np.zeros(n_classes, dtype=np.float64)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int
+) -> dict[str, float]:
+    """Accuracy and macro precision / recall / F1 over all ``n_classes`` classes."""
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0
+    )
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
+        "precision": float(precision),
+        "recall": float(recall),
+        "macro_f1": float(f1),
+    }
+
+
+def format_epoch_lines(epoch: int, *, loss: float, metrics: Mapping[str, float]) -> str:
+    """DeepSC's two per-epoch lines."""
+    acc = metrics["accuracy"]
+    return (
+        f"Epoch {epoch} [Finetune Cell Type Annotation]\n"
+        f"Evaluation Loss: {loss:.4f}, Error Rate: {1 - acc:.4f}, Accuracy: {acc:.4f}, "
+        f"Precision: {metrics['precision']:.4f}, Recall: {metrics['recall']:.4f}, "
+        f"Macro F1: {metrics['macro_f1']:.4f}"
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's (all devices) global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _build_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings,
+                     device: torch.device) -> torch.optim.Optimizer:
+    kwargs: dict[str, Any] = {"lr": settings.learning_rate, "weight_decay": settings.weight_decay}
+    # The fused kernel is one call per step for all parameters: it matters at ~1 ms per batch.
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(params, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            pass
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def _autocast(device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler | None, str]:
+    """Autocast context factory, optional GradScaler and a name for the record."""
+    if device.type != "cuda":
+        return contextlib.nullcontext, None, "float32"
+    if torch.cuda.is_bf16_supported():
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16-mixed"
+    return (
+        lambda: torch.autocast("cuda", dtype=torch.float16),
+        torch.amp.GradScaler("cuda"),
+        "fp16-mixed",
+    )
+
+
+def _clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
+    """``clip_grad_norm_``, but on the CPU the rescale only runs when the norm is over the limit.
+
+    torch always multiplies every gradient by the (usually 1.0) clip factor to avoid a device
+    sync; on the CPU there is no sync to avoid and the multiplies cost ~7 % of an MLP step.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    if grads[0].device.type != "cpu":
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        return
+    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    if total > max_norm:
+        torch._foreach_mul_(grads, max_norm / (float(total) + 1e-6))
+
+
+def _tensor(a: np.ndarray, dtype: np.dtype) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+
+
+@torch.inference_mode()
+def _predict(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *, batch_size: int,
+             device: torch.device, autocast: Callable[[], Any]) -> tuple[float, np.ndarray]:
+    """Mean unweighted cross-entropy and predicted classes."""
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    preds = []
+    for start in range(0, X.shape[0], batch_size):
+        xb = X[start : start + batch_size].to(device, non_blocking=True)
+        yb = y[start : start + batch_size].to(device, non_blocking=True)
+        with autocast():
+            logits = model(xb)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+        preds.append(logits.argmax(dim=1))
+    return float(loss_sum) / max(1, X.shape[0]), torch.cat(preds).cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+def run_training(
+    data: Any,
+    settings: TrainSettings,
+    *,
+    metric: str = "val_accuracy",
+    on_epoch: EpochCallback | None = None,
+    log: Callable[[str], None] = print,
+) -> FinetuneResult:
+    """Fine-tune a model on ``data`` and validate after every epoch.
+
+    Parameters
+    ----------
+    data
+        A :class:`deepsc_tune.data.PreparedData` (or any object with ``X_train, y_train, X_val,
+        y_val, X_test, y_test, classes, genes``; float32 cells x genes and int64 labels).
+    settings
+        Validated settings (:meth:`TrainSettings.from_dict`).
+    metric
+        Validation metric that selects the best epoch (one of :data:`deepsc_tune.backend.METRICS`).
+    on_epoch
+        Called with each epoch's :class:`EpochMetrics`; returning ``True`` stops training (the
+        objective uses it to prune). The epoch is kept in the history.
+    log
+        Receives the schedule banner and DeepSC's per-epoch lines.
+
+    Returns
+    -------
+    FinetuneResult
+        History, best epoch, test metrics of the best epoch's weights (``None`` without a test
+        split), whether the callback stopped the run, and the device. ``extra`` holds the
+        schedule (with its shape), step counts, precision, parameter counts, per-epoch training
+        seconds and the ``init_checkpoint`` report.
+
+    Raises
+    ------
+    FinetuneError
+        The loss became NaN or infinite, the device is unavailable or ``init_checkpoint`` does
+        not fit.
+    """
+    if metric not in METRICS:
+        raise ConfigError(f"study.metric: expected one of {', '.join(METRICS)}, got {metric!r}")
+    device = resolve_device(settings.device)
+    threads_before = torch.get_num_threads()
+    try:
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        return _train(data, settings, metric=metric, on_epoch=on_epoch, log=log, device=device)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCallback | None,
+           log: Callable[[str], None], device: torch.device) -> FinetuneResult:
+    n_classes = len(data.classes)
+    n_train, n_genes = data.X_train.shape
+    if n_train == 0 or len(data.y_val) == 0:
+        raise FinetuneError(
+            f"nothing to train on: {n_train} training and {len(data.y_val)} validation cells"
+        )
+
+    seed_everything(settings.seed)
+    shuffle_gen = torch.Generator().manual_seed(settings.seed)
+
+    model = build_model(settings, n_genes=n_genes, n_classes=n_classes)
+    extra: dict[str, Any] = {}
+    if settings.init_checkpoint:
+        report = load_init_checkpoint(model, settings.init_checkpoint)
+        log(report.summary())
+        extra["init_checkpoint"] = report.to_dict()
+    if settings.finetune_mode == "head_only":
+        model.freeze_encoder()
+    model.to(device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    per_epoch = steps_per_epoch(n_train, batch_size=settings.batch_size, grad_acc=settings.grad_acc)
+    schedule = build_schedule(
+        lr_scheduler_type=settings.lr_scheduler_type,
+        learning_rate=settings.learning_rate,
+        total_steps=settings.epoch * per_epoch,
+        warmup_ratio=settings.warmup_ratio,
+        restart_decay=settings.restart_decay,
+        num_cycles=settings.num_cycles,
+    )
+    optimizer = _build_optimizer(trainable, settings, device)
+    scheduler = build_lr_scheduler(optimizer, schedule)
+    autocast, scaler, precision = _autocast(device)
+
+    X_train = _tensor(data.X_train, np.float32)
+    y_train = _tensor(data.y_train, np.int64)
+    if device.type != "cpu" and X_train.element_size() * X_train.nelement() <= MAX_DEVICE_COPY_BYTES:
+        X_train, y_train = X_train.to(device), y_train.to(device)
+    elif device.type == "cuda":
+        X_train, y_train = X_train.pin_memory(), y_train.pin_memory()
+    X_val, y_val = _tensor(data.X_val, np.float32), _tensor(data.y_val, np.int64)
+
+    class_weight = None
+    if settings.loss == "balanced":
+        w = balanced_class_weights(data.y_train, n_classes)
+        class_weight = torch.tensor(w, dtype=torch.float32, device=device)
+        extra["class_weights"] = [float(v) for v in w]
+
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"Fine-tuning {settings.model} ({n_params:,} parameters, "
+        f"{sum(p.numel() for p in trainable):,} trainable) on {n_train:,} cells x {n_genes:,} "
+        f"genes, {n_classes} classes; {per_epoch} optimizer steps per epoch "
+        f"(batch_size {settings.batch_size}, grad_acc {settings.grad_acc}); device {device} "
+        f"({precision})"
+    )
+    log(schedule_banner(schedule))
+    extra.update(
+        schedule=schedule.describe(),
+        steps_per_epoch=per_epoch,
+        total_steps=schedule.total_steps,
+        precision=precision,
+        n_parameters=n_params,
+        n_trainable=sum(p.numel() for p in trainable),
+        train_seconds=[],
+    )
+
+    history: list[EpochMetrics] = []
+    best_epoch: int | None = None
+    best_value = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped = False
+    step = 0
+    bs, acc = settings.batch_size, settings.grad_acc
+
+    for epoch in range(1, settings.epoch + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n_train, generator=shuffle_gen).to(X_train.device)
+        batches = perm.split(bs)
+        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+        for g in range(0, len(batches), acc):
+            group = batches[g : g + acc]
+            group_cells = sum(len(b) for b in group)
+            for idx in group:
+                xb = X_train.index_select(0, idx).to(device, non_blocking=True)
+                yb = y_train.index_select(0, idx).to(device, non_blocking=True)
+                with autocast():
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, weight=class_weight, reduction="sum")
+                loss_sum += loss.detach()
+                scaled = loss / group_cells
+                (scaler.scale(scaled) if scaler else scaled).backward()
+            if scaler:
+                scaler.unscale_(optimizer)
+            _clip_gradients(trainable, GRAD_CLIP_NORM)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+        train_loss = float(loss_sum) / n_train
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            kind = "NaN" if math.isnan(train_loss) else "infinite"
+            raise FinetuneError(
+                f"training diverged: loss is {kind} at epoch {epoch} "
+                f"(learning_rate={settings.learning_rate})"
+            )
+
+        val_loss, val_pred = _predict(model, X_val, y_val, batch_size=settings.eval_batch_size,
+                                      device=device, autocast=autocast)
+        m = classification_metrics(np.asarray(data.y_val), val_pred, n_classes=n_classes)
+        em = EpochMetrics(
+            epoch=epoch,
+            val_accuracy=m["accuracy"],
+            val_macro_f1=m["macro_f1"],
+            val_loss=val_loss,
+            learning_rate=schedule.lr(step - 1),
+            train_loss=train_loss,
+            seconds=time.perf_counter() - t0,
+        )
+        history.append(em)
+        extra["train_seconds"].append(train_seconds)
+        log(format_epoch_lines(epoch, loss=val_loss, metrics=m))
+
+        value = em.metric(metric)
+        if value is not None and value > best_value:
+            best_value, best_epoch = value, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if on_epoch is not None and on_epoch(em):
+            stopped = True
+            break
+
+    test_accuracy = test_macro_f1 = None
+    if getattr(data, "X_test", None) is not None and data.y_test is not None and len(data.y_test):
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        _, test_pred = _predict(
+            model, _tensor(data.X_test, np.float32), _tensor(data.y_test, np.int64),
+            batch_size=settings.eval_batch_size, device=device, autocast=autocast,
+        )
+        tm = classification_metrics(np.asarray(data.y_test), test_pred, n_classes=n_classes)
+        test_accuracy, test_macro_f1 = tm["accuracy"], tm["macro_f1"]
+        extra["test_precision"], extra["test_recall"] = tm["precision"], tm["recall"]
+
+    return FinetuneResult(
+        history=history,
+        best_epoch=best_epoch,
+        test_accuracy=test_accuracy,
+        test_macro_f1=test_macro_f1,
+        stopped=stopped,
+        device=str(device),
+        extra=extra,
+    )
