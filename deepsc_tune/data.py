@@ -2,7 +2,8 @@
 
 Pipeline (one code path for :func:`prepare_data` and :func:`write_split`):
 
-1. :class:`DataSettings` validates the YAML ``data:`` block (:class:`~deepsc_tune.errors.ConfigError`).
+1. :class:`DataSettings` validates the YAML ``data:`` block
+   (:class:`~deepsc_tune.errors.ConfigError`).
 2. :func:`split_cells` reads the ``.h5ad`` file(s), drops classes with too few training cells,
    picks the test cells (a separate file or ``test_split`` on an ``obs`` column) and carves a
    stratified, seeded validation set out of the training cells only.
@@ -203,7 +204,8 @@ class DataSettings:
         normalize = d.get("normalize", "auto")
         if normalize not in NORMALIZE_MODES:
             problems.append(
-                f"{source}.normalize: expected one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}"
+                f"{source}.normalize: expected one of {', '.join(NORMALIZE_MODES)},"
+                f" got {normalize!r}"
             )
         n_top_genes = d.get("n_top_genes")
         if n_top_genes is not None:
@@ -329,7 +331,8 @@ def _parse_test_split(value, where, problems) -> ObsSplit | None:
         or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)
     ):
         problems.append(
-            f"{where}.values: expected a non-empty list of obs values (e.g. [human4]), got {values!r}"
+            f"{where}.values: expected a non-empty list of obs values (e.g. [human4]),"
+            f" got {values!r}"
         )
         values = None
     if obs_key is None or values is None:
@@ -444,7 +447,9 @@ def _listing(items) -> str:
     return ", ".join(items[:_MAX_LISTED]) + more
 
 
-def _labels(adata: AnnData, *, label_key: str, inp: _Input, src: str) -> tuple[np.ndarray, np.ndarray]:
+def _labels(
+    adata: AnnData, *, label_key: str, inp: _Input, src: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Labels as strings and a mask of cells that have one."""
     if label_key not in adata.obs.columns:
         raise DataError(
@@ -509,7 +514,9 @@ def split_cells(settings: DataSettings, *, hint: str | None = None) -> CellSplit
     train_inp, test_inp = _inputs(_with_hint(settings, hint))
     train_ad = _read(train_inp)
     test_ad = _read(test_inp) if test_inp else None
-    return _split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
+    return _split(
+        settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp
+    )
 
 
 def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
@@ -660,6 +667,13 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
         raise DataError(
             f"{src}.val_fraction: {settings.val_fraction!r} leaves the {empty} split empty"
             f" ({pool.size} training cells in {train_inp.label})"
+        )
+    unseen_in_train = [classes[i] for i in np.setdiff1d(np.arange(len(classes)), y_train)]
+    if unseen_in_train:
+        # Only possible without stratification; the model cannot learn these classes.
+        notes.append(
+            f"class(es) with no training cell after the validation carve-out:"
+            f" {', '.join(unseen_in_train)}; raise min_cells_per_class or lower val_fraction"
         )
 
     # Sorted positions keep file order (easier to read, cheaper to slice); training shuffles.
@@ -916,7 +930,9 @@ def _compute(settings: DataSettings, *, fingerprint: str) -> PreparedData:
     train_inp, test_inp = _inputs(settings)
     train_ad = _read(train_inp)
     test_ad = _read(test_inp) if test_inp else None
-    split = _split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
+    split = _split(
+        settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp
+    )
     notes = list(split.notes)
 
     # Normalise only the cells that are used, all of the train file's in one go.
@@ -1067,7 +1083,9 @@ def write_split(
     fine-tuner can be run on the split deepsc-tune tuned on. Each file keeps the input's
     original ``X``, ``layers``, ``.raw``, ``var`` and all ``obs`` columns (the label column
     included); embeddings and graphs (``obsm``, ``obsp``, ``varm``, ``uns``) are left out
-    because they were computed on all cells. Cells of dropped classes are not written.
+    because they were computed on all cells. Cells of dropped classes are not written, and the
+    label column is categorical with exactly the kept classes (``PreparedData.classes``, same
+    order in every file), so category codes agree across the three files.
 
     Parameters
     ----------
@@ -1097,8 +1115,12 @@ def write_split(
         adata = train_ad
         if name == "test" and prepared.source.get("test_source") == "test":
             adata = _read(test_inp)
+        part = _original_subset(adata, rows)
+        part.obs[settings.label_key] = pd.Categorical(
+            part.obs[settings.label_key].astype(str), categories=prepared.classes
+        )
         path = out_dir / f"{name}.h5ad"
-        _original_subset(adata, rows).write_h5ad(path)
+        part.write_h5ad(path)
         written[name] = path
     return written
 

@@ -62,9 +62,9 @@ def write_h5ad(
     frame = pd.DataFrame({label_key: pd.Categorical(labels), **(obs or {})})
     frame.index = [f"{path.stem}_c{i}" for i in range(n)]
     var = pd.DataFrame(index=list(genes) if genes is not None else [f"G{j}" for j in range(g)])
-    adata = ad.AnnData(X=sp.csr_matrix(X.astype(np.float32)), obs=frame, var=var)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("ignore")  # duplicate gene names are made on purpose
+        adata = ad.AnnData(X=sp.csr_matrix(X.astype(np.float32)), obs=frame, var=var)
         adata.write_h5ad(path)
     return path
 
@@ -329,6 +329,16 @@ def test_hvgs_are_chosen_on_training_cells_only(tmp_path):
     assert any("chosen on the" in n and "training cells only" in n for n in p.notes)
 
 
+def test_duplicate_gene_names_are_made_unique_before_alignment(tmp_path):
+    x_ref, x_query = counts(30, 3) + 1, counts(6, 2) + 1
+    ref = write_h5ad(tmp_path / "ref.h5ad", x_ref, balanced_labels(30), genes=["A", "B", "A"])
+    query = write_h5ad(tmp_path / "q.h5ad", x_query, balanced_labels(6), genes=["X", "B"])
+    p = prepare_data(settings(train=str(ref), test=str(query), label_key="cell_type"))
+    assert p.genes == ["A", "B", "A-1"]
+    assert np.all(p.X_test[:, [0, 2]] == 0) and np.all(p.X_test[:, 1] > 0)
+    assert any("duplicate gene names made unique" in n for n in p.notes)
+
+
 def test_n_top_genes_at_least_all_genes_keeps_all(tmp_path):
     path = write_h5ad(tmp_path / "t.h5ad", counts(30, 7), balanced_labels(30))
     p = prepare_data(settings(train=str(path), label_key="cell_type", n_top_genes=7))
@@ -378,6 +388,8 @@ def test_unstratified_fallback_when_a_class_has_one_cell(tmp_path):
     split = split_cells(settings(train=str(path), label_key="cell_type", min_cells_per_class=1))
     assert split.classes == ["A", "B", "C"] and split.dropped_classes == {}
     assert any("NOT stratified (a class has fewer than 2 cells)" in n for n in split.notes)
+    if 60 in split.val:  # C's only cell went to validation: say so
+        assert any("no training cell after the validation carve-out: C" in n for n in split.notes)
     assert split.train.size + split.val.size == 61
 
 
@@ -487,8 +499,9 @@ def test_write_split_round_trip(baron, tmp_path):
         assert list(part.obs_names) == list(original.obs_names[rows])
         assert (part.X != original.X[rows]).nnz == 0  # unprocessed counts
         assert list(part.var_names) == list(original.var_names)
-        labels = part.obs["cell_type1"].astype(str)
-        assert list(labels) == [p.classes[i] for i in getattr(p, f"y_{name}")]
+        labels = part.obs["cell_type1"]
+        assert list(labels.cat.categories) == p.classes  # same codes in every file
+        np.testing.assert_array_equal(labels.cat.codes, getattr(p, f"y_{name}"))
     assert set(ad.read_h5ad(paths["test"]).obs["donor"].astype(str)) == {"human4"}
 
 
