@@ -62,6 +62,7 @@ DATA_KEYS = (
     "train",
     "test",
     "test_split",
+    "test_fraction",
     "label_key",
     "val_fraction",
     "normalize",
@@ -109,6 +110,7 @@ class DataSettings:
     test: str | None = None
     test_split: ObsSplit | None = None
     val_fraction: float = 0.1
+    test_fraction: float | None = None
     normalize: str = "auto"
     n_top_genes: int | None = None
     min_cells_per_class: int = 5
@@ -201,6 +203,20 @@ class DataSettings:
             ok=lambda x: 0 < x < 1,
             expected="a number in (0, 1)",
         )
+        test_fraction = d.get("test_fraction")
+        if test_fraction is not None:
+            test_fraction = _parse_number(
+                test_fraction,
+                f"{source}.test_fraction",
+                problems,
+                ok=lambda x: 0 < x < 1,
+                expected="a number in (0, 1) (or unset)",
+            )
+            if test is not None or test_split is not None:
+                problems.append(
+                    f"{source}: give one of 'test' (a file), 'test_split' (an obs column) or"
+                    " 'test_fraction' (a random stratified hold-out), not several"
+                )
         normalize = d.get("normalize", "auto")
         if normalize not in NORMALIZE_MODES:
             problems.append(
@@ -245,6 +261,7 @@ class DataSettings:
             test=test,
             test_split=test_split,
             val_fraction=float(val_fraction),
+            test_fraction=None if test_fraction is None else float(test_fraction),
             normalize=normalize,
             n_top_genes=n_top_genes,
             min_cells_per_class=min_cells,
@@ -261,6 +278,7 @@ class DataSettings:
             "test_split": self.test_split.to_dict() if self.test_split else None,
             "label_key": self.label_key,
             "val_fraction": self.val_fraction,
+            "test_fraction": self.test_fraction,
             "normalize": self.normalize,
             "n_top_genes": self.n_top_genes,
             "min_cells_per_class": self.min_cells_per_class,
@@ -617,6 +635,26 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
                 f" of the training classes ({_listing(classes)})"
             )
         y_test = np.array([class_index[c] for c in t_labels[test_idx]], dtype=np.int64)
+    elif settings.test_fraction is not None:
+        # A random hold-out for data without a donor or condition to split on; carved before
+        # validation, so the validation split never sees test cells.
+        test_source = "train"
+        y_all = np.array([class_index[c] for c in labels[pool]], dtype=np.int64)
+        counts_all = np.bincount(y_all, minlength=len(classes))
+        n_test = math.ceil(settings.test_fraction * pool.size)
+        strat = counts_all.min() >= 2 and n_test >= len(classes) and pool.size - n_test >= len(classes)
+        pool, test_idx, _, y_test = train_test_split(
+            pool, y_all, test_size=settings.test_fraction, random_state=settings.split_seed,
+            shuffle=True, stratify=y_all if strat else None,
+        )
+        order = np.argsort(test_idx)
+        test_idx, y_test = test_idx[order], y_test[order].astype(np.int64)
+        pool = np.sort(pool)
+        notes.append(
+            f"test: {test_idx.size} random cells held out (test_fraction"
+            f" {settings.test_fraction:g}{', stratified' if strat else ', NOT stratified'}),"
+            " only ever reported"
+        )
 
     # Validation cells come from the training pool only; stratified when every class can give
     # at least one cell to each side (scikit-learn's condition), else a plain shuffled split.

@@ -1,0 +1,384 @@
+"""The ``deepsc-tune`` command line: a thin shell over plain functions.
+
+This is the only module that turns :class:`~deepsc_tune.errors.DeepscTuneError` into a red
+one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from deepsc_tune import __version__
+from deepsc_tune.errors import ConfigError, DeepscTuneError
+
+app = typer.Typer(
+    name="deepsc-tune",
+    help=(
+        "Hyperparameter search for DeepSC cell-type fine-tuning, built on Optuna.\n\n"
+        "Typical use: `deepsc-tune run pbmc68k` (search; run again to resume), "
+        "`deepsc-tune report pbmc68k` (HTML report), `deepsc-tune best pbmc68k --format hydra` "
+        "(the winning settings for DeepSC)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_USAGE = 2  # bad search space or override
+EXIT_ERROR = 1  # anything else the user can fix
+EXIT_INTERRUPTED = 130
+
+NameArg = Annotated[
+    str,
+    typer.Argument(
+        help="Search-space name (looked up in ./search_spaces/, then the installed ones) "
+        "or path to a YAML file.",
+        show_default=False,
+    ),
+]
+OverridesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(
+        help="Hydra-style overrides, values parsed as YAML: data.train=/x/train.h5ad "
+        "finetune.epoch=5 study.n_trials=20; a bare key means finetune: learning_rate=3e-4.",
+        show_default=False,
+    ),
+]
+ResultsDirOpt = Annotated[
+    Path, typer.Option("--results-dir", help="Folder for studies, caches and reports.")
+]
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--storage",
+        help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db. "
+        "Default: sqlite:///RESULTS_DIR/NAME/study.db.",
+        show_default=False,
+    ),
+]
+StudyNameOpt = Annotated[
+    Optional[str],
+    typer.Option("--study-name", help="Study name in the storage. Default: the search space's name.",
+                 show_default=False),
+]
+
+
+def _fail(message: str, code: int) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the tool's own errors into a red message and an exit code, never a traceback."""
+    try:
+        yield
+    except ConfigError as e:
+        _fail(str(e), EXIT_USAGE)
+    except DeepscTuneError as e:
+        _fail(str(e), EXIT_ERROR)
+
+
+def _quiet_libraries(verbose: bool = False) -> None:
+    import optuna
+
+    # Our own progress lines replace Optuna's per-trial log lines and failure tracebacks.
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*is_categorical_dtype.*")
+    logging.getLogger("anndata").setLevel(logging.ERROR)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)
+
+
+def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
+    from deepsc_tune.study import default_storage_url
+
+    return storage or default_storage_url(name, results_dir)
+
+
+def _prepare(space, results_dir: Path, *, echo: bool = True):
+    """Load and preprocess the data once (disk cache under RESULTS_DIR/cache)."""
+    from deepsc_tune.data import DataSettings, prepare_data
+
+    settings = DataSettings.from_dict(space.data, source="data")
+    data = prepare_data(settings, cache_dir=results_dir / "cache", hint=space.source)
+    if echo:
+        n_test = 0 if data.X_test is None else len(data.X_test)
+        _echo(
+            f"data: {len(data.X_train)} train / {len(data.X_val)} val / {n_test} test cells, "
+            f"{len(data.genes)} genes, {len(data.classes)} classes"
+        )
+        for note in data.notes:
+            _echo(f"data: {note}")
+    return data
+
+
+def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: bool = True):
+    """The backend named by ``finetune.backend``, and the data fingerprint for the study."""
+    if space.backend == "command":
+        from deepsc_tune.command import CommandFinetuner, CommandSettings
+
+        settings, _ = CommandSettings.from_dict(space.config.get("finetune") or {}, source="finetune")
+        gpu = (defaults or {}).get("cuda_visible_devices")
+        return CommandFinetuner(settings, cuda_visible_devices=gpu), None
+    from deepsc_tune.builtin import BuiltinFinetuner
+
+    data = _prepare(space, results_dir, echo=echo)
+    defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
+    return BuiltinFinetuner(data, log=log, defaults=defaults), data.fingerprint
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@app.command()
+def run(
+    name: NameArg,
+    overrides: OverridesArg = None,
+    results_dir: ResultsDirOpt = Path("results"),
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option(help="Built-in fine-tuner device: auto, cpu or cuda (mixed precision on CUDA).",
+                     show_default=False),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(help="Torch CPU threads per worker (default: torch's choice).", show_default=False),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per epoch.")] = False,
+) -> None:
+    """Run (or resume) the hyperparameter search for NAME.
+
+    Trials run until the study holds study.n_trials finished (complete or pruned) trials. The
+    study lives in RESULTS_DIR/NAME/study.db unless --storage names a shared database; running
+    the same command again resumes it. Ctrl-C records the running trial as FAIL ("interrupted")
+    and re-queues its settings.
+    """
+    from deepsc_tune.search_space import load_search_space
+    from deepsc_tune.study import Progress, open_storage, open_study, run_study
+
+    _quiet_libraries(verbose)
+    with user_errors():
+        space = load_search_space(name, overrides or [])
+        study_name = study_name or space.name
+        url = _storage_url(space.name, results_dir, storage)
+        defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
+        finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
+        study = open_study(space, storage=open_storage(url), study_name=study_name,
+                           data_fingerprint=fingerprint)
+        _echo(
+            f"study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
+            f"target {space.n_trials} finished; optimising {space.metric}"
+        )
+        progress = Progress(metric=space.metric, verbose=verbose)
+        try:
+            summary = run_study(space, finetuner, study=study,
+                                trials_dir=results_dir / space.name / "trials", progress=progress)
+        except KeyboardInterrupt:
+            typer.secho(
+                f"\ninterrupted: the running trial is recorded as FAIL (interrupted) and its "
+                f"settings re-queued; run the same command to resume.",
+                fg=typer.colors.YELLOW, err=True,
+            )
+            raise typer.Exit(EXIT_INTERRUPTED)
+        if summary.recovered:
+            _echo(f"re-queued trials left running by a dead process: {summary.recovered}")
+        _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
+        _print_best(study, space.backend, fmt="yaml")
+        _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+
+
+def _short_url(url: str) -> str:
+    from deepsc_tune.study import redact
+
+    return redact(url)
+
+
+def _print_best(study, backend: str, *, fmt: str) -> None:
+    from deepsc_tune.export import format_best
+    from deepsc_tune.study import best_search_trial
+
+    try:
+        trial = best_search_trial(study)
+    except DeepscTuneError as e:
+        _echo(str(e))
+        return
+    _echo(format_best(study, trial, fmt=fmt, backend=backend))
+
+
+@app.command()
+def finetune(
+    name: NameArg,
+    overrides: OverridesArg = None,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """Run one fine-tune with fixed settings, the way DeepSC users run theirs.
+
+    Settings come from the file's finetune block and the overrides, e.g.
+    `deepsc-tune finetune pbmc68k learning_rate=3e-4 lr_scheduler_type=cosine warmup_ratio=0.1`.
+    Searched settings not given fall back to DeepSC's defaults. Prints DeepSC's start banner and
+    one evaluation line per epoch, then the best epoch and the test metrics.
+    """
+    from deepsc_tune.search_space import load_search_space
+
+    _quiet_libraries()
+    with user_errors():
+        space = load_search_space(name, overrides or [])
+        finetuner, _ = _make_finetuner(space, results_dir, log=_echo)
+        result = finetuner.run(dict(space.fixed), metric=space.metric,
+                               run_dir=results_dir / space.name / "finetune")
+        best = result.best()
+        if best is not None:
+            _echo(
+                f"best epoch {best.epoch}: val accuracy {best.val_accuracy:.4f}"
+                + (f", val macro-F1 {best.val_macro_f1:.4f}" if best.val_macro_f1 is not None else "")
+            )
+        if result.test_accuracy is not None:
+            _echo(
+                f"test (model of the best epoch): accuracy {result.test_accuracy:.4f}, "
+                f"macro-F1 {result.test_macro_f1:.4f}"
+            )
+
+
+@app.command()
+def validate(
+    files: Annotated[list[str], typer.Argument(help="Search-space names or YAML files.", show_default=False)],
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="An override to apply before checking (repeatable).")
+    ] = None,
+) -> None:
+    """Check search-space files without loading data or running anything.
+
+    Lists every problem with its key path (unknown keys, low >= high, log with low <= 0,
+    numbers read as text, conditions on unknown parameters, keys both fixed and searched).
+    """
+    from deepsc_tune.search_space import load_search_space
+
+    bad = 0
+    for item in files:
+        try:
+            space = load_search_space(item, overrides or [])
+        except DeepscTuneError as e:
+            typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            bad += 1
+            continue
+        params = ", ".join(space.params) or "nothing"
+        _echo(f"ok: {space.path}: searches {params}; {space.n_trials} trials on {space.metric}")
+    if bad:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def best(
+    name: NameArg,
+    fmt: Annotated[
+        str, typer.Option("--format", "-f", help="yaml (DeepSC config block), hydra (override line) or json.")
+    ] = "yaml",
+    results_dir: ResultsDirOpt = Path("results"),
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+) -> None:
+    """Print the best configuration, ready to paste into DeepSC."""
+    from deepsc_tune.export import FORMATS
+
+    with user_errors():
+        if fmt not in FORMATS:
+            raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
+        study, backend = _load_study(name, results_dir, storage, study_name)
+        _print_best(study, backend, fmt=fmt)
+
+
+def _load_study(name: str, results_dir: Path, storage: str | None, study_name: str | None):
+    """Open an existing study for reading (the search-space file itself is not needed)."""
+    from deepsc_tune.study import load_existing_study, open_storage
+
+    _quiet_libraries()
+    study_name = study_name or Path(name).stem
+    if storage is None and not (results_dir / study_name / "study.db").is_file():
+        raise DeepscTuneError(
+            f"no study found at {results_dir / study_name / 'study.db'}; "
+            f"run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
+        )
+    url = storage or f"sqlite:///{results_dir / study_name / 'study.db'}"
+    study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
+    return study, study.user_attrs.get("backend", "builtin")
+
+
+@app.command()
+def status(
+    name: NameArg,
+    results_dir: ResultsDirOpt = Path("results"),
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+) -> None:
+    """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
+    from deepsc_tune.study import failure_reason, format_params
+
+    with user_errors():
+        study, _ = _load_study(name, results_dir, storage, study_name)
+        trials = study.get_trials(deepcopy=False)
+        metric = study.user_attrs.get("metric", "val_accuracy")
+        _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
+        for t in trials:
+            u = t.user_attrs
+            value = f"{t.value:.4f}" if t.value is not None else (
+                f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
+            test = f"{u['test_accuracy']:.4f}" if u.get("test_accuracy") is not None else "-"
+            tags = [tag for tag in ("enqueued", "repeat_of", "retry_of") if tag in u]
+            extra = f"  [{', '.join(f'{k}={u[k]}' for k in tags)}]" if tags else ""
+            _echo(f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
+                  f"{format_params(t.params)}{extra}")
+            reason = failure_reason(t)
+            if reason:
+                _echo(f"{'':>6}reason: {reason.splitlines()[0][:200]}")
+        counts = {}
+        for t in trials:
+            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+
+
+@app.command(name="list")
+def list_spaces() -> None:
+    """List the search spaces found in ./search_spaces/ and installed with the package."""
+    from deepsc_tune.search_space import list_search_spaces, parse_yaml
+
+    for name, path in list_search_spaces().items():
+        try:
+            description = parse_yaml(path.read_text(), source=str(path)).get("description", "")
+        except DeepscTuneError:
+            description = "(invalid file: run `deepsc-tune validate`)"
+        _echo(f"{name:<14} {description}  [{path}]")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"deepsc-tune {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Hyperparameter search for DeepSC cell-type fine-tuning, built on Optuna."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

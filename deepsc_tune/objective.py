@@ -1,0 +1,146 @@
+"""The trial function: suggest settings, run a fine-tuner, report every epoch, prune.
+
+This is the only module that calls ``trial.report`` and ``trial.should_prune``. The fine-tuners
+never see Optuna; they call back after every epoch and stop when asked.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
+from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.search_space import SearchSpace
+
+#: Called with (trial number, epoch metrics) after every epoch, for progress display.
+EpochProgress = Callable[[int, EpochMetrics], None]
+
+
+def process_start_time(pid: int) -> str | None:
+    """Start time of process ``pid`` (Linux ``/proc``), to tell a live worker from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who is running a trial: host, pid and the pid's start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid)}
+
+
+def build_objective(
+    space: SearchSpace,
+    finetuner: Finetuner,
+    *,
+    trials_dir: Path | None = None,
+    on_epoch: EpochProgress | None = None,
+) -> Callable[[optuna.trial.Trial], float]:
+    """Build the function Optuna optimises.
+
+    Parameters
+    ----------
+    space
+        The validated search space: what to suggest, fixed settings, the metric.
+    finetuner
+        A backend (:class:`~deepsc_tune.backend.Finetuner`).
+    trials_dir
+        Folder for per-trial run directories (``NNNNN/``), used by the subprocess backend.
+    on_epoch
+        Progress hook, called after each epoch has been reported.
+
+    The returned value is the best validation metric over the epochs run. Test metrics are
+    stored as user attributes and never returned.
+    """
+    metric = space.metric
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        params = space.suggest(trial)
+        settings = space.settings_for(params)
+        # `deepsc-tune repeat` enqueues a known configuration with another seed.
+        seed = trial.user_attrs.get("repeat_seed")
+        if seed is not None:
+            settings["seed"] = seed
+        trial.set_user_attr("settings", settings)
+        trial.set_user_attr("seed", settings.get("seed"))
+        trial.set_user_attr("worker", worker_identity())
+        history: list[dict[str, Any]] = []
+        pruned_at: list[int] = []
+
+        def report(m: EpochMetrics) -> bool:
+            value = m.metric(metric)
+            if value is None:
+                raise DeepscTuneError(
+                    f"the fine-tuner reported no {metric} at epoch {m.epoch}; "
+                    "choose study.metric=val_accuracy or report macro-F1"
+                )
+            trial.report(float(value), m.epoch)
+            history.append(m.to_dict())
+            trial.set_user_attr("history", history)
+            if on_epoch is not None:
+                on_epoch(trial.number, m)
+            if trial.should_prune():
+                pruned_at.append(m.epoch)
+                return True
+            return False
+
+        run_dir = trials_dir / f"{trial.number:05d}" if trials_dir is not None else None
+        started = time.perf_counter()
+        try:
+            result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
+        except KeyboardInterrupt:
+            _record_failure(trial, "interrupted", started, history)
+            raise
+        except DeepscTuneError as e:
+            _record_failure(trial, str(e), started, history)
+            raise
+        except Exception as e:  # a bug or a crash in a backend: keep the reason in the study
+            _record_failure(trial, f"{type(e).__name__}: {e}", started, history)
+            raise
+        _record_result(trial, result, metric=metric, started=started)
+        if pruned_at:
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
+        best = result.best()
+        if best is None or best.metric(metric) is None:
+            raise DeepscTuneError("the fine-tuner finished without reporting any epoch")
+        return float(best.metric(metric))
+
+    return objective
+
+
+def _record_failure(
+    trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]
+) -> None:
+    trial.set_user_attr("fail_reason", reason.strip()[:2000])
+    trial.set_user_attr("epochs_run", len(history))
+    trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
+
+
+def _record_result(
+    trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float
+) -> None:
+    last = result.history[-1] if result.history else None
+    best = result.best()
+    attrs = {
+        "val_accuracy": last.val_accuracy if last else None,
+        "val_macro_f1": last.val_macro_f1 if last else None,
+        "best_epoch": result.best_epoch,
+        "best_val_accuracy": best.val_accuracy if best else None,
+        "best_val_macro_f1": best.val_macro_f1 if best else None,
+        "test_accuracy": result.test_accuracy,
+        "test_macro_f1": result.test_macro_f1,
+        "epochs_run": len(result.history),
+        "duration_s": round(time.perf_counter() - started, 3),
+        "device": result.device,
+    }
+    for key, value in {**attrs, **result.extra}.items():
+        trial.set_user_attr(key, value)

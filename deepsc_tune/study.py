@@ -1,0 +1,484 @@
+"""The persistent Optuna study: storage, create or resume, orphaned trials, the worker loop.
+
+One study lives in one relational database: SQLite under ``results/NAME/study.db`` on one
+machine, PostgreSQL (``--storage postgresql://...``) for workers on many machines. Running the
+same command again resumes: finished trials are kept, trials a dead process left RUNNING are
+marked FAIL with a reason and their parameters re-queued, and work continues until the study
+holds ``n_trials`` finished (complete or pruned) search trials.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune import __version__
+from deepsc_tune.backend import EpochMetrics, Finetuner
+from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.objective import build_objective, process_start_time
+from deepsc_tune.search_space import SearchSpace
+
+#: Seconds between a running trial's heartbeats, and how long without one marks it dead.
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 30
+#: SQLite waits this long for a lock before "database is locked" (several local workers).
+SQLITE_TIMEOUT = 120
+#: How often a worker with nothing to run checks whether others' trials finished or died.
+POLL_SECONDS = 2.0
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# ----------------------------------------------------------------------------- storage
+
+
+def default_storage_url(name: str, results_dir: Path) -> str:
+    """``sqlite:///results/NAME/study.db`` (the folder is created)."""
+    folder = Path(results_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'study.db'}"
+
+
+def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+    """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
+
+    SQLite gets a long lock timeout so that several local workers queue instead of failing
+    with "database is locked".
+    """
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
+    else:
+        engine_kwargs["pool_pre_ping"] = True
+    kwargs: dict[str, Any] = {}
+    if heartbeat:
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": requeue_stale_trial,
+        }
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    except ImportError as e:
+        raise DeepscTuneError(
+            f"--storage {redact(url)}: the database driver is missing ({e}); "
+            "for PostgreSQL: pip install 'deepsc-tune[postgres]'"
+        ) from None
+    except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+
+
+def redact(url: str) -> str:
+    """The storage URL without its password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}"
+    return url
+
+
+STALE_REASON = "worker stopped sending heartbeats (killed, preempted or lost)"
+
+
+def _requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    user_attrs = {
+        "retry_of": trial.number,
+        "retry_reason": reason,
+        "retry_count": trial.user_attrs.get("retry_count", 0) + 1,
+    }
+    for key in ("repeat_of", "repeat_seed", "enqueued"):
+        if key in trial.user_attrs:
+            user_attrs[key] = trial.user_attrs[key]
+    study.enqueue_trial(trial.params, user_attrs=user_attrs, skip_if_exists=False)
+
+
+#: A configuration whose worker keeps dying is not retried forever.
+MAX_RETRIES = 3
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's ``heartbeat_stale_trial_callback``: re-queue a trial whose worker stopped beating.
+
+    Optuna has already marked it FAIL (killed worker, preempted node); the retry carries
+    ``retry_of`` and the reason so reports can tell why the original failed.
+    """
+    if trial.user_attrs.get("retry_count", 0) >= MAX_RETRIES:
+        return
+    _requeue(study, trial, STALE_REASON)
+
+
+# ----------------------------------------------------------------------------- study
+
+
+def open_study(
+    space: SearchSpace,
+    *,
+    storage: RDBStorage | str,
+    study_name: str,
+    data_fingerprint: str | None = None,
+) -> optuna.Study:
+    """Create the study, or load it and check it was made from the same search space.
+
+    A new study records the search-space text and hash, tool and Optuna versions and the data
+    fingerprint, and queues the ``study.enqueue`` configurations (the usage guide's).
+
+    Raises
+    ------
+    ConfigError
+        When the stored study was made from a different search space or data.
+    """
+    sampler, pruner = space.build_sampler(), space.build_pruner()
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+            direction="maximize",
+        )
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(
+            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
+        )
+        created = False
+    if created:
+        _describe_new_study(study, space, data_fingerprint)
+        return study
+    # Another worker may have created it a moment ago and be writing its description.
+    for _ in range(50):
+        if "search_space_sha256" in study.user_attrs:
+            break
+        time.sleep(0.1)
+    _check_same_study(study, space, study_name, data_fingerprint)
+    if study.user_attrs.get("n_trials") != space.n_trials:
+        study.set_user_attr("n_trials", space.n_trials)
+    return study
+
+
+def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprint: str | None) -> None:
+    attrs = {
+        "search_space_name": space.name,
+        "search_space_path": str(space.path) if space.path else None,
+        "search_space_text": space.text,
+        "search_space_sha256": space.sha256,
+        "config": json.loads(json.dumps(space.config, default=str)),
+        "metric": space.metric,
+        "n_trials": space.n_trials,
+        "backend": space.backend,
+        "deepsc_tune_version": __version__,
+        "optuna_version": optuna.__version__,
+        "data_fingerprint": data_fingerprint,
+        "created_on": socket.gethostname(),
+    }
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    for params in space.enqueue:
+        study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
+
+
+def _check_same_study(
+    study: optuna.Study, space: SearchSpace, study_name: str, data_fingerprint: str | None
+) -> None:
+    stored = study.user_attrs
+    how = (
+        f"start a new study with --study-name {study_name}-2 (or another name), "
+        "or restore the original settings"
+    )
+    if stored.get("search_space_sha256") not in (None, space.sha256):
+        changed = _changed_keys(stored.get("config") or {}, space.config)
+        what = f" (changed: {', '.join(changed[:6])})" if changed else ""
+        raise ConfigError(
+            f"study '{study_name}' was made from a different search space{what}; "
+            f"refusing to mix results: {how}"
+        )
+    fp = stored.get("data_fingerprint")
+    if fp and data_fingerprint and fp != data_fingerprint:
+        raise ConfigError(
+            f"study '{study_name}' was run on different data (fingerprint {fp[:12]} vs "
+            f"{data_fingerprint[:12]}: a data file changed); refusing to mix results: {how}"
+        )
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    ignore = {"study.n_trials", "study.max_failures", "name", "description", "source"}
+    out = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if path in ignore:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed_keys(a, b, prefix=f"{path}.")
+        elif json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            out.append(path)
+    return out
+
+
+def search_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    """Trials of the search itself: repeats made by ``deepsc-tune repeat`` are left out."""
+    return [
+        t for t in study.get_trials(deepcopy=False, states=states)
+        if "repeat_of" not in t.user_attrs
+    ]
+
+
+def recover_orphaned_trials(study: optuna.Study) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker on this host is gone.
+
+    Heartbeats catch dead workers anywhere, but only after a grace period; a trial started on
+    this host by a process that no longer exists is known dead at once.
+    """
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get("worker") or {}
+        if worker.get("host") != host or not worker.get("pid"):
+            continue
+        started = process_start_time(int(worker["pid"]))
+        if started is not None and started == worker.get("started"):
+            continue  # that worker is alive
+        reason = f"worker process {worker['pid']} on {host} died while the trial ran"
+        fail_trial(study, trial, reason)
+        recovered.append(trial.number)
+    return recovered
+
+
+def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, requeue: bool = True) -> None:
+    """Mark a RUNNING trial FAIL with ``reason`` (and re-queue its parameters)."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+        changed = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile
+        return
+    if changed and requeue:
+        _requeue(study, trial, reason)
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed, as recorded in the study."""
+    if trial.state != TrialState.FAIL:
+        return None
+    reason = trial.user_attrs.get("fail_reason")
+    if reason:
+        return reason
+    if trial.system_attrs.get("fail_reason"):
+        return trial.system_attrs["fail_reason"]
+    return STALE_REASON
+
+
+# ----------------------------------------------------------------------------- running
+
+
+@dataclass
+class Progress:
+    """Prints one line per trial (and a live epoch line on a terminal)."""
+
+    metric: str
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    verbose: bool = False
+    prefix: str = ""
+    _live: bool = False
+
+    def __post_init__(self) -> None:
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def epoch(self, number: int, m: EpochMetrics) -> None:
+        value = m.metric(self.metric)
+        text = f"{self.prefix}  trial {number:>3} epoch {m.epoch:>3}  {self.metric} {value:.4f}"
+        if self.verbose:
+            print(text, file=self.stream, flush=True)
+        elif self._live:
+            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
+
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._live and not self.verbose:
+            print("\r\033[K", end="", file=self.stream)
+        print(self.prefix + format_trial_line(study, trial, self.metric), file=self.stream, flush=True)
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def format_trial_line(study: optuna.Study, trial: FrozenTrial, metric: str) -> str:
+    """``#  3 COMPLETE  params | metric per epoch | time | best so far``."""
+    curve = " ".join(f"{trial.intermediate_values[e]:.3f}" for e in sorted(trial.intermediate_values))
+    if len(trial.intermediate_values) > 12:
+        values = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+        curve = " ".join(f"{v:.3f}" for v in values[:4]) + " ... " + " ".join(f"{v:.3f}" for v in values[-4:])
+    state = trial.state.name
+    duration = trial.user_attrs.get("duration_s")
+    parts = [f"#{trial.number:>3} {state:<8}", format_params(trial.params)]
+    if curve:
+        parts.append(f"{metric} {curve}")
+    if duration is not None:
+        parts.append(f"{duration:.1f}s")
+    if trial.state == TrialState.FAIL:
+        reason = (failure_reason(trial) or "").splitlines()[0][:160]
+        parts.append(f"reason: {reason}")
+    try:
+        best = study.best_trial
+        parts.append(f"best {best.value:.4f} (#{best.number})")
+    except ValueError:
+        pass
+    return " | ".join(parts)
+
+
+@dataclass
+class RunSummary:
+    """What a call of :func:`run_study` did."""
+
+    study: optuna.Study
+    ran: int
+    recovered: list[int]
+    finished: int
+    target: int
+
+
+class TooManyFailures(DeepscTuneError):
+    """``study.max_failures`` trials failed one after another."""
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {s: 0 for s in TrialState}
+    for t in search_trials(study):
+        counts[t.state] += 1
+    return counts
+
+
+def run_study(
+    space: SearchSpace,
+    finetuner: Finetuner,
+    *,
+    study: optuna.Study,
+    trials_dir: Path | None = None,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> RunSummary:
+    """Run trials until the study holds ``space.n_trials`` finished search trials.
+
+    Safe to run in several processes against one storage: each worker asks for the next trial;
+    when the remaining budget is taken by trials running elsewhere, it waits for them (one may
+    fail and be re-queued) instead of overshooting the target.
+
+    Raises
+    ------
+    TooManyFailures
+        After ``space.max_failures`` consecutive failed trials of this worker.
+    KeyboardInterrupt
+        Passed on after the running trial has been recorded as FAIL ("interrupted") and its
+        parameters re-queued.
+    """
+    recovered = recover_orphaned_trials(study)
+    objective = build_objective(
+        space, finetuner, trials_dir=trials_dir,
+        on_epoch=progress.epoch if progress else None,
+    )
+    current: list[int] = []
+
+    def tracked(trial: optuna.trial.Trial) -> float:
+        current[:] = [trial.number]
+        return objective(trial)
+
+    callbacks = [progress.trial_done] if progress else []
+    ran = failures = 0
+    target = space.n_trials
+    while True:
+        if stop is not None and stop():
+            break
+        counts = count_states(study)
+        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+        if finished >= target:
+            break
+        busy = counts[TrialState.RUNNING]
+        if finished + busy >= target and counts[TrialState.WAITING] == 0:
+            # Others hold the last trials; one of them may still fail and come back.
+            recovered += recover_orphaned_trials(study)
+            if study._storage.is_heartbeat_enabled():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    optuna.storages.fail_stale_trials(study)
+            time.sleep(POLL_SECONDS)
+            continue
+        try:
+            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        except KeyboardInterrupt:
+            _requeue_interrupted(study, current)
+            raise
+        ran += 1
+        last = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
+            study._study_id, current[0])) if current else None
+        if last is not None and last.state == TrialState.FAIL:
+            failures += 1
+            if failures >= space.max_failures:
+                raise TooManyFailures(
+                    f"stopped after {failures} failed trials in a row "
+                    f"(study.max_failures={space.max_failures}); last: trial {last.number}: "
+                    f"{(failure_reason(last) or '').splitlines()[0][:300]}"
+                )
+        else:
+            failures = 0
+    counts = count_states(study)
+    return RunSummary(
+        study=study, ran=ran, recovered=recovered,
+        finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], target=target,
+    )
+
+
+def _requeue_interrupted(study: optuna.Study, current: list[int]) -> None:
+    if not current:
+        return
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, current[0]))
+    if trial.state == TrialState.FAIL:
+        _requeue(study, trial, "interrupted")
+
+
+def best_search_trial(study: optuna.Study) -> FrozenTrial:
+    """The best COMPLETE search trial.
+
+    Raises
+    ------
+    DeepscTuneError
+        When no trial has completed yet.
+    """
+    complete = search_trials(study, states=(TrialState.COMPLETE,))
+    if not complete:
+        n = len(study.get_trials(deepcopy=False))
+        raise DeepscTuneError(
+            f"study '{study.study_name}' has no completed trial yet ({n} trials in all); "
+            "run `deepsc-tune run` first or let it finish a trial"
+        )
+    return max(complete, key=lambda t: (t.value, -t.number))
+
+
+def load_existing_study(*, storage: RDBStorage, study_name: str) -> optuna.Study:
+    """Load a study for reading, with a clear error when it does not exist."""
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = optuna.get_all_study_names(storage)
+        raise DeepscTuneError(
+            f"no study '{study_name}' in {redact(storage.url)}; "
+            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {study_name}` first"
+        ) from None

@@ -1,0 +1,201 @@
+"""The persistent study: create, resume, refuse a changed space, recover orphans, stop on failures."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from deepsc_tune.backend import EpochMetrics, FinetuneResult
+from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.search_space import build_search_space
+from deepsc_tune.study import (
+    TooManyFailures,
+    best_search_trial,
+    default_storage_url,
+    open_storage,
+    open_study,
+    recover_orphaned_trials,
+    run_study,
+    search_trials,
+)
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+class CurveFinetuner:
+    """Accuracy a smooth function of the learning rate, peaked at 1e-3 in log space."""
+
+    def __init__(self, fail_when=None):
+        self.calls = []
+        self.fail_when = fail_when
+
+    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
+        self.calls.append(dict(params))
+        if self.fail_when and self.fail_when(params):
+            raise DeepscTuneError("training diverged: loss is NaN at epoch 1")
+        peak = 1.0 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2
+        history = []
+        for epoch in range(1, params["epoch"] + 1):
+            acc = peak * (1 - 0.5 ** epoch)
+            m = EpochMetrics(epoch=epoch, val_accuracy=acc, val_macro_f1=acc - 0.05)
+            history.append(m)
+            if on_epoch and on_epoch(m):
+                return FinetuneResult(history, best_epoch=epoch, stopped=True)
+        return FinetuneResult(history, best_epoch=len(history), test_accuracy=peak - 0.01,
+                              test_macro_f1=peak - 0.1)
+
+
+def make_space(n_trials=6, pruner=None, epoch=4, max_failures=3, **search_extra):
+    return build_search_space({
+        "name": "curve",
+        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+        "finetune": {"epoch": epoch},
+        "search": {
+            "lr_scheduler_type": {"choices": ["constant", "cosine"]},
+            "learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
+            "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
+            **search_extra,
+        },
+        "study": {
+            "n_trials": n_trials,
+            "max_failures": max_failures,
+            "sampler": {"type": "tpe", "seed": 0},
+            "pruner": pruner or {"type": "none"},
+            "enqueue": [{"lr_scheduler_type": "constant", "learning_rate": 1e-4}],
+        },
+    })
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return open_storage(default_storage_url("curve", tmp_path))
+
+
+def test_runs_to_target_and_records_attrs(storage):
+    space = make_space()
+    study = open_study(space, storage=storage, study_name="curve", data_fingerprint="abc")
+    summary = run_study(space, CurveFinetuner(), study=study)
+    assert summary.finished == 6 and summary.ran == 6
+    trials = study.get_trials()
+    # the usage guide's config ran first, tagged
+    assert trials[0].params == {"lr_scheduler_type": "constant", "learning_rate": 1e-4}
+    assert trials[0].user_attrs["enqueued"] is True
+    t = best_search_trial(study)
+    u = t.user_attrs
+    assert u["epochs_run"] == 4 and u["best_epoch"] == 4
+    assert u["test_accuracy"] is not None and len(u["history"]) == 4
+    assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+    assert t.value == pytest.approx(u["best_val_accuracy"])
+    assert u["settings"]["epoch"] == 4
+    assert study.user_attrs["search_space_sha256"] == space.sha256
+    assert study.user_attrs["data_fingerprint"] == "abc"
+    assert study.user_attrs["optuna_version"] == optuna.__version__
+
+
+def test_resume_continues_to_new_target_and_keeps_trials(storage):
+    space = make_space(n_trials=3)
+    study = open_study(space, storage=storage, study_name="curve")
+    run_study(space, CurveFinetuner(), study=study)
+    before = {t.number: t.value for t in study.get_trials()}
+    space5 = make_space(n_trials=5)  # n_trials may change between runs
+    study = open_study(space5, storage=storage, study_name="curve")
+    summary = run_study(space5, CurveFinetuner(), study=study)
+    assert summary.ran == 2 and summary.finished == 5
+    after = {t.number: t.value for t in study.get_trials()}
+    assert all(after[n] == v for n, v in before.items())
+    # running again with the target met does nothing
+    assert run_study(space5, CurveFinetuner(), study=study).ran == 0
+
+
+def test_changed_search_space_is_refused(storage):
+    space = make_space()
+    open_study(space, storage=storage, study_name="curve")
+    changed = make_space(epoch=5)
+    with pytest.raises(ConfigError, match=r"different search space \(changed: finetune.epoch\).*--study-name"):
+        open_study(changed, storage=storage, study_name="curve")
+    with pytest.raises(ConfigError, match="different data"):
+        open_study(space, storage=storage, study_name="curve2", data_fingerprint="a")
+        open_study(space, storage=storage, study_name="curve2", data_fingerprint="b")
+
+
+def test_pruner_prunes_hopeless_trials(storage):
+    space = make_space(n_trials=12, pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0})
+    study = open_study(space, storage=storage, study_name="curve")
+    run_study(space, CurveFinetuner(), study=study)
+    pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
+    assert pruned, "a median pruner over a peaked curve must prune some trials"
+    for t in pruned:
+        assert t.user_attrs["epochs_run"] < 4
+        assert len(t.intermediate_values) == t.user_attrs["epochs_run"]
+
+
+def test_failed_trial_recorded_and_study_goes_on(storage):
+    space = make_space(n_trials=5, max_failures=20)
+    study = open_study(space, storage=storage, study_name="curve")
+    ft = CurveFinetuner(fail_when=lambda p: p["learning_rate"] > 1e-2)
+    run_study(space, ft, study=study)
+    failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
+    assert failed, "random start-up trials in [1e-5, 1e-1] should hit the failing range"
+    for t in failed:
+        assert "diverged" in t.user_attrs["fail_reason"]
+    finished = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 5
+
+
+def test_consecutive_failures_stop_the_run(storage):
+    space = make_space(n_trials=5)
+    study = open_study(space, storage=storage, study_name="curve")
+    with pytest.raises(TooManyFailures, match="3 failed trials in a row.*diverged"):
+        run_study(space, CurveFinetuner(fail_when=lambda p: True), study=study)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
+
+
+def test_orphaned_running_trial_is_failed_and_requeued(storage):
+    space = make_space(n_trials=2)
+    study = open_study(space, storage=storage, study_name="curve")
+    # a trial left RUNNING by a process that no longer exists
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    trial = study.ask({"lr_scheduler_type": optuna.distributions.CategoricalDistribution(["constant", "cosine"]),
+                       "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
+    # the enqueued trial was taken by ask(); give it a dead worker
+    import socket
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": "1"})
+    number = trial.number
+    assert recover_orphaned_trials(study) == [number]
+    frozen = study.get_trials()[number]
+    assert frozen.state == TrialState.FAIL
+    assert "died while the trial ran" in frozen.user_attrs["fail_reason"]
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert waiting and waiting[0].user_attrs["retry_of"] == number
+    assert waiting[0].system_attrs["fixed_params"] == frozen.params  # Optuna's enqueue record
+    run_study(space, CurveFinetuner(), study=study)
+    assert len(search_trials(study, states=(TrialState.COMPLETE,))) == 2
+
+
+def test_live_workers_trials_are_left_alone(storage):
+    space = make_space(n_trials=2)
+    study = open_study(space, storage=storage, study_name="curve")
+    trial = study.ask()
+    from deepsc_tune.objective import worker_identity
+
+    trial.set_user_attr("worker", worker_identity())
+    assert recover_orphaned_trials(study) == []
+    assert study.get_trials()[trial.number].state == TrialState.RUNNING
+
+
+def test_best_on_empty_study_is_a_clear_error(storage):
+    study = open_study(make_space(), storage=storage, study_name="curve")
+    with pytest.raises(DeepscTuneError, match="no completed trial yet"):
+        best_search_trial(study)
+
+
+def test_storage_errors_are_clear(tmp_path):
+    with pytest.raises(DeepscTuneError, match="--storage"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")
