@@ -40,6 +40,7 @@ import math
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -437,7 +438,12 @@ def _clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
 
 
 def _tensor(a: np.ndarray, dtype: np.dtype) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+    """A tensor sharing ``a``'s memory when possible (training never writes to it)."""
+    arr = np.ascontiguousarray(a, dtype=dtype)
+    with warnings.catch_warnings():
+        # Read-only arrays (memory-mapped caches) are fine: nothing here writes to them.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
 
 
 @torch.inference_mode()

@@ -331,3 +331,23 @@ def test_real_data_pbmc68k_reduced(tmp_path):
     # 10 PBMC types from 700 cells; logistic regression gets ~0.8 on such splits.
     assert r.best().val_accuracy > 0.6
     assert r.test_accuracy is None or 0 <= r.test_accuracy <= 1
+
+
+@pytest.mark.gpu
+def test_cuda_mixed_precision_run():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    for model in ("mlp", "transformer"):
+        s = settings(device="cuda", model=model, seq_len=8, num_bin=5, d_model=8, n_heads=2,
+                     n_layers=1, epoch=2)
+        r = run_training(make_data(), s, log=quiet)
+        assert r.device.startswith("cuda") and r.extra["precision"] in ("bf16-mixed", "fp16-mixed")
+        assert all(math.isfinite(m.val_loss) for m in r.history)
+
+
+def test_read_only_arrays_are_used_without_copy_or_warning(recwarn):
+    data = make_data()
+    for name in ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test"):
+        getattr(data, name).flags.writeable = False  # as from a memory-mapped cache
+    run_training(data, settings(epoch=1), log=quiet)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
