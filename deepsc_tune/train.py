@@ -73,6 +73,11 @@ LOSSES = ("standard", "balanced")
 #: Gradients are clipped to this total norm before every optimizer step (as DeepSC does).
 GRAD_CLIP_NORM = 100.0
 
+#: On the CPU, optimizer moments below this are zeroed every :data:`FLUSH_EVERY` steps, before
+#: they become subnormal (beta1 = 0.9 needs ~170 steps to take 1e-30 below float32's 1.2e-38).
+TINY_STATE = 1e-30
+FLUSH_EVERY = 64
+
 #: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.
 MAX_DEVICE_COPY_BYTES = 4 * 2**30
 
@@ -437,6 +442,23 @@ def _clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
         torch._foreach_mul_(grads, max_norm / (float(total) + 1e-6))
 
 
+def _flush_tiny_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Zero optimizer moments below :data:`TINY_STATE` before they decay into subnormal floats.
+
+    Adam's first moment of a weight whose gradient is exactly 0 (a gene not expressed in the
+    batch, a dead ReLU) shrinks by ``beta1`` every step and spends ~150 steps as a subnormal
+    float, which x86 CPUs process far slower: from the third epoch on the MLP lost ~30 % of its
+    throughput. ``torch.set_flush_denormal`` would fix it only for threads created after the call,
+    so the values are cleared instead. Numerically irrelevant: a moment under 1e-30 moves a
+    weight by less than ``1e-22 * learning_rate``.
+    """
+    with torch.no_grad():
+        for state in optimizer.state.values():
+            for value in state.values():
+                if isinstance(value, torch.Tensor) and value.dim() and value.is_floating_point():
+                    value.masked_fill_(value.abs() < TINY_STATE, 0.0)
+
+
 def _tensor(a: np.ndarray, dtype: np.dtype) -> torch.Tensor:
     """A tensor sharing ``a``'s memory when possible (training never writes to it)."""
     arr = np.ascontiguousarray(a, dtype=dtype)
@@ -595,6 +617,7 @@ def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCa
     stopped = False
     step = 0
     bs, acc = settings.batch_size, settings.grad_acc
+    flush_state = device.type == "cpu"
 
     for epoch in range(1, settings.epoch + 1):
         t0 = time.perf_counter()
@@ -625,6 +648,8 @@ def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCa
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if flush_state and step % FLUSH_EVERY == 0:
+                _flush_tiny_optimizer_state(optimizer)
         train_loss = float(loss_sum) / n_train
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
