@@ -87,11 +87,12 @@ def user_errors() -> Iterator[None]:
         _fail(str(e), EXIT_ERROR)
 
 
-def _quiet_libraries(verbose: bool = False) -> None:
+def _quiet_libraries() -> None:
     import optuna
 
-    # Our own progress lines replace Optuna's per-trial log lines and failure tracebacks.
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+    # Our own progress lines replace Optuna's per-trial log lines and failure tracebacks
+    # (the reason of a failed trial is stored in the study and shown by `deepsc-tune status`).
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     import warnings
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -172,7 +173,7 @@ def run(
     from deepsc_tune.search_space import load_search_space
     from deepsc_tune.study import Progress, open_storage, open_study, run_study
 
-    _quiet_libraries(verbose)
+    _quiet_libraries()
     with user_errors():
         space = load_search_space(name, overrides or [])
         study_name = study_name or space.name
@@ -238,7 +239,7 @@ def finetune(
 
     _quiet_libraries()
     with user_errors():
-        space = load_search_space(name, overrides or [])
+        space = load_search_space(name, overrides or [], fixed_only=True)
         finetuner, _ = _make_finetuner(space, results_dir, log=_echo)
         result = finetuner.run(dict(space.fixed), metric=space.metric,
                                run_dir=results_dir / space.name / "finetune")
@@ -350,6 +351,37 @@ def status(
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+
+
+@app.command()
+def split(
+    name: NameArg,
+    overrides: OverridesArg = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Folder for train.h5ad / val.h5ad / test.h5ad. "
+                     "Default: RESULTS_DIR/NAME/split.", show_default=False),
+    ] = None,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """Write the data block's train / validation / test split as .h5ad files.
+
+    The files hold the original (unprocessed) values of exactly the cells the built-in
+    fine-tuner uses, so DeepSC's own fine-tuner can be tuned on the same split, with a
+    validation file instead of its test file (data_path_eval=.../val.h5ad
+    seperated_train_eval_dataset=true; see docs/deepsc.md).
+    """
+    from deepsc_tune.data import DataSettings, write_split
+    from deepsc_tune.search_space import load_search_space
+
+    _quiet_libraries()
+    with user_errors():
+        space = load_search_space(name, overrides or [])
+        settings = DataSettings.from_dict(space.data, source="data")
+        folder = out or results_dir / space.name / "split"
+        paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
+        for part, path in paths.items():
+            _echo(f"{part}: {path}")
 
 
 @app.command(name="list")

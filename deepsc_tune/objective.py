@@ -75,6 +75,8 @@ def build_objective(
         trial.set_user_attr("worker", worker_identity())
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
+        last_epoch = settings.get("epoch")
+        last_epoch = int(last_epoch) if isinstance(last_epoch, (int, float)) else None
 
         def report(m: EpochMetrics) -> bool:
             value = m.metric(metric)
@@ -88,7 +90,8 @@ def build_objective(
             trial.set_user_attr("history", history)
             if on_epoch is not None:
                 on_epoch(trial.number, m)
-            if trial.should_prune():
+            # Pruning after the last epoch would save nothing and hide a finished result.
+            if (last_epoch is None or m.epoch < last_epoch) and trial.should_prune():
                 pruned_at.append(m.epoch)
                 return True
             return False

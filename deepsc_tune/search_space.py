@@ -261,7 +261,9 @@ def list_search_spaces() -> dict[str, Path]:
     return found
 
 
-def load_search_space(name_or_path: str, overrides: Sequence[str] = ()) -> SearchSpace:
+def load_search_space(
+    name_or_path: str, overrides: Sequence[str] = (), *, fixed_only: bool = False
+) -> SearchSpace:
     """Read, override and validate a search-space file.
 
     Parameters
@@ -271,6 +273,9 @@ def load_search_space(name_or_path: str, overrides: Sequence[str] = ()) -> Searc
     overrides
         Hydra-style ``key.path=value`` items; values are parsed as YAML. A bare key
         (``learning_rate=3e-4``) means the ``finetune`` block.
+    fixed_only
+        Drop the ``search`` block, as for one fine-tune (``deepsc-tune finetune``): searched
+        settings then come from the overrides or the fine-tuner's defaults.
 
     Raises
     ------
@@ -283,6 +288,9 @@ def load_search_space(name_or_path: str, overrides: Sequence[str] = ()) -> Searc
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
     raw = parse_yaml(text, source=str(path))
+    if fixed_only:
+        raw = {k: v for k, v in raw.items() if k != "search"}
+        raw["study"] = {k: v for k, v in (raw.get("study") or {}).items() if k != "enqueue"}
     return build_search_space(raw, text=text, path=path, overrides=overrides)
 
 
