@@ -30,6 +30,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown joins the docstrings' wrapped lines into paragraphs in --help.
+    rich_markup_mode="markdown",
 )
 
 EXIT_USAGE = 2  # bad search space or override
