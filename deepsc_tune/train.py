@@ -26,8 +26,8 @@ Training
 
 Validation after every epoch
 ----------------------------
-Loss, accuracy, macro precision / recall / F1 (scikit-learn's definitions with
-``labels=range(n_classes)`` so every class counts, ``zero_division=0``) and the learning rate of
+Loss, accuracy, macro precision / recall / F1 (scikit-learn's definitions: the macro average
+over the classes present in the labels or the predictions, ``zero_division=0``) and the LR of
 the epoch's last update. The best epoch (by ``metric``; the earliest on ties) keeps its weights
 in memory; the test split, when there is one, is evaluated with them at the end, for reporting
 only.
@@ -370,9 +370,18 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int
 ) -> dict[str, float]:
-    """Accuracy and macro precision / recall / F1 over all ``n_classes`` classes."""
+    """Accuracy and macro precision / recall / F1 (scikit-learn's definitions).
+
+    The macro average runs over every class that occurs in ``y_true`` or ``y_pred`` (scikit-learn's
+    default): a class the split holds no cell of and that is never predicted has no F1 at all,
+    and counting it as 0 would punish every model for the split (a donor without mast cells).
+    A class present but never predicted, or predicted but absent, still counts as 0.
+    """
+    labels = np.union1d(np.asarray(y_true), np.asarray(y_pred)).tolist()
+    if not labels:
+        labels = list(range(n_classes))
     precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0
+        y_true, y_pred, labels=labels, average="macro", zero_division=0
     )
     return {
         "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
