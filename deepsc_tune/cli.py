@@ -399,6 +399,54 @@ def list_spaces() -> None:
         _echo(f"{name:<14} {description}  [{path}]")
 
 
+ReportNameArg = Annotated[
+    Optional[str],
+    typer.Argument(
+        help="Study to report on (its search-space name). Without it: every study under "
+        "RESULTS_DIR and RESULTS_DIR/index.html.",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def report(
+    name: ReportNameArg = None,
+    results_dir: ResultsDirOpt = Path("results"),
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+    top: Annotated[int, typer.Option("--top", help="Configurations in the stability section.")] = 5,
+) -> None:
+    """Write the HTML report of NAME: RESULTS_DIR/NAME/report.html, trials.csv and best.yaml.
+
+    The page is self-contained (opens offline): the learning-rate frontier per scheduler type,
+    learning curves, optimisation history, parameter importances, the summary with DeepSC's
+    override line, and stability over the last epochs and across seeds (`deepsc-tune repeat`).
+    Read only: safe while a search is still running. Without NAME, writes the report of every
+    study under RESULTS_DIR and an index.html linking them.
+    """
+    from deepsc_tune.report import write_index, write_report
+
+    _quiet_libraries()
+    with user_errors():
+        if name is None:
+            if storage is not None or study_name is not None:
+                raise ConfigError("--storage / --study-name need a NAME (the index scans RESULTS_DIR/*/study.db)")
+            index = write_index(results_dir, top=top)
+            for files in index.reports:
+                _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
+            for where, why in index.errors:
+                typer.secho(f"skipped {where}: {why}", fg=typer.colors.YELLOW, err=True)
+            _echo(f"index: {index.html} ({len(index.rows)} studies)")
+            return
+        study, backend = _load_study(name, results_dir, storage, study_name)
+        files = write_report(study, folder=results_dir / study.study_name, backend=backend, top=top)
+        _echo(f"report: {files.html}")
+        _echo(f"trials: {files.csv}" + (f"   best: {files.best_yaml}" if files.best_yaml else ""))
+        for note in files.notes:
+            _echo(f"note: {note}")
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"deepsc-tune {__version__}")
