@@ -161,9 +161,27 @@ def run(
     ] = None,
     threads: Annotated[
         Optional[int],
-        typer.Option(help="Torch CPU threads per worker (default: torch's choice).", show_default=False),
+        typer.Option(help="Torch CPU threads per worker (default: torch's choice; with --workers "
+                     "N: cores // N).", show_default=False),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per epoch.")] = False,
+    workers: Annotated[
+        Optional[int],
+        typer.Option("--workers", "-j", help="Worker processes on this machine, all on this study "
+                     "(default 1, or one per --gpus entry).", show_default=False),
+    ] = None,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1,2,3: one each "
+                     "(CUDA_VISIBLE_DEVICES), handed out in turn.", show_default=False),
+    ] = None,
+    worker_id: Annotated[
+        Optional[str],
+        typer.Option("--worker-id", help="Label for this worker's progress lines, e.g. "
+                     "$SLURM_ARRAY_TASK_ID when many machines share one --storage.",
+                     show_default=False),
+    ] = None,
+    parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
 ) -> None:
     """Run (or resume) the hyperparameter search for NAME.
 
@@ -171,39 +189,104 @@ def run(
     study lives in RESULTS_DIR/NAME/study.db unless --storage names a shared database; running
     the same command again resumes it. Ctrl-C records the running trial as FAIL ("interrupted")
     and re-queues its settings.
+
+    --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
+    on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).
     """
     from deepsc_tune.search_space import load_search_space
-    from deepsc_tune.study import Progress, open_storage, open_study, run_study
+    from deepsc_tune.study import Progress, open_storage, open_study, run_study, sampler_label
+    from deepsc_tune.workers import parse_gpus, plan_workers, sigterm_as_interrupt, watch_parent
 
     _quiet_libraries()
+    child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
+    prefix = f"[{worker_id}] " if worker_id else ""
     with user_errors():
+        gpu_list = parse_gpus(gpus)
+        plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
+        if len(plans) == 1 and not gpu_list:
+            plans = []  # one worker without a GPU to pin: this process is the worker
         space = load_search_space(name, overrides or [])
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
-        finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
+        finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
         study = open_study(space, storage=open_storage(url), study_name=study_name,
-                           data_fingerprint=fingerprint)
-        _echo(
-            f"study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
-            f"target {space.n_trials} finished; optimising {space.metric}"
-        )
-        progress = Progress(metric=space.metric, verbose=verbose)
-        try:
-            summary = run_study(space, finetuner, study=study,
-                                trials_dir=results_dir / space.name / "trials", progress=progress)
-        except KeyboardInterrupt:
-            typer.secho(
-                f"\ninterrupted: the running trial is recorded as FAIL (interrupted) and its "
-                f"settings re-queued; run the same command to resume.",
-                fg=typer.colors.YELLOW, err=True,
+                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
+        if not child:
+            _echo(
+                f"{prefix}study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
+                f"target {space.n_trials} finished; optimising {space.metric}"
             )
-            raise typer.Exit(EXIT_INTERRUPTED)
-        if summary.recovered:
-            _echo(f"re-queued trials left running by a dead process: {summary.recovered}")
+        if plans:
+            _run_workers(plans, name=name, overrides=overrides or [], results_dir=results_dir,
+                         url=url, study_name=study_name, device=device, verbose=verbose)
+            summary = _summarise(study, space)
+        else:
+            if child:
+                watch_parent(parent_pid)
+            progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
+            try:
+                with sigterm_as_interrupt():
+                    summary = run_study(space, finetuner, study=study, progress=progress,
+                                        trials_dir=results_dir / space.name / "trials")
+            except KeyboardInterrupt:
+                typer.secho(
+                    f"\n{prefix}interrupted: the running trial is recorded as FAIL (interrupted) and "
+                    f"its settings re-queued; run the same command to resume.",
+                    fg=typer.colors.YELLOW, err=True,
+                )
+                raise typer.Exit(EXIT_INTERRUPTED)
+            if summary.recovered:
+                _echo(f"{prefix}re-queued trials left running by a dead process: {summary.recovered}")
+            if child:
+                return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         _print_best(study, space.backend, fmt="yaml")
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+
+
+def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
+    """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
+    from deepsc_tune.workers import describe_exit, run_workers
+
+    base = [sys.executable, "-m", "deepsc_tune.cli", "run", "--results-dir", str(results_dir),
+            "--storage", url, "--study-name", study_name, "--parent-pid", str(os.getpid())]
+    if device:
+        base += ["--device", device]
+    if verbose:
+        base.append("--verbose")
+
+    def command(plan) -> list[str]:
+        return [*base, "--worker-id", plan.worker_id, "--threads", str(plan.threads),
+                "--", name, *overrides]
+
+    where = f" on GPUs {','.join(sorted({p.gpu for p in plans}))}" if plans[0].gpu is not None else ""
+    _echo(f"starting {len(plans)} workers{where}; Ctrl-C stops them all")
+    result = run_workers(plans, command, echo=_echo)
+    if result.interrupted:
+        typer.secho(
+            "interrupted: each worker recorded its running trial as FAIL (interrupted) and "
+            "re-queued its settings; run the same command to resume.",
+            fg=typer.colors.YELLOW, err=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    for worker_id, code in result.failed().items():
+        typer.secho(f"[{worker_id}] worker {describe_exit(code)}", fg=typer.colors.YELLOW, err=True)
+
+
+def _summarise(study, space):
+    """Counts after the workers stopped; an error when they stopped short of the target."""
+    from deepsc_tune.study import RunSummary, count_states
+    from optuna.trial import TrialState
+
+    counts = count_states(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    if finished < space.n_trials:
+        raise DeepscTuneError(
+            f"the workers stopped with {finished}/{space.n_trials} finished trials "
+            "(see their lines above); run the same command to go on"
+        )
+    return RunSummary(study=study, ran=0, recovered=[], finished=finished, target=space.n_trials)
 
 
 def _short_url(url: str) -> str:
@@ -276,6 +359,14 @@ def validate(
     for item in files:
         try:
             space = load_search_space(item, overrides or [])
+            if space.backend == "command":
+                from deepsc_tune.command import CommandFinetuner, CommandSettings
+
+                # Refuses a missing checkout (cwd) or program before any trial would run.
+                try:
+                    CommandFinetuner(CommandSettings.from_dict(space.config["finetune"])[0])
+                except DeepscTuneError as e:
+                    raise ConfigError(f"{space.path}: {e}") from None
         except DeepscTuneError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             bad += 1
@@ -445,6 +536,59 @@ def report(
         _echo(f"trials: {files.csv}" + (f"   best: {files.best_yaml}" if files.best_yaml else ""))
         for note in files.notes:
             _echo(f"note: {note}")
+
+
+@app.command()
+def repeat(
+    name: NameArg,
+    top: Annotated[int, typer.Option("--top", "-k", help="How many of the best configurations.")] = 3,
+    seeds: Annotated[int, typer.Option("--seeds", "-n", help="Further seeds for each of them.")] = 2,
+    results_dir: ResultsDirOpt = Path("results"),
+    storage: StorageOpt = None,
+    study_name: StudyNameOpt = None,
+    device: Annotated[
+        Optional[str],
+        typer.Option(help="Built-in fine-tuner device: auto, cpu or cuda.", show_default=False),
+    ] = None,
+    threads: Annotated[
+        Optional[int], typer.Option(help="Torch CPU threads (default: torch's choice).", show_default=False)
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per epoch.")] = False,
+) -> None:
+    """Re-run the TOP best configurations of NAME with SEEDS further seeds each.
+
+    The runs are extra trials of the same study, tagged repeat_of (the original trial) and
+    repeat_seed: never counted as search trials, never pruned, shown as seed-to-seed spread by
+    `deepsc-tune report`. A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
+    Running the command again only adds what is missing (a larger --seeds, failed repeats).
+    """
+    from deepsc_tune.repeat import check_same_data, enqueue_repeats, open_for_repeats, plan_repeats, run_repeats
+    from deepsc_tune.study import Progress
+
+    _quiet_libraries()
+    with user_errors():
+        study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
+        url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
+        study, space = open_for_repeats(storage=url, study_name=study.study_name)
+        plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
+        defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
+        finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
+        check_same_data(study, fingerprint)
+        enqueue_repeats(study, plan)
+        for item in plan:
+            _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
+        if not plan:
+            _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds queued or done")
+        try:
+            summary = run_repeats(study, space, finetuner, progress=Progress(metric=space.metric, verbose=verbose),
+                                  trials_dir=results_dir / study.study_name / "trials")
+        except KeyboardInterrupt:
+            typer.secho("\ninterrupted: the running repeat is recorded as FAIL (interrupted); "
+                        "run the same command to finish the rest.", fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
+        _echo(f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
+              + (f" and {len(summary.search)} queued search trials" if summary.search else ""))
+        _echo(f"next: deepsc-tune report {name}   (stability across seeds)")
 
 
 def version_callback(value: bool) -> None:
