@@ -562,7 +562,9 @@ def repeat(
     `deepsc-tune report`. A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
-    from deepsc_tune.repeat import check_same_data, enqueue_repeats, open_for_repeats, plan_repeats, run_repeats
+    from deepsc_tune.repeat import (
+        check_same_data, enqueue_repeats, open_for_repeats, plan_repeats, run_repeats, waiting_repeats,
+    )
     from deepsc_tune.study import Progress
 
     _quiet_libraries()
@@ -571,14 +573,15 @@ def repeat(
         url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
         study, space = open_for_repeats(storage=url, study_name=study.study_name)
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
+        if not plan and not waiting_repeats(study):
+            _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
+            return
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
-        if not plan:
-            _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds queued or done")
         try:
             summary = run_repeats(study, space, finetuner, progress=Progress(metric=space.metric, verbose=verbose),
                                   trials_dir=results_dir / study.study_name / "trials")

@@ -1,0 +1,239 @@
+"""``deepsc-tune repeat``: run the best configurations again with other seeds.
+
+Repeats are ordinary trials of the same study, queued with ``study.enqueue_trial`` and tagged
+``repeat_of`` (the original trial's number) and ``repeat_seed`` (the objective then overrides the
+``seed`` setting). ``study.search_trials`` leaves them out, so they never count towards the
+search's ``n_trials``, never shape the frontier, and only show up as seed-to-seed spread in the
+report's stability section.
+
+A repeat is *done* when a trial with its ``(repeat_of, repeat_seed)`` is WAITING, RUNNING or
+COMPLETE; a FAIL or PRUNED one is planned again, so running the same command twice adds nothing
+and running it after a crash finishes what is missing.
+
+A search running at the same time may pick queued repeats up (its workers take the oldest
+WAITING trial); they then run under that worker's pruner. Run ``repeat`` after the search, or
+run it again afterwards to complete what was pruned.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune.backend import Finetuner
+from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.objective import build_objective
+from deepsc_tune.search_space import SearchSpace, build_search_space
+from deepsc_tune.study import Progress, load_existing_study, open_storage
+
+#: States in which a planned repeat counts as done or under way.
+DONE_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
+#: Seed used for a trial that recorded none (the fine-tuners' own default is 0 or 42; only the
+#: difference between the original and its repeats matters).
+DEFAULT_SEED = 0
+
+
+class RepeatPlan(NamedTuple):
+    """One repeat to queue: the configuration of trial ``repeat_of``, run with ``seed``."""
+
+    repeat_of: int
+    params: dict[str, Any]
+    seed: int
+
+
+class RepeatSummary(NamedTuple):
+    """What :func:`run_repeats` ran."""
+
+    repeats: list[int]  # numbers of the repeat trials run
+    search: list[int]  # search trials that were queued ahead of the repeats and ran first
+    failed: list[int]  # repeats that ended FAIL
+
+
+def is_repeat(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` was queued by ``deepsc-tune repeat``."""
+    return "repeat_of" in trial.user_attrs
+
+
+def trial_seed(trial: FrozenTrial) -> int:
+    """The seed ``trial`` ran with (recorded ``seed``, else its settings', else the default)."""
+    seed = trial.user_attrs.get("seed")
+    if seed is None:
+        seed = (trial.user_attrs.get("settings") or {}).get("seed", DEFAULT_SEED)
+    return int(seed)
+
+
+def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
+    """The ``top`` best COMPLETE search trials with distinct parameters (best first)."""
+    ranked = sorted(
+        (t for t in trials
+         if not is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None),
+        key=lambda t: (-t.value, t.number),
+    )
+    chosen: list[FrozenTrial] = []
+    seen: list[dict[str, Any]] = []
+    for t in ranked:
+        if t.params in seen:  # the same configuration sampled twice: repeat it once
+            continue
+        seen.append(dict(t.params))
+        chosen.append(t)
+        if len(chosen) == top:
+            break
+    return chosen
+
+
+def plan_repeats(trials: Sequence[FrozenTrial], *, top: int, seeds: int) -> list[RepeatPlan]:
+    """Repeats still needed so that each of the ``top`` best configurations has ``seeds`` more seeds.
+
+    The extra seeds of a trial that ran with seed ``s`` are ``s+1 ... s+seeds``, so asking for
+    more seeds later only adds the new ones. Repeats already WAITING, RUNNING or COMPLETE are
+    left out.
+
+    Raises
+    ------
+    ConfigError
+        When ``top`` or ``seeds`` is below 1.
+    DeepscTuneError
+        When no search trial has completed yet.
+    """
+    if top < 1 or seeds < 1:
+        raise ConfigError(f"--top {top} --seeds {seeds}: both must be 1 or more")
+    chosen = top_trials(trials, top=top)
+    if not chosen:
+        raise DeepscTuneError(
+            f"no completed search trial to repeat yet ({len(trials)} trials in all); "
+            "let `deepsc-tune run` complete some first"
+        )
+    done = {
+        (int(t.user_attrs["repeat_of"]), int(t.user_attrs["repeat_seed"]))
+        for t in trials
+        if is_repeat(t) and t.state in DONE_STATES and t.user_attrs.get("repeat_seed") is not None
+    }
+    plan = []
+    for t in chosen:
+        base = trial_seed(t)
+        for seed in range(base + 1, base + seeds + 1):
+            if (t.number, seed) not in done:
+                plan.append(RepeatPlan(t.number, dict(t.params), seed))
+    return plan
+
+
+def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
+    """Queue each planned repeat as a WAITING trial tagged ``repeat_of`` and ``repeat_seed``."""
+    for item in plan:
+        study.enqueue_trial(
+            item.params, user_attrs={"repeat_of": item.repeat_of, "repeat_seed": item.seed},
+            skip_if_exists=False,  # same parameters as the original on purpose
+        )
+
+
+class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
+    """The study's pruner for search trials; never prunes a repeat (its full curve is the point)."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if is_repeat(trial):
+            return False
+        return self.pruner.prune(study, trial)
+
+
+def space_from_study(study: optuna.Study) -> SearchSpace:
+    """The search space the study was made from (as stored in it, overrides applied).
+
+    Raises
+    ------
+    DeepscTuneError
+        When the study holds no search space (not made by ``deepsc-tune run``).
+    """
+    config = study.user_attrs.get("config")
+    if not isinstance(config, dict):
+        raise DeepscTuneError(
+            f"study '{study.study_name}' records no search space (user attribute 'config'); "
+            "only studies made by `deepsc-tune run` can be repeated"
+        )
+    return build_search_space(config, text=study.user_attrs.get("search_space_text") or "")
+
+
+def open_for_repeats(*, storage: str, study_name: str) -> tuple[optuna.Study, SearchSpace]:
+    """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
+
+    Raises
+    ------
+    DeepscTuneError
+        When the study does not exist or holds no search space.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = open_storage(storage)
+        space = space_from_study(load_existing_study(storage=rdb, study_name=study_name))
+        study = optuna.load_study(
+            study_name=study_name, storage=rdb,
+            sampler=space.build_sampler(), pruner=RepeatsRunToTheEnd(space.build_pruner()),
+        )
+    return study, space
+
+
+def check_same_data(study: optuna.Study, fingerprint: str | None) -> None:
+    """Refuse to repeat on data other than the study's (a data file changed since the search).
+
+    Raises
+    ------
+    ConfigError
+        When both fingerprints are known and differ.
+    """
+    stored = study.user_attrs.get("data_fingerprint")
+    if stored and fingerprint and stored != fingerprint:
+        raise ConfigError(
+            f"study '{study.study_name}' was run on different data "
+            f"(fingerprint {stored[:12]} vs {fingerprint[:12]} now): repeats would not be comparable"
+        )
+
+
+def waiting_repeats(study: optuna.Study) -> list[FrozenTrial]:
+    """Repeats queued and not yet taken by a worker."""
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)) if is_repeat(t)]
+
+
+def run_repeats(
+    study: optuna.Study,
+    space: SearchSpace,
+    finetuner: Finetuner,
+    *,
+    trials_dir: Path | None = None,
+    progress: Progress | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> RepeatSummary:
+    """Run queued trials, one ``study.optimize(n_trials=1)`` at a time, until no repeat is waiting.
+
+    Optuna runs the oldest WAITING trial first, so search trials queued earlier (the usage
+    guide's configurations, retries) run first, as they would in ``deepsc-tune run``.
+    ``KeyboardInterrupt`` is passed on after the running trial is recorded FAIL ("interrupted");
+    running the command again plans it again.
+    """
+    objective = build_objective(
+        space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None
+    )
+    ran: list[int] = []
+
+    def tracked(trial: optuna.trial.Trial) -> float:
+        ran.append(trial.number)
+        return objective(trial)
+
+    callbacks = [progress.trial_done] if progress else []
+    while waiting_repeats(study):
+        if stop is not None and stop():
+            break
+        study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    repeats = [n for n in ran if is_repeat(by_number[n])]
+    return RepeatSummary(
+        repeats=repeats,
+        search=[n for n in ran if not is_repeat(by_number[n])],
+        failed=[n for n in repeats if by_number[n].state == TrialState.FAIL],
+    )
