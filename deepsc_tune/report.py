@@ -675,14 +675,14 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
                 line={"color": colour, "shape": "hv", "width": 2}, name=f"{scheduler} envelope",
                 legendgroup=scheduler, hoverinfo="skip",
             ))
-    for points in frontier.points.values():
-        for p in points:
-            if p.label:
-                fig.add_annotation(
-                    x=math.log10(p.learning_rate), y=p.value, text=p.label, showarrow=True,
-                    arrowhead=2, ax=0, ay=-36, font={"size": 11},
-                    bgcolor="rgba(255,255,255,0.85)", bordercolor="#555", borderwidth=1,
-                )
+    labelled = sorted((p for ps in frontier.points.values() for p in ps if p.label), key=lambda p: p.number)
+    for i, p in enumerate(labelled):
+        fig.add_annotation(  # up-left, down-right, ...: the guide's configs often share an LR
+            x=math.log10(p.learning_rate), y=p.value, text=p.label, showarrow=True, arrowhead=2,
+            ax=-60 if i % 2 == 0 else 60, ay=-32 - 12 * (i // 2) if i % 2 == 0 else 32 + 12 * (i // 2),
+            font={"size": 11},
+            bgcolor="rgba(255,255,255,0.85)", bordercolor="#555", borderwidth=1,
+        )
     fig.update_xaxes(type="log", title="learning_rate", exponentformat="power")
     fig.update_yaxes(title=f"best {metric} (pruned: last epoch reached)")
     return _layout(fig, title="Learning rate frontier", height=480)
