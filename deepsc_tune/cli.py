@@ -230,11 +230,12 @@ def run(
                     summary = run_study(space, finetuner, study=study, progress=progress,
                                         trials_dir=results_dir / space.name / "trials")
             except KeyboardInterrupt:
-                typer.secho(
-                    f"\n{prefix}interrupted: the running trial is recorded as FAIL (interrupted) and "
-                    f"its settings re-queued; run the same command to resume.",
-                    fg=typer.colors.YELLOW, err=True,
-                )
+                if not child:  # the parent says it once for all its workers
+                    typer.secho(
+                        f"\n{prefix}interrupted: the running trial is recorded as FAIL (interrupted) "
+                        f"and its settings re-queued; run the same command to resume.",
+                        fg=typer.colors.YELLOW, err=True,
+                    )
                 raise typer.Exit(EXIT_INTERRUPTED)
             if summary.recovered:
                 _echo(f"{prefix}re-queued trials left running by a dead process: {summary.recovered}")
@@ -247,7 +248,7 @@ def run(
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
-    from deepsc_tune.workers import describe_exit, run_workers
+    from deepsc_tune.workers import run_workers
 
     base = [sys.executable, "-m", "deepsc_tune.cli", "run", "--results-dir", str(results_dir),
             "--storage", url, "--study-name", study_name, "--parent-pid", str(os.getpid())]
@@ -270,8 +271,6 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
             fg=typer.colors.YELLOW, err=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED)
-    for worker_id, code in result.failed().items():
-        typer.secho(f"[{worker_id}] worker {describe_exit(code)}", fg=typer.colors.YELLOW, err=True)
 
 
 def _summarise(study, space):

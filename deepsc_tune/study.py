@@ -9,13 +9,17 @@ holds ``n_trials`` finished (complete or pruned) search trials.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import socket
 import sys
+import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,8 +34,11 @@ from deepsc_tune.objective import build_objective, process_start_time
 from deepsc_tune.search_space import SearchSpace
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
+#: The environment variables below override them (whole seconds; tests use 1 and 3).
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 30
+HEARTBEAT_ENV = "DEEPSC_TUNE_HEARTBEAT"
+GRACE_ENV = "DEEPSC_TUNE_GRACE"
 #: SQLite waits this long for a lock before "database is locked" (several local workers).
 SQLITE_TIMEOUT = 120
 #: How often a worker with nothing to run checks whether others' trials finished or died.
@@ -50,6 +57,37 @@ def default_storage_url(name: str, results_dir: Path) -> str:
     return f"sqlite:///{folder / 'study.db'}"
 
 
+def heartbeat_settings() -> tuple[int, int]:
+    """Heartbeat interval and grace period in seconds (``DEEPSC_TUNE_HEARTBEAT``/``_GRACE``).
+
+    Raises
+    ------
+    ConfigError
+        When a variable is not a positive whole number, or the grace period is not longer
+        than the interval (a live worker would be declared dead).
+    """
+    values = []
+    for env, default in ((HEARTBEAT_ENV, HEARTBEAT_INTERVAL), (GRACE_ENV, GRACE_PERIOD)):
+        text = os.environ.get(env, "").strip()
+        if not text:
+            values.append(default)
+            continue
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise ConfigError(f"{env}={text!r}: expected a positive whole number of seconds")
+        values.append(value)
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(
+            f"{GRACE_ENV}={grace} must be longer than {HEARTBEAT_ENV}={interval} "
+            "(several missed heartbeats mark a worker dead)"
+        )
+    return interval, grace
+
+
 def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
@@ -63,15 +101,19 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         engine_kwargs["pool_pre_ping"] = True
     kwargs: dict[str, Any] = {}
     if heartbeat:
+        interval, grace = heartbeat_settings()
         kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
+            "heartbeat_interval": interval,
+            "grace_period": grace,
             "heartbeat_stale_trial_callback": requeue_stale_trial,
         }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        if url.startswith("sqlite"):
+            _use_wal(storage)
+        return storage
     except ImportError as e:
         raise DeepscTuneError(
             f"--storage {redact(url)}: the database driver is missing ({e}); "
@@ -80,6 +122,27 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+
+
+def _use_wal(storage: RDBStorage) -> None:
+    """SQLite in write-ahead-log mode, synced at checkpoints rather than at every commit.
+
+    A trial commits several times per epoch (report, history); with SQLite's default rollback
+    journal each commit waits for an fsync (about 10 ms here, most of a small trial's time) and
+    writers block readers. WAL lets workers read while one writes, and a crash loses at most
+    the last commits, never the database. All processes must be on one host: SQLite's rule,
+    and ours (several machines: PostgreSQL).
+    """
+    import sqlalchemy
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened while Optuna set the schema up get the pragmas too
 
 
 def redact(url: str) -> str:
@@ -125,23 +188,55 @@ def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
 # ----------------------------------------------------------------------------- study
 
 
+def sampler_label(url: str, worker_id: str | None) -> str | None:
+    """What sets a worker's sampler seed apart (see :func:`worker_seed`).
+
+    ``--worker-id`` when given; otherwise, on a shared server (not SQLite), this host and
+    process, because the same command started on several machines must not propose the same
+    settings; ``None`` (the study's own seed) for a lone worker on SQLite.
+    """
+    if worker_id:
+        return worker_id
+    if url.startswith("sqlite"):
+        return None
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def worker_seed(seed: int | None, label: str | None) -> int | None:
+    """The sampler seed of one worker among several.
+
+    Workers with one seed draw the same random numbers and so propose the same settings; each
+    gets the study's seed shifted by a stable hash of its label. A lone worker (``label``
+    ``None``) keeps the seed, so single-process runs stay reproducible; ``None`` stays ``None``.
+    """
+    if seed is None or label is None:
+        return seed
+    return (int(seed) + zlib.crc32(label.encode())) % 2**32
+
+
 def open_study(
     space: SearchSpace,
     *,
     storage: RDBStorage | str,
     study_name: str,
     data_fingerprint: str | None = None,
+    worker: str | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check it was made from the same search space.
 
     A new study records the search-space text and hash, tool and Optuna versions and the data
     fingerprint, and queues the ``study.enqueue`` configurations (the usage guide's).
+    ``worker`` (:func:`sampler_label`) gives this process its own sampler seed.
 
     Raises
     ------
     ConfigError
         When the stored study was made from a different search space or data.
     """
+    seed = space.sampler_config.get("seed")
+    if worker is not None and seed is not None:
+        space = replace(space, sampler_config={**space.sampler_config,
+                                               "seed": worker_seed(seed, worker)})
     sampler, pruner = space.build_sampler(), space.build_pruner()
     try:
         study = optuna.create_study(
@@ -256,6 +351,16 @@ def recover_orphaned_trials(study: optuna.Study) -> list[int]:
     return recovered
 
 
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's callback, re-queue) trials whose heartbeats stopped.
+
+    Does nothing on a storage without heartbeats.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
 def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, requeue: bool = True) -> None:
     """Mark a RUNNING trial FAIL with ``reason`` (and re-queue its parameters)."""
     storage = study._storage
@@ -278,6 +383,101 @@ def failure_reason(trial: FrozenTrial) -> str | None:
     if trial.system_attrs.get("fail_reason"):
         return trial.system_attrs["fail_reason"]
     return STALE_REASON
+
+
+# ----------------------------------------------------------------------------- start lock
+
+
+class StartLock:
+    """Makes "is there room under the target? then start a trial" atomic across workers.
+
+    Without it two workers that finish at the same moment can both see one free slot and
+    both start a trial, overshooting ``n_trials``. SQLite (one machine) uses an exclusive
+    ``flock`` on a file next to the database; PostgreSQL a transaction-scoped advisory lock.
+    Both are released by the operating system or the server if the worker dies, and both
+    exclude threads of one process too (each :class:`StartLock` has its own descriptor or
+    connection). Other databases get no lock (a rare overshoot by a trial or two).
+    ``release`` is idempotent.
+    """
+
+    def __init__(self, acquire: Callable[[], Callable[[], None]] | None = None) -> None:
+        self._acquire = acquire
+        self._release: Callable[[], None] | None = None
+        self._held = False
+
+    def acquire(self) -> None:
+        self._release = self._acquire() if self._acquire is not None else None
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+def start_lock(storage: Any, study_name: str) -> StartLock:
+    """The :class:`StartLock` that suits ``storage`` (see there)."""
+    from sqlalchemy.engine import make_url
+
+    storage = getattr(storage, "_backend", storage)  # a study wraps its RDBStorage in a cache
+    if not isinstance(storage, RDBStorage):
+        return StartLock()
+    url = make_url(storage.url)
+    if url.get_backend_name() == "sqlite":
+        if not url.database or url.database == ":memory:":
+            return StartLock()
+        return StartLock(_flock_acquirer(Path(f"{url.database}.start-lock")))
+    if url.get_backend_name() == "postgresql":
+        digest = hashlib.sha256(f"deepsc-tune start {study_name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        return StartLock(_pg_acquirer(storage.engine, key))
+    return StartLock()
+
+
+def _flock_acquirer(path: Path) -> Callable[[], Callable[[], None]] | None:
+    try:
+        import fcntl
+    except ImportError:  # Windows: one worker per study there
+        return None
+
+    def acquire() -> Callable[[], None]:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        return lambda: os.close(fd)  # closing the descriptor drops its flock
+
+    return acquire
+
+
+def _pg_acquirer(engine: Any, key: int) -> Callable[[], Callable[[], None]]:
+    import sqlalchemy
+
+    def acquire() -> Callable[[], None]:
+        conn = engine.connect()
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+
+        def release() -> None:
+            try:
+                conn.rollback()  # ends the transaction, which frees the lock
+            except Exception:
+                conn.invalidate()  # a lost connection frees it on the server
+            finally:
+                conn.close()
+
+        return release
+
+    return acquire
 
 
 # ----------------------------------------------------------------------------- running
@@ -389,15 +589,17 @@ def run_study(
         Passed on after the running trial has been recorded as FAIL ("interrupted") and its
         parameters re-queued.
     """
-    recovered = recover_orphaned_trials(study)
+    recovered: list[int] = []
     objective = build_objective(
         space, finetuner, trials_dir=trials_dir,
         on_epoch=progress.epoch if progress else None,
     )
+    lock = start_lock(study._storage, study.study_name)
     current: list[int] = []
 
     def tracked(trial: optuna.trial.Trial) -> float:
         current[:] = [trial.number]
+        lock.release()  # the trial is RUNNING now and counts for everyone
         return objective(trial)
 
     callbacks = [progress.trial_done] if progress else []
@@ -406,25 +608,30 @@ def run_study(
     while True:
         if stop is not None and stop():
             break
-        counts = count_states(study)
-        finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-        if finished >= target:
-            break
-        busy = counts[TrialState.RUNNING]
-        if finished + busy >= target and counts[TrialState.WAITING] == 0:
-            # Others hold the last trials; one of them may still fail and come back.
-            recovered += recover_orphaned_trials(study)
-            if study._storage.is_heartbeat_enabled():
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    optuna.storages.fail_stale_trials(study)
-            time.sleep(POLL_SECONDS)
-            continue
+        lock.acquire()
         try:
-            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
-        except KeyboardInterrupt:
-            _requeue_interrupted(study, current)
-            raise
+            # Under the lock, so that two workers never fail and re-queue the same trial twice.
+            recovered += recover_orphaned_trials(study)
+            fail_stale_trials(study)
+            counts = count_states(study)
+            finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+            if finished >= target:
+                break
+            if finished + counts[TrialState.RUNNING] >= target:
+                # Others hold the last trials; one of them may still fail and come back.
+                # A queued trial (a retry) waits too: starting it would overshoot the target.
+                lock.release()
+                time.sleep(POLL_SECONDS)
+                continue
+            current.clear()
+            try:
+                study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            except KeyboardInterrupt:
+                lock.release()
+                _requeue_interrupted(study, current)
+                raise
+        finally:
+            lock.release()
         ran += 1
         last = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
             study._study_id, current[0])) if current else None

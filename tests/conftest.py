@@ -1,0 +1,59 @@
+"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``.
+
+``.ci/run`` starts PostgreSQL on 127.0.0.1 and exports ``DEEPSC_TUNE_TEST_POSTGRES_URL``. In CI
+(``CI=true``) a missing or unreachable server fails those tests; elsewhere they are skipped
+with the reason, so a laptop without PostgreSQL still runs the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL (``postgresql+psycopg://...``), checked to accept connections."""
+    url = os.environ.get(POSTGRES_ENV, "").strip()
+    if not url:
+        message = (f"{POSTGRES_ENV} is not set; .ci/run starts PostgreSQL on 127.0.0.1 and sets it "
+                   "(or export it to a server of your own)")
+        if in_ci():
+            pytest.fail(f"postgres tests must run in CI: {message}", pytrace=False)
+        pytest.skip(message)
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT 1"))
+    except Exception as e:  # the server is named but not there: say so, never skip quietly
+        pytest.fail(f"{POSTGRES_ENV}: cannot connect: {str(e).splitlines()[0]}", pytrace=False)
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def postgres_study(postgres_url: str) -> Iterator[tuple[str, str]]:
+    """``(url, study_name)``: a study name of its own in the shared test database, deleted after."""
+    import optuna
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    yield postgres_url, name
+    storage = optuna.storages.RDBStorage(postgres_url)
+    try:
+        optuna.delete_study(study_name=name, storage=storage)
+    except KeyError:
+        pass
+    finally:
+        storage.engine.dispose()
