@@ -819,7 +819,7 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin:1.6em 0 .4em;border-b
 .sub{color:#666;margin:.2em 0 1em}.note{background:#fff7e0;border-left:4px solid #f0b400;padding:.5em .8em;
 margin:.6em 0}table{border-collapse:collapse;font-size:.92em;margin:.4em 0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f4f4f4}
-td.n{text-align:right;font-variant-numeric:tabular-nums}pre{background:#f6f8fa;padding:.6em .8em;
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}pre{background:#f6f8fa;padding:.6em .8em;
 overflow-x:auto;font-size:.88em}.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px}
 .figure{min-width:0}.muted{color:#888}
 """
@@ -906,14 +906,18 @@ def render_report(data: ReportData) -> str:
     """The self-contained HTML page (plotly.js inlined once, nothing fetched)."""
     s = data.summary
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    about = [data.description, f"data {data.dataset}" if data.dataset != "-" else "", f"metric {s.metric}",
+             f"{len(data.trials)} trials", f"made {created}"]
     head = (
         f"<h1>deepsc-tune report: {_e(s.study_name)}</h1>"
-        f"<p class=sub>{_e(data.description)} &middot; data {_e(data.dataset)} &middot; metric {_e(s.metric)}"
-        f" &middot; {len(data.trials)} trials &middot; made {created}</p>"
+        f"<p class=sub>{' &middot; '.join(_e(a) for a in about if a)}</p>"
     )
     notes = "".join(f"<div class=note>{_e(n)}</div>" for n in data.notes)
     if s.finished == 0:
         body = head + notes + "<h2>Summary</h2>" + _summary_html(s)
+        if data.curves:  # trials still running: their epochs so far
+            body += "<h2>Learning curves so far</h2>" + _Page().figure(
+                plot_curves(data.curves, metric=s.metric), "fig-curves")
         return _html_page(f"{s.study_name}: deepsc-tune report", body)
     page = _Page()
     parts = [head, notes, "<h2>1. Learning rate frontier</h2>",
@@ -1056,13 +1060,18 @@ def find_study_databases(results_dir: Path) -> list[Path]:
     return sorted(Path(results_dir).glob("*/study.db"))
 
 
+def _where(row: IndexRow) -> str:
+    folder = row.report.rsplit("/", 1)[0]
+    return "" if folder == row.name else f" <span class=muted>({_e(folder)}/)</span>"
+
+
 def render_index(rows: Sequence[IndexRow], *, errors: Sequence[tuple[str, str]] = ()) -> str:
     """``index.html``: the table DeepSC's guide keeps by hand, one row per study."""
     head = ("<tr><th>study</th><th>data</th><th>trials</th><th>scheduler</th><th>learning_rate</th>"
             "<th>warmup</th><th>epochs (best)</th><th>val acc</th><th>val macro-F1</th><th>test acc</th>"
             "<th>test macro-F1</th><th>stability</th></tr>")
     body = "".join(
-        f"<tr><td><a href=\"{_e(r.report)}\">{_e(r.name)}</a></td><td>{_e(r.dataset)}</td>"
+        f"<tr><td><a href=\"{_e(r.report)}\">{_e(r.name)}</a>{_where(r)}</td><td>{_e(r.dataset)}</td>"
         f"<td class=n>{r.trials}</td><td>{_e(r.scheduler or '-')}</td>"
         f"<td class=n>{format_number(r.learning_rate)}</td><td class=n>{format_number(r.warmup_ratio)}</td>"
         f"<td class=n>{_e(r.epochs if r.epochs is not None else '-')} ({_e(r.best_epoch if r.best_epoch is not None else '-')})</td>"
@@ -1093,8 +1102,10 @@ class IndexFiles(NamedTuple):
 def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
     """Write the report of every study under ``RESULTS_DIR/*/study.db`` and ``RESULTS_DIR/index.html``.
 
-    Each database is opened read only (no heartbeats), like ``deepsc-tune report NAME``. A study
-    that cannot be read is listed with the reason instead of stopping the others.
+    Each database is opened read only (no heartbeats), like ``deepsc-tune report NAME``. The
+    report of study ``F`` in ``RESULTS_DIR/F/study.db`` (or of the only study there) goes to
+    ``RESULTS_DIR/F/``; other studies in that database to ``RESULTS_DIR/F/<study name>/``. A
+    database that cannot be read is listed with the reason instead of stopping the others.
     """
     from deepsc_tune.study import open_storage
 
@@ -1109,10 +1120,11 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             continue
         for name in sorted(names, key=lambda n: (n != db.parent.name, n)):
             study = optuna.load_study(study_name=name, storage=storage)
-            folder = results_dir / name
+            # the folder's own study (or its only one) reports next to study.db; others below it
+            folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
             files = write_report(study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top)
             reports.append(files)
-            rows.append(index_row(files.data, report=f"{folder.name}/report.html"))
+            rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "index.html"
     _write_atomic(path, render_index(rows, errors=errors))

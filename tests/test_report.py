@@ -530,3 +530,24 @@ def test_cli_report_missing_study(tmp_path):
     result = run_cli("report", "nope", "--results-dir", str(tmp_path))
     assert result.exit_code == 1
     assert "no study found" in result.output
+
+
+def test_index_keeps_reports_of_same_named_studies_apart(tmp_path):
+    """Studies are placed by their database's folder, so equal names never overwrite each other."""
+    results = tmp_path / "results"
+    for folder, names in (("a", ["pbmc68k"]), ("pbmc68k", ["pbmc68k", "pbmc68k-2"])):
+        (results / folder).mkdir(parents=True)
+        for name in names:
+            study = optuna.create_study(study_name=name, storage=f"sqlite:///{results / folder / 'study.db'}",
+                                        direction="maximize")
+            for trial in synthetic_trials():
+                study.add_trial(trial)
+    (results / "broken").mkdir()
+    (results / "broken" / "study.db").write_text("not a database")
+    index = write_index(results)
+    assert [(r.name, r.report) for r in index.rows] == [
+        ("pbmc68k", "a/report.html"), ("pbmc68k", "pbmc68k/report.html"),
+        ("pbmc68k-2", "pbmc68k/pbmc68k-2/report.html"),
+    ]
+    assert all((results / r.report).is_file() for r in index.rows)
+    assert [name for name, _ in index.errors] == ["broken"]
