@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import datetime
 import html
-import json
 import math
 import os
 import statistics
