@@ -396,18 +396,31 @@ def best(
         _print_best(study, backend, fmt=fmt)
 
 
+def _space_name(name: str) -> str:
+    """The ``name:`` of a search space (its results folder), without validating the file."""
+    from deepsc_tune.search_space import parse_yaml, resolve_search_space_path
+
+    try:
+        path = resolve_search_space_path(name)
+        return str(parse_yaml(path.read_text(), source=str(path)).get("name") or path.stem)
+    except (DeepscTuneError, OSError):
+        return Path(name).stem
+
+
 def _load_study(name: str, results_dir: Path, storage: str | None, study_name: str | None):
     """Open an existing study for reading (the search-space file itself is not needed)."""
     from deepsc_tune.study import load_existing_study, open_storage
 
     _quiet_libraries()
-    study_name = study_name or Path(name).stem
-    if storage is None and not (results_dir / study_name / "study.db").is_file():
+    folder = _space_name(name)
+    study_name = study_name or folder
+    db = results_dir / folder / "study.db"
+    if storage is None and not db.is_file():
         raise DeepscTuneError(
-            f"no study found at {results_dir / study_name / 'study.db'}; "
+            f"no study found at {db}; "
             f"run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
         )
-    url = storage or f"sqlite:///{results_dir / study_name / 'study.db'}"
+    url = storage or f"sqlite:///{db}"
     study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
     return study, study.user_attrs.get("backend", "builtin")
 

@@ -90,8 +90,10 @@ def build_objective(
             trial.set_user_attr("history", history)
             if on_epoch is not None:
                 on_epoch(trial.number, m)
-            # Pruning after the last epoch would save nothing and hide a finished result.
-            if (last_epoch is None or m.epoch < last_epoch) and trial.should_prune():
+            # Pruning after the last epoch would save nothing and hide a finished result; a
+            # repeat exists to measure the full curve of a known configuration, so it runs on.
+            may_prune = seed is None and (last_epoch is None or m.epoch < last_epoch)
+            if may_prune and trial.should_prune():
                 pruned_at.append(m.epoch)
                 return True
             return False

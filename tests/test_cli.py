@@ -117,6 +117,10 @@ def test_changed_search_space_is_refused_and_study_untouched(results):
              "study.n_trials=1", "finetune.epoch=2", "finetune.dropout=0.5")
     assert ok.exit_code == 0, ok.output
     assert len(load(results).trials) == before
+    # and the read-only commands find it by --study-name in the same database
+    status = cli("status", "pbmc68k", "--results-dir", str(results), "--study-name", "pbmc68k-dropout")
+    assert status.exit_code == 0, status.output
+    assert "complete 1" in status.output or "pruned 1" in status.output
 
 
 @pytest.mark.parametrize(
