@@ -209,7 +209,10 @@ def run(
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
-        finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
+        if plans:  # the workers train; here the data are only prepared (cached) for them
+            fingerprint = None if space.backend == "command" else _prepare(space, results_dir).fingerprint
+        else:
+            finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
         study = open_study(space, storage=open_storage(url), study_name=study_name,
                            data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
         if not child:

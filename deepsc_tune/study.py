@@ -42,7 +42,7 @@ GRACE_ENV = "DEEPSC_TUNE_GRACE"
 #: SQLite waits this long for a lock before "database is locked" (several local workers).
 SQLITE_TIMEOUT = 120
 #: How often a worker with nothing to run checks whether others' trials finished or died.
-POLL_SECONDS = 2.0
+POLL_SECONDS = 0.5
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -94,6 +94,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     SQLite gets a long lock timeout so that several local workers queue instead of failing
     with "database is locked".
     """
+    url = with_driver(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -122,6 +123,23 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+
+
+def with_driver(url: str) -> str:
+    """``postgresql://`` with the driver that is installed.
+
+    SQLAlchemy reads a bare ``postgresql://`` as psycopg2; ``deepsc-tune[postgres]`` installs
+    psycopg 3, so the URL users copy from PostgreSQL's documentation gets ``+psycopg`` when
+    psycopg2 is absent. URLs naming a driver are left alone.
+    """
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            import importlib.util
+
+            if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
+                return "postgresql+psycopg://" + url[len(bare):]
+            return "postgresql://" + url[len(bare):]
+    return url
 
 
 def _use_wal(storage: RDBStorage) -> None:
@@ -369,7 +387,7 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, reason: str, *, requeue:
         changed = storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     except RuntimeError:  # finished meanwhile
         return
-    if changed and requeue:
+    if changed and requeue and trial.user_attrs.get("retry_count", 0) < MAX_RETRIES:
         _requeue(study, trial, reason)
 
 

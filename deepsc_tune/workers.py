@@ -16,6 +16,7 @@ interrupts itself (:func:`watch_parent`). This module never imports Optuna or to
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -290,11 +291,15 @@ def _forward_stop(
 
 
 def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:
-    """In a child: interrupt this process (SIGINT) once ``parent_pid`` is no longer its parent.
+    """In a child: interrupt this process (SIGINT) once ``parent_pid`` is gone.
 
     A parent killed outright cannot forward Ctrl-C; its children then stop the same way, so
-    their trials are recorded and re-queued instead of left RUNNING.
+    their trials are recorded and re-queued instead of left RUNNING. Two signs: the parent is
+    no longer ours (checked every ``interval`` s), or writing a line to it fails (its end of
+    the pipe closed), which would otherwise fail the running trial with a BrokenPipeError.
     """
+    sys.stdout = _ParentPipe(sys.stdout)  # type: ignore[assignment]
+    sys.stderr = _ParentPipe(sys.stderr)  # type: ignore[assignment]
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -304,6 +309,36 @@ def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:
     thread = threading.Thread(target=watch, name="deepsc-tune-watch-parent", daemon=True)
     thread.start()
     return thread
+
+
+class _ParentPipe(io.TextIOBase):
+    """A child's stdout/stderr: a closed pipe (dead parent) interrupts, once, instead of raising."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._broken = False
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._broken = True
+                os.kill(os.getpid(), signal.SIGINT)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            with contextlib.suppress(BrokenPipeError, ValueError):
+                self._stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._stream, "encoding", "utf-8")
 
 
 @contextlib.contextmanager

@@ -30,9 +30,10 @@ from deepsc_tune.study import (
     open_study,
     run_study,
     sampler_label,
+    with_driver,
     worker_seed,
 )
-from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers
+from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers, sigterm_as_interrupt
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -98,6 +99,16 @@ def test_describe_exit():
     assert describe_exit(1) == "stopped with exit code 1"
 
 
+def test_sigterm_is_an_interrupt_inside_the_block():
+    """SLURM's scancel and preemption send SIGTERM: the running trial is recorded and re-queued."""
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
 def test_worker_seeds_differ_but_a_lone_worker_keeps_the_study_seed():
     seeds = {worker_seed(0, f"w{k}") for k in range(1, 9)}
     assert len(seeds) == 8 and 0 not in seeds
@@ -106,6 +117,24 @@ def test_worker_seeds_differ_but_a_lone_worker_keeps_the_study_seed():
     assert sampler_label("sqlite:///x/study.db", None) is None
     assert sampler_label("sqlite:///x/study.db", "w3") == "w3"
     assert sampler_label("postgresql://u@h/db", None)  # many machines, one command: distinct
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:pw@db:5432/study", "postgresql+psycopg://u:pw@db:5432/study"),
+        ("postgres://u@db/study", "postgresql+psycopg://u@db/study"),
+        ("postgresql+psycopg2://u@db/study", "postgresql+psycopg2://u@db/study"),
+        ("sqlite:///results/x/study.db", "sqlite:///results/x/study.db"),
+    ],
+)
+def test_bare_postgresql_urls_use_the_installed_driver(url, expected, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    assert with_driver(url) == expected
 
 
 def test_heartbeat_settings_from_environment(monkeypatch):
@@ -369,3 +398,23 @@ def test_ctrl_c_stops_all_workers_and_requeues_their_trials(tmp_path):
     assert len(interrupted) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in interrupted)
+
+
+def test_killed_parent_leaves_no_running_trials(tmp_path):
+    """Without a parent to forward Ctrl-C, each worker notices and interrupts itself."""
+    results = tmp_path / "results"
+    args = ["--workers", "2", "-v", "finetune.epoch=500", "finetune.hidden=[16]", "study.n_trials=4",
+            "study.pruner={type: none}"]
+    proc = start_workers(results, *args)
+    lines = read_until(proc, lambda line: line.startswith("[w2]") and " epoch " in line)
+    pids = worker_pids(lines)
+    proc.kill()
+    proc.communicate(timeout=30)
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in pids.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids.values()), "orphaned workers still run"
+    study = load(results)
+    assert TrialState.RUNNING not in [t.state for t in study.trials]
+    interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
