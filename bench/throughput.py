@@ -176,8 +176,11 @@ def write_markdown(report: dict, path: Path) -> None:
     lines += [
         "",
         "Training throughput counts training cells through forward, backward and optimizer step "
-        "(validation excluded). The machine is shared; load averages before/after each "
-        "measurement are in `throughput.json`.",
+        "(validation excluded); figures are medians over epochs. Load averages before/after "
+        "each measurement are in `throughput.json`: on a small machine shared with other "
+        "processes, torch's default of one thread per core collapses (a parallel region waits "
+        "for its slowest thread), while `num_threads: 1` degrades gracefully. Parallel study "
+        "workers should use `num_threads = cores // workers`.",
         "",
     ]
     path.write_text("\n".join(lines))
