@@ -265,7 +265,8 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
                 "--", name, *overrides]
 
     where = f" on GPUs {','.join(sorted({p.gpu for p in plans}))}" if plans[0].gpu is not None else ""
-    _echo(f"starting {len(plans)} workers{where}; Ctrl-C stops them all")
+    _echo(f"starting {len(plans)} worker{'s' if len(plans) > 1 else ''}{where}; Ctrl-C stops "
+          f"{'them all' if len(plans) > 1 else 'it'}")
     result = run_workers(plans, command, echo=_echo)
     if result.interrupted:
         typer.secho(

@@ -1,7 +1,8 @@
 """The persistent Optuna study: storage, create or resume, orphaned trials, the worker loop.
 
 One study lives in one relational database: SQLite under ``results/NAME/study.db`` on one
-machine, PostgreSQL (``--storage postgresql://...``) for workers on many machines. Running the
+machine (write-ahead log, so local workers read while one writes), PostgreSQL
+(``--storage postgresql://...``) for workers on many machines (docs/distributed.md). Running the
 same command again resumes: finished trials are kept, trials a dead process left RUNNING are
 marked FAIL with a reason and their parameters re-queued, and work continues until the study
 holds ``n_trials`` finished (complete or pruned) search trials.
@@ -14,7 +15,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 import warnings
 import zlib
@@ -595,9 +595,12 @@ def run_study(
 ) -> RunSummary:
     """Run trials until the study holds ``space.n_trials`` finished search trials.
 
-    Safe to run in several processes against one storage: each worker asks for the next trial;
-    when the remaining budget is taken by trials running elsewhere, it waits for them (one may
-    fail and be re-queued) instead of overshooting the target.
+    Safe to run in several processes (or threads, each with its own storage) against one
+    storage: each worker asks for the next trial under a :class:`StartLock`, so two workers
+    never take the last slot together; when the remaining budget is taken by trials running
+    elsewhere, it waits for them (one may fail and be re-queued) instead of overshooting the
+    target. Trials of dead workers are failed and re-queued on the way
+    (:func:`recover_orphaned_trials` at once on this host, heartbeats anywhere).
 
     Raises
     ------
