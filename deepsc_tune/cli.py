@@ -61,7 +61,9 @@ StorageOpt = Annotated[
     Optional[str],
     typer.Option(
         "--storage",
-        help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db. "
+        envvar="DEEPSC_TUNE_STORAGE",
+        help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db "
+        "(or set DEEPSC_TUNE_STORAGE, which keeps the password out of `ps`). "
         "Default: sqlite:///RESULTS_DIR/NAME/study.db.",
         show_default=False,
     ),
@@ -253,8 +255,10 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
     from deepsc_tune.workers import run_workers
 
+    # The URL travels in the environment, so a database password never shows in `ps`.
+    os.environ["DEEPSC_TUNE_STORAGE"] = url
     base = [sys.executable, "-m", "deepsc_tune.cli", "run", "--results-dir", str(results_dir),
-            "--storage", url, "--study-name", study_name, "--parent-pid", str(os.getpid())]
+            "--study-name", study_name, "--parent-pid", str(os.getpid())]
     if device:
         base += ["--device", device]
     if verbose:
