@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,37 +36,12 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.train import TrainSettings, run_training  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kang2018_pbmc_ifnb.h5ad"
 MLP_TARGET_CELLS_PER_S = 15_000
-
-
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dict]:
@@ -77,7 +51,7 @@ def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dic
         {"train": str(data_path), "label_key": "cell_type", "n_top_genes": 2000}
     )
     data_mod.clear_memo()
-    load0 = _load()
+    load0 = load_average()
     t0 = time.perf_counter()
     prepared = data_mod.prepare_data(settings, cache_dir=cache_dir)
     cold = time.perf_counter() - t0
@@ -104,7 +78,7 @@ def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dic
 
 def measure_training(prepared, settings: dict, *, label: str) -> dict:
     s = TrainSettings.from_dict(settings)
-    load0 = _load()
+    load0 = load_average()
     t0 = time.perf_counter()
     result = run_training(prepared, s, log=lambda line: print(f"  [{label}] {line}", flush=True))
     wall = time.perf_counter() - t0
@@ -127,7 +101,7 @@ def measure_training(prepared, settings: dict, *, label: str) -> dict:
         "device": result.device,
         "precision": result.extra["precision"],
         "load_average_before": load0,
-        "load_average_after": _load(),
+        "load_average_after": load_average(),
     }
 
 
@@ -206,12 +180,12 @@ def main(argv: list[str] | None = None) -> int:
 
     report: dict = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "deepsc_tune": __version__,
         "device": args.device,
         "machine": {
             "cpu_count": os.cpu_count(),
-            "cpu_model": _cpu_model(),
+            "cpu_model": cpu_model(),
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(),

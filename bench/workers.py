@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO))
 import optuna  # noqa: E402
 import torch  # noqa: E402
 
+from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.data import DataSettings, prepare_data  # noqa: E402
 from deepsc_tune.search_space import load_search_space  # noqa: E402
@@ -70,34 +71,9 @@ WORKLOADS = {
 }
 
 
-def _load() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def run_once(args: list[str], results: Path, overrides: list[str]) -> dict:
     """One `deepsc-tune run pbmc68k` in ``results`` (cache already warm); timings from the study."""
-    load_before = _load()
+    load_before = load_average()
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-m", "deepsc_tune.cli", "run", NAME, *overrides, "--results-dir", str(results),
@@ -128,7 +104,7 @@ def run_once(args: list[str], results: Path, overrides: list[str]) -> dict:
         "epochs_per_min_search": round(60 * epochs / search, 1),
         "mean_trial_s": round(statistics.mean(t.user_attrs.get("duration_s", 0) for t in trials), 3),
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": load_average(),
     }
 
 
@@ -266,9 +242,9 @@ def main() -> None:
     info = {
         "benchmark": "bench/workers.py",
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "commit": _commit(),
+        "commit": (git_commit() or "unknown"),
         "deepsc_tune": __version__,
-        "machine": {"cpu": _cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "torch_default_threads": torch.get_num_threads(), "optuna": optuna.__version__,
                     "python": platform.python_version()},
         "search_space": NAME,
