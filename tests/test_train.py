@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -13,6 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from deepsc_tune.backend import EpochMetrics
+from deepsc_tune.data import DataSettings, PreparedData, prepare_data
 from deepsc_tune.errors import ConfigError, FinetuneError
 from deepsc_tune.model import MLPClassifier
 from deepsc_tune.train import (
@@ -32,21 +33,7 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@dataclass
-class Prepared:
-    """Stand-in for :class:`deepsc_tune.data.PreparedData` (the attributes training reads)."""
-
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_val: np.ndarray
-    y_val: np.ndarray
-    X_test: np.ndarray | None
-    y_test: np.ndarray | None
-    classes: list[str]
-    genes: list[str]
-
-
-def make_data(n_train=320, n_val=60, n_test=60, n_genes=30, n_classes=3, seed=0) -> Prepared:
+def make_data(n_train=320, n_val=60, n_test=60, n_genes=30, n_classes=3, seed=0) -> PreparedData:
     """Log-counts from class-specific Poisson profiles: learnable, not trivial at epoch 1."""
     rng = np.random.default_rng(seed)
     profiles = rng.gamma(0.5, 2.0, size=(n_classes, n_genes))
@@ -56,8 +43,11 @@ def make_data(n_train=320, n_val=60, n_test=60, n_genes=30, n_classes=3, seed=0)
         return np.log1p(rng.poisson(profiles[y])).astype(np.float32), y.astype(np.int64)
 
     (xt, yt), (xv, yv), (xs, ys) = draw(n_train), draw(n_val), draw(n_test)
-    return Prepared(xt, yt, xv, yv, xs, ys, [f"type{i}" for i in range(n_classes)],
-                    [f"g{i}" for i in range(n_genes)])
+    return PreparedData(
+        xt, yt, xv, yv, xs, ys, classes=[f"type{i}" for i in range(n_classes)],
+        genes=[f"g{i}" for i in range(n_genes)], dropped_classes={}, fingerprint="synthetic",
+        notes=[], source={}, indices={},
+    )
 
 
 def settings(**kw) -> TrainSettings:
@@ -330,9 +320,8 @@ def test_macro_metrics_over_classes_present_or_predicted():
 
 
 def test_real_data_pbmc68k_reduced(tmp_path):
-    data_mod = pytest.importorskip("deepsc_tune.data")
-    ds = data_mod.DataSettings.from_dict({"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"})
-    data = data_mod.prepare_data(ds, cache_dir=None)
+    ds = DataSettings.from_dict({"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"})
+    data = prepare_data(ds, cache_dir=None)
     r = run_training(data, settings(hidden=[64], epoch=5, learning_rate=1e-3, batch_size=32), log=quiet)
     # 10 PBMC types from 700 cells; logistic regression gets ~0.8 on such splits.
     assert r.best().val_accuracy > 0.6
