@@ -74,6 +74,12 @@ METRICS_FILE = "metrics.jsonl"
 RUN_DIR_PLACEHOLDER = "{run_dir}"
 #: Lines of the child's output quoted in a failure message.
 TAIL_LINES = 10
+#: DeepSC config keys whose values are paths. Relative ones are resolved against the folder
+#: deepsc-tune was started in, because the child runs in the trial's folder (DeepSC itself would
+#: resolve them against its own working directory).
+PATH_KEYS = ("data_path", "data_path_eval", "csv_path", "pretrained_model_path")
+#: DeepSC 2416d85 prints where it writes checkpoints, logs and plots (a hard-coded folder).
+_OUTPUT_DIR_LINE = re.compile(r"^Output directory created:\s*(?P<path>\S.*)$")
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?|[-+]?(?:nan|inf)"
 #: DeepSC's per-epoch header (``CellTypeAnnotation.train``, printed by rank 0).
@@ -125,7 +131,10 @@ class CommandSettings:
         Program and arguments before the overrides (default DeepSC's
         ``python -m src.deepsc.finetune.finetune``).
     cwd
-        Working directory, e.g. the DeepSC checkout (``None``: the current directory).
+        The program's checkout, e.g. DeepSC's (``None``: the current directory). It and its
+        ``src/`` go first on the child's ``PYTHONPATH`` (DeepSC imports both ``deepsc.*`` and
+        ``src.deepsc.*``) and a relative program path is found there; the child itself runs in
+        the trial's folder, so files it writes into its working directory stay with the trial.
     env
         Extra environment variables for the child.
     overrides
@@ -202,7 +211,7 @@ class CommandSettings:
                 bad(key, key, "a Hydra config key such as 'learning_rate' or 'model.num_bins'")
                 continue
             try:
-                fixed[key] = _coerce_value(value)
+                fixed[key] = _resolve_path(key, _coerce_value(value))
             except ValueError as e:
                 bad(key, value, str(e))
 
@@ -225,7 +234,7 @@ class CommandSettings:
 
         if d.get("cwd") is not None:
             if isinstance(d["cwd"], (str, os.PathLike)) and str(d["cwd"]):
-                kw["cwd"] = Path(d["cwd"]).expanduser()
+                kw["cwd"] = Path(d["cwd"]).expanduser().absolute()
             else:
                 bad("cwd", d["cwd"], "a directory path (the DeepSC checkout)")
 
@@ -256,7 +265,7 @@ class CommandSettings:
                     if key != name:  # '+key' in overrides marks a key new to the config
                         new_keys.add(name)
                     try:
-                        overrides[name] = _coerce_value(value)
+                        overrides[name] = _resolve_path(name, _coerce_value(value))
                     except ValueError as e:
                         bad(f"overrides.{key}", value, str(e))
                 kw["overrides"] = overrides
@@ -329,6 +338,26 @@ def _as_number(value: Any) -> float | None:
     if isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
         return float(value)
     return None
+
+
+def _resolve_path(key: str, value: Any) -> Any:
+    """A relative path under a :data:`PATH_KEYS` key, made absolute against the current folder.
+
+    The child runs in the trial's folder, and DeepSC would otherwise read ``data/train.h5ad``
+    relative to that (or to its checkout); users mean the folder they ran deepsc-tune in.
+    """
+    if key not in PATH_KEYS or not isinstance(value, str) or not value or RUN_DIR_PLACEHOLDER in value:
+        return value
+    path = Path(value).expanduser()
+    return os.path.abspath(path)
+
+
+def checkout_pythonpath(checkout: Path | str) -> list[str]:
+    """What goes first on the child's ``PYTHONPATH``: the checkout and, if it has one, its
+    ``src/`` (DeepSC imports both ``src.deepsc.*`` and ``deepsc.*``; its own scripts run
+    ``PYTHONPATH=src torchrun ... -m deepsc.finetune.finetune``)."""
+    checkout = Path(checkout).absolute()
+    return [str(checkout)] + ([str(checkout / "src")] if (checkout / "src").is_dir() else [])
 
 
 def _env_string(value: Any) -> str:
@@ -539,6 +568,40 @@ def _parse_json_metrics(raw: bytes) -> EpochMetrics:
 # ----------------------------------------------------------------------------- the backend
 
 
+def build_argv(settings: CommandSettings, params: Mapping[str, Any], *, run_dir: Path | str) -> list[str]:
+    """The child's argument list: command, overrides, ``params``, then the run folder.
+
+    ``params`` (fixed settings merged with the trial's values) win over ``overrides``
+    holding the same key. ``{run_dir}`` in string values becomes the run folder.
+
+    Raises
+    ------
+    ConfigError
+        If a key is not a Hydra key or a value cannot be written as an override.
+    """
+    s = settings
+    run_dir = str(run_dir)
+    merged: dict[str, Any] = dict(s.overrides)
+    for key, value in params.items():
+        if key not in merged and s.run_dir_override and key == s.run_dir_override:
+            continue  # the run folder is ours to choose
+        merged[key] = value
+    argv = list(s.command)
+    if os.sep in argv[0] and not Path(argv[0]).is_absolute():
+        # The child runs in the trial's folder: a relative program is the checkout's.
+        argv[0] = str(Path(s.cwd or Path.cwd()) / argv[0])
+    for key, value in merged.items():
+        if not isinstance(key, str) or not _HYDRA_KEY.match(key):
+            raise ConfigError(f"finetune: cannot pass setting {key!r} to the command: not a Hydra config key")
+        try:
+            argv.append(format_override(key, _substitute(value, run_dir), new=key in s.new_keys))
+        except ValueError as e:
+            raise ConfigError(f"finetune.{key}: {e}") from None
+    if s.run_dir_override and s.run_dir_override not in merged:
+        argv.append(format_override(s.run_dir_override, run_dir))
+    return argv
+
+
 class CommandFinetuner:
     """A :class:`~deepsc_tune.backend.Finetuner` that runs a command per fine-tune.
 
@@ -578,34 +641,8 @@ class CommandFinetuner:
             )
 
     def build_argv(self, params: Mapping[str, Any], *, run_dir: Path | str) -> list[str]:
-        """The child's argument list: command, overrides, ``params``, then the run folder.
-
-        ``params`` (fixed settings merged with the trial's values) win over ``overrides``
-        holding the same key. ``{run_dir}`` in string values becomes the run folder.
-
-        Raises
-        ------
-        ConfigError
-            If a key is not a Hydra key or a value cannot be written as an override.
-        """
-        s = self.settings
-        run_dir = str(run_dir)
-        merged: dict[str, Any] = dict(s.overrides)
-        for key, value in params.items():
-            if key not in merged and s.run_dir_override and key == s.run_dir_override:
-                continue  # the run folder is ours to choose
-            merged[key] = value
-        argv = list(s.command)
-        for key, value in merged.items():
-            if not isinstance(key, str) or not _HYDRA_KEY.match(key):
-                raise ConfigError(f"finetune: cannot pass setting {key!r} to the command: not a Hydra config key")
-            try:
-                argv.append(format_override(key, _substitute(value, run_dir), new=key in s.new_keys))
-            except ValueError as e:
-                raise ConfigError(f"finetune.{key}: {e}") from None
-        if s.run_dir_override and s.run_dir_override not in merged:
-            argv.append(format_override(s.run_dir_override, run_dir))
-        return argv
+        """The child's argument list (:func:`build_argv` with this finetuner's settings)."""
+        return build_argv(self.settings, params, run_dir=run_dir)
 
     def build_env(self, run_dir: Path | str, *, cuda_visible_devices: str | None = None) -> dict[str, str]:
         """The child's environment: ours, ``settings.env``, then the variables the run needs."""
@@ -616,6 +653,12 @@ class CommandFinetuner:
         env["PYTHONUNBUFFERED"] = "1"
         env[METRICS_ENV] = str(Path(run_dir) / METRICS_FILE)
         env[RUN_DIR_ENV] = run_dir
+        # The child runs in the trial's folder; the checkout (and its src/, for DeepSC's
+        # `deepsc.*` imports next to `src.deepsc.*`) must still import.
+        paths = checkout_pythonpath(self.settings.cwd or Path.cwd())
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
         gpu = cuda_visible_devices if cuda_visible_devices is not None else self.cuda_visible_devices
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
@@ -696,6 +739,7 @@ class _ChildRun:
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self.cause: str | None = None
         self.last_exception: str | None = None
+        self.output_dir: str | None = None  # where DeepSC says it writes checkpoints
         self.history: list[EpochMetrics] = []
         self.counts = {"stdout": 0, "json": 0}
         self.base: dict[str, int] = {}
@@ -718,12 +762,14 @@ class _ChildRun:
         self.log = open(self.log_path, "wb")
         try:
             self._note(f"command: {shlex.join(self.argv)}")
-            self._note(f"cwd: {s.cwd or Path.cwd()}")
+            self._note(f"checkout: {s.cwd or Path.cwd()} (on PYTHONPATH); working directory: {self.run_dir}")
             self.start = self.last_report = time.monotonic()
             try:
                 self.proc = subprocess.Popen(
                     self.argv,
-                    cwd=s.cwd,
+                    # The trial's folder: what the program writes into "." (DeepSC's
+                    # finetune_<timestamp>.log) stays with the trial, not in the checkout.
+                    cwd=self.run_dir,
                     env=self.env,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
@@ -735,7 +781,7 @@ class _ChildRun:
                 )
             except OSError as e:
                 raise FinetuneError(
-                    f"cannot start {self.argv[0]!r} (finetune.command) in {s.cwd or Path.cwd()}: {e.strerror or e}"
+                    f"cannot start {self.argv[0]!r} (finetune.command) in {self.run_dir}: {e.strerror or e}"
                 ) from None
             reader = threading.Thread(target=self._pump, args=(parser,), name="deepsc-tune-output", daemon=True)
             reader.start()
@@ -860,6 +906,13 @@ class _ChildRun:
             self.cause = line
         if _EXCEPTION_LINE.match(line):
             self.last_exception = line
+        out = _OUTPUT_DIR_LINE.match(line)
+        if out and self.output_dir is None:
+            self.output_dir = out.group("path")
+            self._note(
+                f"DeepSC writes this run's checkpoints (two full ones per epoch), logs and plots to "
+                f"{self.output_dir} (hard-coded in DeepSC, not in this folder; see docs/deepsc.md)"
+            )
         if parser is not None:
             m = parser.feed(line)
             if m is not None:
@@ -930,6 +983,8 @@ class _ChildRun:
                 "log": str(self.log_path),
                 "duration_s": round(time.monotonic() - self.start, 3),
                 "metric_sources": dict(self.counts),
+                "program_output_dir": self.output_dir,
+                "checkout": str(Path(self.settings.cwd or Path.cwd()).absolute()),
                 "warnings": list(self.warnings),
             },
         )
@@ -1029,9 +1084,12 @@ __all__ = [
     "METRICS_ENV",
     "METRICS_FILE",
     "METRIC_SOURCES",
+    "PATH_KEYS",
     "RUN_DIR_ENV",
     "CommandFinetuner",
     "CommandSettings",
+    "build_argv",
+    "checkout_pythonpath",
     "format_override",
     "format_value",
 ]
