@@ -303,7 +303,7 @@ def _short_url(url: str) -> str:
 
 
 def _print_best(study, backend: str, *, fmt: str) -> None:
-    from deepsc_tune.export import format_best
+    from deepsc_tune.export import best_notes, format_best
     from deepsc_tune.study import best_search_trial
 
     try:
@@ -311,6 +311,10 @@ def _print_best(study, backend: str, *, fmt: str) -> None:
     except DeepscTuneError as e:
         _echo(str(e))
         return
+    if fmt == "hydra":
+        # Only the command on stdout, so that `$(deepsc-tune best NAME --format hydra)` runs it.
+        for line in best_notes(study, trial, backend=backend):
+            typer.echo(f"# {line}", err=True)
     _echo(format_best(study, trial, fmt=fmt, backend=backend))
 
 
@@ -388,7 +392,8 @@ def validate(
 def best(
     name: NameArg,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="yaml (DeepSC config block), hydra (override line) or json.")
+        str, typer.Option("--format", "-f", help="yaml (settings block, with notes as comments), hydra (one shell command that "
+            "re-runs the trial in DeepSC; notes on stderr) or json.")
     ] = "yaml",
     results_dir: ResultsDirOpt = Path("results"),
     storage: StorageOpt = None,

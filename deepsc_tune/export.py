@@ -1,17 +1,37 @@
-"""The best configuration, ready to paste back into DeepSC (YAML block, override line, JSON)."""
+"""The best configuration, ready to paste back into DeepSC (YAML block, command line, JSON).
+
+For a study of DeepSC's own fine-tuner (the ``command`` backend) the export is everything needed
+to re-run the winning trial: the program, the checkout it runs from (on ``PYTHONPATH``), the
+environment set in the search space, and every override the trial was run with (fixed, searched
+and the seed), taken from the command line the trial really ran. For the built-in fine-tuner it
+is the searched settings under DeepSC's names, with notes on what differs from DeepSC.
+
+``format_best`` returns what goes to standard output (``hydra``: one shell command and nothing
+else, so ``bash -c "$(deepsc-tune best NAME --format hydra)"`` runs it); ``best_notes`` the
+lines that go to standard error.
+"""
 
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import optuna
+import yaml
 from optuna.trial import FrozenTrial
 
-from deepsc_tune.search_space import dump_settings
+from deepsc_tune.command import (
+    DEFAULT_COMMAND,
+    RUN_DIR_PLACEHOLDER,
+    CommandSettings,
+    build_argv,
+    checkout_pythonpath,
+    format_value,
+)
 
 #: DeepSC's fine-tuning command, as its users type it.
-DEEPSC_COMMAND = "python -m src.deepsc.finetune.finetune"
+DEEPSC_COMMAND = shlex.join(DEFAULT_COMMAND)
 #: Settings that mean the same in DeepSC's config, exported with the searched ones.
 DEEPSC_KEYS = ("lr_scheduler_type", "learning_rate", "warmup_ratio", "epoch", "batch_size", "grad_acc")
 FORMATS = ("yaml", "hydra", "json")
@@ -27,6 +47,8 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     keys = list(trial.params) + [k for k in DEEPSC_KEYS if k in settings and k not in trial.params]
     if backend == "builtin":
         keys = [k for k in keys if k in trial.params or k == "epoch"]
+    else:
+        keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
@@ -45,33 +67,92 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     return out, notes
 
 
-def format_best(
-    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin"
-) -> str:
-    """Render the best trial as ``yaml`` (config block), ``hydra`` (override line) or ``json``."""
-    settings, notes = deepsc_settings(trial, backend=backend)
+def deepsc_run(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    """How to run a ``command``-backend trial again: program, checkout, environment, overrides.
+
+    The overrides are the trial's own command line (``argv``, recorded when it ran, relative paths
+    already resolved) less the run-folder override (``hydra.run.dir``), so that the re-run writes
+    where DeepSC writes by default. Studies from before ``argv`` was recorded are rebuilt from
+    their stored configuration.
+    """
+    finetune = dict((study.user_attrs.get("config") or {}).get("finetune") or {})
+    settings, fixed = CommandSettings.from_dict(finetune, source="finetune")
+    checkout = str(trial.user_attrs.get("checkout") or settings.cwd or ".")
+    run_dir = str(trial.user_attrs.get("run_dir") or ".")
+    argv = trial.user_attrs.get("argv")
+    if argv:
+        program = list(argv[: len(settings.command)])
+        args = list(argv[len(settings.command) :])
+    else:
+        merged = {**fixed, **(trial.user_attrs.get("settings") or trial.params)}
+        full = build_argv(settings, merged, run_dir=run_dir)
+        program, args = full[: len(settings.command)], full[len(settings.command) :]
+    if settings.run_dir_override:
+        args = [a for a in args if not a.lstrip("+").startswith(settings.run_dir_override + "=")]
+    env = {k: v.replace(RUN_DIR_PLACEHOLDER, run_dir) for k, v in settings.env.items()}
+    env = {"PYTHONPATH": ":".join([*checkout_pythonpath(checkout), "$PYTHONPATH"]), **env}
+    return {"program": program, "cwd": checkout, "env": env, "overrides": args}
+
+
+def deepsc_shell_command(run: dict[str, Any]) -> str:
+    """One shell line: ``cd CHECKOUT && env VAR=... PROGRAM OVERRIDES...``."""
+    env = " ".join(f"{k}={_shell_env_value(v)}" for k, v in run["env"].items())
+    return f"cd {shlex.quote(run['cwd'])} && env {env} {shlex.join([*run['program'], *run['overrides']])}"
+
+
+def _shell_env_value(value: str) -> str:
+    # $PYTHONPATH must expand in the user's shell; everything else is quoted as is.
+    if value.endswith(":$PYTHONPATH"):
+        return shlex.quote(value[: -len(":$PYTHONPATH")]) + '"${PYTHONPATH:+:$PYTHONPATH}"'
+    return shlex.quote(value)
+
+
+def best_notes(study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin") -> list[str]:
+    """What to know about the exported trial (printed to standard error, or as YAML comments)."""
     metric = study.user_attrs.get("metric", "val_accuracy")
     u = trial.user_attrs
-    header = [
+    notes = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
         f"{metric} {trial.value:.4f} (best epoch {u.get('best_epoch')} of {u.get('epochs_run')})",
     ]
     if u.get("test_accuracy") is not None:
         f1 = u.get("test_macro_f1")
-        header.append(
+        notes.append(
             f"test accuracy {u['test_accuracy']:.4f}"
             + (f" / macro-F1 {f1:.4f}" if f1 is not None else "")
             + " (reported only, never used for selection)"
         )
-    header += notes
+    notes += deepsc_settings(trial, backend=backend)[1]
+    if backend == "command":
+        notes.append(
+            "the command re-runs this trial as it ran (same data files, validation file included); "
+            "DeepSC writes its checkpoints to its own hard-coded, timestamped folder"
+        )
+    return notes
+
+
+def format_best(
+    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin"
+) -> str:
+    """Render the best trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
+
+    ``hydra`` holds the command only (the notes are :func:`best_notes`); ``yaml`` starts with
+    the notes as comments; ``json`` has them under ``notes``.
+    """
+    settings, _ = deepsc_settings(trial, backend=backend)
+    notes = best_notes(study, trial, backend=backend)
+    run = deepsc_run(study, trial) if backend == "command" else None
+    u = trial.user_attrs
     if fmt == "json":
         return json.dumps(
             {
                 "study": study.study_name,
                 "trial": trial.number,
-                "metric": metric,
+                "metric": study.user_attrs.get("metric", "val_accuracy"),
                 "value": trial.value,
                 "deepsc": settings,
+                "deepsc_run": run,
+                "command": deepsc_shell_command(run) if run else None,
                 "settings": u.get("settings"),
                 "best_epoch": u.get("best_epoch"),
                 "test_accuracy": u.get("test_accuracy"),
@@ -80,16 +161,12 @@ def format_best(
             },
             indent=2,
         )
-    comments = "".join(f"# {line}\n" for line in header)
     if fmt == "hydra":
-        line = " ".join(f"{k}={_hydra_value(v)}" for k, v in settings.items())
-        return f"{comments}{DEEPSC_COMMAND} {line}"
-    return comments + "# for DeepSC's configs/finetune/finetune.yaml\n" + dump_settings(settings).rstrip()
-
-
-def _hydra_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+        if run is not None:
+            return deepsc_shell_command(run)
+        return f"{DEEPSC_COMMAND} " + " ".join(f"{k}={format_value(v)}" for k, v in settings.items())
+    comments = "".join(f"# {line}\n" for line in notes)
+    if run is not None:
+        return comments + yaml.safe_dump(run, sort_keys=False, default_flow_style=False).rstrip()
+    body = yaml.safe_dump(settings, sort_keys=False, default_flow_style=False)
+    return comments + "# for DeepSC's configs/finetune/finetune.yaml\n" + body.rstrip()
