@@ -21,8 +21,19 @@ Extra keys (pass them with ``+``, as Hydra would require):
 ``+ignore_term=true``
     Ignore SIGTERM (inherited by the grandchild), so that only SIGKILL stops the run.
 
+``+num_workers=N``
+    DataLoader-like worker processes forked for each epoch (default 8, DeepSC's hard-coded
+    number; their pids in ``workers.pid``).
+
 Files in the run folder: ``pid``, ``argv.json``, ``config.json`` (the parsed config),
-``env.json`` (variables deepsc-tune sets), ``checkpoints/epoch_N.ckpt``, ``done``.
+``env.json`` (variables deepsc-tune sets), ``checkpoints/epoch_N.ckpt``, ``done``. Like DeepSC,
+it also writes ``finetune_<timestamp>.log`` into its working directory and prints
+``Output directory created: ...`` (DeepSC's hard-coded checkpoint folder; here ``./outputs/...``).
+
+What it mirrors of DeepSC 2416d85 (tests/test_deepsc_real.py runs the real one): the defaults
+of ``configs/finetune/finetune.yaml`` for the keys below, tqdm's progress lines on stderr with
+``\r`` and cursor-up codes, the doubled epoch header, 8 worker processes, and the errors for an
+unknown ``lr_scheduler_type`` or ``finetune_mode`` and for ``cosine`` with 0 warmup steps.
 """
 
 from __future__ import annotations
@@ -39,16 +50,23 @@ from pathlib import Path
 
 #: The config keys this fake knows (a small part of DeepSC's configs/finetune/finetune.yaml).
 DEFAULTS = {
-    "lr_scheduler_type": "cosine",
-    "learning_rate": 1e-4,
+    "lr_scheduler_type": "constant",
+    "learning_rate": 4e-4,
     "warmup_ratio": 0.03,
     "epoch": 10,
     "batch_size": 32,
     "grad_acc": 20,
     "seed": 42,
-    "data_path": "data/processed/baseline/scgpt/myeloid_train.h5ad",
-    "data_path_eval": "data/processed/baseline/scgpt/myeloid_test.h5ad",
+    "finetune_mode": "full",
+    "num_device": 1,
+    "obs_celltype_col": "celltype",
+    "csv_path": "/home/angli/baseline/DeepSC-117-t86/scripts/data/preprocessing/gene_map_tp10k.csv",
+    "load_pretrained_model": True,
+    "pretrained_model_path": "/home/angli/DeepSC/results/pretraining_1201/DeepSC_11_0.ckpt",
+    "data_path": "/home/angli/DeepSC/data/processed/baseline/scgpt/myeloid_train.h5ad",
+    "data_path_eval": "/home/angli/DeepSC/data/processed/baseline/scgpt/myeloid_test.h5ad",
     "seperated_train_eval_dataset": False,
+    "ckpt_dir": "/home/angli/baseline/DeepSC/ckpts",
     "hydra.run.dir": "outputs/fake",
 }
 SCHEDULERS = ("constant", "cosine")
@@ -153,6 +171,39 @@ def crash_and_exit(args: list[str], exc: str, code: int) -> None:
     sys.exit(code)
 
 
+def start_workers(n: int) -> list[int]:
+    """Fork ``n`` idle processes, as a DataLoader with ``num_workers=n`` does for an epoch."""
+    pids = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:  # a worker: wait to be stopped (by the epoch's end, or its group's signal)
+            try:
+                time.sleep(3600)
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    return pids
+
+
+def stop_workers(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def progress(epoch: int, sleep: float) -> None:
+    """tqdm's bar as DeepSC's run shows it: stderr, redrawn with \r, moved with cursor-up."""
+    desc = f"Epoch {epoch} [Finetune Cell Type Annotation]"
+    for step in (0, 1, 2):
+        sys.stderr.write(f"\r{desc}: {50 * step:3d}%|{'#' * 20 * step:<40}| {step}/2 "
+                         f"[00:00<00:00, 5.22it/s, error_rate=0.5, loss_cls=1.41]\x1b[A\n")
+        sys.stderr.flush()
+        time.sleep(sleep / 3)
+
+
 def main(args: list[str]) -> None:
     cfg = parse_overrides(args)
     run_dir = Path(str(cfg["hydra.run.dir"]))
@@ -169,7 +220,16 @@ def main(args: list[str]) -> None:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
         (run_dir / "grandchild.pid").write_text(str(child.pid))
 
-    print("Getting common cell type count from data files...")
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    Path(f"finetune_{stamp}.log").write_text("fake DeepSC log\n")  # DeepSC: setup_logging(log_path=".")
+    print("Getting common cell type count from separated datasets...")
+    print(f"Output directory created: {Path.cwd() / 'outputs' / stamp}")
+    if cfg["finetune_mode"] not in ("full", "head_only"):
+        crash_and_exit(
+            args,
+            f"ValueError: Unknown finetune_mode: {cfg['finetune_mode']}. Must be one of: 'full', 'head_only'",
+            1,
+        )
     if cfg["lr_scheduler_type"] not in SCHEDULERS:
         crash_and_exit(
             args,
@@ -177,6 +237,10 @@ def main(args: list[str]) -> None:
             "Must be one of: 'constant', 'cosine'",
             1,
         )
+    if cfg["lr_scheduler_type"] == "cosine":
+        total = cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * cfg["grad_acc"]))
+        if math.ceil(total * cfg["warmup_ratio"]) * 3 <= 0:
+            crash_and_exit(args, f"ValueError: Expected positive integer T_0, but got {math.ceil(total * cfg['warmup_ratio']) * 3}", 1)
     print_banner(cfg)
     if mode == "silent":
         print("train_loader:  1000")
@@ -186,13 +250,11 @@ def main(args: list[str]) -> None:
     print("eval_loader:  200")
     metrics_file = os.environ.get("DEEPSC_TUNE_METRICS")
     sleep = float(cfg.get("sleep", 0.05))
+    n_workers = int(cfg.get("num_workers", 8))
     for epoch in range(1, int(cfg["epoch"]) + 1):
-        # tqdm's progress bar on stderr, redrawn with carriage returns.
-        for step in (1, 2):
-            sys.stderr.write(f"\rEpoch {epoch} [Finetune Cell Type Annotation]: {50 * step}%|##| {step}/2")
-            sys.stderr.flush()
-            time.sleep(sleep / 2)
-        sys.stderr.write("\n")
+        workers = start_workers(n_workers)
+        (run_dir / "workers.pid").write_text(" ".join(map(str, workers)))
+        progress(epoch, sleep)
         acc = accuracy(float(cfg["learning_rate"]), epoch, cfg["lr_scheduler_type"])
         f1 = macro_f1(acc)
         loss = -math.log(acc)
@@ -211,6 +273,10 @@ def main(args: list[str]) -> None:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps({"epoch": epoch, "val_accuracy": acc, "val_macro_f1": f1, "val_loss": loss}) + "\n")
             print(f"epoch {epoch} done")
+        # Plots and checkpoints after the evaluation; the workers are still up when a tuner that
+        # read the line stops the run (DeepSC's loaders start new ones for the next epoch).
+        time.sleep(sleep / 3)
+        stop_workers(workers)
         if epoch == 1 and mode == "crash":
             crash_and_exit(args, "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB", 3)
         if epoch == 1 and mode == "hang":

@@ -37,7 +37,7 @@ _spec = importlib.util.spec_from_file_location("fake_deepsc", FAKE)
 fake = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake)
 
-FAKE_EXTRAS = ["sleep", "mode", "spawn_child", "ignore_term"]
+FAKE_EXTRAS = ["sleep", "mode", "spawn_child", "ignore_term", "num_workers"]
 
 
 def make(**block):
@@ -58,7 +58,9 @@ def alive(pid: int) -> bool:
 
 
 def pids_in(run_dir: Path) -> list[int]:
-    return [int((run_dir / n).read_text()) for n in ("pid", "grandchild.pid") if (run_dir / n).exists()]
+    """The fake's pid, its grandchild's and its DataLoader-like workers' (of the last epoch)."""
+    return [int(p) for n in ("pid", "grandchild.pid", "workers.pid") if (run_dir / n).exists()
+            for p in (run_dir / n).read_text().split()]
 
 
 @pytest.fixture
@@ -355,8 +357,8 @@ def test_pruning_stops_the_child_and_its_children(run_dir):
     result = finetuner.run(fixed, on_epoch=lambda m: m.epoch >= 2, run_dir=run_dir)
     assert time.monotonic() - t0 < 8
     assert result.stopped and [m.epoch for m in result.history] == [1, 2] and result.best_epoch == 2
-    pids = pids_in(run_dir)
-    assert len(pids) == 2 and not any(alive(p) for p in pids)
+    pids = pids_in(run_dir)  # the fake, its grandchild and its 8 DataLoader-like workers
+    assert len(pids) == 10 and not any(alive(p) for p in pids)
     assert "[deepsc-tune] stopped after epoch 2" in (run_dir / "log.txt").read_text()
 
 
@@ -402,7 +404,7 @@ def test_json_protocol(run_dir):
     seen = []
     result = finetuner.run({**fixed, "learning_rate": 5e-4}, metric="val_macro_f1", on_epoch=lambda m: seen.append(m.epoch) or False, run_dir=run_dir)
     assert seen == [1, 2, 3]
-    assert [m.val_accuracy for m in result.history] == [fake.accuracy(5e-4, e) for e in (1, 2, 3)]
+    assert [m.val_accuracy for m in result.history] == [fake.accuracy(5e-4, e, "constant") for e in (1, 2, 3)]
     assert result.extra["metric_sources"] == {"stdout": 0, "json": 3}
     assert result.best_epoch == 3
 
@@ -495,8 +497,8 @@ def test_ctrl_c_stops_the_child_before_the_driver_exits(tmp_path, run_dir):
             time.sleep(0.05)
         else:
             pytest.fail("the fake never reported an epoch")
-        pids = pids_in(run_dir)
-        assert len(pids) == 2 and all(alive(p) for p in pids)
+        pids = pids_in(run_dir)  # the fake, its grandchild, then its workers (which come and go)
+        assert len(pids) == 10 and all(alive(p) for p in pids[:2])
         os.kill(proc.pid, signal.SIGINT)
         out = proc.communicate(timeout=20)[0].decode()
     finally:
@@ -504,7 +506,7 @@ def test_ctrl_c_stops_the_child_before_the_driver_exits(tmp_path, run_dir):
             proc.kill()
             proc.wait()
     assert proc.returncode != 0 and "KeyboardInterrupt" in out
-    assert not any(alive(p) for p in pids)
+    assert not any(alive(p) for p in pids + pids_in(run_dir))
     assert "[deepsc-tune] interrupted" in (run_dir / "log.txt").read_text()
 
 
@@ -512,3 +514,62 @@ def test_module_does_not_import_optuna():
     code = "import sys, deepsc_tune.command; sys.exit('optuna' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
+
+
+# ----------------------------------------------------------------------------- real DeepSC output
+
+# What DeepSC 2416d85 printed (stdout and stderr as one stream) for a 2-epoch run of a tiny
+# random-init model on 300 Baron cells (tests/test_deepsc_real.py's set-up): Lightning's banner,
+# Chinese progress lines, tqdm redraws with \r and cursor-up codes, DeepSC's doubled epoch header,
+# its evaluation lines and its hard-coded output folder. Only the venv path was shortened.
+GOLDEN = Path(__file__).resolve().parent / "data" / "deepsc_2416d85_stdout.txt"
+
+
+def test_real_deepsc_output_golden(tmp_path):
+    """The reader and parser, fed DeepSC's real bytes through a pipe, find exactly its epochs."""
+    replay = f"import sys; sys.stdout.buffer.write(open({str(GOLDEN)!r}, 'rb').read())"
+    finetuner, _ = make(command=[sys.executable, "-c", replay], run_dir_override=None, metrics="deepsc")
+    result = finetuner.run({}, metric="val_macro_f1", run_dir=tmp_path / "run")
+    got = [(m.epoch, m.val_loss, m.val_accuracy, m.val_macro_f1) for m in result.history]
+    assert got == [(1, 1.4092, 0.42, 0.2836), (2, 1.39, 0.41, 0.2799)]
+    assert result.best_epoch == 1
+    assert result.extra["program_output_dir"] == "/home/angli/DeepSC/results/cell_type_annotation/20261201_024724"
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "Macro F1: 0.2799" in log and "[deepsc-tune] DeepSC writes this run's checkpoints" in log
+
+
+def test_relative_paths_resolved_where_deepsc_tune_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings, fixed = CommandSettings.from_dict(
+        {"backend": "command", "cwd": "DeepSC", "overrides": {"data_path": "split/train.h5ad",
+         "csv_path": "~/maps/gene_map.csv", "pretrained_model_path": None, "ckpt_dir": "{run_dir}/c"},
+         "data_path_eval": "split/val.h5ad", "model.num_bins": 5}
+    )
+    assert settings.cwd == tmp_path / "DeepSC"
+    assert settings.overrides["data_path"] == str(tmp_path / "split" / "train.h5ad")
+    assert settings.overrides["csv_path"] == str(Path("~/maps/gene_map.csv").expanduser())
+    assert settings.overrides["pretrained_model_path"] is None
+    assert settings.overrides["ckpt_dir"] == "{run_dir}/c"  # not a path key: passed as written
+    assert fixed == {"data_path_eval": str(tmp_path / "split" / "val.h5ad"), "model.num_bins": 5}
+
+
+def test_child_runs_in_run_dir_with_checkout_importable(tmp_path):
+    checkout = tmp_path / "DeepSC"
+    (checkout / "src" / "deepsc").mkdir(parents=True)
+    (checkout / "src" / "deepsc" / "__init__.py").write_text("")
+    probe = ("import os, json, deepsc, src.deepsc; print(json.dumps({'cwd': os.getcwd()})); "
+             "open('written_to_cwd.log', 'w').write('x'); "
+             "print('Evaluation Loss: 1.0, Error Rate: 0.5, Accuracy: 0.5, Precision: 0.5, Recall: 0.5, Macro F1: 0.4')")
+    finetuner, _ = make(command=[sys.executable, "-c", probe], cwd=str(checkout), run_dir_override=None)
+    result = finetuner.run({}, run_dir=tmp_path / "trial")
+    assert result.history[0].val_macro_f1 == 0.4
+    log = (tmp_path / "trial" / "log.txt").read_text()
+    assert json.dumps({"cwd": str(tmp_path / "trial")}) in log
+    assert (tmp_path / "trial" / "written_to_cwd.log").exists()
+    assert sorted(p.name for p in checkout.iterdir()) == ["src"]
+
+
+def test_cosine_without_warmup_fails_like_deepsc(run_dir):
+    finetuner, fixed = make(epoch=1)
+    with pytest.raises(FinetuneError, match=r"exit status 1: ValueError: Expected positive integer T_0, but got 0"):
+        finetuner.run({**fixed, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0}, run_dir=run_dir)
