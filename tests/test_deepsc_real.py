@@ -2,9 +2,9 @@
 
 The checkout in ``../shared/deepsc/DeepSC-2416d85`` is copied to a temporary folder and ONE
 thing is changed there: ``Fabric(accelerator="cuda", ...)`` in ``src/deepsc/finetune/finetune.py``
-becomes ``"cpu"``, because these machines have no GPU (DeepSC hard-codes CUDA; bf16-mixed and
-DDP over gloo then run on the CPU). Everything else is DeepSC's own code: its Hydra config, its
-data loading (8 DataLoader workers per loader), its schedules, its printed metrics and errors.
+becomes ``"cpu"``, because these machines have no GPU (``tests/deepsc_setup.py``). Everything
+else is DeepSC's own code: its Hydra config, its data loading (8 DataLoader workers per loader),
+its schedules, its printed metrics and errors.
 The model is a tiny random-init one (``load_pretrained_model=false``) on 300 + 100 cells of real
 Baron pancreas data, 1-3 epochs a trial.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,15 +28,20 @@ import optuna
 import pytest
 import yaml
 from conftest import in_ci
+from deepsc_setup import (
+    BARON,
+    CHECKOUT,
+    PYTHON_ENV,
+    SHARED,
+    copy_for_cpu,
+    tiny_space,
+    write_data,
+)
 from optuna.trial import TrialState
 
 pytestmark = [pytest.mark.deepsc, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-CHECKOUT = SHARED / "deepsc" / "DeepSC-2416d85"
-BARON = SHARED / "data" / "baron_human_pancreas.h5ad"
-PYTHON_ENV = "DEEPSC_TUNE_TEST_DEEPSC_PYTHON"
 EVAL_LINE = re.compile(
     r"Evaluation Loss: (?P<loss>[\d.]+), Error Rate: [\d.]+, Accuracy: (?P<acc>[\d.]+), "
     r"Precision: [\d.]+, Recall: [\d.]+, Macro F1: (?P<f1>[\d.]+)"
@@ -70,82 +74,17 @@ def deepsc_python() -> str:
 @pytest.fixture(scope="module")
 def deepsc(tmp_path_factory, deepsc_python) -> Path:
     """A copy of DeepSC 2416d85 with the accelerator changed to the CPU (the only change)."""
-    root = tmp_path_factory.mktemp("deepsc") / "DeepSC"
-    shutil.copytree(CHECKOUT, root)
-    for path in root.rglob("*"):
-        path.chmod(path.stat().st_mode | 0o200)  # shared/ is read-only; the copy need not be
-    entry = root / "src" / "deepsc" / "finetune" / "finetune.py"
-    text = entry.read_text()
-    assert text.count('accelerator="cuda"') == 1, "DeepSC's Fabric call changed: update this test"
-    entry.write_text(text.replace('accelerator="cuda"', 'accelerator="cpu"'))
-    return root
+    return copy_for_cpu(tmp_path_factory.mktemp("deepsc") / "DeepSC")
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> dict[str, Path]:
-    """300 training and 100 validation cells of four Baron cell types as DeepSC reads them
-    (log1p of counts per 10k in X, var["gene_name"], obs["celltype"]) and a gene map."""
-    import numpy as np
-    import pandas as pd
-    import scanpy as sc
-
-    folder = tmp_path_factory.mktemp("deepsc-data")
-    adata = sc.read_h5ad(BARON)
-    adata = adata[adata.obs["cell_type1"].isin(["alpha", "beta", "ductal", "acinar"])]
-    adata = adata[np.random.default_rng(0).permutation(adata.n_obs)[:400]].copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    adata.var["gene_name"] = adata.var_names.astype(str)
-    adata.obs["celltype"] = adata.obs["cell_type1"].astype(str)
-    paths = {"train": folder / "train.h5ad", "val": folder / "val.h5ad", "gene_map": folder / "gene_map.csv"}
-    adata[:300].copy().write_h5ad(paths["train"])
-    adata[300:].copy().write_h5ad(paths["val"])
-    pd.DataFrame({"feature_name": adata.var_names, "id": np.arange(adata.n_vars)}).to_csv(paths["gene_map"], index=False)
-    return paths
+    return write_data(tmp_path_factory.mktemp("deepsc-data"))
 
 
-def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], *,
-                study: dict | None = None, fixed: dict | None = None, name: str = "deepsc-tiny") -> Path:
-    """A command-backend search space for the tiny model, as a user would write it."""
-    space = {
-        "name": name,
-        "data": {"train": str(data["train"]), "label_key": "celltype"},
-        "finetune": {
-            "backend": "command",
-            "command": [python, "-m", "src.deepsc.finetune.finetune"],
-            "cwd": str(deepsc),
-            "env": {"WANDB_MODE": "disabled"},
-            "grace_period": 5,
-            "overrides": {
-                "data_path": str(data["train"]),
-                "data_path_eval": str(data["val"]),
-                "seperated_train_eval_dataset": True,
-                "csv_path": str(data["gene_map"]),
-                "obs_celltype_col": "celltype",
-                "load_pretrained_model": False,
-                "pretrained_model_path": None,
-                "num_device": 1,
-                "sequence_length": 128,
-                "model.embedding_dim": 32,
-                "model.num_layers": 2,
-                "model.num_heads": 2,
-                "model.gene_embedding_participate_til_layer": 1,
-            },
-            "epoch": 2,
-            "batch_size": 32,
-            "grad_acc": 1,
-            "seed": 0,
-            **(fixed or {}),
-        },
-        "search": {
-            "lr_scheduler_type": {"choices": ["constant", "cosine"]},
-            "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
-            "warmup_ratio": {"low": 0.01, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
-        },
-        "study": {"metric": "val_macro_f1", "n_trials": 3, "sampler": {"type": "tpe", "seed": 0},
-                  "pruner": {"type": "hyperband", "min_resource": 1}, **(study or {})},
-    }
-    path = folder / f"{name}.yaml"
+def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], **kw) -> Path:
+    space = tiny_space(deepsc, python, data, **kw)
+    path = folder / f"{space['name']}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
     return path
 
