@@ -207,7 +207,11 @@ def run(
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
         if len(plans) == 1 and not gpu_list:
             plans = []  # one worker without a GPU to pin: this process is the worker
-        space = load_search_space(name, overrides or [])
+        # check_deepsc: a key DeepSC would refuse stops here, not after a trial's start-up.
+        space = load_search_space(name, overrides or [], check_deepsc=True)
+        if not child:
+            for note in space.notes:
+                _echo(f"{prefix}note: {note}")
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
@@ -359,13 +363,17 @@ def validate(
 
     Lists every problem with its key path (unknown keys, low >= high, log with low <= 0,
     numbers read as text, conditions on unknown parameters, keys both fixed and searched).
+    For a command backend that runs DeepSC it also reads the checkout (finetune.cwd): the
+    entry module, every key Hydra would refuse (with a did-you-mean), cosine with
+    warmup_ratio <= 0 (a searched range is clipped, with a note), num_device other than 1,
+    and where DeepSC writes its checkpoints (notes after "ok").
     """
     from deepsc_tune.search_space import load_search_space
 
     bad = 0
     for item in files:
         try:
-            space = load_search_space(item, overrides or [])
+            space = load_search_space(item, overrides or [], check_deepsc=True)
             if space.backend == "command":
                 from deepsc_tune.command import CommandFinetuner, CommandSettings
 
@@ -380,6 +388,8 @@ def validate(
             continue
         params = ", ".join(space.params) or "nothing"
         _echo(f"ok: {space.path}: searches {params}; {space.n_trials} trials on {space.metric}")
+        for note in space.notes:
+            _echo(f"  note: {note}")
     if bad:
         raise typer.Exit(EXIT_USAGE)
 
