@@ -102,16 +102,19 @@ def entry_module(command: Sequence[str]) -> str | None:
     """The Python module a command runs (``python -m M``, ``torchrun ... -m M``, or a
     ``.../deepsc/finetune/X.py`` script as a dotted name), or ``None``."""
     args = [str(a) for a in command]
+    found: list[str] = []
     for i, arg in enumerate(args):
         if arg in ("-m", "--module") and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            return args[i + 1]
-        if arg.startswith("-m") and len(arg) > 2 and not arg.startswith("--"):
-            return arg[2:]
-        if arg.endswith(".py") and "deepsc/finetune/" in arg.replace(os.sep, "/"):
+            found.append(args[i + 1])
+        elif arg.startswith("-m") and len(arg) > 2 and not arg.startswith("--"):
+            found.append(arg[2:])
+        elif arg.endswith(".py") and "deepsc/finetune/" in arg.replace(os.sep, "/"):
             parts = Path(arg[:-3]).parts
             start = parts.index("src") if "src" in parts else parts.index("deepsc")
-            return ".".join(parts[start:])
-    return None
+            found.append(".".join(parts[start:]))
+    # python -m torch.distributed.run ... -m deepsc.finetune.finetune: the launcher comes first.
+    known = [m for m in found if m in (*DEEPSC_MODULES, *RUN_CTA_MODULES)]
+    return (known or found or [None])[0]
 
 
 def is_deepsc_command(command: Sequence[str]) -> bool:
@@ -558,9 +561,12 @@ def check_command_space(
     new_keys: Iterable[str],
     search: Mapping[str, Any],
     enqueue: Sequence[Mapping[str, Any]] = (),
+    run_dir_override: str | None = None,
 ) -> Findings:
     """Every check of this module for a command-backend space that runs DeepSC.
 
+    Arguments are the ``finetune:`` block as :class:`~deepsc_tune.command.CommandSettings`
+    reads it (``fixed``: its other keys), the ``search`` parameters and ``study.enqueue``.
     Empty findings when ``command`` is not DeepSC. Without a readable config the key check is
     replaced by one problem naming the file, and the schedule is checked on 2416d85's defaults.
     """
@@ -579,6 +585,8 @@ def check_command_space(
         keys = {k: f"finetune.overrides.{k}" for k in overrides}
         keys.update({k: f"finetune.{k}" for k in fixed})
         keys.update({k: f"search.{k}" for k in search})
+        if run_dir_override:
+            keys.setdefault(run_dir_override, "finetune.run_dir_override")
         out.problems.extend(unknown_keys(config, keys, new_keys, source=str(cwd / CONFIG_FILE)))
     settings = effective_settings(config, overrides=overrides, fixed=fixed)
     out.add(schedule_problems(settings, search, enqueue=enqueue))

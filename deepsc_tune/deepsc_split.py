@@ -183,7 +183,8 @@ def write_deepsc_split(
         parts["test"] = (test_ad if from_test else train_ad, test_inp if from_test else train_inp,
                          cells.test, cells.y_test)
 
-    notes: list[str] = []
+    notes = [("X: log1p of counts per 10k, the scale DeepSC's fine-tuner expects (it uses X as "
+              "it is and bins each cell's values into num_bin bins itself); how each file was made:")]
     built: dict[str, Any] = {}
     matched: dict[str, tuple[int, int]] = {}
     for name, (adata, inp, rows, y) in parts.items():

@@ -458,6 +458,7 @@ def _check_deepsc(
     findings = check_command_space(
         cwd=settings.cwd or Path("."), command=settings.command, overrides=settings.overrides,
         fixed=fixed, new_keys=settings.new_keys, search=params, enqueue=enqueue,
+        run_dir_override=settings.run_dir_override,
     )
     params = dict(params)
     for name, low in findings.lows.items():
