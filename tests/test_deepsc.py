@@ -60,6 +60,7 @@ def copy(checkout, tmp_path) -> Path:
     (["python", "-msrc.deepsc.finetune.finetune"], True),
     (["python", "src/deepsc/finetune/finetune.py"], True),
     (["python", "-m", "src.deepsc.finetune.run_cta"], True),
+    (["python", "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
     (["python", "tests/fake_deepsc.py"], False),
     (["python", "-m", "mypackage.train"], False),
     (["python", "-c", "print(1)"], False),
@@ -324,6 +325,12 @@ def test_problems_only_when_checking(checkout, tmp_path):
     with pytest.raises(ConfigError) as info:
         load_search_space(str(path), check_deepsc=True)
     assert "finetune.learnig_rate: 'learnig_rate' is not a key" in str(info.value)
+
+
+def test_run_dir_override_key_is_checked(checkout, tmp_path):
+    path = deepsc_space(checkout, tmp_path, finetune={"run_dir_override": "output_dirr"})
+    with pytest.raises(ConfigError, match=r"finetune.run_dir_override: 'output_dirr' .*did you mean 'output_dir'"):
+        load_search_space(str(path), check_deepsc=True)
 
 
 def test_not_deepsc_is_not_checked(tmp_path):
