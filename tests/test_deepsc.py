@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -418,3 +419,45 @@ def test_validate_still_checks_other_spaces(tmp_path):
         """))
     result = cli("validate", str(path))
     assert result.exit_code == 0 and "note:" not in result.output
+
+
+# ----------------------------------------------------------------------------- DeepSC's own code
+
+_SCHEDULER_PROBE = """
+import sys, types
+from types import SimpleNamespace
+root, ratio = sys.argv[1], float(sys.argv[2])
+sys.path[:0] = [root, root + "/src"]
+try:
+    import wandb  # noqa: F401  (imported by DeepSC's utils, unused by its scheduler)
+except ImportError:
+    sys.modules["wandb"] = types.ModuleType("wandb")
+import torch
+from deepsc.finetune.cell_type_annotation import CellTypeAnnotation
+
+args = SimpleNamespace(lr_scheduler_type="cosine", epoch=10, batch_size=32, grad_acc=20,
+                       warmup_ratio=ratio, learning_rate=1e-4)
+optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+CellTypeAnnotation.create_scheduler(SimpleNamespace(world_size=1, is_master=True, args=args), optimizer, args)
+"""
+
+
+@pytest.mark.slow  # two imports of DeepSC's trainer, ~10 s each
+def test_clipped_low_end_runs_in_deepscs_own_scheduler(checkout, tmp_path):
+    # DeepSC's real CellTypeAnnotation.create_scheduler (2416d85), called on a stand-in `self`:
+    # the clipped low end gives 1 warmup step; 0 is the error deepsc-tune refuses up front.
+    pytest.importorskip("torch")
+    search = {**LR_SEARCH, "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2)}
+    low = deepsc.schedule_problems({"epoch": 10, "batch_size": 32, "grad_acc": 20}, search).lows["warmup_ratio"]
+    probe = tmp_path / "probe.py"
+    probe.write_text(_SCHEDULER_PROBE)
+
+    def run(ratio):
+        return subprocess.run([sys.executable, str(probe), str(checkout), repr(ratio)],
+                              check=False, capture_output=True, text=True, timeout=300)
+
+    ok = run(low)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "  - Warmup steps: 1\n" in ok.stdout and "  - Total steps: 1570\n" in ok.stdout
+    bad = run(0.0)
+    assert bad.returncode != 0 and "ValueError: Expected positive integer T_0, but got 0" in bad.stderr
