@@ -473,6 +473,53 @@ def device_problems(settings: Mapping[str, Setting | Any], search: Mapping[str, 
     return problems
 
 
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
+
+
+def input_problems(settings: Mapping[str, Setting | Any]) -> list[Problem]:
+    """Inputs DeepSC would fail on (after its start-up) or silently ignore.
+
+    - ``data_path_eval`` set while ``seperated_train_eval_dataset`` (sic) is false, DeepSC's
+      default: it then ignores the file and evaluates on 20 % of ``data_path`` it splits off
+      itself, so the study would not select on the validation file;
+    - absolute paths that do not exist: ``data_path``, ``data_path_eval`` (when read),
+      ``csv_path`` (the gene map) and ``pretrained_model_path`` (when
+      ``load_pretrained_model`` is true). DeepSC's defaults point at its authors' machine.
+      Relative paths are left to the command backend, which resolves them.
+    """
+    settings = {k: v if isinstance(v, Setting) else Setting(v, f"finetune.{k}") for k, v in settings.items()}
+    problems = []
+    separated = _truthy(getattr(settings.get("seperated_train_eval_dataset"), "value", False))
+    eval_path = settings.get("data_path_eval")
+    if not separated and eval_path is not None and eval_path.where.startswith("finetune"):
+        problems.append(Problem(eval_path.where, (
+            f"{eval_path.value!r} is ignored: seperated_train_eval_dataset is false (DeepSC's "
+            "default), so DeepSC evaluates on 20 % of data_path it splits off itself; expected "
+            "seperated_train_eval_dataset: true in finetune.overrides")))
+    checks = {"data_path": "the training .h5ad (deepsc-tune split writes it)",
+              "csv_path": "DeepSC's gene map (CSV feature_name,id; not in DeepSC's repository)"}
+    if separated:
+        checks["data_path_eval"] = "the validation .h5ad (deepsc-tune split writes it)"
+    if _truthy(getattr(settings.get("load_pretrained_model"), "value", False)):
+        checks["pretrained_model_path"] = ("your pretrained checkpoint, or load_pretrained_model: "
+                                           "false for a random-init model")
+    for key, expected in checks.items():
+        s = settings.get(key)
+        if s is None or not isinstance(s.value, str) or not os.path.isabs(os.path.expanduser(s.value)):
+            continue
+        if os.path.exists(os.path.expanduser(s.value)):
+            continue
+        if s.where.startswith("finetune"):
+            problems.append(Problem(s.where, f"{s.value!r}: no such file, so every trial would "
+                                    f"fail after its start-up; expected {expected}"))
+        else:  # DeepSC's own default
+            problems.append(Problem(f"finetune.overrides.{key}", (
+                f"not set, and DeepSC's default {s.value!r} ({s.where.split(':')[0]}) does not "
+                f"exist, so every trial would fail after its start-up; expected {expected}")))
+    return problems
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -591,6 +638,7 @@ def check_command_space(
     settings = effective_settings(config, overrides=overrides, fixed=fixed)
     out.add(schedule_problems(settings, search, enqueue=enqueue))
     out.problems.extend(device_problems(settings, search))
+    out.problems.extend(input_problems(settings))
     out.add(output_notes(cwd))
     for key in UNREAD_OUTPUT_KEYS:
         for where, given in (("finetune.overrides", overrides), ("finetune", fixed)):

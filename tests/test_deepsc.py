@@ -230,6 +230,23 @@ def test_one_gpu_per_trial():
     assert problem.key == "search.num_device"
 
 
+def test_input_problems(tmp_path):
+    there = tmp_path / "train.h5ad"
+    there.write_text("")
+    config = Setting("/nowhere/model.ckpt", "configs/finetune/finetune.yaml: pretrained_model_path")
+    ok = {"data_path": str(there), "csv_path": "relative/map.csv",  # relative: the backend resolves it
+          "seperated_train_eval_dataset": True, "data_path_eval": str(there),
+          "load_pretrained_model": False, "pretrained_model_path": config}
+    assert deepsc.input_problems(ok) == []
+    [problem] = deepsc.input_problems({**ok, "load_pretrained_model": True})
+    assert problem.key == "finetune.overrides.pretrained_model_path"
+    assert "DeepSC's default '/nowhere/model.ckpt'" in problem.message and "load_pretrained_model: false" in problem.message
+    [problem] = deepsc.input_problems({**ok, "data_path": str(tmp_path / "gone.h5ad")})
+    assert problem.key == "finetune.data_path" and "no such file" in problem.message
+    [problem] = deepsc.input_problems({**ok, "seperated_train_eval_dataset": False})
+    assert problem.key == "finetune.data_path_eval" and "is ignored" in problem.message
+
+
 # ----------------------------------------------------------------------------- outputs
 
 
@@ -274,12 +291,17 @@ def test_patched_output_folder_is_reported_as_patched(copy, tmp_path):
 
 def deepsc_space(checkout: Path, tmp_path: Path, *, finetune: dict | None = None,
                  search: dict | None = None, study: dict | None = None) -> Path:
+    inputs = {}
+    for key, name in (("data_path", "train.h5ad"), ("data_path_eval", "val.h5ad"), ("csv_path", "map.csv")):
+        inputs[key] = str(tmp_path / name)
+        (tmp_path / name).write_text("")  # only their existence is checked
     raw = {
         "name": "dsc",
         "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
         "finetune": {"backend": "command", "command": [sys.executable, "-m", MODULE],
                      "cwd": str(checkout), "epoch": 2, "batch_size": 32, "grad_acc": 20,
-                     "overrides": {"obs_celltype_col": "bulk_labels", "num_device": 1},
+                     "overrides": {"obs_celltype_col": "bulk_labels", "num_device": 1, **inputs,
+                                   "seperated_train_eval_dataset": True, "load_pretrained_model": False},
                      **(finetune or {})},
         "search": search if search is not None else {
             "lr_scheduler_type": {"choices": ["constant", "cosine"]},
@@ -352,27 +374,36 @@ def cli(*args: str):
 def test_validate_lists_every_deepsc_problem_on_one_line_each(checkout, tmp_path):
     path = deepsc_space(checkout, tmp_path, finetune={
         "model.num_layer": 2,
-        "overrides": {"data_pth": "x.h5ad", "num_device": 2, "obs_celltype_col": "bulk_labels"},
+        "overrides": {"data_pth": "x.h5ad", "num_device": 2, "obs_celltype_col": "bulk_labels",
+                      "data_path_eval": str(tmp_path / "val.h5ad"), "load_pretrained_model": False},
         "lr_scheduler_type": "cosine", "warmup_ratio": 0.0,
     }, search={"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}})
     result = cli("validate", str(path))
     assert result.exit_code == 2
     out = result.output
     assert "Traceback" not in out and "ok:" not in out
-    assert out.startswith(f"error: {path}: 4 problems:")
+    assert out.startswith(f"error: {path}: 7 problems:")
     lines = out.strip().splitlines()[1:]
-    assert len(lines) == 4 and all(line.startswith("  - ") for line in lines)
+    assert len(lines) == 7 and all(line.startswith("  - ") for line in lines)
     assert any(line.startswith("  - finetune.overrides.data_pth:") and "did you mean 'data_path'?" in line
                for line in lines)
     assert any(line.startswith("  - finetune.model.num_layer:") and "did you mean 'model.num_layers'?" in line
                for line in lines)
     assert any(line.startswith("  - finetune.warmup_ratio: 0.0 with lr_scheduler_type cosine") for line in lines)
     assert any(line.startswith("  - finetune.overrides.num_device: 2:") for line in lines)
+    # DeepSC's defaults point at its authors' machine; the eval file is ignored without the flag.
+    assert any(line.startswith("  - finetune.overrides.data_path: not set, and DeepSC's default '/home/angli/")
+               for line in lines)
+    assert any(line.startswith("  - finetune.overrides.csv_path: not set") for line in lines)
+    assert any(line.startswith("  - finetune.overrides.data_path_eval:") and "is ignored" in line
+               and "seperated_train_eval_dataset: true" in line for line in lines)
 
 
 def test_validate_ok_prints_notes(checkout, tmp_path):
-    path = deepsc_space(checkout, tmp_path, finetune={"overrides": {"ckpt_dir": "{run_dir}/ckpts",
-                                                                     "num_device": 1}})
+    path = deepsc_space(checkout, tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["finetune"]["overrides"]["ckpt_dir"] = "{run_dir}/ckpts"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     result = cli("validate", str(path))
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
