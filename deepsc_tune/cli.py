@@ -207,7 +207,11 @@ def run(
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
         if len(plans) == 1 and not gpu_list:
             plans = []  # one worker without a GPU to pin: this process is the worker
-        space = load_search_space(name, overrides or [])
+        # check_deepsc: a key DeepSC would refuse stops here, not after a trial's start-up.
+        space = load_search_space(name, overrides or [], check_deepsc=True)
+        if not child:
+            for note in space.notes:
+                _echo(f"{prefix}note: {note}")
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
@@ -363,13 +367,17 @@ def validate(
 
     Lists every problem with its key path (unknown keys, low >= high, log with low <= 0,
     numbers read as text, conditions on unknown parameters, keys both fixed and searched).
+    For a command backend that runs DeepSC it also reads the checkout (finetune.cwd): the
+    entry module, every key Hydra would refuse (with a did-you-mean), cosine with
+    warmup_ratio <= 0 (a searched range is clipped, with a note), num_device other than 1,
+    and where DeepSC writes its checkpoints (notes after "ok").
     """
     from deepsc_tune.search_space import load_search_space
 
     bad = 0
     for item in files:
         try:
-            space = load_search_space(item, overrides or [])
+            space = load_search_space(item, overrides or [], check_deepsc=True)
             if space.backend == "command":
                 from deepsc_tune.command import CommandFinetuner, CommandSettings
 
@@ -384,6 +392,8 @@ def validate(
             continue
         params = ", ".join(space.params) or "nothing"
         _echo(f"ok: {space.path}: searches {params}; {space.n_trials} trials on {space.metric}")
+        for note in space.notes:
+            _echo(f"  note: {note}")
     if bad:
         raise typer.Exit(EXIT_USAGE)
 
@@ -481,25 +491,77 @@ def split(
                      "Default: RESULTS_DIR/NAME/split.", show_default=False),
     ] = None,
     results_dir: ResultsDirOpt = Path("results"),
+    for_: Annotated[
+        Optional[str],
+        typer.Option("--for", help="deepsc: files DeepSC's fine-tuner reads as they are "
+                     "(log1p CP10k, var gene_name, label column obs_celltype_col); original: the "
+                     "input's own values. Default: deepsc when finetune runs DeepSC, else original.",
+                     show_default=False),
+    ] = None,
+    gene_map: Annotated[
+        Optional[Path],
+        typer.Option("--gene-map", help="DeepSC's gene map (CSV feature_name,id); default: "
+                     "finetune.overrides.csv_path. Reports how many genes DeepSC will see.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Write the data block's train / validation / test split as .h5ad files.
 
-    The files hold the original (unprocessed) values of exactly the cells the built-in
-    fine-tuner uses, so DeepSC's own fine-tuner can be tuned on the same split, with a
-    validation file instead of its test file (data_path_eval=.../val.h5ad
-    seperated_train_eval_dataset=true; see docs/deepsc.md).
+    The cells are exactly those the built-in fine-tuner uses. With --for deepsc (the default
+    when finetune.backend is command and runs DeepSC) the files are what DeepSC's fine-tuner
+    reads as they are: X = log1p of counts per 10k from raw counts (log-normalised data kept as
+    they are; DeepSC bins each cell's values itself), all genes with var gene_name, the label
+    column named as obs_celltype_col (default celltype). With a gene map (csv_path or
+    --gene-map) it says how many genes DeepSC will see and refuses a map that matches none.
+    It prints the overrides to paste: data_path = train, data_path_eval = the VALIDATION file
+    (DeepSC evaluates on it), seperated_train_eval_dataset = true. Keep test.h5ad out of the
+    study. With --for original the files keep the input's values and columns.
     """
     from deepsc_tune.data import DataSettings, write_split
     from deepsc_tune.search_space import load_search_space
 
     _quiet_libraries()
     with user_errors():
+        if for_ not in (None, "deepsc", "original"):
+            raise ConfigError(f"--for: unknown {for_!r}; expected deepsc or original")
         space = load_search_space(name, overrides or [])
         settings = DataSettings.from_dict(space.data, source="data")
         folder = out or results_dir / space.name / "split"
-        paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
-        for part, path in paths.items():
-            _echo(f"{part}: {path}")
+        finetune_block = space.config.get("finetune") or {}
+        if for_ is None:
+            from deepsc_tune.command import CommandSettings
+            from deepsc_tune.deepsc import is_deepsc_command
+
+            runs_deepsc = space.backend == "command" and is_deepsc_command(
+                CommandSettings.from_dict(finetune_block)[0].command)
+            for_ = "deepsc" if runs_deepsc else "original"
+        if for_ == "original":
+            paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
+            for part, path in paths.items():
+                _echo(f"{part}: {path}")
+            return
+        _split_for_deepsc(space, settings, folder, gene_map=gene_map)
+
+
+def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -> None:
+    from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
+    from deepsc_tune.search_space import dump_settings
+
+    options = deepsc_options(space.config.get("finetune") if space.backend == "command" else None)
+    if gene_map is not None:
+        options["gene_map"] = gene_map
+    result = write_deepsc_split(settings, folder, hint=space.source, **options)
+    _echo(f"train: {result.paths['train']}")
+    _echo(f"val: {result.paths['val']}   (DeepSC's data_path_eval: the study selects on it)")
+    if "test" in result.paths:
+        _echo(f"test: {result.paths['test']}   (keep it out of the study: evaluate the chosen "
+              "configuration on it once, at the end)")
+    _echo(f"{result.n_genes} genes (all; var[{result.gene_col!r}]), labels in obs[{result.label_col!r}]")
+    for note in result.notes:
+        _echo(f"note: {note}")
+    _echo("paste into finetune.overrides:")
+    for line in dump_settings(result.overrides).splitlines():
+        _echo(f"  {line}")
 
 
 @app.command(name="list")

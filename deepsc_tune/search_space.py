@@ -11,6 +11,7 @@ fixes a file in one pass (like pydantic's error lists).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -155,6 +156,8 @@ class SearchSpace:
     sampler_config: dict[str, Any]
     pruner_config: dict[str, Any]
     source: str | None = None
+    #: Lines to show the user (DeepSC's output folder, a clipped range); see deepsc.py.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def data(self) -> dict[str, Any]:
@@ -264,7 +267,8 @@ def list_search_spaces() -> dict[str, Path]:
 
 
 def load_search_space(
-    name_or_path: str, overrides: Sequence[str] = (), *, fixed_only: bool = False
+    name_or_path: str, overrides: Sequence[str] = (), *, fixed_only: bool = False,
+    check_deepsc: bool = False,
 ) -> SearchSpace:
     """Read, override and validate a search-space file.
 
@@ -278,6 +282,11 @@ def load_search_space(
     fixed_only
         Drop the ``search`` block, as for one fine-tune (``deepsc-tune finetune``): searched
         settings then come from the overrides or the fine-tuner's defaults.
+    check_deepsc
+        For a command backend that runs DeepSC, also report what DeepSC would refuse (its
+        entry module, unknown keys, schedules, devices, its output folder; see
+        :func:`deepsc_tune.deepsc.check_command_space`) with the file's other problems.
+        ``validate`` and ``run`` check; a ``warmup_ratio`` range is clipped either way.
 
     Raises
     ------
@@ -293,7 +302,8 @@ def load_search_space(
     if fixed_only:
         raw = {k: v for k, v in raw.items() if k != "search"}
         raw["study"] = {k: v for k, v in (raw.get("study") or {}).items() if k != "enqueue"}
-    return build_search_space(raw, text=text, path=path, overrides=overrides)
+    return build_search_space(raw, text=text, path=path, overrides=overrides,
+                              check_deepsc=check_deepsc)
 
 
 def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
@@ -353,8 +363,12 @@ def build_search_space(
     text: str = "",
     path: Path | None = None,
     overrides: Sequence[str] = (),
+    check_deepsc: bool = False,
 ) -> SearchSpace:
-    """Validate a parsed file (after ``overrides``) and build a :class:`SearchSpace`."""
+    """Validate a parsed file (after ``overrides``) and build a :class:`SearchSpace`.
+
+    ``check_deepsc``: see :func:`load_search_space`.
+    """
     source = str(path) if path else "<search space>"
     config = apply_overrides(dict(raw), overrides)
     problems: list[str] = []
@@ -398,6 +412,10 @@ def build_search_space(
         _check_extremes(fixed, params, problems)
 
     study_cfg = _check_study(study, params, problems)
+    notes: list[str] = []
+    if backend == "command" and not any(p.startswith("finetune") for p in problems):
+        params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes,
+                               report=check_deepsc)
 
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
@@ -420,7 +438,37 @@ def build_search_space(
         sampler_config=study_cfg["sampler"],
         pruner_config=study_cfg["pruner"],
         source=config.get("source"),
+        notes=notes,
     )
+
+
+def _check_deepsc(
+    finetune: dict, params: dict[str, ParamSpec], enqueue: list[dict], problems: list[str],
+    notes: list[str], *, report: bool,
+) -> dict[str, ParamSpec]:
+    """DeepSC's own checks (deepsc.py); returns ``params`` with clipped ranges applied.
+
+    The clipped range is what the study samples from (``suggest`` and the grid use
+    ``params``); the search-space hash is of the file, so resuming a study is unaffected.
+    """
+    from deepsc_tune.command import CommandSettings
+    from deepsc_tune.deepsc import check_command_space
+
+    settings, fixed = CommandSettings.from_dict(finetune, source="finetune")
+    findings = check_command_space(
+        cwd=settings.cwd or Path("."), command=settings.command, overrides=settings.overrides,
+        fixed=fixed, new_keys=settings.new_keys, search=params, enqueue=enqueue,
+        run_dir_override=settings.run_dir_override,
+    )
+    params = dict(params)
+    for name, low in findings.lows.items():
+        params[name] = dataclasses.replace(params[name], low=low)
+    if report:
+        problems.extend(str(p) for p in findings.problems)
+        notes.extend(findings.notes)
+    else:
+        notes.extend(n for n in findings.notes if n.startswith("search."))
+    return params
 
 
 def _mapping(config: Mapping[str, Any], key: str, problems: list[str], *, required: bool) -> dict:

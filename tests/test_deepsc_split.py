@@ -1,0 +1,200 @@
+"""`deepsc-tune split` for DeepSC (deepsc_tune/deepsc_split.py): the files are read back and
+compared with the original counts of a Baron pancreas subsample (../shared/data)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import yaml
+from typer.testing import CliRunner
+
+from deepsc_tune import data
+from deepsc_tune.cli import app
+from deepsc_tune.data import DataSettings, split_cells
+from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
+from deepsc_tune.errors import DataError
+
+BARON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_memo():
+    data.clear_memo()
+    yield
+    data.clear_memo()
+
+
+@pytest.fixture(scope="module")
+def baron_small(tmp_path_factory) -> Path:
+    """600 Baron cells (donors human1 and human4), all genes, raw counts."""
+    if not BARON.is_file():
+        reason = f"real data not found: {BARON} (the shared data folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    full = ad.read_h5ad(BARON)
+    rng = np.random.default_rng(0)
+    keep = np.flatnonzero(full.obs["donor"].isin(["human1", "human4"]).to_numpy())
+    rows = np.sort(rng.choice(keep, size=600, replace=False))
+    small = full[rows].copy()
+    path = tmp_path_factory.mktemp("baron") / "baron_small.h5ad"
+    small.write_h5ad(path)
+    return path
+
+
+def block(path: Path) -> dict:
+    return {"train": str(path), "label_key": "cell_type1", "val_fraction": 0.2,
+            "test_split": {"obs_key": "donor", "values": ["human4"]}, "min_cells_per_class": 5}
+
+
+def counts_of(path: Path, names) -> sp.csr_matrix:
+    original = ad.read_h5ad(path)
+    return sp.csr_matrix(original[pd.Index(names)].X, dtype=np.float64)
+
+
+def log1p_cp10k(counts: sp.csr_matrix) -> np.ndarray:
+    dense = counts.toarray()
+    return np.log1p(dense / dense.sum(axis=1, keepdims=True) * 1e4)
+
+
+def test_files_hold_what_deepsc_reads(baron_small, tmp_path):
+    settings = DataSettings.from_dict(block(baron_small))
+    result = write_deepsc_split(settings, tmp_path / "out", label_col="Celltype")
+    original = ad.read_h5ad(baron_small)
+    cells = split_cells(settings)
+    for name, rows in (("train", cells.train), ("val", cells.val), ("test", cells.test)):
+        part = ad.read_h5ad(result.paths[name])
+        # exactly the split's cells, the validation file holding the validation cells
+        assert list(part.obs_names) == list(original.obs_names[rows])
+        # X = log1p(counts per 10k) of the original counts, all genes
+        assert part.n_vars == original.n_vars == result.n_genes
+        expected = log1p_cp10k(counts_of(baron_small, part.obs_names))
+        np.testing.assert_allclose(part.X.toarray(), expected, rtol=1e-5, atol=1e-5)
+        assert list(part.var["gene_name"]) == list(original.var_names)
+        # the label column under DeepSC's obs_celltype_col name, with the original labels
+        assert list(part.obs["Celltype"].astype(str)) == list(original.obs["cell_type1"].iloc[rows].astype(str))
+        assert list(part.obs["Celltype"].cat.categories) == cells.classes
+    assert set(cells.val).isdisjoint(cells.train)
+    test = ad.read_h5ad(result.paths["test"])
+    assert set(test.obs["donor"]) == {"human4"}
+    assert result.overrides == {
+        "data_path": str(result.paths["train"]), "data_path_eval": str(result.paths["val"]),
+        "seperated_train_eval_dataset": True, "obs_celltype_col": "Celltype",
+    }
+    assert any("raw counts -> normalize_total(target_sum=1e4) + log1p" in n for n in result.notes)
+
+
+def test_log_normalised_data_are_kept_as_they_are(baron_small, tmp_path):
+    adata = ad.read_h5ad(baron_small)
+    logged = sp.csr_matrix(log1p_cp10k(sp.csr_matrix(adata.X, dtype=np.float64)).astype(np.float32))
+    adata.X = logged
+    path = tmp_path / "logged.h5ad"
+    adata.write_h5ad(path)
+    result = write_deepsc_split(DataSettings.from_dict(block(path)), tmp_path / "out")
+    train = ad.read_h5ad(result.paths["train"])
+    np.testing.assert_array_equal(train.X.toarray(), logged[adata.obs_names.get_indexer(train.obs_names)].toarray())
+    assert "celltype" in train.obs.columns  # DeepSC's default label column
+    assert any("X used as is" in n for n in result.notes)
+
+
+def gene_map(path: Path, names) -> Path:
+    pd.DataFrame({"feature_name": list(names), "id": range(1, len(names) + 1)}).to_csv(path, index=False)
+    return path
+
+
+def test_gene_map_coverage(baron_small, tmp_path):
+    genes = list(ad.read_h5ad(baron_small, backed="r").var_names)
+    mapped = gene_map(tmp_path / "map.csv", genes[::4] + ["NOT_A_GENE"])
+    result = write_deepsc_split(DataSettings.from_dict(block(baron_small)), tmp_path / "out", gene_map=mapped)
+    assert result.genes_matched == len(genes[::4])
+    assert any(f"DeepSC will see {len(genes[::4])} of the {len(genes)} genes" in n for n in result.notes)
+    assert result.overrides["csv_path"] == str(mapped.resolve())
+
+
+def test_gene_map_without_a_match_is_refused_before_writing(baron_small, tmp_path):
+    mapped = gene_map(tmp_path / "ens.csv", [f"ENSG{i:011d}" for i in range(300)])
+    with pytest.raises(DataError) as info:
+        write_deepsc_split(DataSettings.from_dict(block(baron_small)), tmp_path / "out", gene_map=mapped)
+    message = str(info.value)
+    assert "none of the" in message and "gene symbols" in message and "Ensembl ids" in message
+    assert not (tmp_path / "out").exists()
+
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"gene": ["A"], "id": [1]}).to_csv(bad, index=False)
+    with pytest.raises(DataError, match="no column feature_name"):
+        write_deepsc_split(DataSettings.from_dict(block(baron_small)), tmp_path / "out", gene_map=bad)
+
+
+def test_options_from_the_finetune_block():
+    opts = deepsc_options({"backend": "command", "overrides": {"obs_celltype_col": "Celltype",
+                                                              "csv_path": "maps/g.csv"}})
+    assert opts == {"label_col": "Celltype", "gene_col": "gene_name", "gene_map": Path("maps/g.csv")}
+    assert deepsc_options(None) == {"label_col": "celltype", "gene_col": "gene_name", "gene_map": None}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def space(tmp_path: Path, path: Path, finetune: dict) -> Path:
+    raw = {"name": "dsplit", "data": block(path), "finetune": finetune,
+           "search": {"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}}}
+    out = tmp_path / "dsplit.yaml"
+    out.write_text(yaml.safe_dump(raw))
+    return out
+
+
+DEEPSC_BLOCK = {"backend": "command", "command": [sys.executable, "-m", "src.deepsc.finetune.finetune"],
+                "overrides": {"obs_celltype_col": "cell_type"}}
+
+
+def test_cli_split_for_a_deepsc_space(baron_small, tmp_path):
+    genes = list(ad.read_h5ad(baron_small, backed="r").var_names)
+    mapped = gene_map(tmp_path / "map.csv", genes[:1000])
+    path = space(tmp_path, baron_small, {**DEEPSC_BLOCK, "overrides": {
+        "obs_celltype_col": "cell_type", "csv_path": str(mapped)}})
+    result = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    val = (tmp_path / "out" / "val.h5ad").resolve()
+    assert f"data_path_eval: {val}" in out and "seperated_train_eval_dataset: true" in out
+    assert "obs_celltype_col: cell_type" in out and "keep it out of the study" in out
+    assert "DeepSC will see 1000 of the" in out
+    assert "cell_type" in ad.read_h5ad(val).obs.columns
+
+
+def test_cli_split_refuses_a_gene_map_without_match(baron_small, tmp_path):
+    mapped = gene_map(tmp_path / "ens.csv", [f"ENSG{i:011d}" for i in range(300)])
+    path = space(tmp_path, baron_small, DEEPSC_BLOCK)
+    result = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "out"), "--gene-map", str(mapped)])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: gene map") and "Ensembl ids" in lines[0]
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def test_cli_split_original_for_builtin_spaces(baron_small, tmp_path):
+    path = space(tmp_path, baron_small, {"model": "mlp"})
+    results = ["--results-dir", str(tmp_path / "results")]  # its disk cache, not the checkout's
+    result = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "orig"), *results])
+    assert result.exit_code == 0, result.output
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train = ad.read_h5ad(tmp_path / "orig" / "train.h5ad")
+    assert np.all(train.X.data == np.round(train.X.data))  # the input's raw counts
+    assert "gene_name" not in train.var.columns
+
+    forced = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "d"), "--for", "deepsc", *results])
+    assert forced.exit_code == 0, forced.output
+    assert "gene_name" in ad.read_h5ad(tmp_path / "d" / "train.h5ad").var.columns
+
+    bad = runner.invoke(app, ["split", str(path), "--for", "scgpt"])
+    assert bad.exit_code == 2 and bad.output.strip() == "error: --for: unknown 'scgpt'; expected deepsc or original"
