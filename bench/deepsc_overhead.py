@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
-from deepsc_setup import PYTHON_ENV, copy_for_cpu, tiny_space, write_data  # noqa: E402
+from deepsc_setup import PYTHON_ENV, copy_for_cpu, split, tiny_space, write_data  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.command import CommandFinetuner, CommandSettings, checkout_pythonpath  # noqa: E402
@@ -78,7 +78,7 @@ def time_trial(finetuner: CommandFinetuner, params: dict, run_dir: Path) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=os.environ.get(PYTHON_ENV), help="DeepSC's Python (default $%s)" % PYTHON_ENV)
-    parser.add_argument("--cells", type=int, default=300, help="training cells (validation: a third of that)")
+    parser.add_argument("--cells", type=int, default=300, help="training cells (and a third as many for validation)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "deepsc_overhead")
@@ -91,10 +91,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="deepsc-overhead-") as tmp:
         tmp = Path(tmp)
         checkout = copy_for_cpu(tmp / "DeepSC")
-        data = write_data(tmp / "data", n_train=args.cells, n_val=max(args.cells // 3, 20))
+        data = write_data(tmp / "data", n_cells=round(args.cells / 0.75))  # a quarter for validation
         load_before = load_average()
         imports = [time_imports(args.python, checkout) for _ in range(2)]
-        space = tiny_space(checkout, args.python, data, fixed={"epoch": args.epochs})
+        space = tiny_space(checkout, args.python, data, split_dir=tmp / "split", fixed={"epoch": args.epochs})
+        split(space, tmp / "split")
         settings, fixed = CommandSettings.from_dict(space["finetune"])
         finetuner = CommandFinetuner(settings)
         params = {**fixed, "lr_scheduler_type": "constant", "learning_rate": 1e-3}
@@ -120,7 +121,7 @@ def main() -> None:
         "deepsc_commit": "2416d85 (accelerator cpu)",
         "model": "random init, embedding_dim 32, 2 layers, 2 heads, sequence_length 128",
         "train_cells": args.cells,
-        "val_cells": max(args.cells // 3, 20),
+        "val_cells": round(args.cells / 0.75) - args.cells,
         "batch_size": 32,
         "imports_s": imports,
         "trials": trials,

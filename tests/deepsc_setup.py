@@ -45,10 +45,10 @@ def copy_for_cpu(dest: Path) -> Path:
     return dest
 
 
-def write_data(folder: Path, *, n_train: int = 300, n_val: int = 100, seed: int = 0) -> dict[str, Path]:
-    """Cells of four Baron pancreas types as DeepSC reads them (log1p of counts per 10k in X,
-    ``var["gene_name"]``, ``obs["celltype"]``), train and validation files, and a gene map
-    (``feature_name,id``) covering every gene."""
+def write_data(folder: Path, *, n_cells: int = 400, seed: int = 0) -> dict[str, Path]:
+    """A user's data for DeepSC: ``cells.h5ad``, raw counts of four Baron pancreas cell types
+    (label ``cell_type1``), and DeepSC's gene map (``gene_map.csv``, ``feature_name,id``) covering
+    every gene. ``deepsc-tune split`` turns the cells into what DeepSC reads."""
     import numpy as np
     import pandas as pd
     import scanpy as sc
@@ -56,24 +56,31 @@ def write_data(folder: Path, *, n_train: int = 300, n_val: int = 100, seed: int 
     folder.mkdir(parents=True, exist_ok=True)
     adata = sc.read_h5ad(BARON)
     adata = adata[adata.obs["cell_type1"].isin(CELL_TYPES)]
-    adata = adata[np.random.default_rng(seed).permutation(adata.n_obs)[: n_train + n_val]].copy()
-    sc.pp.normalize_total(adata, target_sum=1e4)
-    sc.pp.log1p(adata)
-    adata.var["gene_name"] = adata.var_names.astype(str)
-    adata.obs["celltype"] = adata.obs["cell_type1"].astype(str)
-    paths = {"train": folder / "train.h5ad", "val": folder / "val.h5ad", "gene_map": folder / "gene_map.csv"}
-    adata[:n_train].copy().write_h5ad(paths["train"])
-    adata[n_train:].copy().write_h5ad(paths["val"])
+    adata = adata[np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:n_cells])].copy()
+    paths = {"cells": folder / "cells.h5ad", "gene_map": folder / "gene_map.csv"}
+    adata.write_h5ad(paths["cells"])
     pd.DataFrame({"feature_name": adata.var_names, "id": np.arange(adata.n_vars)}).to_csv(paths["gene_map"], index=False)
     return paths
 
 
-def tiny_space(deepsc: Path, python: str, data: dict[str, Path], *, name: str = "deepsc-tiny",
-               study: dict[str, Any] | None = None, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A command-backend search space for the tiny model, as a user would write it."""
+def split(space: dict[str, Any], out: Path) -> dict[str, Path]:
+    """What ``deepsc-tune split --out OUT`` writes for ``space`` (the library call)."""
+    from deepsc_tune.data import DataSettings
+    from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
+
+    result = write_deepsc_split(DataSettings.from_dict(space["data"]), out, **deepsc_options(space["finetune"]))
+    return result.paths
+
+
+def tiny_space(deepsc: Path, python: str, data: dict[str, Path], *, split_dir: Path | str = "split",
+               name: str = "deepsc-tune-tiny", study: dict[str, Any] | None = None,
+               fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A command-backend search space for the tiny model, as a user would write it: the data
+    block for ``deepsc-tune split`` (a quarter of the cells for validation) and DeepSC's
+    overrides reading what split writes into ``split_dir`` (relative: where deepsc-tune runs)."""
     return {
         "name": name,
-        "data": {"train": str(data["train"]), "label_key": "celltype"},
+        "data": {"train": str(data["cells"]), "label_key": "cell_type1", "val_fraction": 0.25, "split_seed": 0},
         "finetune": {
             "backend": "command",
             "command": [python, "-m", "src.deepsc.finetune.finetune"],
@@ -81,8 +88,8 @@ def tiny_space(deepsc: Path, python: str, data: dict[str, Path], *, name: str = 
             "env": {"WANDB_MODE": "disabled"},
             "grace_period": 5,
             "overrides": {
-                "data_path": str(data["train"]),
-                "data_path_eval": str(data["val"]),
+                "data_path": f"{split_dir}/train.h5ad",
+                "data_path_eval": f"{split_dir}/val.h5ad",
                 "seperated_train_eval_dataset": True,
                 "csv_path": str(data["gene_map"]),
                 "obs_celltype_col": "celltype",

@@ -89,6 +89,24 @@ def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], 
     return path
 
 
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, deepsc, deepsc_python, data) -> tuple[Path, Path]:
+    """A user's folder after ``validate`` and ``split``: (folder, search-space file)."""
+    work = tmp_path_factory.mktemp("work")
+    space = write_space(work, deepsc, deepsc_python, data)
+    # Before split, validate says what is missing and how to make it, in one line per problem.
+    early = deepsc_tune("validate", str(space), cwd=work)
+    assert early.returncode == 2 and "Traceback" not in early.stdout + early.stderr
+    assert "split/train.h5ad" in early.stderr and "deepsc-tune split writes it" in early.stderr
+    written = deepsc_tune("split", str(space), "--out", "split", cwd=work)
+    assert written.returncode == 0, written.stdout + written.stderr
+    assert re.search(r"data_path_eval: \S*split/val.h5ad", written.stdout), written.stdout
+    ok = deepsc_tune("validate", str(space), cwd=work)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "/home/angli/DeepSC/results/cell_type_annotation" in ok.stdout  # where DeepSC writes
+    return work, space
+
+
 def deepsc_tune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "deepsc_tune.cli", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env=_env())
@@ -100,7 +118,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def load(results: Path, name: str = "deepsc-tiny") -> optuna.Study:
+def load(results: Path, name: str = "deepsc-tune-tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=f"sqlite:///{results / name / 'study.db'}")
 
 
@@ -153,10 +171,9 @@ def log_epochs(log: Path) -> list[tuple[float, float, float]]:
 
 
 @pytest.fixture(scope="module")
-def search(tmp_path_factory, deepsc, deepsc_python, data):
+def search(prepared, deepsc):
     """A finished 3-trial search on DeepSC, run as a user runs it."""
-    work = tmp_path_factory.mktemp("search")
-    space = write_space(work, deepsc, deepsc_python, data)
+    work, space = prepared
     before = sorted(p.name for p in deepsc.iterdir())
     result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=work)
     return work, space, result, before
@@ -208,9 +225,9 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
     assert "Using CONSTANT" in rerun.stdout or "Using COSINE" in rerun.stdout
 
 
-def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, deepsc, deepsc_python, data):
+def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, deepsc_python, data):
     # Every trial is hopeless for a threshold of 1.01, so the first epoch prunes it.
-    space = write_space(tmp_path, deepsc, deepsc_python, data, fixed={"epoch": 3},
+    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split", fixed={"epoch": 3},
                         study={"n_trials": 1, "pruner": {"type": "threshold", "lower": 1.01}})
     with ProcessWatch(tmp_path / "results") as watch:
         result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=tmp_path)
@@ -225,8 +242,9 @@ def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, deepsc, deepsc_pyth
     assert "stopped after epoch 1: stopping the process group" in Path(trial.user_attrs["log"]).read_text()
 
 
-def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, deepsc, deepsc_python, data):
-    space = write_space(tmp_path, deepsc, deepsc_python, data, study={"n_trials": 1}, fixed={"epoch": 3})
+def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, deepsc_python, data):
+    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split",
+                        study={"n_trials": 1}, fixed={"epoch": 3})
     with ProcessWatch(tmp_path / "results") as watch:
         proc = subprocess.Popen([sys.executable, "-m", "deepsc_tune.cli", "run", str(space), "--results-dir",
                                  "results"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
@@ -245,8 +263,8 @@ def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, deepsc, deepsc_python
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
 
 
-def test_setting_deepsc_rejects_fails_with_its_own_error(tmp_path, deepsc, deepsc_python, data):
-    space = write_space(tmp_path, deepsc, deepsc_python, data, study={"n_trials": 1},
+def test_setting_deepsc_rejects_fails_with_its_own_error(tmp_path, prepared, deepsc, deepsc_python, data):
+    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split", study={"n_trials": 1},
                         fixed={"finetune_mode": "everything"})
     result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=tmp_path)
     assert result.returncode != 0
