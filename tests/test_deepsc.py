@@ -492,3 +492,30 @@ def test_clipped_low_end_runs_in_deepscs_own_scheduler(checkout, tmp_path):
     assert "  - Warmup steps: 1\n" in ok.stdout and "  - Total steps: 1570\n" in ok.stdout
     bad = run(0.0)
     assert bad.returncode != 0 and "ValueError: Expected positive integer T_0, but got 0" in bad.stderr
+
+
+def test_shipped_example_validates_against_the_real_checkout(tmp_path, monkeypatch, checkout):
+    """examples/deepsc-hpancreas.yaml runs as written, its four PATH lines aside: with them
+    pointing at DeepSC 2416d85 and existing files, validate passes and clips the warmup range."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "deepsc-hpancreas.yaml"
+    for name in ("demo_train.h5ad", "gene_map_tp10k.csv", "DeepSC_11_0.ckpt", "python"):
+        (tmp_path / name).write_text("")
+    (tmp_path / "python").chmod(0o755)
+    (tmp_path / "split" / "hpancreas").mkdir(parents=True)
+    for name in ("train.h5ad", "val.h5ad"):
+        (tmp_path / "split" / "hpancreas" / name).write_text("")
+    text = example.read_text()
+    for old, new in {
+        "data/hPancreas/demo_train.h5ad": str(tmp_path / "demo_train.h5ad"),
+        "/opt/conda/envs/deepsc/bin/python": str(tmp_path / "python"),
+        "/home/me/DeepSC/gene_map_tp10k.csv": str(tmp_path / "gene_map_tp10k.csv"),
+        "/home/me/DeepSC/ckpts/DeepSC_11_0.ckpt": str(tmp_path / "DeepSC_11_0.ckpt"),
+        "/home/me/DeepSC": str(checkout),
+    }.items():
+        assert old in text
+        text = text.replace(old, new)
+    (tmp_path / "deepsc-hpancreas.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["validate", "deepsc-hpancreas.yaml"])
+    assert result.exit_code == 0, result.output
+    assert "warmup_ratio" in result.output and "/home/angli/DeepSC/results/cell_type_annotation" in result.output
