@@ -9,6 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deepsc_tune.search_space import dump_settings
+from deepsc_tune.selection import Selection, format_mean_sd, format_reported, select
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = "python -m src.deepsc.finetune.finetune"
@@ -46,16 +47,31 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
 
 
 def format_best(
-    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin"
+    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin",
+    selection: Selection | None = None,
 ) -> str:
-    """Render the best trial as ``yaml`` (config block), ``hydra`` (override line) or ``json``."""
+    """Render the chosen trial as ``yaml`` (config block), ``hydra`` (override line) or ``json``.
+
+    ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
+    the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
+    """
     settings, notes = deepsc_settings(trial, backend=backend)
     metric = study.user_attrs.get("metric", "val_accuracy")
     u = trial.user_attrs
+    if selection is None:
+        selection = select(study.get_trials(deepcopy=False))
+    config = next((c for c in selection.ranking if c.number == trial.number), None)
     header = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
         f"{metric} {trial.value:.4f} (best epoch {u.get('best_epoch')} of {u.get('epochs_run')})",
     ]
+    if config is not None and config.confirmed:
+        header.append(f"{metric} over seeds: {format_mean_sd(config)}; test accuracy "
+                      f"{format_reported(config.test_accuracy)} / macro-F1 "
+                      f"{format_reported(config.test_macro_f1)} (reported only)")
+    is_leader = selection.best is not None and selection.best.number == trial.number
+    if is_leader and selection.leader_test is not None:
+        header.append(selection.leader_test.reason)
     if u.get("test_accuracy") is not None:
         f1 = u.get("test_macro_f1")
         header.append(
@@ -76,6 +92,9 @@ def format_best(
                 "best_epoch": u.get("best_epoch"),
                 "test_accuracy": u.get("test_accuracy"),
                 "test_macro_f1": u.get("test_macro_f1"),
+                "seeds": _seeds_json(config),
+                "distinguishable": (selection.leader_test.distinguishable
+                                    if is_leader and selection.leader_test is not None else None),
                 "notes": notes,
             },
             indent=2,
@@ -85,6 +104,17 @@ def format_best(
         line = " ".join(f"{k}={_hydra_value(v)}" for k, v in settings.items())
         return f"{comments}{DEEPSC_COMMAND} {line}"
     return comments + "# for DeepSC's configs/finetune/finetune.yaml\n" + dump_settings(settings).rstrip()
+
+
+def _seeds_json(config: Any) -> dict[str, Any] | None:
+    """The configuration's runs over seeds (the search trial first), for the JSON export."""
+    if config is None:
+        return None
+    return {
+        "n": config.n, "mean": config.mean, "sd": config.sd, "values": list(config.values),
+        "trials": [t.number for t in config.trials],
+        "test_accuracy": list(config.test_accuracy), "test_macro_f1": list(config.test_macro_f1),
+    }
 
 
 def _hydra_value(value: Any) -> str:

@@ -183,7 +183,8 @@ def compare_leaders(ranking: Sequence[ConfigScore], *, alpha: float = ALPHA) -> 
         few = [f"trial {c.number}" for c in (lead, second) if c.n < 2]
         return LeaderTest(diff, None, None, None, False,
                           f"not distinguishable from the runner-up (trial {second.number}, "
-                          f"{diff:+.4f}): {' and '.join(few)} ran with one seed only")
+                          f"{diff:+.4f}): {' and '.join(few)} ran with one seed only "
+                          "(study.confirm or `deepsc-tune repeat` adds seeds)")
     t, df, p = result
     if p < alpha:
         return LeaderTest(diff, t, df, p, True,

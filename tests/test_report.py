@@ -380,7 +380,12 @@ def test_summary_counts_and_failures(synthetic):
     assert (s.repeat_counts["COMPLETE"], s.repeat_counts["FAIL"], s.repeat_counts["WAITING"]) == (2, 1, 1)
     assert [(f.number, f.reason, f.retried_as) for f in s.failed] == [
         (6, "training diverged: loss is NaN", None), (11, "interrupted", 12)]
-    assert s.best_number == 3 and s.best_value == 0.9
+    # Trial 3 has the highest single value (0.9), but trial 5 was confirmed over 3 seeds
+    # (0.88, 0.84, 0.80): the confirmed configuration is chosen, by its mean.
+    assert s.best_number == 5 and s.best_value == 0.88
+    assert s.seeds == 3 and s.seeds_mean == pytest.approx(0.84) and s.seeds_sd == pytest.approx(0.04)
+    assert s.seeds_test_accuracy == "0.8133 ± 0.0153"  # 0.83, 0.81, 0.80
+    assert s.leader.startswith("not distinguishable from the runner-up (trial 3, -0.0600)")
 
 
 def test_write_report_files(real_copy):
