@@ -19,8 +19,10 @@ Definitions used throughout:
   so it never decreases from left to right).
 - *Epochs saved* by pruning: for each PRUNED trial, the epochs it was set to run (its ``epoch``
   setting) minus the epochs it ran.
-- *Search trials* leave out the repeats made by ``deepsc-tune repeat`` (``repeat_of``); repeats
-  appear only in the stability section, the counts and ``trials.csv``.
+- *Search trials* leave out the repeats made by ``deepsc-tune repeat`` or ``study.confirm``
+  (``repeat_of``); repeats appear in the summary (the chosen configuration's mean ± sd over seeds,
+  :mod:`deepsc_tune.selection`), as rings on the frontier, in the stability section, the counts
+  and ``trials.csv``.
 """
 
 from __future__ import annotations
