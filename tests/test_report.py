@@ -35,6 +35,7 @@ from deepsc_tune.report import (
     metric_value,
     optimization_history,
     param_importances,
+    plot_frontier,
     stability_data,
     summary_data,
     trial_rows,
@@ -212,6 +213,16 @@ def test_frontier_leaves_out_repeats_failed_and_running(synthetic):
     add(synthetic, TrialState.RUNNING, cos(3e-3), [0.9])
     numbers = {p.number for ps in frontier_data(synthetic.trials).points.values() for p in ps}
     assert numbers == {0, 1, 2, 3, 4, 5, 7, 8}
+
+
+def test_frontier_marks_confirmed_configurations(synthetic):
+    """Trial 5 ran with 3 seeds (itself and 2 COMPLETE repeats; the FAIL one does not count)."""
+    points = {p.number: p for ps in frontier_data(synthetic.trials).points.values() for p in ps}
+    assert points[5].seeds == 3
+    assert all(p.seeds == 1 for n, p in points.items() if n != 5)
+    fig = plot_frontier(frontier_data(synthetic.trials))
+    ring = [tr for tr in fig.data if tr.name == "confirmed (several seeds)"]
+    assert len(ring) == 1 and list(ring[0].customdata[0]) == [5, 3]
 
 
 @pytest.mark.parametrize("value, text", [
