@@ -133,17 +133,15 @@ def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
     assert len(_repeats(study)) == 5  # 4 complete + the interrupted FAIL, nothing duplicated
 
 
-def test_workers_share_the_confirmation(tmp_path):
+def _shared_confirmation(space, study, url, name):
     """Two workers (threads, each with its own storage) queue each repeat once and take turns."""
-    space, study, _ = _searched(tmp_path)
-    url = default_storage_url("curve", tmp_path)
     finetuner = SeedCurveFinetuner()
     errors = []
 
     def worker():
         try:
             rdb = open_storage(url)
-            own = optuna.load_study(study_name="curve", storage=rdb)
+            own = optuna.load_study(study_name=name, storage=rdb)
             run_confirmation(space, finetuner, study=own, storage=rdb)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(e)
@@ -159,6 +157,20 @@ def test_workers_share_the_confirmation(tmp_path):
     assert len(keys) == 4 and len(set(keys)) == 4
     assert all(t.state == TrialState.COMPLETE for t in reps)
     assert len(study.get_trials()) == 5 + 4 and len(finetuner.calls) == 4
+
+
+def test_workers_share_the_confirmation(tmp_path):
+    space, study, _ = _searched(tmp_path)
+    _shared_confirmation(space, study, default_storage_url("curve", tmp_path), "curve")
+
+
+@pytest.mark.postgres
+def test_workers_share_the_confirmation_on_postgres(postgres_study):
+    url, name = postgres_study
+    space = build_search_space(CONFIG)
+    study = open_study(space, storage=open_storage(url), study_name=name)
+    run_study(space, SeedCurveFinetuner(), study=study)
+    _shared_confirmation(space, study, url, name)
 
 
 # ----------------------------------------------------------------------------- end to end
