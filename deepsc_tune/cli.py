@@ -605,8 +605,8 @@ def repeat(
     """Re-run the TOP best configurations of NAME with SEEDS further seeds each.
 
     The runs are extra trials of the same study, tagged repeat_of (the original trial) and
-    repeat_seed: never counted as search trials, never pruned, shown as seed-to-seed spread by
-    `deepsc-tune report`. A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
+    repeat_seed: never counted as search trials, never pruned; `best`, `export`, `status` and
+    `report` then rank configurations by their mean over seeds (study.confirm does this after a run). A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
     from deepsc_tune.repeat import (
