@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from deepsc_tune.search_space import dump_settings
-from deepsc_tune.selection import Selection, format_mean_sd, format_reported, select
+from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = "python -m src.deepsc.finetune.finetune"
@@ -60,18 +60,11 @@ def format_best(
     u = trial.user_attrs
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
-    config = next((c for c in selection.ranking if c.number == trial.number), None)
     header = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
         f"{metric} {trial.value:.4f} (best epoch {u.get('best_epoch')} of {u.get('epochs_run')})",
     ]
-    if config is not None and config.confirmed:
-        header.append(f"{metric} over seeds: {format_mean_sd(config)}; test accuracy "
-                      f"{format_reported(config.test_accuracy)} / macro-F1 "
-                      f"{format_reported(config.test_macro_f1)} (reported only)")
-    is_leader = selection.best is not None and selection.best.number == trial.number
-    if is_leader and selection.leader_test is not None:
-        header.append(selection.leader_test.reason)
+    header += pick_notes(selection, trial.number, metric=metric)
     if u.get("test_accuracy") is not None:
         f1 = u.get("test_macro_f1")
         header.append(
@@ -92,9 +85,7 @@ def format_best(
                 "best_epoch": u.get("best_epoch"),
                 "test_accuracy": u.get("test_accuracy"),
                 "test_macro_f1": u.get("test_macro_f1"),
-                "seeds": _seeds_json(config),
-                "distinguishable": (selection.leader_test.distinguishable
-                                    if is_leader and selection.leader_test is not None else None),
+                **pick_record(selection, trial.number),
                 "notes": notes,
             },
             indent=2,
@@ -104,17 +95,6 @@ def format_best(
         line = " ".join(f"{k}={_hydra_value(v)}" for k, v in settings.items())
         return f"{comments}{DEEPSC_COMMAND} {line}"
     return comments + "# for DeepSC's configs/finetune/finetune.yaml\n" + dump_settings(settings).rstrip()
-
-
-def _seeds_json(config: Any) -> dict[str, Any] | None:
-    """The configuration's runs over seeds (the search trial first), for the JSON export."""
-    if config is None:
-        return None
-    return {
-        "n": config.n, "mean": config.mean, "sd": config.sd, "values": list(config.values),
-        "trials": [t.number for t in config.trials],
-        "test_accuracy": list(config.test_accuracy), "test_macro_f1": list(config.test_macro_f1),
-    }
 
 
 def _hydra_value(value: Any) -> str:

@@ -214,3 +214,31 @@ def format_reported(values: Sequence[float], digits: int = 4) -> str | None:
         return None
     mean, sd = mean_sd(values)
     return f"{mean:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd is not None else "")
+
+
+def pick_notes(selection: Selection, number: int, *, metric: str) -> list[str]:
+    """Lines for the export's header about trial ``number``: mean ± sd over seeds, vs the runner-up."""
+    config = next((c for c in selection.ranking if c.number == number), None)
+    notes = []
+    if config is not None and config.confirmed:
+        notes.append(f"{metric} over seeds: {format_mean_sd(config)}; test accuracy "
+                     f"{format_reported(config.test_accuracy)} / macro-F1 "
+                     f"{format_reported(config.test_macro_f1)} (reported only)")
+    if selection.best is not None and selection.best.number == number and selection.leader_test is not None:
+        notes.append(selection.leader_test.reason)
+    return notes
+
+
+def pick_record(selection: Selection, number: int) -> dict[str, Any]:
+    """JSON fields about trial ``number``: its runs over seeds and whether it leads distinguishably."""
+    config = next((c for c in selection.ranking if c.number == number), None)
+    leads = selection.best is not None and selection.best.number == number
+    return {
+        "seeds": None if config is None else {
+            "n": config.n, "mean": config.mean, "sd": config.sd, "values": list(config.values),
+            "trials": [t.number for t in config.trials],
+            "test_accuracy": list(config.test_accuracy), "test_macro_f1": list(config.test_macro_f1),
+        },
+        "distinguishable": (selection.leader_test.distinguishable
+                            if leads and selection.leader_test is not None else None),
+    }

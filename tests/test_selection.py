@@ -162,3 +162,18 @@ def test_no_complete_trial_selects_nothing():
 def test_mean_sd_match_statistics(study):
     c = next(c for c in configurations(study.trials) if c.number == 1)
     assert c.mean == statistics.fmean(c.values) and c.sd == statistics.stdev(c.values)
+
+
+def test_pick_notes_and_record(study):
+    from deepsc_tune.selection import pick_notes, pick_record
+
+    sel = select(study.trials)
+    notes = pick_notes(sel, 1, metric="val_accuracy")
+    assert notes[0] == ("val_accuracy over seeds: 0.8600 ± 0.0400 (n=3); test accuracy 0.8300 ± 0.0200 "
+                        "/ macro-F1 0.6500 ± 0.0707 (reported only)")
+    assert notes[1].startswith("not distinguishable from the runner-up (trial 2, +0.1100; Welch t-test p=")
+    assert pick_notes(sel, 0, metric="val_accuracy") == []  # one seed, not the leader
+    record = pick_record(sel, 1)
+    assert record["seeds"]["trials"] == [1, 4, 5] and record["seeds"]["n"] == 3
+    assert record["distinguishable"] is False
+    assert pick_record(sel, 2)["distinguishable"] is None  # only the leader is tested
