@@ -30,6 +30,12 @@ Run from the repository root::
     nice -n 10 python bench/compare.py                 # full: results/benchmarks/compare.{json,md}
     python bench/compare.py --quick --out /tmp/q.json  # CI smoke run: pbmc68k, 2 seeds, small
 
+With ``--confirm K,N`` (full runs: 3,3) the default search is then confirmed: its K best
+configurations re-run with N further seeds (``study.confirm``), and every selection rule and
+smaller ``(K, N)`` is replayed on the result (``bench/selection_eval.py``): the pick's test
+metrics with and without confirmation, its extra epochs, and a held-out-seed validation value
+that alone chooses the shipped ``confirm`` defaults (docs/benchmark.md, "Confirmation").
+
 Progress goes to stdout (one line per strategy run; ``-v`` adds one per trial).
 """
 
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -54,12 +61,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 import optuna  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
+from selection_eval import repeat_records, variants  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
+from deepsc_tune.confirm import run_confirmation  # noqa: E402
 from deepsc_tune.data import DataSettings, PreparedData, prepare_data  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
     DEFAULT_STUDY,
@@ -116,12 +126,13 @@ BENCHMARKS = {
     "baron": Benchmark("baron", "baron", needs_shared_data=True),
     "kang": Benchmark("kang", "kang", needs_shared_data=True),
 }
-FULL = {"benchmarks": list(BENCHMARKS), "seeds": 5}
+FULL = {"benchmarks": list(BENCHMARKS), "seeds": 5, "confirm": (3, 3)}
 #: Quick mode keeps the script working in CI: small, not meant to be read as results.
 QUICK = {
     "benchmarks": ["pbmc68k"],
     "seeds": 2,
     "overrides": ("finetune.epoch=4", "study.n_trials=6"),
+    "confirm": (2, 2),
 }
 
 
@@ -212,10 +223,16 @@ def _round(x: Any, nd: int = 5) -> Any:
 
 def run_strategy(
     bench: Benchmark, strategy: str, *, seed: int, data: PreparedData, threads: int | None,
-    extra: tuple[str, ...], verbose: bool,
+    extra: tuple[str, ...], verbose: bool, confirm: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Run one strategy's study for one seed and summarise it."""
+    """Run one strategy's study for one seed and summarise it.
+
+    ``confirm`` ``(K, N)``: after the search, confirm the default strategy's K best
+    configurations with N further seeds and replay every selection variant (selection_eval.py).
+    """
     space = strategy_space(bench, strategy, seed=seed, extra=extra)
+    # The search itself runs unconfirmed (as the shipped YAML may not); confirmation follows.
+    space = dataclasses.replace(space, confirm=None)
     defaults = {"num_threads": threads} if threads else {}
     finetuner = BuiltinFinetuner(data, defaults=defaults)
     storage = optuna.storages.InMemoryStorage()
@@ -228,6 +245,19 @@ def run_strategy(
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run_study(space, finetuner, study=study, progress=progress)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    confirmation = None
+    if confirm and strategy == "default":
+        cwall0 = time.perf_counter()
+        run_confirmation(dataclasses.replace(space, confirm={"top": confirm[0], "seeds": confirm[1]}),
+                         finetuner, study=study, progress=progress)
+        every = study.get_trials(deepcopy=False)
+        confirmation = {
+            "top": confirm[0], "seeds": confirm[1], "wall_s": round(time.perf_counter() - cwall0, 2),
+            "repeats": [{k: _round(v) if isinstance(v, float) else v for k, v in r.items()}
+                        for r in repeat_records(every)],
+            "variants": [{k: _round(v) for k, v in r.items()}
+                         for r in variants(every, k_max=confirm[0], n_max=confirm[1])],
+        }
 
     trials = []
     for t in search_trials(study):
@@ -270,14 +300,15 @@ def run_strategy(
         "test_accuracy": _round(best.user_attrs.get("test_accuracy")),
         "test_macro_f1": _round(best.user_attrs.get("test_macro_f1")),
         "trials": trials,
+        "confirmation": confirmation,
     }
 
 
 def run_job(
-    job: tuple[str, int, tuple[str, ...], int | None, bool, tuple[str, ...]]
+    job: tuple[str, int, tuple[str, ...], int | None, bool, tuple[str, ...], tuple[int, int] | None]
 ) -> list[dict[str, Any]]:
     """The strategies of one benchmark and seed (grid first: the others are measured against it)."""
-    name, seed, extra, threads, verbose, strategies = job
+    name, seed, extra, threads, verbose, strategies, confirm = job
     bench = BENCHMARKS[name]
     data = _DATA[name]
     out = []
@@ -286,7 +317,7 @@ def run_job(
         rec = _REUSED_GRID.get((name, seed)) if strategy == "grid" else None
         if rec is None:
             rec = run_strategy(bench, strategy, seed=seed, data=data, threads=threads,
-                               extra=extra, verbose=verbose)
+                               extra=extra, verbose=verbose, confirm=confirm)
         if strategy == "grid":
             grid_best = rec["best_value"]
             rec["grid_epochs"] = rec["total_epochs"]
@@ -307,6 +338,12 @@ def run_job(
             f"{reach if reach is not None else 'never'} epochs",
             flush=True,
         )
+        for v in (rec.get("confirmation") or {}).get("variants", []):
+            if v["rule"] == "best_epoch" and (v["top"], v["seeds"]) in ((0, 0), confirm):
+                print(f"[{name} seed {seed}] select best_epoch K={v['top']} N={v['seeds']}: "
+                      f"#{v['number']} val {v['val']:.4f} (n={v['n']}) | test acc "
+                      f"{v['test_accuracy']:.4f} F1 {v['test_macro_f1']:.4f} | +{v['extra_epochs']} epochs",
+                      flush=True)
         out.append(rec)
     return out
 
@@ -467,7 +504,31 @@ def summarise(runs: list[dict[str, Any]], benchmarks: list[str]) -> dict[str, An
                     (d["test_macro_f1"]["mean"] or 0) - (g["test_macro_f1"]["mean"] or 0)
                 ),
             }
-        out[name] = {"strategies": per, "targets": targets}
+        out[name] = {"strategies": per, "targets": targets, "selection": summarise_selection(
+            [r for r in runs if r["benchmark"] == name and r["strategy"] == "default"])}
+    return out
+
+
+def summarise_selection(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per selection variant (rule, K, N) of the default strategy: statistics over seeds."""
+    groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        for v in (r.get("confirmation") or {}).get("variants", []):
+            groups.setdefault((v["rule"], v["top"], v["seeds"]), []).append(v)
+    out = []
+    for (rule, k, n), vs in groups.items():
+        fresh = [v["val_fresh"] for v in vs]
+        out.append({
+            "rule": rule, "top": k, "seeds": n, "n_runs": len(vs),
+            "val": _stats([v["val"] for v in vs]),
+            "val_fresh": _stats(fresh), "val_fresh_missing": sum(f is None for f in fresh),
+            "test_accuracy": _stats([v["test_accuracy"] for v in vs]),
+            "test_macro_f1": _stats([v["test_macro_f1"] for v in vs]),
+            "test_accuracy_all": _stats([v["test_accuracy_all"] for v in vs]),
+            "test_macro_f1_all": _stats([v["test_macro_f1_all"] for v in vs]),
+            "extra_epochs": _stats([float(v["extra_epochs"]) for v in vs]),
+            "distinguishable": sum(bool(v["distinguishable"]) for v in vs),
+        })
     return out
 
 
@@ -479,6 +540,59 @@ def _ms(s: dict[str, Any], nd: int = 3) -> str:
     if s["mean"] is None:
         return "-"
     return f"{s['mean']:.{nd}f} ± {s['sd']:.{nd}f}"
+
+
+def render_selection(result: dict[str, Any]) -> list[str]:
+    """Tables of the pick with and without confirmation, per rule, and the validation evidence."""
+    confirm = result["meta"].get("confirm")
+    if not confirm or not any(res.get("selection") for res in result["summary"].values()):
+        return []
+    kmax, nmax = confirm
+    lines = [
+        "", f"## Selection with and without confirmation (default strategy, up to K={kmax}, N={nmax})", "",
+        "The default search's pick per selection rule: *K, N* = confirm the K best configurations "
+        "(by search value) with N more seeds, 0, 0 = no confirmation. *val*: the score it was "
+        "picked on (mean over its seeds); *test*: mean over the seeds it was picked on; *test, all "
+        f"seeds*: mean over all its runs in the study; *held-out val*: its study metric on extra "
+        f"seed {nmax}, which variants with N < {nmax} did not see (blank: not computed). "
+        "*indist.*: seeds where the leader was not distinguishable from the runner-up.",
+        "",
+        "| benchmark | rule | K, N | val | held-out val | test acc | test macro-F1 "
+        "| test macro-F1, all seeds | extra epochs | indist. |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    shown = {(0, 0), (1, min(2, nmax)), (kmax, max(1, nmax - 1)), (kmax, nmax)}
+    for name, res in result["summary"].items():
+        for v in res.get("selection") or []:
+            if (v["top"], v["seeds"]) not in shown:
+                continue
+            fresh = "" if v["val_fresh"]["n"] < v["n_runs"] else _ms(v["val_fresh"])
+            lines.append(
+                f"| {name} | {v['rule']} | {v['top']}, {v['seeds']} | {_ms(v['val'])} | {fresh} "
+                f"| {_ms(v['test_accuracy'])} | {_ms(v['test_macro_f1'])} | {_ms(v['test_macro_f1_all'])} "
+                f"| {v['extra_epochs']['mean']:.0f} | {v['n_runs'] - v['distinguishable']}/{v['n_runs']} |"
+            )
+        g = res["strategies"].get("grid")
+        lr = result["baselines"].get(name)
+        if g:
+            lines.append(f"| {name} | grid | - | {_ms(g['best_value'])} | | {_ms(g['test_accuracy'])} "
+                         f"| {_ms(g['test_macro_f1'])} | | - | |")
+        if lr:
+            lines.append(f"| {name} | logistic regression | - | | | {lr['test_accuracy']:.3f} "
+                         f"| {lr['test_macro_f1']:.3f} | | - | |")
+    lines += [
+        "", f"### Validation evidence for the defaults (held-out seed {nmax}, every K and N < {nmax})", "",
+        "| benchmark | rule | K, N | held-out val of the pick | seeds with a held-out value | extra epochs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, res in result["summary"].items():
+        for v in res.get("selection") or []:
+            if v["seeds"] < nmax:
+                lines.append(
+                    f"| {name} | {v['rule']} | {v['top']}, {v['seeds']} | {_ms(v['val_fresh'])} "
+                    f"| {v['n_runs'] - v['val_fresh_missing']}/{v['n_runs']} | {v['extra_epochs']['mean']:.0f} |"
+                )
+    return lines
 
 
 def render_markdown(result: dict[str, Any]) -> str:
@@ -538,6 +652,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"| {'met' if t['test_macro_f1_at_least_grid'] else 'MISSED'} "
             f"({t['test_macro_f1_default_minus_grid']:+.3f}) |"
         )
+    lines += render_selection(result)
     lines += ["", "## Data", ""]
     for name, d in result["data"].items():
         lines.append(
@@ -597,6 +712,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "for trying other defaults quickly; never for committed results")
     p.add_argument("--override", action="append", default=[],
                    help="extra override for every strategy, e.g. study.n_trials=10 (repeatable)")
+    p.add_argument("--confirm", default=None,
+                   help="K,N: confirm the default search's K best configurations with N more seeds and "
+                        "compare selection rules (full: 3,3; quick: 2,2; 'off' to skip)")
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON output; the Markdown table goes next to it (default {DEFAULT_OUT.relative_to(REPO)})")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessed-data cache")
@@ -643,7 +761,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     strategies = tuple(s for s in args.strategies.split(",") if s)
     if any(s not in STRATEGIES for s in strategies):
         raise SystemExit(f"unknown strategy in {args.strategies!r}; expected some of {STRATEGIES}")
-    jobs = [(n, s, extra, args.threads, args.verbose, strategies)
+    confirm = mode.get("confirm") if args.confirm is None else _parse_confirm(args.confirm)
+    jobs = [(n, s, extra, args.threads, args.verbose, strategies, confirm)
             for s in range(n_seeds) for n in names]
     meta = {
         "command": "python bench/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -654,6 +773,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "quick": args.quick, "benchmarks": names, "seeds": n_seeds, "jobs": args.jobs,
         "threads": args.threads, "extra_overrides": list(extra), "strategies": list(strategies),
         "reuse_grid": str(args.reuse_grid) if args.reuse_grid else None,
+        "confirm": list(confirm) if confirm else None,
         "grid": {"learning_rate": list(GRID_LEARNING_RATES), "lr_scheduler_type": list(GRID_SCHEDULERS),
                  "warmup_ratio": GRID_WARMUP_RATIO},
         "load_before": _load(),
@@ -690,6 +810,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"{'met' if t['test_macro_f1_at_least_grid'] else 'MISSED'} "
                   f"({t['test_macro_f1_default_minus_grid']:+.4f})", flush=True)
     return result
+
+
+def _parse_confirm(text: str) -> tuple[int, int] | None:
+    if text == "off":
+        return None
+    try:
+        k, n = (int(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"--confirm {text!r}: expected K,N (two positive integers) or off") from None
+    if k < 1 or n < 1:
+        raise SystemExit(f"--confirm {text!r}: expected K,N (two positive integers) or off")
+    return k, n
 
 
 def _load() -> list[float]:

@@ -195,6 +195,7 @@ def run(
     --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
     on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).
     """
+    from deepsc_tune.confirm import run_confirmation
     from deepsc_tune.search_space import load_search_space
     from deepsc_tune.study import Progress, open_storage, open_study, run_study, sampler_label
     from deepsc_tune.workers import parse_gpus, plan_workers, sigterm_as_interrupt, watch_parent
@@ -219,7 +220,8 @@ def run(
             fingerprint = None if space.backend == "command" else _prepare(space, results_dir).fingerprint
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
-        study = open_study(space, storage=open_storage(url), study_name=study_name,
+        rdb = open_storage(url)
+        study = open_study(space, storage=rdb, study_name=study_name,
                            data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
         if not child:
             _echo(
@@ -238,6 +240,8 @@ def run(
                 with sigterm_as_interrupt():
                     summary = run_study(space, finetuner, study=study, progress=progress,
                                         trials_dir=results_dir / space.name / "trials")
+                    confirmed = run_confirmation(space, finetuner, study=study, storage=rdb,
+                                                 progress=progress, trials_dir=results_dir / space.name / "trials")
             except KeyboardInterrupt:
                 if not child:  # the parent says it once for all its workers
                     typer.secho(
@@ -248,6 +252,10 @@ def run(
                 raise typer.Exit(EXIT_INTERRUPTED)
             if summary.recovered:
                 _echo(f"{prefix}re-queued trials left running by a dead process: {summary.recovered}")
+            if confirmed is not None and not child:
+                _echo(f"confirmation (study.confirm top {space.confirm['top']}, seeds "
+                      f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
+                      f"({len(confirmed.failed)} failed)")
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
@@ -308,18 +316,21 @@ def _short_url(url: str) -> str:
 
 def _print_best(study, backend: str, *, fmt: str) -> None:
     from deepsc_tune.export import best_notes, format_best
+    from deepsc_tune.selection import select
     from deepsc_tune.study import best_search_trial
 
     try:
-        trial = best_search_trial(study)
+        best_search_trial(study)  # the clear error when nothing has completed
     except DeepscTuneError as e:
         _echo(str(e))
         return
+    selection = select(study.get_trials(deepcopy=False))  # by the mean over seeds
+    trial = selection.best.trial
     if fmt == "hydra":
         # Only the command on stdout, so that `$(deepsc-tune best NAME --format hydra)` runs it.
-        for line in best_notes(study, trial, backend=backend):
+        for line in best_notes(study, trial, backend=backend, selection=selection):
             typer.echo(f"# {line}", err=True)
-    _echo(format_best(study, trial, fmt=fmt, backend=backend))
+    _echo(format_best(study, trial, fmt=fmt, backend=backend, selection=selection))
 
 
 @app.command()
@@ -479,6 +490,23 @@ def status(
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+        _echo_ranking(trials, metric)
+
+
+def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
+    """`status`: the best configurations by their mean over seeds, once any has repeats."""
+    from deepsc_tune.selection import format_mean_sd, format_reported, select
+    from deepsc_tune.study import format_params
+
+    selection = select(trials)
+    if not any(c.confirmed for c in selection.ranking):
+        return
+    _echo(f"\nranking by mean {metric} over seeds (search trial + repeats):")
+    for c in selection.ranking[:top]:
+        test = format_reported(c.test_accuracy) or "-"
+        _echo(f"{c.number:>4}  {format_mean_sd(c):<26} test acc {test:<16} {format_params(c.params)}")
+    if selection.leader_test is not None:
+        _echo(f"trial {selection.best.number}: {selection.leader_test.reason}")
 
 
 @app.command()
@@ -645,8 +673,8 @@ def repeat(
     """Re-run the TOP best configurations of NAME with SEEDS further seeds each.
 
     The runs are extra trials of the same study, tagged repeat_of (the original trial) and
-    repeat_seed: never counted as search trials, never pruned, shown as seed-to-seed spread by
-    `deepsc-tune report`. A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
+    repeat_seed: never counted as search trials, never pruned; `best`, `export`, `status` and
+    `report` then rank configurations by their mean over seeds (study.confirm does this after a run). A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
     from deepsc_tune.repeat import (

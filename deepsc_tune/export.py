@@ -29,6 +29,7 @@ from deepsc_tune.command import (
     checkout_pythonpath,
     format_value,
 )
+from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = shlex.join(DEFAULT_COMMAND)
@@ -107,14 +108,23 @@ def _shell_env_value(value: str) -> str:
     return shlex.quote(value)
 
 
-def best_notes(study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin") -> list[str]:
-    """What to know about the exported trial (printed to standard error, or as YAML comments)."""
+def best_notes(
+    study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin", selection: Selection | None = None
+) -> list[str]:
+    """What to know about the exported trial (printed to standard error, or as YAML comments).
+
+    ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
+    the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
+    """
     metric = study.user_attrs.get("metric", "val_accuracy")
     u = trial.user_attrs
+    if selection is None:
+        selection = select(study.get_trials(deepcopy=False))
     notes = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
         f"{metric} {trial.value:.4f} (best epoch {u.get('best_epoch')} of {u.get('epochs_run')})",
     ]
+    notes += pick_notes(selection, trial.number, metric=metric)
     if u.get("test_accuracy") is not None:
         f1 = u.get("test_macro_f1")
         notes.append(
@@ -132,15 +142,19 @@ def best_notes(study: optuna.Study, trial: FrozenTrial, *, backend: str = "built
 
 
 def format_best(
-    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin"
+    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin",
+    selection: Selection | None = None,
 ) -> str:
-    """Render the best trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
+    """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
 
     ``hydra`` holds the command only (the notes are :func:`best_notes`); ``yaml`` starts with
-    the notes as comments; ``json`` has them under ``notes``.
+    the notes as comments; ``json`` has them under ``notes``. ``selection`` as in
+    :func:`best_notes`.
     """
+    if selection is None:
+        selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
-    notes = best_notes(study, trial, backend=backend)
+    notes = best_notes(study, trial, backend=backend, selection=selection)
     run = deepsc_run(study, trial) if backend == "command" else None
     u = trial.user_attrs
     if fmt == "json":
@@ -157,6 +171,7 @@ def format_best(
                 "best_epoch": u.get("best_epoch"),
                 "test_accuracy": u.get("test_accuracy"),
                 "test_macro_f1": u.get("test_macro_f1"),
+                **pick_record(selection, trial.number),
                 "notes": notes,
             },
             indent=2,

@@ -3,8 +3,9 @@
 Repeats are ordinary trials of the same study, queued with ``study.enqueue_trial`` and tagged
 ``repeat_of`` (the original trial's number) and ``repeat_seed`` (the objective then overrides the
 ``seed`` setting). ``study.search_trials`` leaves them out, so they never count towards the
-search's ``n_trials``, never shape the frontier, and only show up as seed-to-seed spread in the
-report's stability section.
+search's ``n_trials`` and never shape the frontier; :mod:`deepsc_tune.selection` ranks a
+configuration by the mean over its search trial and repeats (``best``, export, report).
+``study.confirm`` (:mod:`deepsc_tune.confirm`) runs the same plan automatically after a search.
 
 A repeat is *done* when a trial with its ``(repeat_of, repeat_seed)`` is WAITING, RUNNING or
 COMPLETE; a FAIL or PRUNED one is planned again, so running the same command twice adds nothing

@@ -19,8 +19,10 @@ Definitions used throughout:
   so it never decreases from left to right).
 - *Epochs saved* by pruning: for each PRUNED trial, the epochs it was set to run (its ``epoch``
   setting) minus the epochs it ran.
-- *Search trials* leave out the repeats made by ``deepsc-tune repeat`` (``repeat_of``); repeats
-  appear only in the stability section, the counts and ``trials.csv``.
+- *Search trials* leave out the repeats made by ``deepsc-tune repeat`` or ``study.confirm``
+  (``repeat_of``); repeats appear in the summary (the chosen configuration's mean ± sd over seeds,
+  :mod:`deepsc_tune.selection`), as rings on the frontier, in the stability section, the counts
+  and ``trials.csv``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.export import format_best
+from deepsc_tune.selection import configurations, format_reported, select
 from deepsc_tune.study import failure_reason
 
 #: Default number of best configurations shown in the stability section.
@@ -146,6 +149,7 @@ class FrontierPoint(NamedTuple):
     state: str  # "COMPLETE" or "PRUNED"
     label: str | None  # "guide: constant 1e-4" for the usage guide's enqueued configs
     params: dict[str, Any]
+    seeds: int = 1  # COMPLETE runs of this configuration (search trial + repeats); > 1: confirmed
 
 
 class EnvelopeStep(NamedTuple):
@@ -189,6 +193,7 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
     ``label`` such as ``guide: cosine 1e-4 warmup 0.03``.
     """
     points: dict[str, list[FrontierPoint]] = {}
+    seeds = {c.number: c.n for c in configurations(trials)}
     for t in search_only(trials):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
@@ -198,7 +203,8 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
         scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
         label = f"guide: {config_label(t.params)}" if t.user_attrs.get("enqueued") else None
         points.setdefault(scheduler, []).append(
-            FrontierPoint(t.number, scheduler, float(lr), float(value), t.state.name, label, dict(t.params))
+            FrontierPoint(t.number, scheduler, float(lr), float(value), t.state.name, label, dict(t.params),
+                          seeds.get(t.number, 1))
         )
     points = {k: sorted(v, key=lambda p: (p.learning_rate, p.number)) for k, v in sorted(points.items())}
     return Frontier(points=points, envelopes={k: envelope(v) for k, v in points.items()})
@@ -467,6 +473,12 @@ class Summary:
     test_macro_f1: float | None = None
     override_line: str | None = None
     yaml_block: str | None = None
+    seeds: int = 1  # runs of the chosen configuration over seeds (search trial + COMPLETE repeats)
+    seeds_mean: float | None = None  # the study metric, mean and sd over those seeds
+    seeds_sd: float | None = None
+    seeds_test_accuracy: str | None = None  # "mean ± sd" over seeds, reported only
+    seeds_test_macro_f1: str | None = None
+    leader: str | None = None  # whether the pick is distinguishable from the runner-up
 
     @property
     def finished(self) -> int:
@@ -474,11 +486,13 @@ class Summary:
 
 
 def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
-    """The best COMPLETE search trial (lowest number on ties), as ``study.best_search_trial``."""
-    complete = [t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None]
-    if not complete:
-        return None
-    return max(complete, key=lambda t: (t.value, -t.number))
+    """The chosen configuration's search trial: by the mean over seeds (:mod:`deepsc_tune.selection`).
+
+    Without repeats, the best COMPLETE search trial (lowest number on ties), as
+    ``study.best_search_trial``.
+    """
+    best = select(trials).best
+    return best.trial if best is not None else None
 
 
 def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
@@ -507,9 +521,15 @@ def summary_data(
         budget=epoch_budget(trials, default_epochs=default_epochs),
         failed=failed,
     )
-    best = best_trial(trials)
-    if best is None:
+    selection = select(trials)
+    if selection.best is None:
         return summary
+    chosen = selection.best
+    best = chosen.trial
+    summary.seeds, summary.seeds_mean, summary.seeds_sd = chosen.n, chosen.mean, chosen.sd
+    summary.seeds_test_accuracy = format_reported(chosen.test_accuracy)
+    summary.seeds_test_macro_f1 = format_reported(chosen.test_macro_f1)
+    summary.leader = selection.leader_test.reason if selection.leader_test is not None else None
     u = best.user_attrs
     summary.best_number = best.number
     summary.best_params = dict(best.params)
@@ -520,8 +540,9 @@ def summary_data(
     summary.val_macro_f1 = u.get("best_val_macro_f1")
     summary.test_accuracy = u.get("test_accuracy")
     summary.test_macro_f1 = u.get("test_macro_f1")
-    summary.override_line = _strip_comments(format_best(study, best, fmt="hydra", backend=backend))
-    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend)
+    summary.override_line = _strip_comments(
+        format_best(study, best, fmt="hydra", backend=backend, selection=selection))
+    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection)
     return summary
 
 
@@ -674,6 +695,15 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
                 line={"color": colour, "shape": "hv", "width": 2}, name=f"{scheduler} envelope",
                 legendgroup=scheduler, hoverinfo="skip",
             ))
+    confirmed = [p for ps in frontier.points.values() for p in ps if p.seeds > 1]
+    if confirmed:  # a ring around configurations re-run with other seeds (study.confirm, repeat)
+        fig.add_trace(go.Scatter(
+            x=[p.learning_rate for p in confirmed], y=[p.value for p in confirmed], mode="markers",
+            name="confirmed (several seeds)",
+            marker={"symbol": "circle-open", "size": 18, "color": "#222", "line": {"width": 2}},
+            customdata=[[p.number, p.seeds] for p in confirmed],
+            hovertemplate="trial %{customdata[0]}: confirmed, %{customdata[1]} seeds<extra></extra>",
+        ))
     labelled = sorted((p for ps in frontier.points.values() for p in ps if p.label), key=lambda p: p.number)
     for i, p in enumerate(labelled):
         fig.add_annotation(  # up-left, down-right, ...: the guide's configs often share an LR
@@ -851,7 +881,14 @@ def _summary_html(s: Summary) -> str:
     if s.best_number is not None:
         rows += [
             ("best trial", f"#{s.best_number}: {_e(config_label(s.best_params))}"),
-            (f"{s.metric} (selection)", f"{_f(s.best_value)} at epoch {_e(s.best_epoch)} of {_e(s.epochs_set)}"),
+            (f"{s.metric} over seeds (selection)",
+             f"{_pm(s.seeds_mean, s.seeds_sd) if s.seeds > 1 else _f(s.seeds_mean)} over {s.seeds} "
+             f"seed{'s' if s.seeds > 1 else ''}"
+             + (f"; test accuracy {_e(s.seeds_test_accuracy)} / macro-F1 {_e(s.seeds_test_macro_f1)} "
+                "<span class=muted>(reported only)</span>" if s.seeds > 1 else
+                " <span class=muted>(study.confirm or <code>deepsc-tune repeat</code> adds seeds)</span>")),
+            ("against the runner-up", _e(s.leader or "-")),
+            (f"{s.metric} (search trial)", f"{_f(s.best_value)} at epoch {_e(s.best_epoch)} of {_e(s.epochs_set)}"),
             ("validation accuracy / macro-F1", f"{_f(s.val_accuracy)} / {_f(s.val_macro_f1)}"),
             ("test accuracy / macro-F1", f"{_f(s.test_accuracy)} / {_f(s.test_macro_f1)} "
              "<span class=muted>(model of the best epoch; reported, never used for selection)</span>"),

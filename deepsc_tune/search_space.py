@@ -32,7 +32,9 @@ TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "stud
 #: Keys of one ``search`` entry.
 PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
 #: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures")
+STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm")
+#: Keys of ``study.confirm`` (re-run the ``top`` best configurations with ``seeds`` more seeds).
+CONFIRM_KEYS = ("top", "seeds")
 
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -62,6 +64,8 @@ DEFAULT_STUDY = {
     "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": 4},
     "enqueue": [],
     "max_failures": 3,
+    # Off by default: see docs/benchmark.md ("Confirmation") for the evidence.
+    "confirm": None,
 }
 
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
@@ -158,6 +162,8 @@ class SearchSpace:
     source: str | None = None
     #: Lines to show the user (DeepSC's output folder, a clipped range); see deepsc.py.
     notes: list[str] = field(default_factory=list)
+    #: ``{"top": K, "seeds": N}`` from ``study.confirm``, or ``None`` (no confirmation).
+    confirm: dict[str, int] | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -168,12 +174,12 @@ class SearchSpace:
     def sha256(self) -> str:
         """Hash of what decides the study's meaning: data, finetune, search, sampler, pruner.
 
-        ``n_trials``, ``max_failures``, ``name``, ``description`` and the file's formatting may
-        change between runs of the same study without refusal.
+        ``n_trials``, ``max_failures``, ``confirm``, ``name``, ``description`` and the file's
+        formatting may change between runs of the same study without refusal.
         """
         keep = {k: self.config.get(k) for k in ("data", "finetune", "search")}
         study = dict(self.config.get("study") or {})
-        for k in ("n_trials", "max_failures"):
+        for k in ("n_trials", "max_failures", "confirm"):
             study.pop(k, None)
         keep["study"] = study
         canonical = json.dumps(keep, sort_keys=True, default=str)
@@ -439,6 +445,7 @@ def build_search_space(
         pruner_config=study_cfg["pruner"],
         source=config.get("source"),
         notes=notes,
+        confirm=study_cfg["confirm"],
     )
 
 
@@ -769,7 +776,31 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
                 entry[key] = value
         clean.append(entry)
     cfg["enqueue"] = clean
+    cfg["confirm"] = _check_confirm(cfg["confirm"], problems)
     return cfg
+
+
+def _check_confirm(value: Any, problems: list[str]) -> dict[str, int] | None:
+    """``study.confirm``: ``{top: K, seeds: N}`` (both positive integers), or null/false for off."""
+    if value is None or value is False:
+        return None
+    if not isinstance(value, dict):
+        problems.append(f"study.confirm: expected a mapping {{top: K, seeds: N}} or null, got {value!r}")
+        return None
+    out: dict[str, int] = {}
+    for key in value:
+        if key not in CONFIRM_KEYS:
+            problems.append(f"study.confirm.{key}: unknown key; expected one of {', '.join(CONFIRM_KEYS)}")
+    for key in CONFIRM_KEYS:
+        if key not in value:
+            problems.append(f"study.confirm.{key}: missing; expected a positive integer")
+            continue
+        number = _number(value[key])
+        if isinstance(value[key], bool) or not isinstance(number, int) or number < 1:
+            problems.append(f"study.confirm.{key}: expected a positive integer, got {value[key]!r}")
+        else:
+            out[key] = number
+    return out if len(out) == len(CONFIRM_KEYS) and len(value) == len(CONFIRM_KEYS) else None
 
 
 def _check_component(

@@ -118,3 +118,26 @@ def test_quick_run_writes_sane_results(tmp_path):
     assert set(summary["strategies"]) == set(compare.STRATEGIES)
     assert set(summary["targets"]) >= {"reach_within_half_grid_epochs", "test_macro_f1_at_least_grid"}
     assert summary["strategies"]["default"]["best_value"]["n"] == 2
+
+    # --confirm (quick: K=2, N=2): the default search's pick replayed with and without confirmation
+    assert result["meta"]["confirm"] == [2, 2]
+    for r in runs:
+        if r["strategy"] != "default":
+            assert r["confirmation"] is None
+            continue
+        conf = r["confirmation"]
+        repeats = conf["repeats"]
+        assert repeats and all(rep["state"] == "COMPLETE" for rep in repeats)
+        assert len({(rep["repeat_of"], rep["repeat_seed"]) for rep in repeats}) == len(repeats) <= 4
+        by_variant = {(v["rule"], v["top"], v["seeds"]): v for v in conf["variants"]}
+        plain = by_variant[("best_epoch", 0, 0)]
+        # no confirmation: the search's own pick, as before
+        assert (plain["number"], plain["n"], plain["extra_epochs"]) == (r["selected"]["number"], 1, 0)
+        assert plain["test_macro_f1"] == r["test_macro_f1"]
+        full = by_variant[("best_epoch", 2, 2)]
+        assert full["extra_epochs"] == sum(rep["epochs"] for rep in repeats)
+        assert full["n"] == 3 and full["val_fresh"] is None  # every seed was used: nothing held out
+        assert by_variant[("best_epoch", 2, 1)]["val_fresh"] is not None
+    sel = {(v["rule"], v["top"], v["seeds"]): v for v in summary["selection"]}
+    assert sel[("best_epoch", 0, 0)]["test_macro_f1"]["mean"] == summary["strategies"]["default"]["test_macro_f1"]["mean"]
+    assert "## Selection with and without confirmation" in out.with_suffix(".md").read_text()

@@ -35,6 +35,7 @@ from deepsc_tune.report import (
     metric_value,
     optimization_history,
     param_importances,
+    plot_frontier,
     stability_data,
     summary_data,
     trial_rows,
@@ -214,6 +215,16 @@ def test_frontier_leaves_out_repeats_failed_and_running(synthetic):
     assert numbers == {0, 1, 2, 3, 4, 5, 7, 8}
 
 
+def test_frontier_marks_confirmed_configurations(synthetic):
+    """Trial 5 ran with 3 seeds (itself and 2 COMPLETE repeats; the FAIL one does not count)."""
+    points = {p.number: p for ps in frontier_data(synthetic.trials).points.values() for p in ps}
+    assert points[5].seeds == 3
+    assert all(p.seeds == 1 for n, p in points.items() if n != 5)
+    fig = plot_frontier(frontier_data(synthetic.trials))
+    ring = [tr for tr in fig.data if tr.name == "confirmed (several seeds)"]
+    assert len(ring) == 1 and list(ring[0].customdata[0]) == [5, 3]
+
+
 @pytest.mark.parametrize("value, text", [
     (1e-4, "1e-4"), (3.6037e-3, "3.6e-3"), (2.26e-5, "2.3e-5"), (0.03, "0.03"), (0.0135288, "0.0135"),
     (0.1, "0.1"), (None, "-"), (0.0, "0"),
@@ -380,7 +391,12 @@ def test_summary_counts_and_failures(synthetic):
     assert (s.repeat_counts["COMPLETE"], s.repeat_counts["FAIL"], s.repeat_counts["WAITING"]) == (2, 1, 1)
     assert [(f.number, f.reason, f.retried_as) for f in s.failed] == [
         (6, "training diverged: loss is NaN", None), (11, "interrupted", 12)]
-    assert s.best_number == 3 and s.best_value == 0.9
+    # Trial 3 has the highest single value (0.9), but trial 5 was confirmed over 3 seeds
+    # (0.88, 0.84, 0.80): the confirmed configuration is chosen, by its mean.
+    assert s.best_number == 5 and s.best_value == 0.88
+    assert s.seeds == 3 and s.seeds_mean == pytest.approx(0.84) and s.seeds_sd == pytest.approx(0.04)
+    assert s.seeds_test_accuracy == "0.8133 ± 0.0153"  # 0.83, 0.81, 0.80
+    assert s.leader.startswith("not distinguishable from the runner-up (trial 3, -0.0600)")
 
 
 def test_write_report_files(real_copy):

@@ -163,8 +163,11 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
 
     search = [t for t in study.get_trials() if "repeat_of" not in t.user_attrs]
     finished = [t for t in search if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    # one marker per finished search trial; the usage guide's two configs labelled
-    assert figures["fig-frontier"]["points"] == len(finished)
+    # one marker per finished search trial, a ring around each confirmed one (the repeated best);
+    # the usage guide's two configs labelled
+    rings = sum(p.seeds > 1 for ps in data.frontier.points.values() for p in ps)
+    assert rings == 1
+    assert figures["fig-frontier"]["points"] == len(finished) + rings
     assert figures["fig-frontier"]["annotations"] == 2
     assert figures["fig-curves"]["points"] == sum(len(c.values) for c in data.curves)
     assert figures["fig-curves"]["traces"] == len(data.curves)
