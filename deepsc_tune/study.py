@@ -31,6 +31,7 @@ from deepsc_tune import __version__
 from deepsc_tune.backend import EpochMetrics, Finetuner
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective, process_start_time
+from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
@@ -232,6 +233,24 @@ def worker_seed(seed: int | None, label: str | None) -> int | None:
     return (int(seed) + zlib.crc32(label.encode())) % 2**32
 
 
+def build_study_sampler(space: SearchSpace, worker: str | None = None) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded per trial number (:mod:`deepsc_tune.reseed`) and per worker.
+
+    A continuation (resume, raised target, a second process) thus never replays earlier draws.
+    """
+    seed = space.sampler_config.get("seed")
+    kind = space.sampler_config.get("type")
+    if seed is None:
+        return space.build_sampler()
+    if worker is not None and kind not in SHARED_SEED_SAMPLERS:
+        seed = worker_seed(seed, worker)
+
+    def build(value: int | None) -> optuna.samplers.BaseSampler:
+        return replace(space, sampler_config={**space.sampler_config, "seed": value}).build_sampler()
+
+    return seeded_per_trial(kind, seed, build)
+
+
 def open_study(
     space: SearchSpace,
     *,
@@ -251,11 +270,7 @@ def open_study(
     ConfigError
         When the stored study was made from a different search space or data.
     """
-    seed = space.sampler_config.get("seed")
-    if worker is not None and seed is not None:
-        space = replace(space, sampler_config={**space.sampler_config,
-                                               "seed": worker_seed(seed, worker)})
-    sampler, pruner = space.build_sampler(), space.build_pruner()
+    sampler, pruner = build_study_sampler(space, worker), space.build_pruner()
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
