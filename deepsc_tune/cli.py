@@ -210,12 +210,13 @@ def run(
         space = load_search_space(name, overrides or [])
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
+        opened = open_storage(url)  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         if plans:  # the workers train; here the data are only prepared (cached) for them
             fingerprint = None if space.backend == "command" else _prepare(space, results_dir).fingerprint
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
-        study = open_study(space, storage=open_storage(url), study_name=study_name,
+        study = open_study(space, storage=opened, study_name=study_name,
                            data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
         if not child:
             _echo(

@@ -10,6 +10,7 @@ holds ``n_trials`` finished (complete or pruned) search trials.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -110,7 +111,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
             "heartbeat_stale_trial_callback": requeue_stale_trial,
         }
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite"):
@@ -124,6 +125,40 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """On PostgreSQL, one process at a time creates or checks Optuna's tables.
+
+    ``RDBStorage`` creates missing tables on open; workers started together on a new database
+    (a SLURM array) race there and all but one die with ``UniqueViolation ...
+    pg_type_typname_nsp_index``. A session-level advisory lock, on a connection of its own,
+    serialises the opening; the server frees it if the process dies. Other databases: no lock
+    (SQLite creates its tables under its own file lock).
+    """
+    if not url.startswith(("postgresql", "postgres")):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+#: The advisory lock key of :func:`_schema_lock` (any fixed 64-bit number; ours spells "dsctune").
+SCHEMA_LOCK_KEY = int.from_bytes(b"dsctune\x01", "big", signed=True)
 
 
 def with_driver(url: str) -> str:

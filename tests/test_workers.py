@@ -349,6 +349,48 @@ def test_four_workers_on_postgres(tmp_path, postgres_study):
     check_study(study, target=24, epochs=2)
 
 
+@pytest.fixture
+def fresh_postgres_schema(postgres_url):
+    """A storage URL on a new, empty schema (no Optuna tables yet), dropped after.
+
+    A new schema has its own type namespace, where Optuna's table creation races exactly as on
+    a new database (the test role may not CREATE DATABASE).
+    """
+    import uuid
+
+    import sqlalchemy
+
+    schema = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
+    sep = "&" if "?" in postgres_url else "?"
+    yield f"{postgres_url}{sep}options=-csearch_path%3D{schema}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postgres_schema):
+    """A SLURM array on a new database: four separate `run` commands at the same instant all
+    survive Optuna's table creation and share the work (issue 11)."""
+    url = fresh_postgres_schema
+    results = tmp_path / "results"
+    # The data cache is prepared once, so the four start their storage at the same moment.
+    prep = subprocess.run([sys.executable, "-m", "deepsc_tune.cli", "split", "pbmc68k", "--results-dir",
+                           str(results)], cwd=REPO, capture_output=True, text=True)
+    assert prep.returncode == 0, prep.stderr
+    args = ["--storage", url, "--study-name", "fresh", "finetune.epoch=2", "finetune.hidden=[16]",
+            "study.n_trials=8"]
+    procs = [start_workers(results, "--worker-id", f"s{k}", *args) for k in range(1, 5)]
+    outs = [finish(p, timeout=240) for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out and "UniqueViolation" not in out, out
+    study = optuna.load_study(study_name="fresh", storage=open_storage(url, heartbeat=False))
+    check_study(study, target=8, epochs=2)
+
+
 def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     results = tmp_path / "results"
     # Longer trials without pruning, so the kill lands inside a trial.
