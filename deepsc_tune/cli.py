@@ -407,11 +407,11 @@ def best(
 
 def _space_name(name: str) -> str:
     """The ``name:`` of a search space (its results folder), without validating the file."""
-    from deepsc_tune.search_space import parse_yaml, resolve_search_space_path
+    from deepsc_tune.search_space import parse_yaml, read_yaml_text, resolve_search_space_path
 
     try:
         path = resolve_search_space_path(name)
-        return str(parse_yaml(path.read_text(), source=str(path)).get("name") or path.stem)
+        return str(parse_yaml(read_yaml_text(path), source=str(path)).get("name") or path.stem)
     except (DeepscTuneError, OSError):
         return Path(name).stem
 
@@ -501,11 +501,11 @@ def split(
 @app.command(name="list")
 def list_spaces() -> None:
     """List the search spaces found in ./search_spaces/ and installed with the package."""
-    from deepsc_tune.search_space import list_search_spaces, parse_yaml
+    from deepsc_tune.search_space import list_search_spaces, parse_yaml, read_yaml_text
 
     for name, path in list_search_spaces().items():
         try:
-            description = parse_yaml(path.read_text(), source=str(path)).get("description", "")
+            description = parse_yaml(read_yaml_text(path), source=str(path)).get("description", "")
         except DeepscTuneError:
             description = "(invalid file: run `deepsc-tune validate`)"
         _echo(f"{name:<14} {description}  [{path}]")
