@@ -128,6 +128,11 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
         )
         for note in data.notes:
             _echo(f"data: {note}")
+        from deepsc_tune.data import validation_warning
+
+        warning = validation_warning(data.y_val, data.classes)
+        if warning:
+            _echo(f"data: warning: {warning}")
     return data
 
 
@@ -373,6 +378,13 @@ def validate(
                 # Refuses a missing checkout (cwd) or program before any trial would run.
                 try:
                     CommandFinetuner(CommandSettings.from_dict(space.config["finetune"])[0])
+                except DeepscTuneError as e:
+                    raise ConfigError(f"{space.path}: {e}") from None
+            else:  # the data files must exist (they are not read here)
+                from deepsc_tune.data import DataSettings, check_inputs
+
+                try:
+                    check_inputs(DataSettings.from_dict(space.data, source="data"), hint=space.source)
                 except DeepscTuneError as e:
                     raise ConfigError(f"{space.path}: {e}") from None
         except DeepscTuneError as e:

@@ -166,8 +166,12 @@ def test_validate_lists_every_problem(tmp_path):
     for expected in ("data.val_fraction", "finetune.colour", "search.learning_rate.low",
                      "search.epoch: also fixed", "search.warmup_ratio.when: refers to 'scheduler'"):
         assert expected in result.output
-    ok = cli("validate", "pbmc68k", "hpancreas")
-    assert ok.exit_code == 0 and ok.output.count("ok:") == 2
+    ok = cli("validate", "pbmc68k")
+    assert ok.exit_code == 0 and ok.output.count("ok:") == 1
+    # The data files are checked too (not read): hpancreas's are not in the repository.
+    missing = cli("validate", "pbmc68k", "hpancreas", cwd=tmp_path)
+    assert missing.exit_code == 2 and missing.output.count("ok:") == 1
+    assert "data.train" in missing.stderr and "demo_train.h5ad" in missing.stderr
 
 
 def test_finetune_prints_deepsc_banner_and_epoch_lines(tmp_path):
