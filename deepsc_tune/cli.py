@@ -89,6 +89,17 @@ def user_errors() -> Iterator[None]:
         _fail(str(e), EXIT_USAGE)
     except DeepscTuneError as e:
         _fail(str(e), EXIT_ERROR)
+    except OSError as e:  # the file system said no (read-only media, a file in the way, full disk)
+        _fail(_os_error(e), EXIT_ERROR)
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+
+    what = {errno.EROFS: "read-only file system", errno.EACCES: "not writable (permission denied)",
+            errno.ENOSPC: "no space left on the device"}.get(e.errno or 0, e.strerror or str(e))
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{what}"
 
 
 def _quiet_libraries() -> None:
@@ -414,7 +425,10 @@ def best(
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend = _load_study(name, results_dir, storage, study_name)
-        _print_best(study, backend, fmt=fmt)
+        from deepsc_tune.export import format_best
+        from deepsc_tune.study import best_search_trial
+
+        _echo(format_best(study, best_search_trial(study), fmt=fmt, backend=backend))
 
 
 def _space_name(name: str) -> str:

@@ -11,6 +11,7 @@ holds ``n_trials`` finished (complete or pruned) search trials.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective, process_start_time
 from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
+from deepsc_tune.study_file import check_study_file
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -53,10 +55,31 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def default_storage_url(name: str, results_dir: Path) -> str:
-    """``sqlite:///results/NAME/study.db`` (the folder is created)."""
+    """``sqlite:///results/NAME/study.db`` (the folder is created).
+
+    Raises
+    ------
+    DeepscTuneError
+        When the folder cannot be created (a file in the way, read-only media, no permission).
+    """
     folder = Path(results_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeepscTuneError(f"--results-dir {results_dir}: {folder_problem(folder, e)}") from None
     return f"sqlite:///{folder / 'study.db'}"
+
+
+def folder_problem(folder: Path, error: OSError) -> str:
+    """Why ``folder`` could not be created, in words (a file in the way, read-only media...)."""
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            return f"cannot create {folder}: {part} is a file, not a folder"
+    if error.errno == errno.EROFS:
+        return f"cannot create {folder}: read-only file system"
+    if error.errno == errno.EACCES:
+        return f"cannot create {folder}: not writable (permission denied)"
+    return f"cannot create {folder}: {error.strerror}"
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -94,9 +117,12 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
-    with "database is locked".
+    with "database is locked". An existing SQLite file is checked first
+    (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
+    one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
+    for writers.
     """
-    url = with_driver(url)
+    url = check_study_file(with_driver(url), write=heartbeat)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -114,7 +140,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        if url.startswith("sqlite"):
+        if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)
         return storage
     except ImportError as e:
