@@ -228,15 +228,19 @@ def run(
         url = _storage_url(space.name, results_dir, storage)
         opened = open_storage(url)  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
+        data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them
-            fingerprint = None if space.backend == "command" else _prepare(space, results_dir).fingerprint
+            data = None if space.backend == "command" else _prepare(space, results_dir)
+            fingerprint = data.fingerprint if data is not None else None
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
+            data = getattr(finetuner, "data", None)
         study = open_study(space, storage=opened, study_name=study_name,
                            data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
+        _record_chance_levels(study, data)
         if not child:
             _echo(
-                f"{prefix}study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
+                f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
                 f"target {space.n_trials} finished; optimising {space.metric}"
             )
         if plans:
@@ -259,13 +263,33 @@ def run(
                         fg=typer.colors.YELLOW, err=True,
                     )
                 raise typer.Exit(EXIT_INTERRUPTED)
-            if summary.recovered:
-                _echo(f"{prefix}re-queued trials left running by a dead process: {summary.recovered}")
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         _print_best(study, space.backend, fmt="yaml")
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+
+
+def _describe_trials(study) -> str:
+    """``new study, 2 queued`` / ``5 finished, 1 failed, 2 queued`` (queued: not run yet)."""
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    parts = [(sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), "finished"),
+             (states.count(TrialState.FAIL), "failed"), (states.count(TrialState.RUNNING), "running"),
+             (states.count(TrialState.WAITING), "queued")]
+    text = ", ".join(f"{n} {what}" for n, what in parts if n)
+    if not any(n for n, what in parts[:3]):
+        return "new study" + (f", {text}" if text else "")
+    return text
+
+
+def _record_chance_levels(study, data) -> None:
+    """Store the validation set's chance levels once, so trials that learned nothing get flagged."""
+    from deepsc_tune.chance import CHANCE_ATTR, chance_levels
+
+    if data is not None and CHANCE_ATTR not in study.user_attrs:
+        study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
 
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
@@ -468,20 +492,24 @@ def status(
     study_name: StudyNameOpt = None,
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
+    from deepsc_tune.chance import chance_note, chance_trials
     from deepsc_tune.study import failure_reason, format_params
 
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study.user_attrs.get("metric", "val_accuracy")
+        at_chance = set(chance_trials(study, trials))
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
             u = t.user_attrs
             value = f"{t.value:.4f}" if t.value is not None else (
                 f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
             test = f"{u['test_accuracy']:.4f}" if u.get("test_accuracy") is not None else "-"
-            tags = [tag for tag in ("enqueued", "repeat_of", "retry_of") if tag in u]
-            extra = f"  [{', '.join(f'{k}={u[k]}' for k in tags)}]" if tags else ""
+            tags = [f"{k}={u[k]}" for k in ("enqueued", "repeat_of", "retry_of") if k in u]
+            if t.number in at_chance:
+                tags.append("chance level")
+            extra = f"  [{', '.join(tags)}]" if tags else ""
             _echo(f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
                   f"{format_params(t.params)}{extra}")
             reason = failure_reason(t)
@@ -491,6 +519,9 @@ def status(
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+        note = chance_note(study, trials)
+        if note:
+            _echo(f"note: {note}")
 
 
 @app.command()

@@ -598,6 +598,11 @@ class Progress:
         elif self._live:
             print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
 
+    def recovered(self, numbers: list[int]) -> None:
+        """Said when it happens, before the trials that follow (not in the final summary)."""
+        print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}",
+              file=self.stream, flush=True)
+
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._live and not self.verbose:
             print("\r\033[K", end="", file=self.stream)
@@ -708,7 +713,10 @@ def run_study(
         lock.acquire()
         try:
             # Under the lock, so that two workers never fail and re-queue the same trial twice.
-            recovered += recover_orphaned_trials(study)
+            found = recover_orphaned_trials(study)
+            if found and progress is not None:
+                progress.recovered(found)
+            recovered += found
             fail_stale_trials(study)
             counts = count_states(study)
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]

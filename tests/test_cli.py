@@ -270,6 +270,8 @@ def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "re-queued trials left running by a dead process: [1]" in out
+    said = out.index("re-queued trials left running")
+    assert "COMPLETE" not in out[:said] and "PRUNED" not in out[:said], "said before the trials that follow"
     study = load(results)
     dead = study.trials[1]
     assert dead.state == TrialState.FAIL and "died while the trial ran" in dead.user_attrs["fail_reason"]

@@ -155,6 +155,8 @@ def prepared(tmp_path_factory) -> Path:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     trials = snapshot(base / "results")[NAME]
     assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"], trials
+    assert "new study, target 2 finished" in result.stdout  # nothing queued in this space
+    assert "validation set has only" in result.stdout  # 22 validation cells: warned
     return base
 
 
