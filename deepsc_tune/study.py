@@ -35,7 +35,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective, process_start_time
 from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
-from deepsc_tune.study_file import check_study_file
+from deepsc_tune.study_file import check_study_file, sqlite_file
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -153,16 +153,36 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
 
 
+def _flock_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (nothing where it cannot be had: Windows, a
+    folder that does not exist; SQLite reports those itself)."""
+    acquire = _flock_acquirer(path)
+    try:
+        release = acquire() if acquire is not None else None
+    except OSError:
+        release = None
+    try:
+        yield
+    finally:
+        if release is not None:
+            release()
+
+
 @contextlib.contextmanager
 def _schema_lock(url: str) -> Iterator[None]:
-    """On PostgreSQL, one process at a time creates or checks Optuna's tables.
+    """One process at a time creates or checks Optuna's tables.
 
     ``RDBStorage`` creates missing tables on open; workers started together on a new database
-    (a SLURM array) race there and all but one die with ``UniqueViolation ...
-    pg_type_typname_nsp_index``. A session-level advisory lock, on a connection of its own,
-    serialises the opening; the server frees it if the process dies. Other databases: no lock
-    (SQLite creates its tables under its own file lock).
+    (a SLURM array) race there and all but one die: ``UniqueViolation ...
+    pg_type_typname_nsp_index`` on PostgreSQL, ``table alembic_version already exists`` on
+    SQLite. PostgreSQL: a session-level advisory lock on a connection of its own (the server
+    frees it if the process dies); SQLite: an exclusive ``flock`` on the file beside the
+    database that the start lock uses. Other databases: no lock.
     """
+    db = sqlite_file(url)
+    if db is not None:  # two processes on a new SQLite file race the same way
+        yield from _flock_file(Path(f"{db}.start-lock"))
+        return
     if not url.startswith(("postgresql", "postgres")):
         yield
         return

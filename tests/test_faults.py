@@ -352,3 +352,147 @@ def test_fault(case: Case, case_dir: Path):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for text in case.says:
         assert text in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- signals, concurrency
+
+
+def start(case: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "deepsc_tune.cli", *args]
+    return subprocess.Popen(cmd, cwd=case, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
+                            start_new_session=True)
+
+
+def wait_for_epoch(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Read stdout until a trial is training (a verbose epoch line); kill the process if never."""
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if " epoch " in line:
+                return
+    finally:
+        timer.cancel()
+    raise AssertionError(f"never trained; stderr:\n{proc.stderr.read()}")
+
+
+def finished(study_trials: list) -> list:
+    return [t for t in study_trials if t[1] in ("COMPLETE", "PRUNED")]
+
+
+#: A separate study in the same file, so the prepared study's trials show they were not touched.
+LONG = ["run", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "long", "-v",
+        "finetune.epoch=3000", "study.n_trials=3"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_a_trial(case_dir: Path, sig):
+    """SLURM's scancel / a preemption (SIGTERM) and Ctrl-C (SIGINT): exit 130, one line, the
+    running trial FAIL (interrupted) and re-queued, every other trial untouched."""
+    before = snapshot(case_dir / "results")
+    proc = start(case_dir, *LONG)
+    wait_for_epoch(proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command to resume" in lines[0], err
+    after = snapshot(case_dir / "results")
+    assert after[NAME] == before[NAME]
+    long = after["long"]
+    assert [t[1] for t in long] == ["FAIL", "WAITING"], long  # the interrupted trial, its retry
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
+    """A SIGKILL leaves a RUNNING trial; the same command again fails and re-queues it and
+    stops at exactly n_trials finished, numbers unique, the finished trials untouched."""
+    args = [*LONG[:-2], "finetune.epoch=30", "study.n_trials=3"]
+    proc = start(case_dir, *args)
+    wait_for_epoch(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = snapshot(case_dir / "results")["long"]
+    assert killed[-1][1] == "RUNNING", killed
+    again = start(case_dir, *args)
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0 and "Traceback" not in out + err, err
+    assert f"re-queued trials left running by a dead process: [{killed[-1][0]}]" in out
+    after = snapshot(case_dir / "results")["long"]
+    assert after[:len(killed) - 1] == killed[:-1]  # what had finished is untouched
+    assert [t[0] for t in after] == list(range(len(after)))
+    assert len(finished(after)) == 3 and not [t for t in after if t[1] == "RUNNING"]
+    assert after[killed[-1][0]][1] == "FAIL"
+
+
+def test_raised_target_proposes_new_settings(case_dir: Path):
+    """`study.n_trials` raised from 2 to 5 on the prepared study: the new trials explore."""
+    before = snapshot(case_dir / "results")[NAME]
+    result = cli([*RUN, "study.n_trials=5"], case_dir)
+    assert result.exit_code == 0, result.output
+    after = snapshot(case_dir / "results")[NAME]
+    assert after[:2] == before and len(finished(after)) == 5
+    old = {tuple(sorted(t[2].items())) for t in before}
+    new = [tuple(sorted(t[2].items())) for t in after[2:]]
+    assert not old & set(new) and len(set(new)) == len(new), (old, new)
+
+
+def test_same_command_from_scratch_is_reproducible(prepared: Path, tmp_path: Path):
+    params = []
+    for where in ("a", "b"):
+        case = tmp_path / where
+        shutil.copytree(prepared, case)
+        shutil.rmtree(case / "results")
+        result = cli([*RUN, "study.n_trials=4"], case)
+        assert result.exit_code == 0, result.output
+        params.append([t[2] for t in snapshot(case / "results")[NAME]])
+    assert params[0] == params[1] and len(params[0]) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_on_one_sqlite_study(prepared: Path, tmp_path: Path):
+    """Two `run` commands at once (no --worker-id) on a new SQLite study: exactly n_trials
+    finished, unique numbers, no setting proposed twice."""
+    case = tmp_path / "two"
+    shutil.copytree(prepared, case)
+    shutil.rmtree(case / "results")
+    args = [*RUN, "study.n_trials=8", "finetune.epoch=3"]
+    procs = [start(case, *args) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out + err, err
+    trials = snapshot(case / "results")[NAME]
+    assert [t[0] for t in trials] == list(range(len(trials)))
+    assert len(finished(trials)) == 8 and len(trials) == 8
+    settings = [tuple(sorted(t[2].items())) for t in trials]
+    assert len(set(settings)) == len(settings), settings
+
+
+def _open_at_once(url: str, barrier, results) -> None:
+    from deepsc_tune.study import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url).engine.dispose()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        results.put(str(e))
+
+
+def test_four_processes_open_a_new_sqlite_file_at_once(tmp_path: Path):
+    """Optuna creates its tables on open; four processes at once on a new file raced there
+    ("table alembic_version already exists") before the opening was serialised."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for k in range(3):  # the race is not hit every time: a few fresh files
+        url = f"sqlite:///{tmp_path / f'new{k}.db'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
