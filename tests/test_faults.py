@@ -255,8 +255,8 @@ CASES = [
     Case("yaml-a-list", BAD, 2, ["bad.yaml", "expected a mapping", "list"], write("bad.yaml", "- a\n- b\n")),
     Case("yaml-unknown-top-key", BAD, 2, ["bad.yaml", "colour"], space_with("colour: red\n")),
     Case("yaml-unknown-search-key", BAD, 2, ["search.learning_rte"],
-         space_with(replace=("  lr_scheduler_type: {choices", "  learning_rte: {low: 1, high: 2}\n"
-                                                             "  lr_scheduler_type: {choices"))),
+         space_with(replace=("  lr_scheduler_type: {choices",
+                             "  learning_rte: {low: 1, high: 2}\n  lr_scheduler_type: {choices"))),
     Case("yaml-low-not-below-high", [*RUN, "search.learning_rate.low=0.5", "search.learning_rate.high=0.1"], 2,
          ["search.learning_rate", "0.5"]),
     Case("yaml-log-with-zero-low", [*RUN, "search.learning_rate.low=0"], 2, ["search.learning_rate", "log"]),
@@ -344,6 +344,8 @@ def test_fault(case: Case, case_dir: Path):
     assert before == after, "the stored trials changed"
     for secret in case.hidden:
         assert secret not in everything
+    if case.id.startswith("storage-"):
+        assert "data:" not in result.stdout, "a bad --storage must fail before the data are prepared"
     if case.code == 0:
         for text in case.says:
             assert text in result.stdout, result.stdout
