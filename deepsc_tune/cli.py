@@ -457,7 +457,11 @@ def best(
 
 def _space_name(name: str) -> str:
     """The ``name:`` of a search space (its results folder), without validating the file."""
-    from deepsc_tune.search_space import parse_yaml, read_yaml_text, resolve_search_space_path
+    from deepsc_tune.search_space import (
+        parse_yaml,
+        read_yaml_text,
+        resolve_search_space_path,
+    )
 
     try:
         path = resolve_search_space_path(name)

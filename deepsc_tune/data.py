@@ -425,7 +425,7 @@ MIN_VAL_CELLS = 100
 
 def validation_warning(y_val: np.ndarray, classes: Sequence[str]) -> str | None:
     """A warning when the validation set is too small to rank trials, else ``None``."""
-    n = int(len(y_val))
+    n = len(y_val)
     if n >= MIN_VAL_CELLS:
         return None
     per_class = np.bincount(np.asarray(y_val, dtype=np.int64), minlength=len(classes))

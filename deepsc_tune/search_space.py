@@ -350,7 +350,7 @@ def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
     A key repeated in one mapping is refused, naming both lines (PyYAML keeps the last).
     """
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except _DuplicateKey as e:
         raise ConfigError(
             f"{source}: duplicate key {e.key!r} on line {e.first} and line {e.second}; "

@@ -427,6 +427,9 @@ def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
     assert [t[0] for t in after] == list(range(len(after)))
     assert len(finished(after)) == 3 and not [t for t in after if t[1] == "RUNNING"]
     assert after[killed[-1][0]][1] == "FAIL"
+    # The retry runs the killed trial's settings again (by design); nothing else repeats.
+    settings = [tuple(sorted(t[2].items())) for t in finished(after)]
+    assert len(set(settings)) == len(settings), settings
 
 
 def test_raised_target_proposes_new_settings(case_dir: Path):
