@@ -351,23 +351,31 @@ def test_four_workers_on_postgres(tmp_path, postgres_study):
 
 @pytest.fixture
 def fresh_postgres_schema(postgres_url):
-    """A storage URL on a new, empty schema (no Optuna tables yet), dropped after.
+    """A storage URL on a new, empty database (no Optuna tables yet), dropped after.
 
-    A new schema has its own type namespace, where Optuna's table creation races exactly as on
-    a new database (the test role may not CREATE DATABASE).
+    ``CREATE DATABASE`` when the test role may; otherwise a new schema, which has its own type
+    namespace, where Optuna's table creation races exactly as on a new database.
     """
     import uuid
 
     import sqlalchemy
 
-    schema = f"fresh_{uuid.uuid4().hex[:10]}"
+    fresh = f"fresh_{uuid.uuid4().hex[:10]}"
     admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {fresh}"))
+        drop = f"DROP DATABASE {fresh} WITH (FORCE)"
+        url = make_url(postgres_url).set(database=fresh).render_as_string(hide_password=False)
+    except sqlalchemy.exc.ProgrammingError:  # no CREATEDB right: a new schema instead
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE SCHEMA {fresh}"))
+        drop = f"DROP SCHEMA {fresh} CASCADE"
+        sep = "&" if "?" in postgres_url else "?"
+        url = f"{postgres_url}{sep}options=-csearch_path%3D{fresh}"
+    yield url
     with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE SCHEMA {schema}"))
-    sep = "&" if "?" in postgres_url else "?"
-    yield f"{postgres_url}{sep}options=-csearch_path%3D{schema}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP SCHEMA {schema} CASCADE"))
+        conn.execute(sqlalchemy.text(drop))
     admin.dispose()
 
 
@@ -387,8 +395,9 @@ def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postg
     outs = [finish(p, timeout=240) for p in procs]
     for p, out in zip(procs, outs):
         assert p.returncode == 0 and "Traceback" not in out and "UniqueViolation" not in out, out
-    study = optuna.load_study(study_name="fresh", storage=open_storage(url, heartbeat=False))
-    check_study(study, target=8, epochs=2)
+    storage = open_storage(url, heartbeat=False)
+    check_study(optuna.load_study(study_name="fresh", storage=storage), target=8, epochs=2)
+    storage.engine.dispose()
 
 
 def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
