@@ -589,6 +589,11 @@ def report(
     storage: StorageOpt = None,
     study_name: StudyNameOpt = None,
     top: Annotated[int, typer.Option("--top", help="Configurations in the stability section.")] = 5,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Folder for the report files (e.g. when the study is on read-only "
+                     "media). Default: RESULTS_DIR/NAME.", show_default=False),
+    ] = None,
 ) -> None:
     """Write the HTML report of NAME: RESULTS_DIR/NAME/report.html, trials.csv and best.yaml.
 
@@ -603,8 +608,9 @@ def report(
     _quiet_libraries()
     with user_errors():
         if name is None:
-            if storage is not None or study_name is not None:
-                raise ConfigError("--storage / --study-name need a NAME (the index scans RESULTS_DIR/*/study.db)")
+            if storage is not None or study_name is not None or out is not None:
+                raise ConfigError("--storage / --study-name / --out need a NAME "
+                                  "(the index scans RESULTS_DIR/*/study.db)")
             index = write_index(results_dir, top=top)
             for files in index.reports:
                 _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
@@ -613,7 +619,10 @@ def report(
             _echo(f"index: {index.html} ({len(index.rows)} studies)")
             return
         study, backend = _load_study(name, results_dir, storage, study_name)
-        files = write_report(study, folder=results_dir / study.study_name, backend=backend, top=top)
+        try:
+            files = write_report(study, folder=out or results_dir / study.study_name, backend=backend, top=top)
+        except OSError as e:
+            raise DeepscTuneError(f"{_os_error(e)}; give --out FOLDER to write the report elsewhere") from None
         _echo(f"report: {files.html}")
         _echo(f"trials: {files.csv}" + (f"   best: {files.best_yaml}" if files.best_yaml else ""))
         for note in files.notes:

@@ -321,7 +321,10 @@ CASES = [
     Case("best-on-read-only-media", ["best", f"{NAME}.yaml", "--results-dir", "results"], 0,
          ["learning_rate"], read_only="results"),
     Case("report-on-read-only-media", ["report", f"{NAME}.yaml", "--results-dir", "results"], 1,
-         ["report.html", "read-only"], read_only="results"),
+         ["report.html", "read-only", "--out"], read_only="results"),
+    Case("report-on-read-only-media-with-out", ["report", f"{NAME}.yaml", "--results-dir", "results",
+                                                "--out", "elsewhere"], 0, ["elsewhere/report.html"],
+         read_only="results"),
 ]
 
 
