@@ -89,6 +89,17 @@ def user_errors() -> Iterator[None]:
         _fail(str(e), EXIT_USAGE)
     except DeepscTuneError as e:
         _fail(str(e), EXIT_ERROR)
+    except OSError as e:  # the file system said no (read-only media, a file in the way, full disk)
+        _fail(_os_error(e), EXIT_ERROR)
+
+
+def _os_error(e: OSError) -> str:
+    import errno
+
+    what = {errno.EROFS: "read-only file system", errno.EACCES: "not writable (permission denied)",
+            errno.ENOSPC: "no space left on the device"}.get(e.errno or 0, e.strerror or str(e))
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{what}"
 
 
 def _quiet_libraries() -> None:
@@ -128,6 +139,11 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
         )
         for note in data.notes:
             _echo(f"data: {note}")
+        from deepsc_tune.data import validation_warning
+
+        warning = validation_warning(data.y_val, data.classes)
+        if warning:
+            _echo(f"data: warning: {warning}")
     return data
 
 
@@ -215,17 +231,21 @@ def run(
                 _echo(f"{prefix}note: {note}")
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
+        opened = open_storage(url)  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
+        data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them
-            fingerprint = None if space.backend == "command" else _prepare(space, results_dir).fingerprint
+            data = None if space.backend == "command" else _prepare(space, results_dir)
+            fingerprint = data.fingerprint if data is not None else None
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
-        rdb = open_storage(url)
-        study = open_study(space, storage=rdb, study_name=study_name,
+            data = getattr(finetuner, "data", None)
+        study = open_study(space, storage=opened, study_name=study_name,
                            data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
+        _record_chance_levels(study, data)
         if not child:
             _echo(
-                f"{prefix}study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
+                f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
                 f"target {space.n_trials} finished; optimising {space.metric}"
             )
         if plans:
@@ -240,7 +260,7 @@ def run(
                 with sigterm_as_interrupt():
                     summary = run_study(space, finetuner, study=study, progress=progress,
                                         trials_dir=results_dir / space.name / "trials")
-                    confirmed = run_confirmation(space, finetuner, study=study, storage=rdb,
+                    confirmed = run_confirmation(space, finetuner, study=study, storage=opened,
                                                  progress=progress, trials_dir=results_dir / space.name / "trials")
             except KeyboardInterrupt:
                 if not child:  # the parent says it once for all its workers
@@ -250,8 +270,6 @@ def run(
                         fg=typer.colors.YELLOW, err=True,
                     )
                 raise typer.Exit(EXIT_INTERRUPTED)
-            if summary.recovered:
-                _echo(f"{prefix}re-queued trials left running by a dead process: {summary.recovered}")
             if confirmed is not None and not child:
                 _echo(f"confirmation (study.confirm top {space.confirm['top']}, seeds "
                       f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
@@ -261,6 +279,28 @@ def run(
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         _print_best(study, space.backend, fmt="yaml")
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+
+
+def _describe_trials(study) -> str:
+    """``new study, 2 queued`` / ``5 finished, 1 failed, 2 queued`` (queued: not run yet)."""
+    from optuna.trial import TrialState
+
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    parts = [(sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), "finished"),
+             (states.count(TrialState.FAIL), "failed"), (states.count(TrialState.RUNNING), "running"),
+             (states.count(TrialState.WAITING), "queued")]
+    text = ", ".join(f"{n} {what}" for n, what in parts if n)
+    if not any(n for n, what in parts[:3]):
+        return "new study" + (f", {text}" if text else "")
+    return text
+
+
+def _record_chance_levels(study, data) -> None:
+    """Store the validation set's chance levels once, so trials that learned nothing get flagged."""
+    from deepsc_tune.chance import CHANCE_ATTR, chance_levels
+
+    if data is not None and CHANCE_ATTR not in study.user_attrs:
+        study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
 
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
@@ -397,6 +437,13 @@ def validate(
                     CommandFinetuner(CommandSettings.from_dict(space.config["finetune"])[0])
                 except DeepscTuneError as e:
                     raise ConfigError(f"{space.path}: {e}") from None
+            else:  # the data files must exist (they are not read here)
+                from deepsc_tune.data import DataSettings, check_inputs
+
+                try:
+                    check_inputs(DataSettings.from_dict(space.data, source="data"), hint=space.source)
+                except DeepscTuneError as e:
+                    raise ConfigError(f"{space.path}: {e}") from None
         except DeepscTuneError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             bad += 1
@@ -427,16 +474,23 @@ def best(
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend = _load_study(name, results_dir, storage, study_name)
-        _print_best(study, backend, fmt=fmt)
+        from deepsc_tune.export import format_best
+        from deepsc_tune.study import best_search_trial
+
+        _echo(format_best(study, best_search_trial(study), fmt=fmt, backend=backend))
 
 
 def _space_name(name: str) -> str:
     """The ``name:`` of a search space (its results folder), without validating the file."""
-    from deepsc_tune.search_space import parse_yaml, resolve_search_space_path
+    from deepsc_tune.search_space import (
+        parse_yaml,
+        read_yaml_text,
+        resolve_search_space_path,
+    )
 
     try:
         path = resolve_search_space_path(name)
-        return str(parse_yaml(path.read_text(), source=str(path)).get("name") or path.stem)
+        return str(parse_yaml(read_yaml_text(path), source=str(path)).get("name") or path.stem)
     except (DeepscTuneError, OSError):
         return Path(name).stem
 
@@ -467,20 +521,24 @@ def status(
     study_name: StudyNameOpt = None,
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
+    from deepsc_tune.chance import chance_note, chance_trials
     from deepsc_tune.study import failure_reason, format_params
 
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study.user_attrs.get("metric", "val_accuracy")
+        at_chance = set(chance_trials(study, trials))
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
             u = t.user_attrs
             value = f"{t.value:.4f}" if t.value is not None else (
                 f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
             test = f"{u['test_accuracy']:.4f}" if u.get("test_accuracy") is not None else "-"
-            tags = [tag for tag in ("enqueued", "repeat_of", "retry_of") if tag in u]
-            extra = f"  [{', '.join(f'{k}={u[k]}' for k in tags)}]" if tags else ""
+            tags = [f"{k}={u[k]}" for k in ("enqueued", "repeat_of", "retry_of") if k in u]
+            if t.number in at_chance:
+                tags.append("chance level")
+            extra = f"  [{', '.join(tags)}]" if tags else ""
             _echo(f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
                   f"{format_params(t.params)}{extra}")
             reason = failure_reason(t)
@@ -490,6 +548,9 @@ def status(
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+        note = chance_note(study, trials)
+        if note:
+            _echo(f"note: {note}")
         _echo_ranking(trials, metric)
 
 
@@ -595,11 +656,11 @@ def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -
 @app.command(name="list")
 def list_spaces() -> None:
     """List the search spaces found in ./search_spaces/ and installed with the package."""
-    from deepsc_tune.search_space import list_search_spaces, parse_yaml
+    from deepsc_tune.search_space import list_search_spaces, parse_yaml, read_yaml_text
 
     for name, path in list_search_spaces().items():
         try:
-            description = parse_yaml(path.read_text(), source=str(path)).get("description", "")
+            description = parse_yaml(read_yaml_text(path), source=str(path)).get("description", "")
         except DeepscTuneError:
             description = "(invalid file: run `deepsc-tune validate`)"
         _echo(f"{name:<14} {description}  [{path}]")
@@ -622,6 +683,11 @@ def report(
     storage: StorageOpt = None,
     study_name: StudyNameOpt = None,
     top: Annotated[int, typer.Option("--top", help="Configurations in the stability section.")] = 5,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Folder for the report files (e.g. when the study is on read-only "
+                     "media). Default: RESULTS_DIR/NAME.", show_default=False),
+    ] = None,
 ) -> None:
     """Write the HTML report of NAME: RESULTS_DIR/NAME/report.html, trials.csv and best.yaml.
 
@@ -636,8 +702,9 @@ def report(
     _quiet_libraries()
     with user_errors():
         if name is None:
-            if storage is not None or study_name is not None:
-                raise ConfigError("--storage / --study-name need a NAME (the index scans RESULTS_DIR/*/study.db)")
+            if storage is not None or study_name is not None or out is not None:
+                raise ConfigError("--storage / --study-name / --out need a NAME "
+                                  "(the index scans RESULTS_DIR/*/study.db)")
             index = write_index(results_dir, top=top)
             for files in index.reports:
                 _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
@@ -646,7 +713,10 @@ def report(
             _echo(f"index: {index.html} ({len(index.rows)} studies)")
             return
         study, backend = _load_study(name, results_dir, storage, study_name)
-        files = write_report(study, folder=results_dir / study.study_name, backend=backend, top=top)
+        try:
+            files = write_report(study, folder=out or results_dir / study.study_name, backend=backend, top=top)
+        except OSError as e:
+            raise DeepscTuneError(f"{_os_error(e)}; give --out FOLDER to write the report elsewhere") from None
         _echo(f"report: {files.html}")
         _echo(f"trials: {files.csv}" + (f"   best: {files.best_yaml}" if files.best_yaml else ""))
         for note in files.notes:

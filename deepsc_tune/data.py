@@ -27,7 +27,7 @@ import math
 import os
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -407,6 +407,36 @@ def _inputs(settings: DataSettings) -> tuple[_Input, _Input | None]:
     return train, test
 
 
+def check_inputs(settings: DataSettings, *, hint: str | None = None) -> None:
+    """Check that the input files exist, without reading them (``deepsc-tune validate``).
+
+    Raises
+    ------
+    DataError
+        Naming the key and the missing path.
+    """
+    _inputs(_with_hint(settings, hint))
+
+
+#: Fewer validation cells than this: one cell moves accuracy by more than 1 %, too coarse to
+#: rank trials (a split of 81 cells "selected" macro-F1 1.000).
+MIN_VAL_CELLS = 100
+
+
+def validation_warning(y_val: np.ndarray, classes: Sequence[str]) -> str | None:
+    """A warning when the validation set is too small to rank trials, else ``None``."""
+    n = len(y_val)
+    if n >= MIN_VAL_CELLS:
+        return None
+    per_class = np.bincount(np.asarray(y_val, dtype=np.int64), minlength=len(classes))
+    low = int(per_class.min()) if len(per_class) else 0
+    return (
+        f"the validation set has only {n} cells ({low} to {int(per_class.max(initial=0))} per class, "
+        f"{len(classes)} classes): one cell moves accuracy by {100 / max(n, 1):.1f} points, too coarse "
+        "to rank trials; raise data.val_fraction or use more cells"
+    )
+
+
 _CONTENT_HASHES: dict[tuple[str, int, int], str] = {}
 
 
@@ -456,7 +486,23 @@ def _read(inp: _Input) -> AnnData:
         ) from exc
     if adata.X is None:
         raise DataError(f"{inp.path} ({inp.key}) has no expression matrix X")
+    n_cells, n_genes = adata.shape
+    if n_genes == 0:
+        raise DataError(
+            f"{inp.path} ({inp.key}) has 0 genes (X is {n_cells} x 0); expected cells x genes"
+        )
+    if n_cells and _all_zero(adata.X):
+        raise DataError(
+            f"{inp.path} ({inp.key}): X is all zero ({n_cells} x {n_genes}); expected expression"
+            " values (are they in a layer or .raw of another file?)"
+        )
     return adata
+
+
+def _all_zero(matrix) -> bool:
+    if sp.issparse(matrix):
+        return not np.any(matrix.data)
+    return not np.any(np.asarray(matrix))
 
 
 def _listing(items) -> str:
@@ -821,6 +867,21 @@ def _dense(matrix, columns: np.ndarray | None = None) -> np.ndarray:
     return np.ascontiguousarray(matrix, dtype=np.float32)
 
 
+def _check_hvg_input(x_train, genes: pd.Index, *, settings: DataSettings, inp: _Input) -> None:
+    """Highly-variable-gene selection needs non-negative (log-normalised) values."""
+    n_top = settings.n_top_genes
+    if n_top is None or n_top >= len(genes):
+        return
+    low = float(_values(x_train).min(initial=0.0))
+    if low < 0:
+        raise DataError(
+            f"{settings.source}.n_top_genes={n_top}: selecting highly variable genes needs"
+            f" non-negative values, but the expression of {inp.label} ({inp.key}) has negative"
+            f" values (min {low:g}; scaled data?); unset n_top_genes or give counts or"
+            " log-normalised values"
+        )
+
+
 def _select_genes(x_train, genes: pd.Index, *, n_top_genes: int | None) -> tuple[np.ndarray, str]:
     """Columns to keep, chosen on training cells only."""
     if n_top_genes is None or n_top_genes >= len(genes):
@@ -981,6 +1042,7 @@ def _compute(settings: DataSettings, *, fingerprint: str) -> PreparedData:
     x, genes, note = _expression(train_ad, rows, settings=settings, inp=train_inp)
     notes.append(note)
     n_train, n_val = split.train.size, split.val.size
+    _check_hvg_input(x[:n_train], genes, settings=settings, inp=train_inp)
     keep, note = _select_genes(x[:n_train], genes, n_top_genes=settings.n_top_genes)
     notes.append(note)
     X_train = _dense(x[:n_train], keep)

@@ -630,6 +630,10 @@ def build_report_data(
             notes.append("no trial has completed yet (pruned only): no best configuration")
         if importances.note:
             notes.append(importances.note)
+        from deepsc_tune.chance import chance_note
+
+        if (chance := chance_note(study, trials)) is not None:
+            notes.append(chance)
     return ReportData(
         summary=summary,
         frontier=frontier_data(trials),

@@ -300,10 +300,7 @@ def load_search_space(
         With every problem found, each named by its key path.
     """
     path = resolve_search_space_path(name_or_path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    text = read_yaml_text(path)
     raw = parse_yaml(text, source=str(path))
     if fixed_only:
         raw = {k: v for k, v in raw.items() if k != "search"}
@@ -312,10 +309,69 @@ def load_search_space(
                               check_deepsc=check_deepsc)
 
 
-def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
-    """Parse YAML text into a mapping, with a one-line error naming the line."""
+def read_yaml_text(path: Path) -> str:
+    """The text of a search-space file, which must be UTF-8 (YAML's own rule).
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read or is not UTF-8 (naming the line of the first bad byte).
+    """
     try:
-        raw = yaml.safe_load(text)
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "save the file as UTF-8"
+        ) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, but a key given twice in one mapping is an error, not "last wins"."""
+
+
+def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: PyYAML reports it itself
+            continue
+        if first is not None:
+            raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
+    """Parse YAML text into a mapping, with a one-line error naming the line.
+
+    A key repeated in one mapping is refused, naming both lines (PyYAML keeps the last).
+    """
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except _DuplicateKey as e:
+        raise ConfigError(
+            f"{source}: duplicate key {e.key!r} on line {e.first} and line {e.second}; "
+            "keep one (YAML would silently use the last)"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -399,14 +455,15 @@ def build_search_space(
 
     params: dict[str, ParamSpec] = {}
     for pname, entry in search.items():
-        spec = _parse_param(str(pname), entry, problems, param_types.get(str(pname)))
-        if spec is None:
-            continue
         if known_keys is not None and pname not in known_keys:
             problems.append(
                 f"search.{pname}: unknown setting for the {backend} fine-tuner; "
                 f"expected one of {', '.join(sorted(known_keys))}"
             )
+            continue  # one message for one unknown key, not a second from the settings check
+        spec = _parse_param(str(pname), entry, problems, param_types.get(str(pname)))
+        if spec is None:
+            continue
         if pname in fixed:
             problems.append(
                 f"search.{pname}: also fixed as finetune.{pname}={fixed[pname]!r}; "
@@ -423,6 +480,8 @@ def build_search_space(
         params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes,
                                report=check_deepsc)
 
+    if len(problems) == 1:
+        raise ConfigError(f"{source}: {problems[0]}")
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"

@@ -10,6 +10,8 @@ holds ``n_trials`` finished (complete or pruned) search trials.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +20,7 @@ import sys
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -31,7 +33,9 @@ from deepsc_tune import __version__
 from deepsc_tune.backend import EpochMetrics, Finetuner
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective, process_start_time
+from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
+from deepsc_tune.study_file import check_study_file, sqlite_file
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -51,10 +55,31 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def default_storage_url(name: str, results_dir: Path) -> str:
-    """``sqlite:///results/NAME/study.db`` (the folder is created)."""
+    """``sqlite:///results/NAME/study.db`` (the folder is created).
+
+    Raises
+    ------
+    DeepscTuneError
+        When the folder cannot be created (a file in the way, read-only media, no permission).
+    """
     folder = Path(results_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DeepscTuneError(f"--results-dir {results_dir}: {folder_problem(folder, e)}") from None
     return f"sqlite:///{folder / 'study.db'}"
+
+
+def folder_problem(folder: Path, error: OSError) -> str:
+    """Why ``folder`` could not be created, in words (a file in the way, read-only media...)."""
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            return f"cannot create {folder}: {part} is a file, not a folder"
+    if error.errno == errno.EROFS:
+        return f"cannot create {folder}: read-only file system"
+    if error.errno == errno.EACCES:
+        return f"cannot create {folder}: not writable (permission denied)"
+    return f"cannot create {folder}: {error.strerror}"
 
 
 def heartbeat_settings() -> tuple[int, int]:
@@ -92,9 +117,12 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
-    with "database is locked".
+    with "database is locked". An existing SQLite file is checked first
+    (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
+    one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
+    for writers.
     """
-    url = with_driver(url)
+    url = check_study_file(with_driver(url), write=heartbeat)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -109,10 +137,10 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
             "heartbeat_stale_trial_callback": requeue_stale_trial,
         }
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-        if url.startswith("sqlite"):
+        if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)
         return storage
     except ImportError as e:
@@ -123,6 +151,60 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+
+
+def _flock_file(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (nothing where it cannot be had: Windows, a
+    folder that does not exist; SQLite reports those itself)."""
+    acquire = _flock_acquirer(path)
+    try:
+        release = acquire() if acquire is not None else None
+    except OSError:
+        release = None
+    try:
+        yield
+    finally:
+        if release is not None:
+            release()
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """One process at a time creates or checks Optuna's tables.
+
+    ``RDBStorage`` creates missing tables on open; workers started together on a new database
+    (a SLURM array) race there and all but one die: ``UniqueViolation ...
+    pg_type_typname_nsp_index`` on PostgreSQL, ``table alembic_version already exists`` on
+    SQLite. PostgreSQL: a session-level advisory lock on a connection of its own (the server
+    frees it if the process dies); SQLite: an exclusive ``flock`` on the file beside the
+    database that the start lock uses. Other databases: no lock.
+    """
+    db = sqlite_file(url)
+    if db is not None:  # two processes on a new SQLite file race the same way
+        yield from _flock_file(Path(f"{db}.start-lock"))
+        return
+    if not url.startswith(("postgresql", "postgres")):
+        yield
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                conn.commit()
+    finally:
+        engine.dispose()
+
+
+#: The advisory lock key of :func:`_schema_lock` (any fixed 64-bit number; ours spells "dsctune").
+SCHEMA_LOCK_KEY = int.from_bytes(b"dsctune\x01", "big", signed=True)
 
 
 def with_driver(url: str) -> str:
@@ -232,6 +314,24 @@ def worker_seed(seed: int | None, label: str | None) -> int | None:
     return (int(seed) + zlib.crc32(label.encode())) % 2**32
 
 
+def build_study_sampler(space: SearchSpace, worker: str | None = None) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded per trial number (:mod:`deepsc_tune.reseed`) and per worker.
+
+    A continuation (resume, raised target, a second process) thus never replays earlier draws.
+    """
+    seed = space.sampler_config.get("seed")
+    kind = space.sampler_config.get("type")
+    if seed is None:
+        return space.build_sampler()
+    if worker is not None and kind not in SHARED_SEED_SAMPLERS:
+        seed = worker_seed(seed, worker)
+
+    def build(value: int | None) -> optuna.samplers.BaseSampler:
+        return replace(space, sampler_config={**space.sampler_config, "seed": value}).build_sampler()
+
+    return seeded_per_trial(kind, seed, build)
+
+
 def open_study(
     space: SearchSpace,
     *,
@@ -251,11 +351,7 @@ def open_study(
     ConfigError
         When the stored study was made from a different search space or data.
     """
-    seed = space.sampler_config.get("seed")
-    if worker is not None and seed is not None:
-        space = replace(space, sampler_config={**space.sampler_config,
-                                               "seed": worker_seed(seed, worker)})
-    sampler, pruner = space.build_sampler(), space.build_pruner()
+    sampler, pruner = build_study_sampler(space, worker), space.build_pruner()
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
@@ -522,6 +618,11 @@ class Progress:
         elif self._live:
             print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
 
+    def recovered(self, numbers: list[int]) -> None:
+        """Said when it happens, before the trials that follow (not in the final summary)."""
+        print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}",
+              file=self.stream, flush=True)
+
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._live and not self.verbose:
             print("\r\033[K", end="", file=self.stream)
@@ -632,7 +733,10 @@ def run_study(
         lock.acquire()
         try:
             # Under the lock, so that two workers never fail and re-queue the same trial twice.
-            recovered += recover_orphaned_trials(study)
+            found = recover_orphaned_trials(study)
+            if found and progress is not None:
+                progress.recovered(found)
+            recovered += found
             fail_stale_trials(study)
             counts = count_states(study)
             finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]

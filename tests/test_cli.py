@@ -166,8 +166,12 @@ def test_validate_lists_every_problem(tmp_path):
     for expected in ("data.val_fraction", "finetune.colour", "search.learning_rate.low",
                      "search.epoch: also fixed", "search.warmup_ratio.when: refers to 'scheduler'"):
         assert expected in result.output
-    ok = cli("validate", "pbmc68k", "hpancreas")
-    assert ok.exit_code == 0 and ok.output.count("ok:") == 2
+    ok = cli("validate", "pbmc68k")
+    assert ok.exit_code == 0 and ok.output.count("ok:") == 1
+    # The data files are checked too (not read): hpancreas's are not in the repository.
+    missing = cli("validate", "pbmc68k", "hpancreas", cwd=tmp_path)
+    assert missing.exit_code == 2 and missing.output.count("ok:") == 1
+    assert "data.train" in missing.stderr and "demo_train.h5ad" in missing.stderr
 
 
 def test_finetune_prints_deepsc_banner_and_epoch_lines(tmp_path):
@@ -266,6 +270,8 @@ def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "re-queued trials left running by a dead process: [1]" in out
+    said = out.index("re-queued trials left running")
+    assert "COMPLETE" not in out[:said] and "PRUNED" not in out[:said], "said before the trials that follow"
     study = load(results)
     dead = study.trials[1]
     assert dead.state == TrialState.FAIL and "died while the trial ran" in dead.user_attrs["fail_reason"]

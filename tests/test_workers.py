@@ -349,6 +349,57 @@ def test_four_workers_on_postgres(tmp_path, postgres_study):
     check_study(study, target=24, epochs=2)
 
 
+@pytest.fixture
+def fresh_postgres_schema(postgres_url):
+    """A storage URL on a new, empty database (no Optuna tables yet), dropped after.
+
+    ``CREATE DATABASE`` when the test role may; otherwise a new schema, which has its own type
+    namespace, where Optuna's table creation races exactly as on a new database.
+    """
+    import uuid
+
+    import sqlalchemy
+
+    fresh = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE DATABASE {fresh}"))
+        drop = f"DROP DATABASE {fresh} WITH (FORCE)"
+        url = make_url(postgres_url).set(database=fresh).render_as_string(hide_password=False)
+    except sqlalchemy.exc.ProgrammingError:  # no CREATEDB right: a new schema instead
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE SCHEMA {fresh}"))
+        drop = f"DROP SCHEMA {fresh} CASCADE"
+        sep = "&" if "?" in postgres_url else "?"
+        url = f"{postgres_url}{sep}options=-csearch_path%3D{fresh}"
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(drop))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postgres_schema):
+    """A SLURM array on a new database: four separate `run` commands at the same instant all
+    survive Optuna's table creation and share the work (issue 11)."""
+    url = fresh_postgres_schema
+    results = tmp_path / "results"
+    # The data cache is prepared once, so the four start their storage at the same moment.
+    prep = subprocess.run([sys.executable, "-m", "deepsc_tune.cli", "split", "pbmc68k", "--results-dir",
+                           str(results)], cwd=REPO, capture_output=True, text=True, check=False)
+    assert prep.returncode == 0, prep.stderr
+    args = ["--storage", url, "--study-name", "fresh", "finetune.epoch=2", "finetune.hidden=[16]",
+            "study.n_trials=8"]
+    procs = [start_workers(results, "--worker-id", f"s{k}", *args) for k in range(1, 5)]
+    outs = [finish(p, timeout=240) for p in procs]
+    for p, out in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out and "UniqueViolation" not in out, out
+    storage = open_storage(url, heartbeat=False)
+    check_study(optuna.load_study(study_name="fresh", storage=storage), target=8, epochs=2)
+    storage.engine.dispose()
+
+
 def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     results = tmp_path / "results"
     # Longer trials without pruning, so the kill lands inside a trial.

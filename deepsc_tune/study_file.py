@@ -1,0 +1,94 @@
+"""The SQLite file of a study: damaged, or on read-only media, said in one line before use.
+
+Optuna meets a damaged file deep inside SQLAlchemy (a long chain of ``StorageInternalError``)
+and may have written to it by then; on read-only media it cannot even read, because SQLite
+wants to create its ``-shm`` file next to a write-ahead-log database. Here the file is checked
+first, read-only: a damaged file is reported and left untouched, and a study on read-only
+media is opened immutable for the commands that only read (``status``, ``best``, ``report``).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from deepsc_tune.errors import DeepscTuneError
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL (``None`` for other databases and memory)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL at all: open_storage says so
+        return None
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def writable(folder: Path) -> bool:
+    """Whether files can be created in ``folder`` (False on read-only media, even for root)."""
+    return os.access(folder, os.W_OK)
+
+
+def check_study_file(url: str, *, write: bool) -> str:
+    """Check a SQLite study file before Optuna opens it; return the URL to open it with.
+
+    ``write``: the caller will write (``run``). A reader gets an immutable read-only URL when
+    the file is on read-only media.
+
+    Raises
+    ------
+    DeepscTuneError
+        When the file is damaged (left untouched), is a folder, or must be written but cannot.
+    """
+    path = sqlite_file(url)
+    if path is None:
+        return url
+    if path.is_dir():
+        raise DeepscTuneError(f"{path} is a folder, not a study database; expected a SQLite file")
+    if not path.exists():
+        return url
+    can_write = writable(path.parent) and os.access(path, os.W_OK)
+    problem = integrity_problem(path, immutable=not can_write)
+    if problem:
+        raise DeepscTuneError(
+            f"{path} is damaged ({problem}); it was left untouched: restore a copy of it, or move "
+            "it aside and run again to start a new study (or use another --results-dir)"
+        )
+    if can_write:
+        return url
+    if write:
+        raise DeepscTuneError(
+            f"{path}: the study is on read-only media (or its folder is not writable), and `run` "
+            "writes trials: copy the folder somewhere writable and give --results-dir; "
+            "`status`, `best` and `report` read it where it is"
+        )
+    return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+
+
+def integrity_problem(path: Path, *, immutable: bool = False) -> str | None:
+    """SQLite's ``quick_check`` of ``path``, read-only: ``None`` when sound, else the first problem."""
+    mode = "ro&immutable=1" if immutable else "ro"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30)
+    except sqlite3.Error as e:
+        return str(e)
+    try:
+        rows = [str(r[0]) for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+        if rows == ["ok"]:
+            return None
+        found = [r for r in rows if not r.startswith("***")] or rows or ["no answer to quick_check"]
+        return found[0].splitlines()[0][:200]
+    except sqlite3.DatabaseError as e:
+        if "locked" in str(e):  # busy, not damaged: let Optuna wait for it
+            return None
+        return str(e)
+    finally:
+        conn.close()

@@ -1,0 +1,506 @@
+"""Bad input and faults, table-driven: YAML, data, storage, file system, signals, concurrency.
+
+Every case runs the real command line against a copy of one small finished study and checks
+the project's rule for bad input: the exit code, one line on stderr that names the file, key or
+value, no traceback, and the study's trials (numbers, states, params, values) exactly as before.
+A few cases are not errors (read-only commands on read-only media): they must just work.
+
+The study is prepared once per module (a tiny synthetic dataset, 1 epoch, 2 trials) and copied
+per case, so the whole table runs in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from typer.testing import CliRunner
+
+from deepsc_tune.cli import app
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "tiny"
+SPACE = f"""\
+name: {NAME}
+description: tiny synthetic study for the fault battery
+data:
+  train: data/train.h5ad
+  label_key: cell_type
+  val_fraction: 0.3
+  test_fraction: 0.2
+  min_cells_per_class: 2
+finetune:
+  model: mlp
+  hidden: [8]
+  epoch: 1
+  batch_size: 16
+  seed: 0
+search:
+  learning_rate: {{low: 1.0e-4, high: 1.0e-1, log: true}}
+  lr_scheduler_type: {{choices: [constant, cosine]}}
+study:
+  n_trials: 2
+  sampler: {{type: tpe, seed: 0}}
+  pruner: {{type: none}}
+"""
+runner = CliRunner()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def write_h5ad(path: Path, X: np.ndarray, labels: list[str] | None = None) -> Path:
+    """A small .h5ad with sparse X and a ``cell_type`` column."""
+    n, g = X.shape
+    labels = labels if labels is not None else [("A", "B", "C")[i % 3] for i in range(n)]
+    obs = pd.DataFrame({"cell_type": pd.Categorical(labels)}, index=[f"c{i}" for i in range(n)])
+    var = pd.DataFrame(index=[f"G{j}" for j in range(g)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ad.AnnData(X=sp.csr_matrix(X.astype(np.float32)), obs=obs, var=var).write_h5ad(path)
+    return path
+
+
+def counts(n: int = 90, g: int = 30, seed: int = 0) -> np.ndarray:
+    """Counts whose class shows in the first genes, so a 1-epoch MLP learns something."""
+    x = np.random.default_rng(seed).poisson(2.0, size=(n, g)).astype(np.float32)
+    for i in range(n):
+        x[i, (i % 3) * 3:(i % 3) * 3 + 3] += 8
+    return x
+
+
+def snapshot(results: Path) -> object:
+    """Every study's trials as (number, state, params, value), or the file's hash if unreadable.
+
+    Read through Optuna's public API; a file Optuna cannot read (a damaged database) is
+    compared byte for byte instead.
+    """
+    db = results / NAME / "study.db"
+    if not db.exists():
+        return None
+    url = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only: the snapshot itself never writes
+    try:
+        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+        try:
+            out = {}
+            for summary in optuna.get_all_study_summaries(storage):
+                study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                out[summary.study_name] = [(t.number, t.state.name, t.params, t.value) for t in study.trials]
+            return out
+        finally:
+            storage.engine.dispose()
+    except Exception:  # noqa: BLE001 - a damaged file: compare its bytes
+        return ("bytes", hashlib.sha256(db.read_bytes()).hexdigest())
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """``folder`` on read-only media: a read-only bind mount of it over itself.
+
+    This is the real thing for the code (EROFS from the kernel), not a permission bit that
+    root would ignore. Needs mount rights (root with CAP_SYS_ADMIN); without them the case is
+    skipped with that reason.
+    """
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot simulate read-only media (mount --bind needs root): {done.stderr.strip()}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], check=True, capture_output=True)
+        yield
+    finally:
+        # Lazy: the in-process command may still hold the database open in a connection pool.
+        subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)
+
+
+def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None):
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(app, args, env=env)
+    finally:
+        os.chdir(old)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A folder with data/, tiny.yaml and results/tiny/study.db holding 2 finished trials."""
+    base = tmp_path_factory.mktemp("faults")
+    (base / "data").mkdir()
+    write_h5ad(base / "data" / "train.h5ad", counts())
+    (base / f"{NAME}.yaml").write_text(SPACE)
+    result = cli(["run", f"{NAME}.yaml", "--results-dir", "results"], base)
+    assert result.exit_code == 0, result.output
+    # Fold the write-ahead log into the file, so that each copy is one self-contained file.
+    with contextlib.closing(sqlite3.connect(base / "results" / NAME / "study.db")) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    trials = snapshot(base / "results")[NAME]
+    assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"], trials
+    assert "new study, target 2 finished" in result.stdout  # nothing queued in this space
+    assert "validation set has only" in result.stdout  # 22 validation cells: warned
+    return base
+
+
+@pytest.fixture
+def case_dir(prepared, tmp_path) -> Path:
+    dest = tmp_path / "case"
+    shutil.copytree(prepared, dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+@dataclass
+class Case:
+    """One bad input or fault: ``setup`` changes the copied folder, then ``args`` run there."""
+
+    id: str
+    args: list[str]
+    code: int
+    says: list[str]  # substrings of the one-line message (or of stdout when code is 0)
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    read_only: str | None = None  # a folder to put on read-only media during the command
+    hidden: list[str] = field(default_factory=list)  # must not appear anywhere (passwords)
+
+
+def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        text = SPACE
+        if replace:
+            assert replace[0] in text
+            text = text.replace(*replace)
+        (d / "bad.yaml").write_text(text + extra)
+    return setup
+
+
+def write(rel: str, content: bytes | str) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        path = d / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return setup
+
+
+def data_file(make: Callable[[], tuple[np.ndarray, list[str] | None]]) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        X, labels = make()
+        write_h5ad(d / "data" / "bad.h5ad", X, labels)
+    return setup
+
+
+def negative() -> tuple[np.ndarray, None]:
+    x = counts()
+    x[:, :5] -= 20
+    return x, None
+
+
+def corrupt_middle(d: Path) -> None:
+    db = d / "results" / NAME / "study.db"
+    data = bytearray(db.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 4096] = b"\xde\xad\xbe\xef" * 1024
+    db.write_bytes(bytes(data))
+
+
+def study_without_completed_trial(d: Path) -> None:
+    storage = optuna.storages.RDBStorage(f"sqlite:///{d / 'results' / NAME / 'study.db'}")
+    study = optuna.create_study(study_name="empty", storage=storage)
+    study.enqueue_trial({"learning_rate": 1e-3})
+    storage.engine.dispose()
+
+
+def fresh_results(d: Path) -> None:
+    shutil.rmtree(d / "results")
+    (d / "results").mkdir()
+
+
+RUN = ["run", f"{NAME}.yaml", "--results-dir", "results"]
+BAD = ["run", "bad.yaml", "--results-dir", "results"]
+DATA = "data.train=data/bad.h5ad"
+
+CASES = [
+    # --- the search-space file
+    Case("yaml-duplicate-top-key", BAD, 2, ["bad.yaml", "duplicate key 'study'", "line 18", "line 22"],
+         space_with("study: {n_trials: 3}\n")),
+    Case("yaml-duplicate-nested-key", BAD, 2, ["bad.yaml", "duplicate key 'learning_rate'", "line 16", "line 17"],
+         space_with(replace=("  learning_rate:", "  learning_rate: {low: 1.0e-3, high: 1.0e-2}\n  learning_rate:"))),
+    Case("yaml-not-utf8", BAD, 2, ["bad.yaml", "not UTF-8", "line 2"],
+         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1"))),
+    Case("yaml-malformed", BAD, 2, ["bad.yaml", "malformed YAML", "line"], space_with("search: [unclosed\n")),
+    Case("yaml-empty", BAD, 2, ["bad.yaml", "empty"], write("bad.yaml", "")),
+    Case("yaml-a-list", BAD, 2, ["bad.yaml", "expected a mapping", "list"], write("bad.yaml", "- a\n- b\n")),
+    Case("yaml-unknown-top-key", BAD, 2, ["bad.yaml", "colour"], space_with("colour: red\n")),
+    Case("yaml-unknown-search-key", BAD, 2, ["search.learning_rte"],
+         space_with(replace=("  lr_scheduler_type: {choices",
+                             "  learning_rte: {low: 1, high: 2}\n  lr_scheduler_type: {choices"))),
+    Case("yaml-low-not-below-high", [*RUN, "search.learning_rate.low=0.5", "search.learning_rate.high=0.1"], 2,
+         ["search.learning_rate", "0.5"]),
+    Case("yaml-log-with-zero-low", [*RUN, "search.learning_rate.low=0"], 2, ["search.learning_rate", "log"]),
+    Case("yaml-n-trials-zero", [*RUN, "study.n_trials=0"], 2, ["study.n_trials", "0"]),
+    Case("yaml-n-trials-text", [*RUN, "study.n_trials=many"], 2, ["study.n_trials", "many"]),
+    Case("yaml-unknown-sampler", [*RUN, "study.sampler.type=magic"], 2, ["study.sampler", "magic"]),
+    Case("override-without-equals", [*RUN, "finetune.epoch"], 2, ["finetune.epoch", "key=value"]),
+    Case("override-unknown-key", [*RUN, "finetune.colour=red"], 2, ["finetune.colour"]),
+    Case("space-file-missing", ["run", "nope.yaml", "--results-dir", "results"], 2, ["nope.yaml"]),
+    Case("space-is-a-folder", ["run", "data", "--results-dir", "results"], 2, ["data"]),
+    Case("space-changed-on-existing-study", [*RUN, "finetune.hidden=[16]"], 2,
+         ["different search space", "finetune.hidden", "--study-name"]),
+    Case("validate-missing-data-file", ["validate", "bad.yaml"], 2, ["bad.yaml", "data.train", "missing.h5ad"],
+         space_with(replace=("train: data/train.h5ad", "train: data/missing.h5ad"))),
+    Case("validate-not-utf8", ["validate", "bad.yaml"], 2, ["bad.yaml", "not UTF-8"],
+         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1"))),
+    # --- data
+    Case("data-file-missing", [*RUN, "data.train=data/nothing.h5ad"], 1, ["data.train", "nothing.h5ad"]),
+    Case("data-not-h5ad", [*RUN, DATA], 1, ["bad.h5ad", "data.train"], write("data/bad.h5ad", b"not hdf5" * 100)),
+    Case("data-label-key-missing", [*RUN, "data.label_key=kind"], 1, ["data.label_key", "kind"]),
+    Case("data-negative-values", [*RUN, DATA, "data.n_top_genes=10"], 1, ["bad.h5ad", "negative"],
+         data_file(negative)),
+    Case("data-negative-values-log1p", [*RUN, DATA, "data.normalize=log1p"], 1, ["data.normalize", "negative"],
+         data_file(negative)),
+    Case("data-all-zero", [*RUN, DATA], 1, ["bad.h5ad", "all zero"], data_file(lambda: (np.zeros((90, 30)), None))),
+    Case("data-zero-genes", [*RUN, DATA], 1, ["bad.h5ad", "0 genes"], data_file(lambda: (np.zeros((90, 0)), None))),
+    Case("data-nan", [*RUN, DATA], 1, ["bad.h5ad", "NaN"],
+         data_file(lambda: (np.where(counts() > 4, np.nan, counts()), None))),
+    Case("data-one-class", [*RUN, DATA], 1, ["bad.h5ad", "class"], data_file(lambda: (counts(), ["A"] * 90))),
+    Case("data-val-fraction-out-of-range", [*RUN, "data.val_fraction=1.5"], 2, ["data.val_fraction", "1.5"]),
+    # --- storage
+    Case("storage-unknown-scheme", [*RUN, "--storage", "nosuchdb://x/y"], 1, ["--storage", "nosuchdb://"]),
+    Case("storage-postgres-unreachable", [*RUN, "--storage", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"], 1,
+         ["--storage", "127.0.0.1:1", "cannot open"], hidden=["s3cret"]),
+    Case("storage-sqlite-folder-missing", [*RUN, "--storage", "sqlite:////nonexistent/dir/x.db"], 1,
+         ["--storage", "/nonexistent/dir/x.db"]),
+    Case("db-damaged-in-the-middle-run", RUN, 1, ["study.db", "damaged", "untouched", "--results-dir"], corrupt_middle),
+    Case("db-damaged-in-the-middle-status", ["status", f"{NAME}.yaml", "--results-dir", "results"], 1,
+         ["study.db", "damaged"], corrupt_middle),
+    Case("db-not-a-database", RUN, 1, ["study.db", "damaged"], write(f"results/{NAME}/study.db", "hello\n" * 500)),
+    Case("status-no-study", ["status", f"{NAME}.yaml", "--results-dir", "elsewhere"], 1, ["no study", "elsewhere"]),
+    Case("status-unknown-study-name", ["status", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "x"],
+         1, ["no study 'x'", NAME]),
+    Case("best-without-completed-trial",
+         ["best", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "empty"], 1,
+         ["'empty'", "no completed trial"], study_without_completed_trial),
+    Case("best-unknown-format", ["best", f"{NAME}.yaml", "--results-dir", "results", "--format", "xml"], 2,
+         ["--format", "xml"]),
+    Case("heartbeat-not-a-number", RUN, 2, ["DEEPSC_TUNE_HEARTBEAT", "abc"], env={"DEEPSC_TUNE_HEARTBEAT": "abc"}),
+    Case("workers-zero", [*RUN, "--workers", "0"], 2, ["--workers 0"]),
+    Case("gpus-empty-entry", [*RUN, "--gpus", "0,,1"], 2, ["--gpus", "0,,1"]),
+    # --- file system
+    Case("results-dir-is-a-file", ["run", f"{NAME}.yaml", "--results-dir", "afile"], 1, ["afile", "not a folder"],
+         write("afile", "x")),
+    Case("results-name-is-a-file", ["run", f"{NAME}.yaml", "--results-dir", "other"], 1,
+         [f"other/{NAME}", "not a folder"], write(f"other/{NAME}", "x")),
+    Case("results-dir-read-only", ["run", f"{NAME}.yaml", "--results-dir", "results"], 1,
+         ["results", "read-only"], fresh_results, read_only="results"),
+    Case("run-existing-study-read-only", RUN, 1, ["study.db", "read-only", "status"], read_only="results"),
+    Case("status-on-read-only-media", ["status", f"{NAME}.yaml", "--results-dir", "results"], 0,
+         ["complete 2"], read_only="results"),
+    Case("best-on-read-only-media", ["best", f"{NAME}.yaml", "--results-dir", "results"], 0,
+         ["learning_rate"], read_only="results"),
+    Case("report-on-read-only-media", ["report", f"{NAME}.yaml", "--results-dir", "results"], 1,
+         ["report.html", "read-only", "--out"], read_only="results"),
+    Case("report-on-read-only-media-with-out", ["report", f"{NAME}.yaml", "--results-dir", "results",
+                                                "--out", "elsewhere"], 0, ["elsewhere/report.html"],
+         read_only="results"),
+]
+
+
+def test_the_table_is_big_enough():
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case: Case, case_dir: Path):
+    if case.setup:
+        case.setup(case_dir)
+    before = snapshot(case_dir / "results")
+    with read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext():
+        result = cli(case.args, case_dir, env=case.env or None)
+    after = snapshot(case_dir / "results")
+    everything = result.output
+    assert "Traceback" not in everything, everything
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == case.code, everything
+    assert before == after, "the stored trials changed"
+    for secret in case.hidden:
+        assert secret not in everything
+    if case.id.startswith("storage-"):
+        assert "data:" not in result.stdout, "a bad --storage must fail before the data are prepared"
+    if case.code == 0:
+        for text in case.says:
+            assert text in result.stdout, result.stdout
+        return
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in case.says:
+        assert text in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- signals, concurrency
+
+
+def start(case: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "deepsc_tune.cli", *args]
+    return subprocess.Popen(cmd, cwd=case, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
+                            start_new_session=True)
+
+
+def wait_for_epoch(proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Read stdout until a trial is training (a verbose epoch line); kill the process if never."""
+    timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if " epoch " in line:
+                return
+    finally:
+        timer.cancel()
+    raise AssertionError(f"never trained; stderr:\n{proc.stderr.read()}")
+
+
+def finished(study_trials: list) -> list:
+    return [t for t in study_trials if t[1] in ("COMPLETE", "PRUNED")]
+
+
+#: A separate study in the same file, so the prepared study's trials show they were not touched.
+LONG = ["run", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "long", "-v",
+        "finetune.epoch=3000", "study.n_trials=3"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_a_trial(case_dir: Path, sig):
+    """SLURM's scancel / a preemption (SIGTERM) and Ctrl-C (SIGINT): exit 130, one line, the
+    running trial FAIL (interrupted) and re-queued, every other trial untouched."""
+    before = snapshot(case_dir / "results")
+    proc = start(case_dir, *LONG)
+    wait_for_epoch(proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command to resume" in lines[0], err
+    after = snapshot(case_dir / "results")
+    assert after[NAME] == before[NAME]
+    long = after["long"]
+    assert [t[1] for t in long] == ["FAIL", "WAITING"], long  # the interrupted trial, its retry
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
+    """A SIGKILL leaves a RUNNING trial; the same command again fails and re-queues it and
+    stops at exactly n_trials finished, numbers unique, the finished trials untouched."""
+    args = [*LONG[:-2], "finetune.epoch=30", "study.n_trials=3"]
+    proc = start(case_dir, *args)
+    wait_for_epoch(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = snapshot(case_dir / "results")["long"]
+    assert killed[-1][1] == "RUNNING", killed
+    again = start(case_dir, *args)
+    out, err = again.communicate(timeout=240)
+    assert again.returncode == 0 and "Traceback" not in out + err, err
+    assert f"re-queued trials left running by a dead process: [{killed[-1][0]}]" in out
+    after = snapshot(case_dir / "results")["long"]
+    assert after[:len(killed) - 1] == killed[:-1]  # what had finished is untouched
+    assert [t[0] for t in after] == list(range(len(after)))
+    assert len(finished(after)) == 3 and not [t for t in after if t[1] == "RUNNING"]
+    assert after[killed[-1][0]][1] == "FAIL"
+    # The retry runs the killed trial's settings again (by design); nothing else repeats.
+    settings = [tuple(sorted(t[2].items())) for t in finished(after)]
+    assert len(set(settings)) == len(settings), settings
+
+
+def test_raised_target_proposes_new_settings(case_dir: Path):
+    """`study.n_trials` raised from 2 to 5 on the prepared study: the new trials explore."""
+    before = snapshot(case_dir / "results")[NAME]
+    result = cli([*RUN, "study.n_trials=5"], case_dir)
+    assert result.exit_code == 0, result.output
+    after = snapshot(case_dir / "results")[NAME]
+    assert after[:2] == before and len(finished(after)) == 5
+    old = {tuple(sorted(t[2].items())) for t in before}
+    new = [tuple(sorted(t[2].items())) for t in after[2:]]
+    assert not old & set(new) and len(set(new)) == len(new), (old, new)
+
+
+def test_same_command_from_scratch_is_reproducible(prepared: Path, tmp_path: Path):
+    params = []
+    for where in ("a", "b"):
+        case = tmp_path / where
+        shutil.copytree(prepared, case)
+        shutil.rmtree(case / "results")
+        result = cli([*RUN, "study.n_trials=4"], case)
+        assert result.exit_code == 0, result.output
+        params.append([t[2] for t in snapshot(case / "results")[NAME]])
+    assert params[0] == params[1] and len(params[0]) == 4
+
+
+@pytest.mark.slow
+def test_two_processes_started_together_on_one_sqlite_study(prepared: Path, tmp_path: Path):
+    """Two `run` commands at once (no --worker-id) on a new SQLite study: exactly n_trials
+    finished, unique numbers, no setting proposed twice."""
+    case = tmp_path / "two"
+    shutil.copytree(prepared, case)
+    shutil.rmtree(case / "results")
+    args = [*RUN, "study.n_trials=8", "finetune.epoch=3"]
+    procs = [start(case, *args) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "Traceback" not in out + err, err
+    trials = snapshot(case / "results")[NAME]
+    assert [t[0] for t in trials] == list(range(len(trials)))
+    assert len(finished(trials)) == 8 and len(trials) == 8
+    settings = [tuple(sorted(t[2].items())) for t in trials]
+    assert len(set(settings)) == len(settings), settings
+
+
+def _open_at_once(url: str, barrier, results) -> None:
+    from deepsc_tune.study import open_storage
+
+    barrier.wait()
+    try:
+        open_storage(url).engine.dispose()
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported by the test
+        results.put(str(e))
+
+
+def test_four_processes_open_a_new_sqlite_file_at_once(tmp_path: Path):
+    """Optuna creates its tables on open; four processes at once on a new file raced there
+    ("table alembic_version already exists") before the opening was serialised."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for k in range(3):  # the race is not hit every time: a few fresh files
+        url = f"sqlite:///{tmp_path / f'new{k}.db'}"
+        barrier, results = ctx.Barrier(4), ctx.Queue()
+        procs = [ctx.Process(target=_open_at_once, args=(url, barrier, results)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(timeout=60)
+        assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
