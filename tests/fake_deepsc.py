@@ -253,7 +253,9 @@ def main(args: list[str]) -> None:
     n_workers = int(cfg.get("num_workers", 8))
     for epoch in range(1, int(cfg["epoch"]) + 1):
         workers = start_workers(n_workers)
-        (run_dir / "workers.pid").write_text(" ".join(map(str, workers)))
+        # Replaced whole, so that a test reading it never sees it half-written.
+        (run_dir / "workers.pid.tmp").write_text(" ".join(map(str, workers)))
+        os.replace(run_dir / "workers.pid.tmp", run_dir / "workers.pid")
         progress(epoch, sleep)
         acc = accuracy(float(cfg["learning_rate"]), epoch, cfg["lr_scheduler_type"])
         f1 = macro_f1(acc)
