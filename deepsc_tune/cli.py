@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,7 @@ def run(
             if child:
                 watch_parent(parent_pid)
             progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
+            _keep_models(finetuner, space, study, results_dir / space.name)
             try:
                 with sigterm_as_interrupt():
                     summary = run_study(space, finetuner, study=study, progress=progress,
@@ -249,6 +251,22 @@ def run(
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         _print_best(study, space.backend, fmt="yaml")
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+
+
+def _keep_models(finetuner, space, study, folder: Path) -> None:
+    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py)."""
+    if space.backend != "builtin":
+        return
+    from optuna.trial import TrialState
+
+    from deepsc_tune.data import DataSettings
+    from deepsc_tune.tuned_model import MODEL_DIR, ModelKeeper
+
+    completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    finetuner.keeper = ModelKeeper(
+        folder / MODEL_DIR, study_name=study.study_name, metric=space.metric, data=finetuner.data,
+        data_settings=DataSettings.from_dict(space.data, source="data").to_dict(), completed=completed,
+    )
 
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
@@ -599,6 +617,7 @@ def repeat(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
+        _keep_models(finetuner, space, study, results_dir / study.study_name)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
@@ -612,6 +631,55 @@ def repeat(
         _echo(f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
               + (f" and {len(summary.search)} queued search trials" if summary.search else ""))
         _echo(f"next: deepsc-tune report {name}   (stability across seeds)")
+
+
+@app.command()
+def predict(
+    name: NameArg,
+    query: Annotated[Path, typer.Argument(help="The .h5ad file of cells to annotate (read only).",
+                                          show_default=False)],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="The new .h5ad file. Default: QUERY.predicted.h5ad beside QUERY.",
+                     show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """Annotate QUERY's cells with the tuned model of NAME (RESULTS_DIR/NAME/model).
+
+    The model is the best trial's best epoch, kept by `deepsc-tune run` (built-in fine-tuner).
+    QUERY is normalised as the training cells were and its genes matched by name (missing ones
+    are 0, and counted). Writes a new file with obs deepsc_tune_label and
+    deepsc_tune_probability, obsm deepsc_tune_probabilities (cells x classes, in the order of
+    uns['deepsc_tune']['classes']); QUERY itself is
+    never changed. When QUERY has the training label column, prints the accuracy on it.
+    """
+    from deepsc_tune.tuned_model import model_dir, predict_file
+
+    _quiet_libraries()
+    with user_errors():
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        folder = model_dir(results_dir, _space_name(name))
+        result = predict_file(folder, query, out=out, device=device, overwrite=overwrite,
+                              name=name)
+        card = result.card
+        _echo(f"model: trial {card['trial']} of study '{card['study']}', epoch {card['best_epoch']}, "
+              f"{card['metric']} {card['value']:.4f}" + (
+                  f", test accuracy {card['test_accuracy']:.4f}" if card.get("test_accuracy") is not None else ""))
+        for note in result.notes:
+            _echo(f"query: {note}")
+        if result.n_missing:
+            typer.secho(f"warning: {result.n_missing} of the model's {result.n_genes} genes are missing "
+                        "from the query (set to 0)", fg=typer.colors.YELLOW, err=True)
+        if result.accuracy is not None:
+            unknown = f"; {result.n_unknown} cells of classes the model does not know left out" \
+                if result.n_unknown else ""
+            _echo(f"accuracy against obs[{card['data'].get('label_key')!r}]: {result.accuracy:.4f} "
+                  f"on {result.n_scored} cells{unknown}")
+        _echo(f"wrote {result.out} ({result.n_cells} cells): obs deepsc_tune_label, deepsc_tune_probability")
 
 
 def version_callback(value: bool) -> None:

@@ -495,6 +495,24 @@ def _predict(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *, batch_
     return float(loss_sum) / max(1, X.shape[0]), torch.cat(preds).cpu().numpy()
 
 
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, X: np.ndarray, *, batch_size: int,
+                   device: torch.device) -> np.ndarray:
+    """Float32 logits of ``X`` (cells x genes), batched and cast exactly as the test evaluation."""
+    autocast, _, _ = _autocast(device)
+    model.eval()
+    Xt = _tensor(X, np.float32)
+    out = []
+    for start in range(0, Xt.shape[0], batch_size):
+        xb = Xt[start : start + batch_size].to(device, non_blocking=True)
+        with autocast():
+            logits = model(xb)
+        out.append(logits.float().cpu())
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
 # --------------------------------------------------------------------------------------------
 # The loop
 
@@ -712,4 +730,5 @@ def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCa
         stopped=stopped,
         device=str(device),
         extra=extra,
+        state=best_state,
     )
