@@ -561,6 +561,11 @@ def report(
         if name is None:
             if storage is not None or study_name is not None:
                 raise ConfigError("--storage / --study-name need a NAME (the index scans RESULTS_DIR/*/study.db)")
+            if not any(Path(results_dir).glob("*/study.db")):
+                raise DeepscTuneError(
+                    f"no studies under {results_dir} (no {results_dir}/NAME/study.db); start one with "
+                    "`deepsc-tune run pbmc68k` (the demo, no download) or give --results-dir"
+                )
             index = write_index(results_dir, top=top)
             for files in index.reports:
                 _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
@@ -695,6 +700,48 @@ def main(
     ] = False,
 ) -> None:
     """Hyperparameter search for DeepSC cell-type fine-tuning, built on Optuna."""
+
+
+# ----------------------------------------------------------------------------- help layout
+
+
+def _flags_without_type(params):
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: nothing to show after it
+    return params
+
+
+class _HelpGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _HelpCommand(typer.core.TyperCommand):
+    """Help without type tags after flags (``--verbose <bool>``) and with plain usage lines.
+
+    typer marks required arguments ``{name}`` in usage lines; ``NAME`` / ``[NAME]`` is what the
+    docstrings say and what users know from other tools.
+    """
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+for _info in app.registered_commands:
+    if _info.cls in (None, typer.core.TyperCommand):
+        _info.cls = _HelpCommand
+if not isinstance(app.info.cls, type):  # typer's default placeholder: nobody chose a class
+    app.info.cls = _HelpGroup
 
 
 if __name__ == "__main__":  # pragma: no cover

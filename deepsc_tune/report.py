@@ -371,6 +371,8 @@ class Importances(NamedTuple):
 
     values: dict[str, float]
     note: str | None
+    #: What a share does not say: parameters left out or never varied (conditional ones).
+    explanations: tuple[str, ...] = ()
 
 
 def _study_of(trials: Sequence[FrozenTrial]) -> optuna.Study:
@@ -405,7 +407,34 @@ def param_importances(trials: Sequence[FrozenTrial]) -> Importances:
             values = optuna.importance.get_param_importances(_study_of(complete))
     except Exception as e:  # Optuna's evaluators refuse some degenerate studies
         return Importances({}, f"importances could not be computed: {type(e).__name__}: {e}")
-    return Importances({k: float(v) for k, v in values.items()}, None)
+    return Importances({k: float(v) for k, v in values.items()}, None,
+                       _importance_explanations(values, complete, search_only(trials)))
+
+
+def _importance_explanations(values: Mapping[str, float], complete: Sequence[FrozenTrial],
+                             searched: Sequence[FrozenTrial]) -> tuple[str, ...]:
+    """What a share does not say: which trials Optuna used (only those with every parameter, so
+    a conditional parameter narrows them), and that 0.00 can mean "never varied among them"."""
+    lines = []
+    n = len(complete)
+    used = [t for t in complete if set(values) <= set(t.params)]
+    for name in sorted({p for t in complete for p in t.params} - set(values)):
+        k = sum(name in t.params for t in complete)
+        lines.append(f"{name} is left out: only {k} of the {n} complete trials have it (it is searched "
+                     "under a condition)")
+    conditional = sorted(name for name in values if any(name not in t.params for t in searched))
+    if conditional:
+        where = (f"the {len(used)} of the {n} complete trials" if len(used) < n
+                 else f"all {n} complete trials, the only ones")
+        lines.append(f"Optuna weighs only trials that have every parameter: {where} that have "
+                     f"{', '.join(conditional)} (searched under a condition)")
+    for name, share in values.items():
+        seen = {repr(t.params[name]) for t in used}
+        if len(seen) == 1:
+            lines.append(f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
+                         "means it never varied there, not that it does not matter (the learning-rate "
+                         "frontier compares its values, pruned trials included)")
+    return tuple(lines)
 
 
 class ContourData(NamedTuple):
@@ -761,16 +790,68 @@ def plot_importances(importances: Importances):
     return _layout(fig, title="Parameter importances", height=120 + 60 * max(len(names), 2))
 
 
-def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial], metric: str = "val_accuracy"):
-    """Optuna's contour of learning_rate x warmup_ratio over the cosine trials in ``contour``."""
-    keep = set(contour.numbers)
-    study = _study_of([t for t in trials if t.number in keep])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig = optuna.visualization.plot_contour(
-            study, params=["learning_rate", "warmup_ratio"], target_name=metric
-        )
-    return _layout(fig, title="Cosine trials: learning_rate x warmup_ratio", height=460, showlegend=False)
+#: Below this many points the contour shows the trials only: shading interpolated from a handful
+#: of points paints the whole plane with values no trial measured.
+MIN_CONTOUR_SHADING = 8
+_CONTOUR_GRID = 60
+
+
+def contour_grid(contour: ContourData) -> tuple[Any, Any, Any] | None:
+    """Linear interpolation of the values over (log10 learning_rate, warmup_ratio), NaN outside
+    the convex hull of the trials, so only the region the trials span is shaded; ``None`` with
+    fewer than :data:`MIN_CONTOUR_SHADING` points or when they lie on a line."""
+    import numpy as np
+    from scipy.interpolate import griddata
+    from scipy.spatial import QhullError
+
+    if len(contour.values) < MIN_CONTOUR_SHADING:
+        return None
+    x = np.log10(np.asarray(contour.learning_rate))
+    y = np.asarray(contour.warmup_ratio)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    gx = np.linspace(x.min(), x.max(), _CONTOUR_GRID)
+    gy = np.linspace(y.min(), y.max(), _CONTOUR_GRID)
+    try:
+        z = griddata((x, y), np.asarray(contour.values), tuple(np.meshgrid(gx, gy)), method="linear")
+    except (QhullError, ValueError):  # degenerate (e.g. collinear) point sets
+        return None
+    return 10**gx, gy, z
+
+
+def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), metric: str = "val_accuracy"):
+    """The cosine trials on learning_rate x warmup_ratio, coloured by value; shaded only inside
+    the region they span, and only from :data:`MIN_CONTOUR_SHADING` trials on."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    grid = contour_grid(contour)
+    low, high = min(contour.values), max(contour.values)
+    if grid is not None:
+        gx, gy, z = grid
+        fig.add_trace(go.Contour(
+            x=gx, y=gy, z=z, colorscale="Blues", zmin=low, zmax=high, showscale=False,
+            connectgaps=False, contours={"coloring": "heatmap"}, line={"width": 0.5},
+            hoverinfo="skip", opacity=0.8,
+        ))
+    fig.add_trace(go.Scatter(
+        x=contour.learning_rate, y=contour.warmup_ratio, mode="markers",
+        marker={"color": contour.values, "colorscale": "Blues", "cmin": low, "cmax": high, "size": 10,
+                "line": {"color": "#333", "width": 1}, "colorbar": {"title": {"text": metric}}},
+        customdata=contour.numbers,
+        hovertemplate="trial %{customdata}<br>learning_rate %{x:.3g}<br>warmup_ratio %{y:.3f}"
+        f"<br>{metric} %{{marker.color:.4f}}<extra></extra>",
+    ))
+    fig.update_xaxes(type="log", title="learning_rate")
+    fig.update_yaxes(title="warmup_ratio")
+    title = "Cosine trials: learning_rate x warmup_ratio"
+    if grid is None:
+        title += f" (shading from {MIN_CONTOUR_SHADING} trials on)"
+    fig = _layout(fig, title=title, height=460, showlegend=False)
+    # The title sits just above the plot area, below plotly's toolbar (top right), not under it.
+    fig.update_layout(title={"y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8},
+                             "font": {"size": 14}}, margin={"t": 80})
+    return fig
 
 
 def plot_stability(rows: Sequence[StabilityRow], *, metric: str = "val_accuracy"):
@@ -883,7 +964,7 @@ def _summary_html(s: Summary) -> str:
     return out
 
 
-def _stability_html(rows: Sequence[StabilityRow]) -> str:
+def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
     head = ("<tr><th>trial</th><th>configuration</th><th>value</th>"
             f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th>"
             "<th>test accuracy across seeds</th></tr>")
@@ -896,7 +977,7 @@ def _stability_html(rows: Sequence[StabilityRow]) -> str:
     )
     hint = ""
     if rows and all(len(r.runs) == 1 for r in rows):
-        hint = ("<p class=muted>No repeats yet: <code>deepsc-tune repeat NAME --top 3 --seeds 3</code> "
+        hint = (f"<p class=muted>No repeats yet: <code>deepsc-tune repeat {_e(name)} --top 3 --seeds 3</code> "
                 "re-runs the best configurations with other seeds.</p>")
     return f"<table>{head}{body}</table>{hint}"
 
@@ -929,7 +1010,8 @@ def render_report(data: ReportData) -> str:
              page.figure(plot_history(data.history, metric=s.metric), "fig-history"),
              "<h2>4. What mattered</h2><div class=grid>"]
     if data.importances.values:
-        parts.append(page.figure(plot_importances(data.importances), "fig-importances"))
+        why = "".join(f"<p class=muted>{_e(line)}</p>" for line in data.importances.explanations)
+        parts.append(f"<div>{page.figure(plot_importances(data.importances), 'fig-importances')}{why}</div>")
     else:
         parts.append(f"<div class=note>{_e(data.importances.note)}</div>")
     if data.contour.note is None:
@@ -939,7 +1021,7 @@ def render_report(data: ReportData) -> str:
     parts += ["</div>", "<h2>5. Summary</h2>", _summary_html(s), "<h2>6. Stability</h2>"]
     if data.stability:
         parts += [page.figure(plot_stability(data.stability, metric=s.metric), "fig-stability"),
-                  _stability_html(data.stability)]
+                  _stability_html(data.stability, name=s.study_name)]
     else:
         parts.append("<div class=note>no complete trial yet</div>")
     return _html_page(f"{s.study_name}: deepsc-tune report", "\n".join(parts))

@@ -11,10 +11,12 @@ fixes a file in one pass (like pydantic's error lists).
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import inspect
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -347,6 +349,55 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
+_UNKNOWN_KEY = re.compile(r"^(?P<path>[\w.-]+): unknown key; expected one of (?P<choices>.+)$")
+_UNKNOWN_KEYS = re.compile(r"^(?P<path>[\w.-]+): unknown key\(s\) (?P<keys>.+?); expected some of: (?P<choices>.+)$")
+
+
+def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
+    """``{full key path: override item}``, bare keys meaning ``finetune.``, as applied."""
+    paths = {}
+    for item in overrides:
+        parts = item.partition("=")[0].strip().split(".")
+        if parts[0] not in TOP_KEYS:
+            parts = ["finetune", *parts]
+        paths[".".join(parts)] = item
+    return paths
+
+
+def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}" if close else ""
+
+
+def _explain_problems(problems: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], int]:
+    """Add a did-you-mean to unknown keys and say which problems came from the command line.
+
+    Returns the problems and how many of them an override caused.
+    """
+    cli = _override_paths(overrides)
+    out, from_cli = [], 0
+    for problem in problems:
+        path = problem.split(":", 1)[0]
+        where = ""
+        if item := cli.get(path):
+            where = f" (from the command line: {item})"
+        if m := _UNKNOWN_KEY.match(problem):
+            hint = _did_you_mean(path.rsplit(".", 1)[-1], [c.strip() for c in m["choices"].split(",")])
+            where = where and f" from the command line ({item})"
+            problem = f"{path}: unknown key{where}{hint}; expected one of {m['choices']}"
+        elif m := _UNKNOWN_KEYS.match(problem):
+            keys = [k.strip().strip("'") for k in m["keys"].split(",")]
+            if item := cli.get(f"{m['path']}.{keys[0]}"):
+                where = f" from the command line ({item})"
+            hint = _did_you_mean(keys[0], [c.strip() for c in m["choices"].split(",")])
+            problem = f"{m['path']}: unknown key(s) {m['keys']}{where}{hint}; expected some of: {m['choices']}"
+        else:
+            problem += where
+        from_cli += bool(where)
+        out.append(problem)
+    return out, from_cli
+
+
 def build_search_space(
     raw: Mapping[str, Any],
     *,
@@ -400,8 +451,13 @@ def build_search_space(
     study_cfg = _check_study(study, params, problems)
 
     if problems:
+        problems, from_cli = _explain_problems(problems, overrides)
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
+        if from_cli == len(problems):
+            source = f"command-line override(s) for {source}"
+        elif from_cli:
+            source = f"{source} with command-line overrides"
         raise ConfigError(f"{source}: {len(problems)} {noun}:\n{lines}")
 
     return SearchSpace(
@@ -451,7 +507,7 @@ def _check_finetune(
 ) -> tuple[dict[str, Any], set[str] | None, dict[str, type]]:
     """Validate fixed settings; return them, the keys a backend knows and their types."""
     if backend == "builtin":
-        from deepsc_tune.train import TRAIN_KEYS, TrainSettings
+        from deepsc_tune.train_settings import TRAIN_KEYS, TrainSettings
 
         fixed = {k: v for k, v in finetune.items() if k != "backend"}
         try:
@@ -650,7 +706,7 @@ def _order_by_conditions(params: dict[str, ParamSpec], problems: list[str]) -> d
 
 def _check_extremes(fixed: dict, params: dict[str, ParamSpec], problems: list[str]) -> None:
     """Check that the ends of every range are settings the built-in fine-tuner accepts."""
-    from deepsc_tune.train import TrainSettings
+    from deepsc_tune.train_settings import TrainSettings
 
     seen: set[str] = set()
     for spec in params.values():
