@@ -140,9 +140,9 @@ def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: 
         settings, _ = CommandSettings.from_dict(space.config.get("finetune") or {}, source="finetune")
         gpu = (defaults or {}).get("cuda_visible_devices")
         return CommandFinetuner(settings, cuda_visible_devices=gpu), None
+    data = _prepare(space, results_dir, echo=echo)  # a missing file is reported before torch loads
     from deepsc_tune.builtin import BuiltinFinetuner
 
-    data = _prepare(space, results_dir, echo=echo)
     defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
     return BuiltinFinetuner(data, log=log, defaults=defaults), data.fingerprint
 
@@ -185,6 +185,12 @@ def run(
                      show_default=False),
     ] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", help="Time budget in seconds (default: study.timeout): no trial "
+                     "starts after it; the running one finishes. Run again to go on.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Run (or resume) the hyperparameter search for NAME.
 
@@ -209,6 +215,7 @@ def run(
         if len(plans) == 1 and not gpu_list:
             plans = []  # one worker without a GPU to pin: this process is the worker
         space = load_search_space(name, overrides or [])
+        budget = _time_budget(timeout, space.timeout)
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
@@ -217,7 +224,8 @@ def run(
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
         study = open_study(space, storage=open_storage(url), study_name=study_name,
-                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
+                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id),
+                           record_dir=results_dir / space.name)
         if not child:
             _echo(
                 f"{prefix}study '{study_name}' in {_short_url(url)}: {len(study.trials)} trials so far, "
@@ -225,8 +233,9 @@ def run(
             )
         if plans:
             _run_workers(plans, name=name, overrides=overrides or [], results_dir=results_dir,
-                         url=url, study_name=study_name, device=device, verbose=verbose)
-            summary = _summarise(study, space)
+                         url=url, study_name=study_name, device=device, verbose=verbose,
+                         timeout=budget.seconds)
+            summary = _summarise(study, space, budget=budget)
         else:
             if child:
                 watch_parent(parent_pid)
@@ -235,7 +244,8 @@ def run(
             try:
                 with sigterm_as_interrupt():
                     summary = run_study(space, finetuner, study=study, progress=progress,
-                                        trials_dir=results_dir / space.name / "trials")
+                                        trials_dir=results_dir / space.name / "trials",
+                                        stop=budget.spent)
             except KeyboardInterrupt:
                 if not child:  # the parent says it once for all its workers
                     typer.secho(
@@ -249,6 +259,9 @@ def run(
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
+        if summary.finished < summary.target and budget.spent():
+            _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; "
+                  "run the same command to go on")
         _print_best(study, space.backend, fmt="yaml")
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
 
@@ -269,7 +282,28 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
     )
 
 
-def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
+class _Budget:
+    """The time budget of one `run` (``--timeout`` or ``study.timeout``), from its start."""
+
+    def __init__(self, seconds: float | None) -> None:
+        import time
+
+        self.seconds = seconds
+        self._clock = time.monotonic
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def spent(self) -> bool:
+        return self._end is not None and self._clock() >= self._end
+
+
+def _time_budget(option: float | None, configured: float | None) -> _Budget:
+    if option is not None and not option > 0:
+        raise ConfigError(f"--timeout: expected seconds > 0, got {option:g}")
+    return _Budget(option if option is not None else configured)
+
+
+def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose,
+                 timeout=None) -> None:
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
     from deepsc_tune.workers import run_workers
 
@@ -281,6 +315,8 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
         base += ["--device", device]
     if verbose:
         base.append("--verbose")
+    if timeout is not None:
+        base += ["--timeout", f"{timeout:g}"]
 
     def command(plan) -> list[str]:
         return [*base, "--worker-id", plan.worker_id, "--threads", str(plan.threads),
@@ -299,14 +335,15 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _summarise(study, space):
-    """Counts after the workers stopped; an error when they stopped short of the target."""
+def _summarise(study, space, *, budget=None):
+    """Counts after the workers stopped; an error when they stopped short of the target
+    (unless the time budget stopped them)."""
     from deepsc_tune.study import RunSummary, count_states
     from optuna.trial import TrialState
 
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    if finished < space.n_trials:
+    if finished < space.n_trials and not (budget is not None and budget.spent()):
         raise DeepscTuneError(
             f"the workers stopped with {finished}/{space.n_trials} finished trials "
             "(see their lines above); run the same command to go on"
@@ -457,6 +494,8 @@ def status(
     results_dir: ResultsDirOpt = Path("results"),
     storage: StorageOpt = None,
     study_name: StudyNameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (for scripts and dashboards) "
+                                          "instead of the table.")] = False,
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
     from deepsc_tune.study import failure_reason, format_params
@@ -465,6 +504,9 @@ def status(
         study, _ = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study.user_attrs.get("metric", "val_accuracy")
+        if as_json:
+            _echo(_status_json(study, trials, metric))
+            return
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
             u = t.user_attrs
@@ -482,6 +524,32 @@ def status(
         for t in trials:
             counts[t.state.name] = counts.get(t.state.name, 0) + 1
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
+
+
+def _status_json(study, trials, metric: str) -> str:
+    """``status --json``: the study, its counts and every trial, as one JSON document."""
+    import json
+
+    from deepsc_tune.study import failure_reason
+
+    keys = ("test_accuracy", "test_macro_f1", "best_epoch", "epochs_run", "duration_s", "seed",
+            "enqueued", "repeat_of", "retry_of", "device")
+    rows = []
+    for t in trials:
+        u = t.user_attrs
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+            **{k: u[k] for k in keys if k in u}, "fail_reason": failure_reason(t),
+            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        })
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    doc = {"study": study.study_name, "metric": metric, "direction": "maximize",
+           "n_trials_target": study.user_attrs.get("n_trials"), "counts": counts, "trials": rows}
+    return json.dumps(doc, default=str)
 
 
 @app.command()
@@ -614,7 +682,8 @@ def repeat(
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
         url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
-        study, space = open_for_repeats(storage=url, study_name=study.study_name)
+        study, space = open_for_repeats(storage=url, study_name=study.study_name,
+                                        record_dir=results_dir / study.study_name)
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")

@@ -41,6 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.export import format_best
+from deepsc_tune.space_record import config_value
 from deepsc_tune.study import failure_reason
 
 #: Default number of best configurations shown in the stability section.
@@ -527,7 +528,7 @@ def summary_data(
         FailedTrial(t.number, (failure_reason(t) or "").strip(), retries.get(t.number))
         for t in trials if t.state == TrialState.FAIL
     ]
-    default_epochs = ((study.user_attrs.get("config") or {}).get("finetune") or {}).get("epoch")
+    default_epochs = config_value(study.user_attrs, "epoch")
     summary = Summary(
         study_name=study.study_name,
         metric=study.user_attrs.get("metric", "val_accuracy"),
@@ -611,11 +612,7 @@ class ReportData(NamedTuple):
 
 def dataset_name(study_user_attrs: Mapping[str, Any]) -> str:
     """``pbmc68k_reduced`` for ``builtin:pbmc68k_reduced``, the file's stem for a path."""
-    data = (study_user_attrs.get("config") or {}).get("data") or {}
-    train = str(data.get("train") or "")
-    if train.startswith("builtin:"):
-        return train.split(":", 1)[1]
-    return Path(train).stem if train else "-"
+    return str(config_value(study_user_attrs, "dataset") or "-")
 
 
 def build_report_data(
@@ -647,7 +644,7 @@ def build_report_data(
         contour=contour,
         stability=stability_data(trials, top=top),
         trials=trials,
-        description=str((study.user_attrs.get("config") or {}).get("description") or ""),
+        description=str(config_value(study.user_attrs, "description") or ""),
         dataset=dataset_name(study.user_attrs),
         notes=notes,
     )

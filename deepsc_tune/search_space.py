@@ -33,7 +33,7 @@ TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "stud
 #: Keys of one ``search`` entry.
 PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
 #: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures")
+STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "timeout")
 
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -63,6 +63,7 @@ DEFAULT_STUDY = {
     "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": 4},
     "enqueue": [],
     "max_failures": 3,
+    "timeout": None,  # seconds for one `deepsc-tune run`; it stops between trials
 }
 
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
@@ -157,6 +158,7 @@ class SearchSpace:
     sampler_config: dict[str, Any]
     pruner_config: dict[str, Any]
     source: str | None = None
+    timeout: float | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -167,12 +169,12 @@ class SearchSpace:
     def sha256(self) -> str:
         """Hash of what decides the study's meaning: data, finetune, search, sampler, pruner.
 
-        ``n_trials``, ``max_failures``, ``name``, ``description`` and the file's formatting may
-        change between runs of the same study without refusal.
+        ``n_trials``, ``max_failures``, ``timeout``, ``name``, ``description`` and the file's
+        formatting may change between runs of the same study without refusal.
         """
         keep = {k: self.config.get(k) for k in ("data", "finetune", "search")}
         study = dict(self.config.get("study") or {})
-        for k in ("n_trials", "max_failures"):
+        for k in ("n_trials", "max_failures", "timeout"):
             study.pop(k, None)
         keep["study"] = study
         canonical = json.dumps(keep, sort_keys=True, default=str)
@@ -476,6 +478,7 @@ def build_search_space(
         sampler_config=study_cfg["sampler"],
         pruner_config=study_cfg["pruner"],
         source=config.get("source"),
+        timeout=study_cfg["timeout"],
     )
 
 
@@ -736,6 +739,12 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
             problems.append(f"study.{key}: expected a positive integer, got {cfg[key]!r}")
         else:
             cfg[key] = value
+    if cfg["timeout"] is not None:
+        value = _number(cfg["timeout"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            problems.append(f"study.timeout: expected seconds > 0 or null, got {cfg['timeout']!r}")
+        else:
+            cfg["timeout"] = float(value)
     cfg["sampler"] = _check_component(
         "study.sampler", cfg["sampler"], SAMPLERS, optuna.samplers, problems,
         default=DEFAULT_STUDY["sampler"],

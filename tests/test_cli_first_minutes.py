@@ -50,9 +50,10 @@ def results(tmp_path_factory) -> Path:
     ["--help"], ["run", "--help"], ["list"], ["validate", "pbmc68k"],
     ["validate", "pbmc68k", "--set", "data.train=/nonexistent/x.h5ad"],
     ["status", "pbmc68k"], ["best", "pbmc68k"], ["report"],
+    ["run", "pbmc68k", "data.train=/nonexistent/x.h5ad"],  # the first missing-file error
 ])
 def test_commands_that_load_no_data_import_no_torch_or_scanpy(results, tmp_path, args):
-    if args[0] in ("status", "best"):
+    if args[0] in ("status", "best", "run"):
         args = [*args, "--results-dir", str(results)]
     if args == ["report"]:
         args = ["report", "--results-dir", str(tmp_path / "empty")]
