@@ -756,6 +756,53 @@ def predict(
         _echo(f"wrote {result.out} ({result.n_cells} cells): obs deepsc_tune_label, deepsc_tune_probability")
 
 
+@app.command(name="lr-find")
+def lr_find(
+    name: NameArg,
+    overrides: OverridesArg = None,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="First learning rate.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option("--max-lr", help="Last learning rate (if the loss has not "
+                                          "diverged before).")] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (one batch each).")] = 100,
+    device: Annotated[
+        Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)
+    ] = None,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
+
+    Raises the learning rate exponentially from --min-lr to --max-lr over --steps batches of
+    training cells, plots the training loss against it (RESULTS_DIR/NAME/lr_find.html) and
+    suggests a learning_rate range for the search space, as overrides for `deepsc-tune run`.
+    """
+    from deepsc_tune.lr_find import check_bounds, override_line, run_lr_find, write_lr_find
+    from deepsc_tune.search_space import load_search_space
+
+    _quiet_libraries()
+    with user_errors():
+        check_bounds(min_lr, max_lr, steps)
+        space = load_search_space(name, overrides or [], fixed_only=True)
+        if space.backend != "builtin":
+            raise ConfigError(f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, "
+                              f"got {space.backend!r}")
+        data = _prepare(space, results_dir)
+        from deepsc_tune.train_settings import TrainSettings
+
+        settings = TrainSettings.from_dict({**dict(space.fixed), **({"device": device} if device else {})})
+        result = run_lr_find(data, settings, min_lr=min_lr, max_lr=max_lr, steps=steps)
+        html, _ = write_lr_find(result, results_dir / space.name, name=space.name, settings=settings.to_dict())
+        _echo(f"lr-find: {len(result.learning_rates)} steps from {min_lr:g} to {result.learning_rates[-1]:.3g}"
+              + (" (stopped: the loss diverged)" if result.stopped_early else ""))
+        if result.note:
+            _echo(f"note: {result.note}")
+        if result.low is not None:
+            _echo(f"steepest descent at {result.steepest_lr:.3g}, lowest loss at {result.min_loss_lr:.3g}")
+            _echo(f"suggested learning_rate: {{low: {result.low:.3g}, high: {result.high:.3g}, log: true}}")
+            _echo(f"use it (a new study): deepsc-tune run {name} --study-name {space.name}-lr "
+                  f"{override_line(result)}")
+        _echo(f"plot: {html}")
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"deepsc-tune {__version__}")
