@@ -189,3 +189,22 @@ def write_lr_find(result: LRFindResult, folder: Path, *, name: str,
     data.write_text(json.dumps({**result.to_dict(), "override": override_line(result),
                                 "settings": dict(settings)}, indent=1) + "\n")
     return html, data
+
+
+def report_section(folder: Path) -> str:
+    """HTML for the study report: the LR range test of ``folder`` (a link and its suggestion)."""
+    import html
+    import json
+
+    try:
+        doc = json.loads((Path(folder) / "lr_find.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if doc.get("low") is not None and doc.get("high") is not None:
+        found = (f"suggested learning_rate range {doc['low']:.3g} to {doc['high']:.3g} (steepest descent at "
+                 f"{doc['steepest_lr']:.3g}, lowest loss at {doc['min_loss_lr']:.3g}); overrides: "
+                 f"<code>{html.escape(doc.get('override') or '')}</code>")
+    else:
+        found = html.escape(doc.get("note") or "no range suggested")
+    return (f"<h2>LR range test</h2><p><a href=\"lr_find.html\">loss against learning rate</a> "
+            f"(<code>deepsc-tune lr-find</code>, {len(doc.get('learning_rates') or [])} steps): {found}</p>")

@@ -1071,7 +1071,13 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     html_path = folder / "report.html"
-    _write_atomic(html_path, render_report(data))
+    page = render_report(data)
+    from deepsc_tune.lr_find import report_section
+
+    if section := report_section(folder):  # `deepsc-tune lr-find NAME` was run: link its plot
+        head, end, tail = page.rpartition("</body>")
+        page = head + section + end + tail
+    _write_atomic(html_path, page)
     csv_path = write_trials_csv(data.trials, folder / "trials.csv")
     best_path: Path | None = folder / "best.yaml"
     if data.summary.yaml_block:

@@ -49,6 +49,13 @@ def test_lr_find_on_pbmc68k_suggests_a_usable_range(tmp_path):
     space = load_search_space("pbmc68k", overrides)
     lr = space.params["learning_rate"]
     assert lr.low == pytest.approx(doc["low"], rel=1e-2) and lr.high == pytest.approx(doc["high"], rel=1e-2)
+    # the study's report links the plot and repeats the suggestion
+    run = runner.invoke(app, ["run", "pbmc68k", "--results-dir", str(tmp_path), "study.n_trials=2",
+                              "finetune.epoch=1"])
+    assert run.exit_code == 0, run.output
+    assert runner.invoke(app, ["report", "pbmc68k", "--results-dir", str(tmp_path)]).exit_code == 0
+    page = (tmp_path / "pbmc68k" / "report.html").read_text()
+    assert '<a href="lr_find.html">' in page and f"{doc['low']:.3g} to {doc['high']:.3g}" in page
 
 
 @pytest.mark.parametrize(("args", "message"), [
