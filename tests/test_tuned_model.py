@@ -249,3 +249,22 @@ def test_predict_on_the_held_out_donor_or_condition_matches_the_study(tmp_path, 
                        == annotated.obs[label_key].astype(str).to_numpy())
     assert accuracy == best.user_attrs["test_accuracy"]
     assert json.loads((results / name / "model" / CARD_FILE).read_text())["genes"] == card["genes"]
+
+
+def test_transformer_model_round_trips(tmp_path):
+    """The kept weights rebuild the gene-token transformer too (settings from model.json)."""
+    results = tmp_path / "results"
+    tiny = ["study.n_trials=2", "finetune.epoch=2", "finetune.model=transformer", "finetune.d_model=16",
+            "finetune.n_heads=2", "finetune.n_layers=1", "finetune.seq_len=32", "finetune.num_bin=11"]
+    run = cli("run", "pbmc68k", "--results-dir", results, *tiny)
+    assert run.exit_code == 0, run.output
+    assert cli("split", "pbmc68k", "--results-dir", results, *tiny).exit_code == 0
+    query = results / "pbmc68k" / "split" / "test.h5ad"
+    out = cli("predict", "pbmc68k", query, "--results-dir", results, "--device", "cpu")
+    assert out.exit_code == 0, out.output
+    card = read_card(results / "pbmc68k" / "model")
+    assert card["settings"]["model"] == "transformer"
+    annotated = anndata.read_h5ad(results / "pbmc68k" / "split" / "test.predicted.h5ad")
+    accuracy = np.mean(annotated.obs[LABEL_COLUMN].astype(str).to_numpy()
+                       == annotated.obs["bulk_labels"].astype(str).to_numpy())
+    assert accuracy == card["test_accuracy"]
