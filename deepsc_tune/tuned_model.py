@@ -189,15 +189,18 @@ def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -
     from deepsc_tune.train import TrainSettings, build_model, resolve_device
 
     folder = Path(folder)
+    run = f"deepsc-tune run {name}" if name else "deepsc-tune run NAME"
+    missing = DeepscTuneError(
+        f"no tuned model in {folder}; it is written by `{run}` with the built-in"
+        " fine-tuner (finetune.backend: builtin) when a trial completes"
+        " (DeepSC's own fine-tuner keeps its checkpoints itself)"
+    )
+    if not folder.parent.is_dir():  # nothing to lock, and nothing to create
+        raise missing
     with _locked(folder):
         card = read_card(folder)
         if card is None or not (folder / WEIGHTS_FILE).is_file():
-            run = f"deepsc-tune run {name}" if name else "deepsc-tune run NAME"
-            raise DeepscTuneError(
-                f"no tuned model in {folder}; it is written by `{run}` with the built-in"
-                " fine-tuner (finetune.backend: builtin) when a trial completes"
-                " (DeepSC's own fine-tuner keeps its checkpoints itself)"
-            )
+            raise missing
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
     settings = {k: v for k, v in card["settings"].items() if k != "init_checkpoint"}
     train_settings = TrainSettings.from_dict(settings, source=f"{folder / CARD_FILE}: settings")
@@ -239,6 +242,8 @@ def check_output(query: Path, out: Path, *, overwrite: bool) -> None:
         raise ConfigError(f"--out: {out} is the query file itself; the input is never overwritten")
     if out.exists() and not overwrite:
         raise ConfigError(f"--out: {out} exists; choose another path or pass --overwrite")
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out: folder {out.parent} does not exist; expected an existing folder")
 
 
 def predict_file(

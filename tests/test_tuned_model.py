@@ -138,6 +138,7 @@ def test_predict_counts_missing_genes(results, tmp_path):
         (["--out", "{split}/x.csv"], 2, "does not end in .h5ad"),
         (["--device", "gpu"], 2, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
         (["--results-dir", "{tmp}/empty"], 1, "no tuned model in"),
+        (["--out", "{tmp}/no/such/folder/o.h5ad"], 2, "does not exist; expected an existing folder"),
     ],
 )
 def test_predict_bad_input_is_one_line_and_changes_nothing(results, tmp_path, args, code, message):
@@ -151,6 +152,7 @@ def test_predict_bad_input_is_one_line_and_changes_nothing(results, tmp_path, ar
     files_before = {p.name: digest(p) for p in split.iterdir()}
     model_before = {p.name: digest(p) for p in (results / "pbmc68k" / "model").iterdir()}
     one_line_error(cli("predict", "pbmc68k", query, *args), code, message)
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]  # no folder or lock file made
     assert {p.name: digest(p) for p in split.iterdir()} == files_before
     assert {p.name: digest(p) for p in (results / "pbmc68k" / "model").iterdir()} == model_before
     assert [(t.number, t.state, t.value) for t in load(results, "pbmc68k").trials] == study_before
