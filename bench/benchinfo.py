@@ -33,10 +33,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def git_commit() -> str | None:
-    """The short commit of the checkout the benchmark ran from."""
+def git_commit(repo: Path = REPO) -> str | None:
+    """The short commit of the checkout the benchmark ran from (or of ``repo``)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
                              capture_output=True, text=True, check=True)
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):

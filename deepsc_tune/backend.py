@@ -63,6 +63,9 @@ class FinetuneResult:
     stopped: bool = False
     device: str = "cpu"
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The best epoch's weights (a torch ``state_dict``; built-in backend only). Kept in memory
+    #: for :mod:`deepsc_tune.tuned_model`, never stored in the study.
+    state: Any = field(default=None, repr=False)
 
     def best(self) -> EpochMetrics | None:
         """The :class:`EpochMetrics` of ``best_epoch``."""

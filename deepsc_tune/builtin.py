@@ -26,7 +26,13 @@ class BuiltinFinetuner:
         Where the banner and per-epoch lines go (``None``: silent, as inside a study).
     defaults
         Settings applied under every run's own (e.g. ``device`` or ``num_threads`` from the CLI).
+
+    ``keeper`` (a :class:`deepsc_tune.tuned_model.ModelKeeper`, set by ``run`` and ``repeat``)
+    is offered each finished run's best weights; the trial number is the name of ``run_dir``
+    (``trials/NNNNN``, as the objective names it).
     """
+
+    keeper = None
 
     def __init__(
         self,
@@ -48,7 +54,11 @@ class BuiltinFinetuner:
         run_dir: Path | None = None,
     ) -> FinetuneResult:
         settings = TrainSettings.from_dict({**self.defaults, **params})
-        return run_training(
+        result = run_training(
             self.data, settings, metric=metric, on_epoch=on_epoch,
             log=self.log or (lambda _line: None),
         )
+        if self.keeper is not None and run_dir is not None and run_dir.name.isdigit():
+            self.keeper.offer(result, settings=settings.to_dict(), trial=int(run_dir.name))
+        result.state = None  # the weights live on in the keeper's folder or nowhere
+        return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,9 +156,9 @@ def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: 
         settings, _ = CommandSettings.from_dict(space.config.get("finetune") or {}, source="finetune")
         gpu = (defaults or {}).get("cuda_visible_devices")
         return CommandFinetuner(settings, cuda_visible_devices=gpu), None
+    data = _prepare(space, results_dir, echo=echo)  # a missing file is reported before torch loads
     from deepsc_tune.builtin import BuiltinFinetuner
 
-    data = _prepare(space, results_dir, echo=echo)
     defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
     return BuiltinFinetuner(data, log=log, defaults=defaults), data.fingerprint
 
@@ -200,6 +201,12 @@ def run(
                      show_default=False),
     ] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
+    timeout: Annotated[
+        Optional[float],
+        typer.Option("--timeout", help="Time budget in seconds (default: study.timeout): no trial "
+                     "starts after it; the running one finishes. Run again to go on.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Run (or resume) the hyperparameter search for NAME.
 
@@ -229,6 +236,7 @@ def run(
         if not child:
             for note in space.notes:
                 _echo(f"{prefix}note: {note}")
+        budget = _time_budget(timeout, space.timeout)
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         opened = open_storage(url)  # a bad --storage is reported before the data are prepared
@@ -241,7 +249,8 @@ def run(
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
             data = getattr(finetuner, "data", None)
         study = open_study(space, storage=opened, study_name=study_name,
-                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id))
+                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id),
+                           record_dir=results_dir / space.name)
         _record_chance_levels(study, data)
         if not child:
             _echo(
@@ -250,16 +259,19 @@ def run(
             )
         if plans:
             _run_workers(plans, name=name, overrides=overrides or [], results_dir=results_dir,
-                         url=url, study_name=study_name, device=device, verbose=verbose)
-            summary = _summarise(study, space)
+                         url=url, study_name=study_name, device=device, verbose=verbose,
+                         timeout=budget.seconds)
+            summary = _summarise(study, space, budget=budget)
         else:
             if child:
                 watch_parent(parent_pid)
             progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
+            _keep_models(finetuner, space, study, results_dir / space.name)
             try:
                 with sigterm_as_interrupt():
                     summary = run_study(space, finetuner, study=study, progress=progress,
-                                        trials_dir=results_dir / space.name / "trials")
+                                        trials_dir=results_dir / space.name / "trials",
+                                        stop=budget.spent)
                     confirmed = run_confirmation(space, finetuner, study=study, storage=opened,
                                                  progress=progress, trials_dir=results_dir / space.name / "trials")
             except KeyboardInterrupt:
@@ -277,7 +289,10 @@ def run(
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
-        _print_best(study, space.backend, fmt="yaml")
+        if summary.finished < summary.target and budget.spent():
+            _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; "
+                  "run the same command to go on")
+        _print_best(study, space.backend, fmt="yaml", folder=results_dir / space.name)
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
 
 
@@ -303,7 +318,44 @@ def _record_chance_levels(study, data) -> None:
         study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
 
 
-def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose) -> None:
+def _keep_models(finetuner, space, study, folder: Path) -> None:
+    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py)."""
+    if space.backend != "builtin":
+        return
+    from optuna.trial import TrialState
+
+    from deepsc_tune.data import DataSettings
+    from deepsc_tune.tuned_model import MODEL_DIR, ModelKeeper
+
+    completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    finetuner.keeper = ModelKeeper(
+        folder / MODEL_DIR, study_name=study.study_name, metric=space.metric, data=finetuner.data,
+        data_settings=DataSettings.from_dict(space.data, source="data").to_dict(), completed=completed,
+    )
+
+
+class _Budget:
+    """The time budget of one `run` (``--timeout`` or ``study.timeout``), from its start."""
+
+    def __init__(self, seconds: float | None) -> None:
+        import time
+
+        self.seconds = seconds
+        self._clock = time.monotonic
+        self._end = None if seconds is None else time.monotonic() + seconds
+
+    def spent(self) -> bool:
+        return self._end is not None and self._clock() >= self._end
+
+
+def _time_budget(option: float | None, configured: float | None) -> _Budget:
+    if option is not None and not option > 0:
+        raise ConfigError(f"--timeout: expected seconds > 0, got {option:g}")
+    return _Budget(option if option is not None else configured)
+
+
+def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose,
+                 timeout=None) -> None:
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
     from deepsc_tune.workers import run_workers
 
@@ -315,6 +367,8 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
         base += ["--device", device]
     if verbose:
         base.append("--verbose")
+    if timeout is not None:
+        base += ["--timeout", f"{timeout:g}"]
 
     def command(plan) -> list[str]:
         return [*base, "--worker-id", plan.worker_id, "--threads", str(plan.threads),
@@ -333,14 +387,15 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
         raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _summarise(study, space):
-    """Counts after the workers stopped; an error when they stopped short of the target."""
+def _summarise(study, space, *, budget=None):
+    """Counts after the workers stopped; an error when they stopped short of the target
+    (unless the time budget stopped them)."""
     from deepsc_tune.study import RunSummary, count_states
     from optuna.trial import TrialState
 
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
-    if finished < space.n_trials:
+    if finished < space.n_trials and not (budget is not None and budget.spent()):
         raise DeepscTuneError(
             f"the workers stopped with {finished}/{space.n_trials} finished trials "
             "(see their lines above); run the same command to go on"
@@ -354,7 +409,9 @@ def _short_url(url: str) -> str:
     return redact(url)
 
 
-def _print_best(study, backend: str, *, fmt: str) -> None:
+def _print_best(study, backend: str, *, fmt: str, folder: Path | None = None) -> None:
+    """The chosen configuration (``folder``: the study's results folder, for a DeepSC study's
+    search space and trial records)."""
     from deepsc_tune.export import best_notes, format_best
     from deepsc_tune.selection import select
     from deepsc_tune.study import best_search_trial
@@ -370,7 +427,7 @@ def _print_best(study, backend: str, *, fmt: str) -> None:
         # Only the command on stdout, so that `$(deepsc-tune best NAME --format hydra)` runs it.
         for line in best_notes(study, trial, backend=backend, selection=selection):
             typer.echo(f"# {line}", err=True)
-    _echo(format_best(study, trial, fmt=fmt, backend=backend, selection=selection))
+    _echo(format_best(study, trial, fmt=fmt, backend=backend, selection=selection, folder=folder))
 
 
 @app.command()
@@ -474,10 +531,10 @@ def best(
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend = _load_study(name, results_dir, storage, study_name)
-        from deepsc_tune.export import format_best
         from deepsc_tune.study import best_search_trial
 
-        _echo(format_best(study, best_search_trial(study), fmt=fmt, backend=backend))
+        best_search_trial(study)  # no completed trial: the error, on stderr, exit 1
+        _print_best(study, backend, fmt=fmt, folder=Path(results_dir) / _space_name(name))
 
 
 def _space_name(name: str) -> str:
@@ -519,6 +576,8 @@ def status(
     results_dir: ResultsDirOpt = Path("results"),
     storage: StorageOpt = None,
     study_name: StudyNameOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (for scripts and dashboards) "
+                                          "instead of the table.")] = False,
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
     from deepsc_tune.chance import chance_note, chance_trials
@@ -528,6 +587,9 @@ def status(
         study, _ = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study.user_attrs.get("metric", "val_accuracy")
+        if as_json:
+            _echo(_status_json(study, trials, metric))
+            return
         at_chance = set(chance_trials(study, trials))
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
@@ -568,6 +630,32 @@ def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
         _echo(f"{c.number:>4}  {format_mean_sd(c):<26} test acc {test:<16} {format_params(c.params)}")
     if selection.leader_test is not None:
         _echo(f"trial {selection.best.number}: {selection.leader_test.reason}")
+
+
+def _status_json(study, trials, metric: str) -> str:
+    """``status --json``: the study, its counts and every trial, as one JSON document."""
+    import json
+
+    from deepsc_tune.study import failure_reason
+
+    keys = ("test_accuracy", "test_macro_f1", "best_epoch", "epochs_run", "duration_s", "seed",
+            "enqueued", "repeat_of", "retry_of", "device")
+    rows = []
+    for t in trials:
+        u = t.user_attrs
+        rows.append({
+            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+            **{k: u[k] for k in keys if k in u}, "fail_reason": failure_reason(t),
+            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+        })
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    doc = {"study": study.study_name, "metric": metric, "direction": "maximize",
+           "n_trials_target": study.user_attrs.get("n_trials"), "counts": counts, "trials": rows}
+    return json.dumps(doc, default=str)
 
 
 @app.command()
@@ -705,6 +793,11 @@ def report(
             if storage is not None or study_name is not None or out is not None:
                 raise ConfigError("--storage / --study-name / --out need a NAME "
                                   "(the index scans RESULTS_DIR/*/study.db)")
+            if not any(Path(results_dir).glob("*/study.db")):
+                raise DeepscTuneError(
+                    f"no studies under {results_dir} (no {results_dir}/NAME/study.db); start one with "
+                    "`deepsc-tune run pbmc68k` (the demo, no download) or give --results-dir"
+                )
             index = write_index(results_dir, top=top)
             for files in index.reports:
                 _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
@@ -714,7 +807,8 @@ def report(
             return
         study, backend = _load_study(name, results_dir, storage, study_name)
         try:
-            files = write_report(study, folder=out or results_dir / study.study_name, backend=backend, top=top)
+            files = write_report(study, folder=out or results_dir / study.study_name, backend=backend, top=top,
+                                 record_dir=results_dir / _space_name(name))
         except OSError as e:
             raise DeepscTuneError(f"{_os_error(e)}; give --out FOLDER to write the report elsewhere") from None
         _echo(f"report: {files.html}")
@@ -756,7 +850,8 @@ def repeat(
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
         url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
-        study, space = open_for_repeats(storage=url, study_name=study.study_name)
+        study, space = open_for_repeats(storage=url, study_name=study.study_name,
+                                        record_dir=results_dir / study.study_name)
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
@@ -764,6 +859,7 @@ def repeat(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
+        _keep_models(finetuner, space, study, results_dir / study.study_name)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
@@ -779,6 +875,102 @@ def repeat(
         _echo(f"next: deepsc-tune report {name}   (stability across seeds)")
 
 
+@app.command()
+def predict(
+    name: NameArg,
+    query: Annotated[Path, typer.Argument(help="The .h5ad file of cells to annotate (read only).",
+                                          show_default=False)],
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="The new .h5ad file. Default: QUERY.predicted.h5ad beside QUERY.",
+                     show_default=False),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """Annotate QUERY's cells with the tuned model of NAME (RESULTS_DIR/NAME/model).
+
+    The model is the best trial's best epoch, kept by `deepsc-tune run` (built-in fine-tuner).
+    QUERY is normalised as the training cells were and its genes matched by name (missing ones
+    are 0, and counted). Writes a new file with obs deepsc_tune_label and
+    deepsc_tune_probability, obsm deepsc_tune_probabilities (cells x classes, in the order of
+    uns['deepsc_tune']['classes']); QUERY itself is
+    never changed. When QUERY has the training label column, prints the accuracy on it.
+    """
+    from deepsc_tune.tuned_model import model_dir, predict_file
+
+    _quiet_libraries()
+    with user_errors():
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
+            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        folder = model_dir(results_dir, _space_name(name))
+        result = predict_file(folder, query, out=out, device=device, overwrite=overwrite,
+                              name=name)
+        card = result.card
+        _echo(f"model: trial {card['trial']} of study '{card['study']}', epoch {card['best_epoch']}, "
+              f"{card['metric']} {card['value']:.4f}" + (
+                  f", test accuracy {card['test_accuracy']:.4f}" if card.get("test_accuracy") is not None else ""))
+        for note in result.notes:
+            _echo(f"query: {note}")
+        if result.n_missing:
+            typer.secho(f"warning: {result.n_missing} of the model's {result.n_genes} genes are missing "
+                        "from the query (set to 0)", fg=typer.colors.YELLOW, err=True)
+        if result.accuracy is not None:
+            unknown = f"; {result.n_unknown} cells of classes the model does not know left out" \
+                if result.n_unknown else ""
+            _echo(f"accuracy against obs[{card['data'].get('label_key')!r}]: {result.accuracy:.4f} "
+                  f"on {result.n_scored} cells{unknown}")
+        _echo(f"wrote {result.out} ({result.n_cells} cells): obs deepsc_tune_label, deepsc_tune_probability")
+
+
+@app.command(name="lr-find")
+def lr_find(
+    name: NameArg,
+    overrides: OverridesArg = None,
+    min_lr: Annotated[float, typer.Option("--min-lr", help="First learning rate.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option("--max-lr", help="Last learning rate (if the loss has not "
+                                          "diverged before).")] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (one batch each).")] = 100,
+    device: Annotated[
+        Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)
+    ] = None,
+    results_dir: ResultsDirOpt = Path("results"),
+) -> None:
+    """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
+
+    Raises the learning rate exponentially from --min-lr to --max-lr over --steps batches of
+    training cells, plots the training loss against it (RESULTS_DIR/NAME/lr_find.html) and
+    suggests a learning_rate range for the search space, as overrides for `deepsc-tune run`.
+    """
+    from deepsc_tune.lr_find import check_bounds, override_line, run_lr_find, write_lr_find
+    from deepsc_tune.search_space import load_search_space
+
+    _quiet_libraries()
+    with user_errors():
+        check_bounds(min_lr, max_lr, steps)
+        space = load_search_space(name, overrides or [], fixed_only=True)
+        if space.backend != "builtin":
+            raise ConfigError(f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, "
+                              f"got {space.backend!r}")
+        data = _prepare(space, results_dir)
+        from deepsc_tune.train_settings import TrainSettings
+
+        settings = TrainSettings.from_dict({**dict(space.fixed), **({"device": device} if device else {})})
+        result = run_lr_find(data, settings, min_lr=min_lr, max_lr=max_lr, steps=steps)
+        html, _ = write_lr_find(result, results_dir / space.name, name=space.name, settings=settings.to_dict())
+        _echo(f"lr-find: {len(result.learning_rates)} steps from {min_lr:g} to {result.learning_rates[-1]:.3g}"
+              + (" (stopped: the loss diverged)" if result.stopped_early else ""))
+        if result.note:
+            _echo(f"note: {result.note}")
+        if result.low is not None:
+            _echo(f"steepest descent at {result.steepest_lr:.3g}, lowest loss at {result.min_loss_lr:.3g}")
+            _echo(f"suggested learning_rate: {{low: {result.low:.3g}, high: {result.high:.3g}, log: true}}")
+            _echo(f"use it (a new study): deepsc-tune run {name} --study-name {space.name}-lr "
+                  f"{override_line(result)}")
+        _echo(f"plot: {html}")
+
+
 def version_callback(value: bool) -> None:
     if value:
         typer.echo(f"deepsc-tune {__version__}")
@@ -792,6 +984,48 @@ def main(
     ] = False,
 ) -> None:
     """Hyperparameter search for DeepSC cell-type fine-tuning, built on Optuna."""
+
+
+# ----------------------------------------------------------------------------- help layout
+
+
+def _flags_without_type(params):
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: nothing to show after it
+    return params
+
+
+class _HelpGroup(typer.core.TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _HelpCommand(typer.core.TyperCommand):
+    """Help without type tags after flags (``--verbose <bool>``) and with plain usage lines.
+
+    typer marks required arguments ``{name}`` in usage lines; ``NAME`` / ``[NAME]`` is what the
+    docstrings say and what users know from other tools.
+    """
+
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = (param.metavar or param.name or "").upper()
+                name = name if param.required else f"[{name}]"
+                pieces.append(name + ("..." if param.nargs != 1 else ""))
+        return pieces
+
+
+for _info in app.registered_commands:
+    if _info.cls in (None, typer.core.TyperCommand):
+        _info.cls = _HelpCommand
+if not isinstance(app.info.cls, type):  # typer's default placeholder: nobody chose a class
+    app.info.cls = _HelpGroup
 
 
 if __name__ == "__main__":  # pragma: no cover

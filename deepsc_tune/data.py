@@ -1106,6 +1106,42 @@ def _align_genes(x, genes: pd.Index, wanted: pd.Index, *, inp: _Input) -> tuple[
     )
 
 
+@dataclass
+class QueryData:
+    """A query file's cells, preprocessed as the training cells were (:func:`prepare_query`)."""
+
+    adata: AnnData  # the file as read, to be annotated and written back
+    X: np.ndarray  # float32 cells x training genes
+    n_missing: int  # training genes absent from the query (set to 0)
+    notes: list[str]
+
+
+def prepare_query(path: Path, *, settings: DataSettings, genes: list[str]) -> QueryData:
+    """Read a query ``.h5ad`` and turn it into model input, the way test cells are.
+
+    The same functions as the test split of :func:`prepare_data`: per-cell normalisation by
+    ``settings.normalize`` (``auto`` decides on the query's own values), then the columns of
+    ``genes`` picked by name; genes the query lacks are 0.
+
+    Raises
+    ------
+    DataError
+        The file is missing or not ``.h5ad``, has NaN/inf values, or shares no gene names.
+    """
+    inp = _resolve_input(str(path), key="query", origin=None)
+    adata = _read(inp)
+    x, query_genes, note = _expression(
+        adata, np.arange(adata.n_obs), settings=settings, inp=inp
+    )
+    X, _ = _align_genes(x, query_genes, pd.Index(genes), inp=inp)
+    n_missing = int(np.count_nonzero(query_genes.get_indexer(pd.Index(genes)) < 0))
+    align = (
+        f"genes: {len(genes) - n_missing} of the model's {len(genes)} found in {inp.label} by name;"
+        f" {n_missing} missing, set to 0"
+    )
+    return QueryData(adata=adata, X=X, n_missing=n_missing, notes=[note, align])
+
+
 _ARRAYS = ("X_train", "y_train", "X_val", "y_val", "X_test", "y_test")
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -29,7 +30,10 @@ from deepsc_tune.command import (
     checkout_pythonpath,
     format_value,
 )
+from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.objective import read_trial_file, trial_dir
 from deepsc_tune.selection import Selection, pick_notes, pick_record, select
+from deepsc_tune.space_record import read_record
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = shlex.join(DEFAULT_COMMAND)
@@ -68,19 +72,34 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     return out, notes
 
 
-def deepsc_run(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None = None) -> dict[str, Any]:
     """How to run a ``command``-backend trial again: program, checkout, environment, overrides.
 
-    The overrides are the trial's own command line (``argv``, recorded when it ran, relative paths
-    already resolved) less the run-folder override (``hydra.run.dir``), so that the re-run writes
-    where DeepSC writes by default. Studies from before ``argv`` was recorded are rebuilt from
-    their stored configuration.
+    ``folder`` is the study's results folder (``RESULTS_DIR/NAME``): it holds the search space
+    (``space_record.py``) and each trial's ``trials/NNNNN/trial.json``. The overrides are the
+    trial's own command line (``argv`` in that file, relative paths already resolved) less the
+    run-folder override (``hydra.run.dir``), so that the re-run writes where DeepSC writes by
+    default. Where the file is not (a trial run on another machine) the command is rebuilt from
+    the search space and the trial's settings, the same way the backend builds it.
+
+    Raises
+    ------
+    DeepscTuneError
+        If the study's search space is not found (a shared study opened on another machine).
     """
-    finetune = dict((study.user_attrs.get("config") or {}).get("finetune") or {})
-    settings, fixed = CommandSettings.from_dict(finetune, source="finetune")
-    checkout = str(trial.user_attrs.get("checkout") or settings.cwd or ".")
-    run_dir = str(trial.user_attrs.get("run_dir") or ".")
-    argv = trial.user_attrs.get("argv")
+    record = read_record(study.user_attrs, folder)
+    if record is None:
+        where = f" in {folder}" if folder is not None else ""
+        raise DeepscTuneError(
+            f"study '{study.study_name}': its search space is not found{where}; run `best` with the "
+            "--results-dir of a machine that ran the study"
+        )
+    settings, fixed = CommandSettings.from_dict(record["config"].get("finetune") or {}, source="finetune")
+    trials_dir = Path(folder) / "trials" if folder is not None else None
+    details = read_trial_file(trials_dir, trial.number) or {}
+    run_dir = str(trial_dir(trials_dir, trial.number)) if trials_dir is not None else "."
+    checkout = str(details.get("checkout") or settings.cwd or ".")
+    argv = details.get("argv") or trial.user_attrs.get("argv")  # older studies kept it there
     if argv:
         program = list(argv[: len(settings.command)])
         args = list(argv[len(settings.command) :])
@@ -109,7 +128,7 @@ def _shell_env_value(value: str) -> str:
 
 
 def best_notes(
-    study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin", selection: Selection | None = None
+    study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin", selection: Selection | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
 
@@ -143,19 +162,19 @@ def best_notes(
 
 def format_best(
     study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin",
-    selection: Selection | None = None,
+    selection: Selection | None = None, folder: Path | None = None,
 ) -> str:
     """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
 
     ``hydra`` holds the command only (the notes are :func:`best_notes`); ``yaml`` starts with
     the notes as comments; ``json`` has them under ``notes``. ``selection`` as in
-    :func:`best_notes`.
+    :func:`best_notes`; ``folder`` (the study's results folder) as in :func:`deepsc_run`.
     """
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
     notes = best_notes(study, trial, backend=backend, selection=selection)
-    run = deepsc_run(study, trial) if backend == "command" else None
+    run = deepsc_run(study, trial, folder=folder) if backend == "command" else None
     u = trial.user_attrs
     if fmt == "json":
         return json.dumps(

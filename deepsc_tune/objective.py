@@ -6,6 +6,7 @@ never see Optuna; they call back after every epoch and stop when asked.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
@@ -85,9 +87,8 @@ def build_objective(
                     f"the fine-tuner reported no {metric} at epoch {m.epoch}; "
                     "choose study.metric=val_accuracy or report macro-F1"
                 )
-            trial.report(float(value), m.epoch)
+            trial.report(float(value), m.epoch)  # the only write per epoch: pruning needs it
             history.append(m.to_dict())
-            trial.set_user_attr("history", history)
             if on_epoch is not None:
                 on_epoch(trial.number, m)
             # Pruning after the last epoch would save nothing and hide a finished result; a
@@ -98,20 +99,24 @@ def build_objective(
                 return True
             return False
 
-        run_dir = trials_dir / f"{trial.number:05d}" if trials_dir is not None else None
+        run_dir = trial_dir(trials_dir, trial.number) if trials_dir is not None else None
         started = time.perf_counter()
         try:
             result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
         except KeyboardInterrupt:
             _record_failure(trial, "interrupted", started, history)
+            _write_trial_file(run_dir, history)
             raise
         except DeepscTuneError as e:
             _record_failure(trial, str(e), started, history)
+            _write_trial_file(run_dir, history)
             raise
         except Exception as e:  # a bug or a crash in a backend: keep the reason in the study
             _record_failure(trial, f"{type(e).__name__}: {e}", started, history)
+            _write_trial_file(run_dir, history)
             raise
         _record_result(trial, result, metric=metric, started=started)
+        _write_trial_file(run_dir, history, result.extra)
         if pruned_at:
             raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
         best = result.best()
@@ -147,5 +152,61 @@ def _record_result(
         "duration_s": round(time.perf_counter() - started, 3),
         "device": result.device,
     }
-    for key, value in {**attrs, **result.extra}.items():
+    for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+#: File in a trial's run directory: every epoch's metrics and the backend's details (schedule,
+#: step counts, precision, command line...). The study keeps the selection metric per epoch as
+#: intermediate values and the results as short attributes; the rest would make `optuna trials`
+#: unreadable and cost a database transaction per entry.
+TRIAL_FILE = "trial.json"
+
+
+def _compact(value: Any) -> Any:
+    """Floats to 4 significant digits, recursively (seconds, schedule shapes, weights)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compact(v) for v in value]
+    return value
+
+
+def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]],
+                     extra: dict[str, Any] | None = None) -> None:
+    if run_dir is None:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"history": history, **_compact(extra or {})}
+        (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
+    except OSError:
+        pass  # details only: the study has the metric per epoch and the results
+
+
+def trial_dir(trials_dir: Path, number: int) -> Path:
+    """A trial's run folder: ``TRIALS_DIR/NNNNN`` (its log, its ``trial.json``, the program's files)."""
+    return Path(trials_dir) / f"{number:05d}"
+
+
+def read_trial_file(trials_dir: Path | None, number: int) -> dict[str, Any] | None:
+    """A trial's ``trial.json`` (history and backend details), or ``None`` where it is not (a
+    study run on another machine, a deleted folder)."""
+    if trials_dir is None:
+        return None
+    try:
+        record = json.loads((trial_dir(trials_dir, number) / TRIAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def epoch_history(trial: FrozenTrial, *, metric: str = "val_accuracy") -> list[dict[str, Any]]:
+    """Per-epoch records of a trial: ``{"epoch": e, metric: value}`` from its intermediate values,
+    or the full ``history`` attribute of studies written before it moved out of the study."""
+    old = trial.user_attrs.get("history")
+    if isinstance(old, list):
+        return old
+    return [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())]

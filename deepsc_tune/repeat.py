@@ -30,6 +30,7 @@ from deepsc_tune.backend import Finetuner
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.search_space import SearchSpace, build_search_space
+from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.study import Progress, load_existing_study, open_storage
 
 #: States in which a planned repeat counts as done or under way.
@@ -144,7 +145,7 @@ class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
         return self.pruner.prune(study, trial)
 
 
-def space_from_study(study: optuna.Study) -> SearchSpace:
+def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
     Raises
@@ -152,16 +153,21 @@ def space_from_study(study: optuna.Study) -> SearchSpace:
     DeepscTuneError
         When the study holds no search space (not made by ``deepsc-tune run``).
     """
-    config = study.user_attrs.get("config")
-    if not isinstance(config, dict):
+    record = read_record(study.user_attrs, record_dir)
+    if record is None:
+        sha = study.user_attrs.get("search_space_sha256")
+        where = (f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
+                 "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
+                 if sha and record_dir is not None else "")
         raise DeepscTuneError(
-            f"study '{study.study_name}' records no search space (user attribute 'config'); "
+            f"study '{study.study_name}' records no search space{where or ' (user attribute config)'}; "
             "only studies made by `deepsc-tune run` can be repeated"
         )
-    return build_search_space(config, text=study.user_attrs.get("search_space_text") or "")
+    return build_search_space(record["config"], text=record.get("text") or "")
 
 
-def open_for_repeats(*, storage: str, study_name: str) -> tuple[optuna.Study, SearchSpace]:
+def open_for_repeats(*, storage: str, study_name: str,
+                     record_dir: Path | None = None) -> tuple[optuna.Study, SearchSpace]:
     """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
 
     Raises
@@ -172,7 +178,8 @@ def open_for_repeats(*, storage: str, study_name: str) -> tuple[optuna.Study, Se
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = open_storage(storage)
-        space = space_from_study(load_existing_study(storage=rdb, study_name=study_name))
+        space = space_from_study(load_existing_study(storage=rdb, study_name=study_name),
+                                 record_dir=record_dir or sqlite_folder(storage))
         study = optuna.load_study(
             study_name=study_name, storage=rdb,
             sampler=space.build_sampler(), pruner=RepeatsRunToTheEnd(space.build_pruner()),

@@ -44,6 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.export import format_best
 from deepsc_tune.selection import configurations, format_reported, select
+from deepsc_tune.space_record import config_value
 from deepsc_tune.study import failure_reason
 
 #: Default number of best configurations shown in the stability section.
@@ -377,6 +378,8 @@ class Importances(NamedTuple):
 
     values: dict[str, float]
     note: str | None
+    #: What a share does not say: parameters left out or never varied (conditional ones).
+    explanations: tuple[str, ...] = ()
 
 
 def _study_of(trials: Sequence[FrozenTrial]) -> optuna.Study:
@@ -411,7 +414,34 @@ def param_importances(trials: Sequence[FrozenTrial]) -> Importances:
             values = optuna.importance.get_param_importances(_study_of(complete))
     except Exception as e:  # Optuna's evaluators refuse some degenerate studies
         return Importances({}, f"importances could not be computed: {type(e).__name__}: {e}")
-    return Importances({k: float(v) for k, v in values.items()}, None)
+    return Importances({k: float(v) for k, v in values.items()}, None,
+                       _importance_explanations(values, complete, search_only(trials)))
+
+
+def _importance_explanations(values: Mapping[str, float], complete: Sequence[FrozenTrial],
+                             searched: Sequence[FrozenTrial]) -> tuple[str, ...]:
+    """What a share does not say: which trials Optuna used (only those with every parameter, so
+    a conditional parameter narrows them), and that 0.00 can mean "never varied among them"."""
+    lines = []
+    n = len(complete)
+    used = [t for t in complete if set(values) <= set(t.params)]
+    for name in sorted({p for t in complete for p in t.params} - set(values)):
+        k = sum(name in t.params for t in complete)
+        lines.append(f"{name} is left out: only {k} of the {n} complete trials have it (it is searched "
+                     "under a condition)")
+    conditional = sorted(name for name in values if any(name not in t.params for t in searched))
+    if conditional:
+        where = (f"the {len(used)} of the {n} complete trials" if len(used) < n
+                 else f"all {n} complete trials, the only ones")
+        lines.append(f"Optuna weighs only trials that have every parameter: {where} that have "
+                     f"{', '.join(conditional)} (searched under a condition)")
+    for name, share in values.items():
+        seen = {repr(t.params[name]) for t in used}
+        if len(seen) == 1:
+            lines.append(f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
+                         "means it never varied there, not that it does not matter (the learning-rate "
+                         "frontier compares its values, pruned trials included)")
+    return tuple(lines)
 
 
 class ContourData(NamedTuple):
@@ -503,16 +533,20 @@ def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
 
 
 def summary_data(
-    study: optuna.Study, trials: Sequence[FrozenTrial], *, backend: str = "builtin"
+    study: optuna.Study, trials: Sequence[FrozenTrial], *, backend: str = "builtin",
+    record_dir: Path | None = None,
 ) -> Summary:
-    """Best configuration and its metrics, trial counts, failures with reasons, epochs spent."""
+    """Best configuration and its metrics, trial counts, failures with reasons, epochs spent.
+
+    ``record_dir``: the study's results folder (a DeepSC study's export reads its search space and
+    trial records there)."""
     search = search_only(trials)
     retries = {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
     failed = [
         FailedTrial(t.number, (failure_reason(t) or "").strip(), retries.get(t.number))
         for t in trials if t.state == TrialState.FAIL
     ]
-    default_epochs = ((study.user_attrs.get("config") or {}).get("finetune") or {}).get("epoch")
+    default_epochs = config_value(study.user_attrs, "epoch")
     summary = Summary(
         study_name=study.study_name,
         metric=study.user_attrs.get("metric", "val_accuracy"),
@@ -541,8 +575,9 @@ def summary_data(
     summary.test_accuracy = u.get("test_accuracy")
     summary.test_macro_f1 = u.get("test_macro_f1")
     summary.override_line = _strip_comments(
-        format_best(study, best, fmt="hydra", backend=backend, selection=selection))
-    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection)
+        format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir))
+    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection,
+                                     folder=record_dir)
     return summary
 
 
@@ -603,19 +638,16 @@ class ReportData(NamedTuple):
 
 def dataset_name(study_user_attrs: Mapping[str, Any]) -> str:
     """``pbmc68k_reduced`` for ``builtin:pbmc68k_reduced``, the file's stem for a path."""
-    data = (study_user_attrs.get("config") or {}).get("data") or {}
-    train = str(data.get("train") or "")
-    if train.startswith("builtin:"):
-        return train.split(":", 1)[1]
-    return Path(train).stem if train else "-"
+    return str(config_value(study_user_attrs, "dataset") or "-")
 
 
 def build_report_data(
-    study: optuna.Study, *, backend: str = "builtin", top: int = TOP_CONFIGS
+    study: optuna.Study, *, backend: str = "builtin", top: int = TOP_CONFIGS, record_dir: Path | None = None
 ) -> ReportData:
-    """Read the study once and compute the data of every section."""
+    """Read the study once and compute the data of every section (``record_dir``: the study's
+    results folder, as in :func:`summary_data`)."""
     trials = list(study.get_trials(deepcopy=False))
-    summary = summary_data(study, trials, backend=backend)
+    summary = summary_data(study, trials, backend=backend, record_dir=record_dir)
     importances = param_importances(trials)
     contour = contour_data(trials)
     notes = []
@@ -643,7 +675,7 @@ def build_report_data(
         contour=contour,
         stability=stability_data(trials, top=top),
         trials=trials,
-        description=str((study.user_attrs.get("config") or {}).get("description") or ""),
+        description=str(config_value(study.user_attrs, "description") or ""),
         dataset=dataset_name(study.user_attrs),
         notes=notes,
     )
@@ -795,16 +827,68 @@ def plot_importances(importances: Importances):
     return _layout(fig, title="Parameter importances", height=120 + 60 * max(len(names), 2))
 
 
-def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial], metric: str = "val_accuracy"):
-    """Optuna's contour of learning_rate x warmup_ratio over the cosine trials in ``contour``."""
-    keep = set(contour.numbers)
-    study = _study_of([t for t in trials if t.number in keep])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig = optuna.visualization.plot_contour(
-            study, params=["learning_rate", "warmup_ratio"], target_name=metric
-        )
-    return _layout(fig, title="Cosine trials: learning_rate x warmup_ratio", height=460, showlegend=False)
+#: Below this many points the contour shows the trials only: shading interpolated from a handful
+#: of points paints the whole plane with values no trial measured.
+MIN_CONTOUR_SHADING = 8
+_CONTOUR_GRID = 60
+
+
+def contour_grid(contour: ContourData) -> tuple[Any, Any, Any] | None:
+    """Linear interpolation of the values over (log10 learning_rate, warmup_ratio), NaN outside
+    the convex hull of the trials, so only the region the trials span is shaded; ``None`` with
+    fewer than :data:`MIN_CONTOUR_SHADING` points or when they lie on a line."""
+    import numpy as np
+    from scipy.interpolate import griddata
+    from scipy.spatial import QhullError
+
+    if len(contour.values) < MIN_CONTOUR_SHADING:
+        return None
+    x = np.log10(np.asarray(contour.learning_rate))
+    y = np.asarray(contour.warmup_ratio)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    gx = np.linspace(x.min(), x.max(), _CONTOUR_GRID)
+    gy = np.linspace(y.min(), y.max(), _CONTOUR_GRID)
+    try:
+        z = griddata((x, y), np.asarray(contour.values), tuple(np.meshgrid(gx, gy)), method="linear")
+    except (QhullError, ValueError):  # degenerate (e.g. collinear) point sets
+        return None
+    return 10**gx, gy, z
+
+
+def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), metric: str = "val_accuracy"):
+    """The cosine trials on learning_rate x warmup_ratio, coloured by value; shaded only inside
+    the region they span, and only from :data:`MIN_CONTOUR_SHADING` trials on."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    grid = contour_grid(contour)
+    low, high = min(contour.values), max(contour.values)
+    if grid is not None:
+        gx, gy, z = grid
+        fig.add_trace(go.Contour(
+            x=gx, y=gy, z=z, colorscale="Blues", zmin=low, zmax=high, showscale=False,
+            connectgaps=False, contours={"coloring": "heatmap"}, line={"width": 0.5},
+            hoverinfo="skip", opacity=0.8,
+        ))
+    fig.add_trace(go.Scatter(
+        x=contour.learning_rate, y=contour.warmup_ratio, mode="markers",
+        marker={"color": contour.values, "colorscale": "Blues", "cmin": low, "cmax": high, "size": 10,
+                "line": {"color": "#333", "width": 1}, "colorbar": {"title": {"text": metric}}},
+        customdata=contour.numbers,
+        hovertemplate="trial %{customdata}<br>learning_rate %{x:.3g}<br>warmup_ratio %{y:.3f}"
+        f"<br>{metric} %{{marker.color:.4f}}<extra></extra>",
+    ))
+    fig.update_xaxes(type="log", title="learning_rate")
+    fig.update_yaxes(title="warmup_ratio")
+    title = "Cosine trials: learning_rate x warmup_ratio"
+    if grid is None:
+        title += f" (shading from {MIN_CONTOUR_SHADING} trials on)"
+    fig = _layout(fig, title=title, height=460, showlegend=False)
+    # The title sits just above the plot area, below plotly's toolbar (top right), not under it.
+    fig.update_layout(title={"y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8},
+                             "font": {"size": 14}}, margin={"t": 80})
+    return fig
 
 
 def plot_stability(rows: Sequence[StabilityRow], *, metric: str = "val_accuracy"):
@@ -924,7 +1008,7 @@ def _summary_html(s: Summary) -> str:
     return out
 
 
-def _stability_html(rows: Sequence[StabilityRow]) -> str:
+def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
     head = ("<tr><th>trial</th><th>configuration</th><th>value</th>"
             f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th>"
             "<th>test accuracy across seeds</th></tr>")
@@ -937,7 +1021,7 @@ def _stability_html(rows: Sequence[StabilityRow]) -> str:
     )
     hint = ""
     if rows and all(len(r.runs) == 1 for r in rows):
-        hint = ("<p class=muted>No repeats yet: <code>deepsc-tune repeat NAME --top 3 --seeds 3</code> "
+        hint = (f"<p class=muted>No repeats yet: <code>deepsc-tune repeat {_e(name)} --top 3 --seeds 3</code> "
                 "re-runs the best configurations with other seeds.</p>")
     return f"<table>{head}{body}</table>{hint}"
 
@@ -970,7 +1054,8 @@ def render_report(data: ReportData) -> str:
              page.figure(plot_history(data.history, metric=s.metric), "fig-history"),
              "<h2>4. What mattered</h2><div class=grid>"]
     if data.importances.values:
-        parts.append(page.figure(plot_importances(data.importances), "fig-importances"))
+        why = "".join(f"<p class=muted>{_e(line)}</p>" for line in data.importances.explanations)
+        parts.append(f"<div>{page.figure(plot_importances(data.importances), 'fig-importances')}{why}</div>")
     else:
         parts.append(f"<div class=note>{_e(data.importances.note)}</div>")
     if data.contour.note is None:
@@ -980,7 +1065,7 @@ def render_report(data: ReportData) -> str:
     parts += ["</div>", "<h2>5. Summary</h2>", _summary_html(s), "<h2>6. Stability</h2>"]
     if data.stability:
         parts += [page.figure(plot_stability(data.stability, metric=s.metric), "fig-stability"),
-                  _stability_html(data.stability)]
+                  _stability_html(data.stability, name=s.study_name)]
     else:
         parts.append("<div class=note>no complete trial yet</div>")
     return _html_page(f"{s.study_name}: deepsc-tune report", "\n".join(parts))
@@ -1022,10 +1107,13 @@ def write_trials_csv(trials: Sequence[FrozenTrial], path: Path) -> Path:
 
 
 def write_report(
-    study: optuna.Study, *, folder: Path, backend: str = "builtin", top: int = TOP_CONFIGS
+    study: optuna.Study, *, folder: Path, backend: str = "builtin", top: int = TOP_CONFIGS,
+    record_dir: Path | None = None,
 ) -> ReportFiles:
-    """Write ``report.html``, ``trials.csv`` and (once a trial completed) ``best.yaml`` to ``folder``."""
-    return write_report_files(build_report_data(study, backend=backend, top=top), folder=folder)
+    """Write ``report.html``, ``trials.csv`` and (once a trial completed) ``best.yaml`` to ``folder``
+    (``record_dir``: the study's results folder, default ``folder``)."""
+    data = build_report_data(study, backend=backend, top=top, record_dir=record_dir or folder)
+    return write_report_files(data, folder=folder)
 
 
 def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
@@ -1033,7 +1121,13 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     html_path = folder / "report.html"
-    _write_atomic(html_path, render_report(data))
+    page = render_report(data)
+    from deepsc_tune.lr_find import report_section
+
+    if section := report_section(folder):  # `deepsc-tune lr-find NAME` was run: link its plot
+        head, end, tail = page.rpartition("</body>")
+        page = head + section + end + tail
+    _write_atomic(html_path, page)
     csv_path = write_trials_csv(data.trials, folder / "trials.csv")
     best_path: Path | None = folder / "best.yaml"
     if data.summary.yaml_block:
@@ -1162,7 +1256,8 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             study = optuna.load_study(study_name=name, storage=storage)
             # the folder's own study (or its only one) reports next to study.db; others below it
             folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
-            files = write_report(study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top)
+            files = write_report(study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top,
+                                 record_dir=db.parent)
             reports.append(files)
             rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -46,11 +46,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from deepsc_tune.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where a scheduler is built: validating needs no torch
+    import torch
 
 #: Accepted values of ``lr_scheduler_type``.
 SCHEDULER_TYPES = ("constant", "cosine", "cosine_restarts")
@@ -245,6 +246,8 @@ def build_lr_scheduler(
     optimizer steps.
     """
     # A partial over a module-level function (not a lambda) keeps the scheduler picklable.
+    import torch
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=partial(_multiplier, schedule))
 
 

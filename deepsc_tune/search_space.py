@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import hashlib
 import inspect
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "stud
 #: Keys of one ``search`` entry.
 PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
 #: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm")
+STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout")
 #: Keys of ``study.confirm`` (re-run the ``top`` best configurations with ``seeds`` more seeds).
 CONFIRM_KEYS = ("top", "seeds")
 
@@ -66,6 +68,7 @@ DEFAULT_STUDY = {
     "max_failures": 3,
     # Off by default: see docs/benchmark.md ("Confirmation") for the evidence.
     "confirm": None,
+    "timeout": None,  # seconds for one `deepsc-tune run`; it stops between trials
 }
 
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
@@ -164,6 +167,7 @@ class SearchSpace:
     notes: list[str] = field(default_factory=list)
     #: ``{"top": K, "seeds": N}`` from ``study.confirm``, or ``None`` (no confirmation).
     confirm: dict[str, int] | None = None
+    timeout: float | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -174,12 +178,12 @@ class SearchSpace:
     def sha256(self) -> str:
         """Hash of what decides the study's meaning: data, finetune, search, sampler, pruner.
 
-        ``n_trials``, ``max_failures``, ``confirm``, ``name``, ``description`` and the file's
+        ``n_trials``, ``max_failures``, ``confirm``, ``timeout``, ``name``, ``description`` and the file's
         formatting may change between runs of the same study without refusal.
         """
         keep = {k: self.config.get(k) for k in ("data", "finetune", "search")}
         study = dict(self.config.get("study") or {})
-        for k in ("n_trials", "max_failures", "confirm"):
+        for k in ("n_trials", "max_failures", "confirm", "timeout"):
             study.pop(k, None)
         keep["study"] = study
         canonical = json.dumps(keep, sort_keys=True, default=str)
@@ -419,6 +423,55 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
+_UNKNOWN_KEY = re.compile(r"^(?P<path>[\w.-]+): unknown key; expected one of (?P<choices>.+)$")
+_UNKNOWN_KEYS = re.compile(r"^(?P<path>[\w.-]+): unknown key\(s\) (?P<keys>.+?); expected some of: (?P<choices>.+)$")
+
+
+def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
+    """``{full key path: override item}``, bare keys meaning ``finetune.``, as applied."""
+    paths = {}
+    for item in overrides:
+        parts = item.partition("=")[0].strip().split(".")
+        if parts[0] not in TOP_KEYS:
+            parts = ["finetune", *parts]
+        paths[".".join(parts)] = item
+    return paths
+
+
+def _did_you_mean(key: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}" if close else ""
+
+
+def _explain_problems(problems: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], int]:
+    """Add a did-you-mean to unknown keys and say which problems came from the command line.
+
+    Returns the problems and how many of them an override caused.
+    """
+    cli = _override_paths(overrides)
+    out, from_cli = [], 0
+    for problem in problems:
+        path = problem.split(":", 1)[0]
+        where = ""
+        if item := cli.get(path):
+            where = f" (from the command line: {item})"
+        if m := _UNKNOWN_KEY.match(problem):
+            hint = _did_you_mean(path.rsplit(".", 1)[-1], [c.strip() for c in m["choices"].split(",")])
+            where = where and f" from the command line ({item})"
+            problem = f"{path}: unknown key{where}{hint}; expected one of {m['choices']}"
+        elif m := _UNKNOWN_KEYS.match(problem):
+            keys = [k.strip().strip("'") for k in m["keys"].split(",")]
+            if item := cli.get(f"{m['path']}.{keys[0]}"):
+                where = f" from the command line ({item})"
+            hint = _did_you_mean(keys[0], [c.strip() for c in m["choices"].split(",")])
+            problem = f"{m['path']}: unknown key(s) {m['keys']}{where}{hint}; expected some of: {m['choices']}"
+        else:
+            problem += where
+        from_cli += bool(where)
+        out.append(problem)
+    return out, from_cli
+
+
 def build_search_space(
     raw: Mapping[str, Any],
     *,
@@ -483,8 +536,13 @@ def build_search_space(
     if len(problems) == 1:
         raise ConfigError(f"{source}: {problems[0]}")
     if problems:
+        problems, from_cli = _explain_problems(problems, overrides)
         lines = "\n".join(f"  - {p}" for p in problems)
         noun = "problem" if len(problems) == 1 else "problems"
+        if from_cli == len(problems):
+            source = f"command-line override(s) for {source}"
+        elif from_cli:
+            source = f"{source} with command-line overrides"
         raise ConfigError(f"{source}: {len(problems)} {noun}:\n{lines}")
 
     return SearchSpace(
@@ -505,6 +563,7 @@ def build_search_space(
         source=config.get("source"),
         notes=notes,
         confirm=study_cfg["confirm"],
+        timeout=study_cfg["timeout"],
     )
 
 
@@ -565,7 +624,7 @@ def _check_finetune(
 ) -> tuple[dict[str, Any], set[str] | None, dict[str, type]]:
     """Validate fixed settings; return them, the keys a backend knows and their types."""
     if backend == "builtin":
-        from deepsc_tune.train import TRAIN_KEYS, TrainSettings
+        from deepsc_tune.train_settings import TRAIN_KEYS, TrainSettings
 
         fixed = {k: v for k, v in finetune.items() if k != "backend"}
         try:
@@ -764,7 +823,7 @@ def _order_by_conditions(params: dict[str, ParamSpec], problems: list[str]) -> d
 
 def _check_extremes(fixed: dict, params: dict[str, ParamSpec], problems: list[str]) -> None:
     """Check that the ends of every range are settings the built-in fine-tuner accepts."""
-    from deepsc_tune.train import TrainSettings
+    from deepsc_tune.train_settings import TrainSettings
 
     seen: set[str] = set()
     for spec in params.values():
@@ -794,6 +853,12 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
             problems.append(f"study.{key}: expected a positive integer, got {cfg[key]!r}")
         else:
             cfg[key] = value
+    if cfg["timeout"] is not None:
+        value = _number(cfg["timeout"])
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            problems.append(f"study.timeout: expected seconds > 0 or null, got {cfg['timeout']!r}")
+        else:
+            cfg["timeout"] = float(value)
     cfg["sampler"] = _check_component(
         "study.sampler", cfg["sampler"], SAMPLERS, optuna.samplers, problems,
         default=DEFAULT_STUDY["sampler"],

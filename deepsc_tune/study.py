@@ -36,6 +36,7 @@ from deepsc_tune.objective import build_objective, process_start_time
 from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.study_file import check_study_file, sqlite_file
+from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -339,6 +340,7 @@ def open_study(
     study_name: str,
     data_fingerprint: str | None = None,
     worker: str | None = None,
+    record_dir: Path | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check it was made from the same search space.
 
@@ -352,6 +354,7 @@ def open_study(
         When the stored study was made from a different search space or data.
     """
     sampler, pruner = build_study_sampler(space, worker), space.build_pruner()
+    record_dir = record_dir or sqlite_folder(storage)
     try:
         study = optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
@@ -365,25 +368,36 @@ def open_study(
         created = False
     if created:
         _describe_new_study(study, space, data_fingerprint)
+        write_record(record_dir, space)
         return study
     # Another worker may have created it a moment ago and be writing its description.
     for _ in range(50):
         if "search_space_sha256" in study.user_attrs:
             break
         time.sleep(0.1)
-    _check_same_study(study, space, study_name, data_fingerprint)
+    _check_same_study(study, space, study_name, data_fingerprint, record_dir=record_dir)
     if study.user_attrs.get("n_trials") != space.n_trials:
         study.set_user_attr("n_trials", space.n_trials)
+    if study.metric_names is None:  # studies made before the objective had a name
+        _set_metric_name(study, space.metric)
+    write_record(record_dir, space)  # this machine's copy of the search space
     return study
+
+
+def _set_metric_name(study: optuna.Study, metric: str) -> None:
+    """Name the objective (optuna-dashboard and `optuna trials` show it instead of "value")."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
 
 
 def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprint: str | None) -> None:
     attrs = {
         "search_space_name": space.name,
         "search_space_path": str(space.path) if space.path else None,
-        "search_space_text": space.text,
+        # The text and configuration go beside the study (space_record.py): attributes stay short.
         "search_space_sha256": space.sha256,
-        "config": json.loads(json.dumps(space.config, default=str)),
+        **summary_attrs(space),
         "metric": space.metric,
         "n_trials": space.n_trials,
         "backend": space.backend,
@@ -392,6 +406,7 @@ def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprin
         "data_fingerprint": data_fingerprint,
         "created_on": socket.gethostname(),
     }
+    _set_metric_name(study, space.metric)
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     for params in space.enqueue:
@@ -399,7 +414,8 @@ def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprin
 
 
 def _check_same_study(
-    study: optuna.Study, space: SearchSpace, study_name: str, data_fingerprint: str | None
+    study: optuna.Study, space: SearchSpace, study_name: str, data_fingerprint: str | None,
+    *, record_dir: Path | None = None,
 ) -> None:
     stored = study.user_attrs
     how = (
@@ -407,7 +423,8 @@ def _check_same_study(
         "or restore the original settings"
     )
     if stored.get("search_space_sha256") not in (None, space.sha256):
-        changed = _changed_keys(stored.get("config") or {}, space.config)
+        record = read_record(stored, record_dir)
+        changed = _changed_keys(record["config"], space.config) if record else []
         what = f" (changed: {', '.join(changed[:6])})" if changed else ""
         raise ConfigError(
             f"study '{study_name}' was made from a different search space{what}; "
@@ -422,7 +439,7 @@ def _check_same_study(
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    ignore = {"study.n_trials", "study.max_failures", "name", "description", "source"}
+    ignore = {"study.n_trials", "study.max_failures", "study.timeout", "name", "description", "source"}
     out = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"

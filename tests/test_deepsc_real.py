@@ -15,6 +15,7 @@ skipped with that reason; in CI (``CI=true``) they fail instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -165,6 +166,12 @@ class ProcessWatch:
         self._thread.join()
 
 
+def trial_record(results: Path, number: int, name: str = "deepsc-tune-tiny") -> tuple[Path, dict]:
+    """A trial's folder and its ``trial.json`` (every epoch's metrics, the backend's details)."""
+    folder = results / name / "trials" / f"{number:05d}"
+    return folder, json.loads((folder / "trial.json").read_text())
+
+
 def log_epochs(log: Path) -> list[tuple[float, float, float]]:
     """(loss, accuracy, macro-F1) of every evaluation line DeepSC printed, in order."""
     return [(float(m["loss"]), float(m["acc"]), float(m["f1"])) for m in EVAL_LINE.finditer(log.read_text())]
@@ -186,19 +193,19 @@ def test_every_epoch_reaches_the_study(search, deepsc):
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3
     for t in finished:
-        log = Path(t.user_attrs["log"])
+        run_dir, record = trial_record(work / "results", t.number)
+        log = run_dir / "log.txt"
         printed = log_epochs(log)
         assert printed, f"trial {t.number}: no evaluation line in {log}"
-        # Exactly DeepSC's printed numbers, epoch by epoch, in the study and in the history.
+        # Exactly DeepSC's printed numbers, epoch by epoch, in the study and in the trial record.
         assert t.intermediate_values == {i + 1: f1 for i, (_, _, f1) in enumerate(printed)}
-        assert [(h["val_loss"], h["val_accuracy"], h["val_macro_f1"]) for h in t.user_attrs["history"]] == printed
+        assert [(h["val_loss"], h["val_accuracy"], h["val_macro_f1"]) for h in record["history"]] == printed
         if t.state == TrialState.COMPLETE:
             assert len(printed) == 2 and t.value == max(f1 for _, _, f1 in printed)
         # What DeepSC writes into its working directory stays with the trial; its hard-coded
         # checkpoint folder is named in the trial's log and record.
-        run_dir = Path(t.user_attrs["run_dir"])
         assert list(run_dir.glob("finetune_*.log")), f"DeepSC's log file is not in {run_dir}"
-        assert t.user_attrs["program_output_dir"].startswith("/")
+        assert record["program_output_dir"].startswith("/home/angli/DeepSC/results/cell_type_annotation/")
         assert "DeepSC writes this run's checkpoints" in log.read_text()
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
 
@@ -239,7 +246,8 @@ def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, d
     # DeepSC and its 8 DataLoader workers ran under this trial, and nothing of it is left.
     assert watch.most >= 9, f"expected DeepSC + 8 DataLoader workers, saw at most {watch.most}"
     assert left == set(), f"processes of the pruned trial still running: {left}"
-    assert "stopped after epoch 1: stopping the process group" in Path(trial.user_attrs["log"]).read_text()
+    run_dir, _ = trial_record(tmp_path / "results", trial.number)
+    assert "stopped after epoch 1: stopping the process group" in (run_dir / "log.txt").read_text()
 
 
 def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, deepsc_python, data):

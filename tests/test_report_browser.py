@@ -31,7 +31,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.report import build_report_data
+from deepsc_tune.report import MIN_CONTOUR_SHADING, build_report_data
 
 pytestmark = pytest.mark.browser
 
@@ -173,7 +173,8 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
     assert figures["fig-curves"]["traces"] == len(data.curves)
     assert figures["fig-history"]["points"] == 2 * len([h for h in data.history if h.value is not None])
     assert figures["fig-importances"]["bars"] == len(data.importances.values) == 3
-    assert figures["fig-contour"]["contours"] > 0
+    # shading only from MIN_CONTOUR_SHADING trials on (a handful would paint the whole plane)
+    assert (figures["fig-contour"]["contours"] > 0) == (len(data.contour.numbers) >= MIN_CONTOUR_SHADING)
     assert figures["fig-contour"]["points"] == len(data.contour.numbers) >= 3
     stability = sum(len(r.last_values) + len(r.runs) for r in data.stability)
     assert figures["fig-stability"]["points"] == stability

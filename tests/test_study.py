@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.objective import epoch_history
 from deepsc_tune.search_space import build_search_space
 from deepsc_tune.study import (
     TooManyFailures,
@@ -89,7 +90,8 @@ def test_runs_to_target_and_records_attrs(storage):
     t = best_search_trial(study)
     u = t.user_attrs
     assert u["epochs_run"] == 4 and u["best_epoch"] == 4
-    assert u["test_accuracy"] is not None and len(u["history"]) == 4
+    assert u["test_accuracy"] is not None and len(epoch_history(t)) == 4
+    assert "history" not in u  # per-epoch values live in intermediate values, written once each
     assert sorted(t.intermediate_values) == [1, 2, 3, 4]
     assert t.value == pytest.approx(u["best_val_accuracy"])
     assert u["settings"]["epoch"] == 4
@@ -113,12 +115,14 @@ def test_resume_continues_to_new_target_and_keeps_trials(storage):
     assert run_study(space5, CurveFinetuner(), study=study).ran == 0
 
 
-def test_changed_search_space_is_refused(storage):
+def test_changed_search_space_is_refused(storage, tmp_path):
     space = make_space()
-    open_study(space, storage=storage, study_name="curve")
+    open_study(space, storage=storage, study_name="curve", record_dir=tmp_path)
     changed = make_space(epoch=5)
     with pytest.raises(ConfigError, match=r"different search space \(changed: finetune.epoch\).*--study-name"):
-        open_study(changed, storage=storage, study_name="curve")
+        open_study(changed, storage=storage, study_name="curve", record_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"different search space; refusing"):  # no copy here
+        open_study(changed, storage=storage, study_name="curve", record_dir=tmp_path / "elsewhere")
     with pytest.raises(ConfigError, match="different data"):
         open_study(space, storage=storage, study_name="curve2", data_fingerprint="a")
         open_study(space, storage=storage, study_name="curve2", data_fingerprint="b")

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError
+from deepsc_tune.objective import epoch_history
 from deepsc_tune.search_space import build_search_space
 from deepsc_tune.study import (
     STALE_REASON,
@@ -204,7 +205,7 @@ def check_study(study: optuna.Study, target: int, epochs: int) -> list[optuna.tr
     assert not [t.number for t in trials if t.state == TrialState.RUNNING]
     for t in finished:
         u = t.user_attrs
-        history = u["history"]
+        history = epoch_history(t, metric="val_accuracy")
         assert len(t.intermediate_values) == u["epochs_run"] == len(history) >= 1, t.number
         assert [h["epoch"] for h in history] == sorted(t.intermediate_values) == list(range(1, len(history) + 1))
         for h in history:

@@ -1,0 +1,210 @@
+"""The LR range test of DeepSC's usage guide, as one short pass (``deepsc-tune lr-find NAME``).
+
+Their guide runs a shell loop over ``learning_rate in 1e-5 5e-5 1e-4 5e-4`` with 5 epochs each.
+Here one pass over the training cells raises the learning rate exponentially from ``min_lr`` to
+``max_lr`` (one optimizer step per batch, AdamW as in training, no schedule) and records the
+training loss of every step; it stops early once the smoothed loss exceeds
+:data:`DIVERGE_FACTOR` times its minimum (the rate is too high from there on).
+
+Suggested range (:func:`suggest_range`), on the smoothed loss against log10(lr):
+
+- ``low``: the rate where the loss falls fastest (steepest negative slope) divided by
+  :data:`LOW_DIVISOR` -- below it the model learns slowly;
+- ``high``: the rate of the lowest loss divided by :data:`HIGH_DIVISOR` -- at the minimum the
+  rate is already about to make training unstable.
+
+Only training cells are used (never validation or test). Plot data first
+(:class:`LRFindResult`), the figure second (:func:`plot_lr_find`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deepsc_tune.errors import ConfigError, FinetuneError
+
+SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
+DIVERGE_FACTOR = 4.0
+LOW_DIVISOR = 3.0
+HIGH_DIVISOR = 2.0
+MIN_STEPS = 10
+
+
+@dataclass
+class LRFindResult:
+    """Learning rate and loss of every step, and the suggested range."""
+
+    learning_rates: list[float]
+    losses: list[float]  # raw training loss of each step
+    smoothed: list[float]
+    steepest_lr: float | None
+    min_loss_lr: float | None
+    low: float | None
+    high: float | None
+    stopped_early: bool
+    note: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_bounds(min_lr: float, max_lr: float, steps: int) -> None:
+    """Raise :class:`ConfigError` for a range or step count the test cannot use."""
+    if not (min_lr > 0 and max_lr > 0):
+        raise ConfigError(f"--min-lr/--max-lr: expected positive rates, got {min_lr:g} and {max_lr:g}")
+    if not min_lr < max_lr:
+        raise ConfigError(f"--min-lr: expected less than --max-lr ({max_lr:g}), got {min_lr:g}")
+    if steps < MIN_STEPS:
+        raise ConfigError(f"--steps: expected at least {MIN_STEPS}, got {steps}")
+
+
+def suggest_range(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float | None, str | None]:
+    """``(steepest_lr, min_loss_lr, note)`` from the smoothed curve (see the module docstring)."""
+    finite = [(lr, v) for lr, v in zip(lrs, smoothed) if math.isfinite(v)]
+    if len(finite) < 3:
+        return None, None, "too few steps with a finite loss to suggest a range"
+    lr_min = min(finite, key=lambda p: p[1])[0]
+    upto = [p for p in finite if p[0] <= lr_min]
+    # Slopes over a few steps, not between neighbours: the per-step loss is noisy.
+    gap = max(1, len(finite) // 20)
+    slopes = [
+        ((b[1] - a[1]) / (math.log10(b[0]) - math.log10(a[0])), a[0])
+        for a, b in zip(upto, upto[gap:]) if b[0] > a[0]
+    ]
+    if not slopes or min(slopes)[0] >= 0:
+        return None, lr_min, "the loss never fell: raise --max-lr or check the data"
+    return min(slopes)[1], lr_min, None
+
+
+def run_lr_find(data: Any, settings: Any, *, min_lr: float = 1e-6, max_lr: float = 1.0,
+                steps: int = 100) -> LRFindResult:
+    """One pass with an exponentially rising learning rate over ``data``'s training cells.
+
+    ``settings`` is a :class:`~deepsc_tune.train_settings.TrainSettings` (model, batch size,
+    seed, device, weight decay); its learning rate and schedule are ignored.
+    """
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from deepsc_tune.train import build_model, resolve_device, seed_everything
+
+    check_bounds(min_lr, max_lr, steps)
+    device = resolve_device(settings.device)
+    seed_everything(settings.seed)
+    n_train, n_genes = data.X_train.shape
+    model = build_model(settings, n_genes=n_genes, n_classes=len(data.classes)).to(device)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=min_lr,
+                                  weight_decay=settings.weight_decay)
+    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
+    gen = torch.Generator().manual_seed(settings.seed)
+    factor = (max_lr / min_lr) ** (1 / (steps - 1))
+    lrs, losses, smoothed = [], [], []
+    avg, best, stopped = 0.0, math.inf, False
+    order = torch.randperm(n_train, generator=gen)
+    position = 0
+    for step in range(steps):
+        if position + settings.batch_size > n_train:
+            order, position = torch.randperm(n_train, generator=gen), 0
+        idx = order[position : position + settings.batch_size]
+        position += settings.batch_size
+        lr = min_lr * factor**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = F.cross_entropy(model(X[idx].to(device)), y[idx].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = float(loss.detach())
+        avg = SMOOTHING * avg + (1 - SMOOTHING) * value
+        smooth = avg / (1 - SMOOTHING ** (step + 1))
+        lrs.append(lr)
+        losses.append(value)
+        smoothed.append(smooth)
+        if not math.isfinite(value):
+            stopped = True
+            break
+        best = min(best, smooth)
+        if step >= MIN_STEPS and smooth > DIVERGE_FACTOR * best:
+            stopped = True
+            break
+    if not lrs:
+        raise FinetuneError("lr-find ran no step: no training cells")
+    steepest, lr_min, note = suggest_range(lrs, smoothed)
+    low = steepest / LOW_DIVISOR if steepest else None
+    high = lr_min / HIGH_DIVISOR if lr_min else None
+    if low is not None and high is not None and not low < high:
+        low, high, note = None, None, "the steepest descent and the minimum are too close to suggest a range"
+    return LRFindResult(lrs, losses, smoothed, steepest, lr_min, low, high, stopped, note)
+
+
+def override_line(result: LRFindResult) -> str | None:
+    """The overrides that give a study the suggested range."""
+    if result.low is None or result.high is None:
+        return None
+    # The guide's enqueued configurations (learning_rate 1e-4) may fall outside the range.
+    return (f"search.learning_rate.low={result.low:.3g} search.learning_rate.high={result.high:.3g} "
+            "'study.enqueue=[]'")
+
+
+def plot_lr_find(result: LRFindResult, *, title: str):
+    """Loss against learning rate (log x), the suggested range shaded."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=result.learning_rates, y=result.losses, mode="markers", name="loss per step",
+                             marker={"size": 4, "color": "#bbb"}))
+    fig.add_trace(go.Scatter(x=result.learning_rates, y=result.smoothed, mode="lines", name="smoothed",
+                             line={"color": "#1f77b4", "width": 2}))
+    if result.low is not None and result.high is not None:
+        fig.add_vrect(x0=result.low, x1=result.high, fillcolor="#2ca02c", opacity=0.15, line_width=0,
+                      annotation_text="suggested learning_rate", annotation_position="top left")
+    finite = [v for v in result.smoothed if math.isfinite(v)]
+    if finite:
+        fig.update_yaxes(range=[0, min(max(finite), DIVERGE_FACTOR * min(finite)) * 1.1])
+    fig.update_xaxes(type="log", title="learning_rate")
+    fig.update_yaxes(title="training loss")
+    fig.update_layout(title={"text": title, "x": 0.01, "y": 1, "yref": "paper", "yanchor": "bottom",
+                             "pad": {"b": 8}}, template="plotly_white", height=420,
+                      margin={"l": 60, "r": 20, "t": 80, "b": 50})
+    return fig
+
+
+def write_lr_find(result: LRFindResult, folder: Path, *, name: str,
+                  settings: Mapping[str, Any]) -> tuple[Path, Path]:
+    """``FOLDER/lr_find.html`` (self-contained) and ``lr_find.json``."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fig = plot_lr_find(result, title=f"{name}: LR range test ({len(result.learning_rates)} steps)")
+    html = folder / "lr_find.html"
+    html.write_text(fig.to_html(full_html=True, include_plotlyjs=True))
+    data = folder / "lr_find.json"
+    data.write_text(json.dumps({**result.to_dict(), "override": override_line(result),
+                                "settings": dict(settings)}, indent=1) + "\n")
+    return html, data
+
+
+def report_section(folder: Path) -> str:
+    """HTML for the study report: the LR range test of ``folder`` (a link and its suggestion)."""
+    import html
+    import json
+
+    try:
+        doc = json.loads((Path(folder) / "lr_find.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    if doc.get("low") is not None and doc.get("high") is not None:
+        found = (f"suggested learning_rate range {doc['low']:.3g} to {doc['high']:.3g} (steepest descent at "
+                 f"{doc['steepest_lr']:.3g}, lowest loss at {doc['min_loss_lr']:.3g}); overrides: "
+                 f"<code>{html.escape(doc.get('override') or '')}</code>")
+    else:
+        found = html.escape(doc.get("note") or "no range suggested")
+    return (f"<h2>LR range test</h2><p><a href=\"lr_find.html\">loss against learning rate</a> "
+            f"(<code>deepsc-tune lr-find</code>, {len(doc.get('learning_rates') or [])} steps): {found}</p>")
