@@ -43,6 +43,7 @@ from typing import Any
 
 from deepsc_tune.backend import METRICS, EpochCallback, EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError, FinetuneError
+from deepsc_tune.processes import KILL_WAIT_S, describe_exit, start_group, stop_group
 
 #: Keys of the ``finetune:`` block that configure this backend; every other key is a fixed
 #: DeepSC setting passed to the command as an override.
@@ -114,7 +115,6 @@ _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Excep
 
 _POLL_S = 0.1  # how often the JSON file, the timeout and the child are checked
 _EOF_WAIT_S = 2.0  # after the child exits, how long a leftover holding the pipe may linger
-_KILL_WAIT_S = 5.0  # after SIGKILL, how long to wait for the group to disappear
 _MAX_SEGMENT = 1 << 20  # a "line" without newline longer than this is parsed as is
 
 
@@ -765,7 +765,9 @@ class _ChildRun:
             self._note(f"checkout: {s.cwd or Path.cwd()} (on PYTHONPATH); working directory: {self.run_dir}")
             self.start = self.last_report = time.monotonic()
             try:
-                self.proc = subprocess.Popen(
+                # In its own process group, so that stopping it reaches DataLoader workers,
+                # DDP ranks and anything else it spawned.
+                self.proc = start_group(
                     self.argv,
                     # The trial's folder: what the program writes into "." (DeepSC's
                     # finetune_<timestamp>.log) stays with the trial, not in the checkout.
@@ -774,10 +776,6 @@ class _ChildRun:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
-                    # Its own process group, so that stopping it reaches DataLoader workers,
-                    # DDP ranks and anything else it spawned; and so a terminal's Ctrl-C
-                    # reaches us, who then stop it in order.
-                    start_new_session=True,
                 )
             except OSError as e:
                 raise FinetuneError(
@@ -797,7 +795,7 @@ class _ChildRun:
                 raise
             finally:
                 self._stop_group()
-                reader.join(timeout=_KILL_WAIT_S)
+                reader.join(timeout=KILL_WAIT_S)
             return outcome
         finally:
             with self.log_lock:
@@ -929,24 +927,14 @@ class _ChildRun:
 
     def _stop_group(self) -> None:
         """SIGTERM the child's process group, SIGKILL it after the grace period, reap the child."""
-        proc = self.proc
-        if proc is None:
+        if self.proc is None:
             return
-        pgid = proc.pid
-        if proc.poll() is not None and not _group_alive(pgid):
-            return
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            if _wait_group(proc, self.settings.grace_period):
-                return
-            self._note(f"still running {self.settings.grace_period:g}s after SIGTERM: sending SIGKILL")
-            _signal_group(pgid, signal.SIGKILL)
-            _wait_group(proc, _KILL_WAIT_S)
-        except BaseException:
-            # A second Ctrl-C during the grace period must still not leave the group running.
-            _signal_group(pgid, signal.SIGKILL)
-            proc.wait()
-            raise
+        grace = self.settings.grace_period
+        stop_group(
+            self.proc,
+            grace=grace,
+            on_kill=lambda: self._note(f"still running {grace:g}s after SIGTERM: sending SIGKILL"),
+        )
 
     # -- result
 
@@ -960,7 +948,7 @@ class _ChildRun:
             )
         if outcome == "finished":
             if rc != 0:
-                raise self._failure(_describe_exit(rc))
+                raise self._failure(_exit_cause(rc))
             if not self.history:
                 raise self._failure(
                     "finished (exit status 0) but printed no metric lines: expected DeepSC's "
@@ -1005,14 +993,12 @@ class _ChildRun:
         return FinetuneError("\n".join(lines))
 
 
-def _describe_exit(rc: int) -> str:
+def _exit_cause(rc: int) -> str:
+    """A failed run's exit for its error message: ``exit status 1``, ``killed by SIGKILL ...``."""
     if rc < 0:
-        try:
-            name = signal.Signals(-rc).name
-        except ValueError:
-            name = f"signal {-rc}"
+        # The kernel's OOM killer ends a process with SIGKILL.
         hint = " (out of memory?)" if -rc == signal.SIGKILL else ""
-        return f"killed by {name}{hint} (exit status {rc})"
+        return f"{describe_exit(rc)}{hint} (exit status {rc})"
     return f"exit status {rc}"
 
 
@@ -1025,54 +1011,6 @@ def _best_epoch(history: list[EpochMetrics], metric: str) -> int | None:
         if best is None or v > best[0]:  # ties keep the earlier epoch
             best = (v, m.epoch)
     return None if best is None else best[1]
-
-
-# ----------------------------------------------------------------------------- process groups
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies do not count)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        # No /proc (macOS): ask the kernel, which also counts zombies.
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Fields after "(comm)": state, ppid, pgrp ...; comm may itself hold spaces or ')'.
-        rest = stat[stat.rfind(b")") + 2 :].split()
-        if len(rest) >= 3 and int(rest[2]) == pgid and rest[0] not in (b"Z", b"X"):
-            return True
-    return False
-
-
-def _wait_group(proc: subprocess.Popen[bytes], seconds: float) -> bool:
-    """Reap the child and wait up to ``seconds`` for its group to be gone; ``True`` if it is."""
-    deadline = time.monotonic() + seconds
-    while True:
-        proc.poll()
-        if proc.returncode is not None and not _group_alive(proc.pid):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
 
 
 __all__ = [
