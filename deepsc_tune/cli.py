@@ -19,6 +19,7 @@ import typer
 
 from deepsc_tune import __version__
 from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.processes import EXIT_INTERRUPTED
 
 app = typer.Typer(
     name="deepsc-tune",
@@ -37,7 +38,6 @@ app = typer.Typer(
 
 EXIT_USAGE = 2  # bad search space or override
 EXIT_ERROR = 1  # anything else the user can fix
-EXIT_INTERRUPTED = 130
 
 NameArg = Annotated[
     str,

@@ -19,19 +19,11 @@ from optuna.trial import FrozenTrial
 
 from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.processes import process_start_time
 from deepsc_tune.search_space import SearchSpace
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
 EpochProgress = Callable[[int, EpochMetrics], None]
-
-
-def process_start_time(pid: int) -> str | None:
-    """Start time of process ``pid`` (Linux ``/proc``), to tell a live worker from a reused pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def worker_identity() -> dict[str, Any]:

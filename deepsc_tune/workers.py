@@ -28,9 +28,14 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from deepsc_tune.errors import ConfigError
+from deepsc_tune.processes import (
+    EXIT_INTERRUPTED,
+    describe_exit,
+    kill_group,
+    signal_group,
+    start_group,
+)
 
-#: Exit status of a worker stopped by Ctrl-C (as the CLI's).
-EXIT_INTERRUPTED = 130
 #: Thread-pool variables set in each child, so numpy/BLAS follow the torch thread budget.
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -122,20 +127,6 @@ def plan_workers(
         )
         for k in range(n)
     ]
-
-
-def describe_exit(code: int) -> str:
-    """``0`` -> ``"finished"``, ``-9`` -> ``"killed by SIGKILL"``, ``130`` -> ``"interrupted"``."""
-    if code == 0:
-        return "finished"
-    if code == EXIT_INTERRUPTED:
-        return "interrupted"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"stopped with exit code {code}"
 
 
 @dataclass
@@ -235,9 +226,9 @@ def run_workers(
             for plan in plans:
                 if stops[0]:
                     break
-                proc = subprocess.Popen(
+                proc = start_group(
                     command(plan), env=plan.env(os.environ), text=True, bufsize=1,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 )
                 procs[plan.worker_id] = proc
                 prefix = f"[{plan.worker_id}] "
@@ -257,11 +248,9 @@ def run_workers(
                              "the other workers take over its trial")
                 time.sleep(poll_seconds)
         finally:
-            # Whatever happened here, no child outlives the parent's wait.
+            # Whatever happened here, no child (nor anything it spawned) outlives the parent's wait.
             for worker_id, proc in procs.items():
-                if proc.poll() is None:
-                    proc.kill()
-                codes[worker_id] = proc.wait()
+                codes[worker_id] = kill_group(proc)
             for thread in relay.threads:
                 thread.join(timeout=5)
     return WorkersResult(
@@ -286,8 +275,13 @@ def _forward_stop(
         echo(f"stopping {len(running)} worker(s): each records its running trial as FAIL "
              "(interrupted) and re-queues it; Ctrl-C again to kill them now")
     for _, proc in running:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGKILL if hard else signal.SIGINT)
+        if hard:
+            # The whole group: the worker's DataLoader processes must not outlive it.
+            signal_group(proc.pid, signal.SIGKILL)
+        else:
+            # The worker alone: it stops its own children in order once its trial is recorded.
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
 
 
 def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:

@@ -23,12 +23,11 @@ from deepsc_tune.command import (
     METRICS_ENV,
     CommandFinetuner,
     CommandSettings,
-    _JsonLinesTail,
-    _StdoutParser,
     format_override,
     format_value,
 )
 from deepsc_tune.errors import ConfigError, FinetuneError
+from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
@@ -259,7 +258,7 @@ def test_finetuner_checks_cwd_and_program(tmp_path):
 
 
 def test_stdout_parser_pairs_headers_with_evaluation_lines():
-    parser = _StdoutParser(CommandSettings.epoch_regex, CommandSettings.metrics_regex)
+    parser = StdoutParser(CommandSettings.epoch_regex, CommandSettings.metrics_regex)
     lines = [
         "Using COSINE ANNEALING with warmup:",
         "Epoch 1 [Finetune Cell Type Annotation]: 100%|####| 2/2",  # tqdm redraw
@@ -279,7 +278,7 @@ def test_stdout_parser_pairs_headers_with_evaluation_lines():
 
 def test_json_tail_reads_complete_lines_only(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    tail = _JsonLinesTail(path)
+    tail = JsonLinesTail(path)
     assert tail.read() == ([], [])  # no file yet
     path.write_text('{"epoch": 1, "val_accuracy": 0.5}\n{"epoch": 2, "val_acc')
     found, warnings = tail.read()
