@@ -55,7 +55,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import optuna  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 from selection_eval import repeat_records, variants  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402

@@ -77,7 +77,7 @@ def time_trial(finetuner: CommandFinetuner, params: dict, run_dir: Path) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--python", default=os.environ.get(PYTHON_ENV), help="DeepSC's Python (default $%s)" % PYTHON_ENV)
+    parser.add_argument("--python", default=os.environ.get(PYTHON_ENV), help=f"DeepSC's Python (default ${PYTHON_ENV})")
     parser.add_argument("--cells", type=int, default=300, help="training cells (and a third as many for validation)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)

@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
+
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.train import TrainSettings, run_training  # noqa: E402
 

@@ -47,8 +47,8 @@ sys.path.insert(0, str(REPO))
 
 import optuna  # noqa: E402
 import torch  # noqa: E402
-
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
+
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.data import DataSettings, prepare_data  # noqa: E402
 from deepsc_tune.search_space import load_search_space  # noqa: E402

@@ -281,7 +281,7 @@ def run(
                         f"and its settings re-queued; run the same command to resume.",
                         fg=typer.colors.YELLOW, err=True,
                     )
-                raise typer.Exit(EXIT_INTERRUPTED)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
             if confirmed is not None and not child:
                 _echo(f"confirmation (study.confirm top {space.confirm['top']}, seeds "
                       f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
@@ -390,8 +390,9 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
 def _summarise(study, space, *, budget=None):
     """Counts after the workers stopped; an error when they stopped short of the target
     (unless the time budget stopped them)."""
-    from deepsc_tune.study import RunSummary, count_states
     from optuna.trial import TrialState
+
+    from deepsc_tune.study import RunSummary, count_states
 
     counts = count_states(study)
     finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
@@ -842,7 +843,12 @@ def repeat(
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
     from deepsc_tune.repeat import (
-        check_same_data, enqueue_repeats, open_for_repeats, plan_repeats, run_repeats, waiting_repeats,
+        check_same_data,
+        enqueue_repeats,
+        open_for_repeats,
+        plan_repeats,
+        run_repeats,
+        waiting_repeats,
     )
     from deepsc_tune.study import Progress
 
@@ -869,7 +875,7 @@ def repeat(
         except KeyboardInterrupt:
             typer.secho("\ninterrupted: the running repeat is recorded as FAIL (interrupted); "
                         "run the same command to finish the rest.", fg=typer.colors.YELLOW, err=True)
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         _echo(f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
               + (f" and {len(summary.search)} queued search trials" if summary.search else ""))
         _echo(f"next: deepsc-tune report {name}   (stability across seeds)")

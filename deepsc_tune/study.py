@@ -35,8 +35,8 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective, process_start_time
 from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
-from deepsc_tune.study_file import check_study_file, sqlite_file
 from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
+from deepsc_tune.study_file import check_study_file, sqlite_file
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).

@@ -220,7 +220,7 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
     assert best.stderr.startswith("# deepsc-tune best:")
     study = load(work / "results")
     trial = study.best_trial
-    for key, value in {**trial.params, "seed": 0, "epoch": 2, "model.num_layers": 2}.items():
+    for key in {**trial.params, "seed": 0, "epoch": 2, "model.num_layers": 2}:
         assert re.search(rf"(?<![\w.]){re.escape(key)}=", command), f"{key} missing from {command}"
     assert "hydra.run.dir" not in command
     rerun = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600,

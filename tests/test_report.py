@@ -478,7 +478,7 @@ def test_report_while_a_search_is_running(tmp_path):
 
     def write_trials():
         try:
-            for i in range(20):
+            for _ in range(20):
                 t = writer.ask()
                 lr = t.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
                 for epoch in (1, 2):
