@@ -533,17 +533,16 @@ def build_search_space(
         params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes,
                                report=check_deepsc)
 
-    if len(problems) == 1:
-        raise ConfigError(f"{source}: {problems[0]}")
     if problems:
         problems, from_cli = _explain_problems(problems, overrides)
-        lines = "\n".join(f"  - {p}" for p in problems)
-        noun = "problem" if len(problems) == 1 else "problems"
         if from_cli == len(problems):
             source = f"command-line override(s) for {source}"
         elif from_cli:
             source = f"{source} with command-line overrides"
-        raise ConfigError(f"{source}: {len(problems)} {noun}:\n{lines}")
+        if len(problems) == 1:  # one problem, one line
+            raise ConfigError(f"{source}: {problems[0]}")
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise ConfigError(f"{source}: {len(problems)} problems:\n{lines}")
 
     return SearchSpace(
         name=name,
