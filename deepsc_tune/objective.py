@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial
 from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.search_space import SearchSpace
-from deepsc_tune.tracking import Tracker, build_tracker
+from deepsc_tune.tracking import Tracker, TrialRun, build_tracker
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
 EpochProgress = Callable[[int, EpochMetrics], None]
@@ -81,8 +81,8 @@ def build_objective(
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("seed", settings.get("seed"))
         trial.set_user_attr("worker", worker_identity())
-        if tracker is not None:
-            tracker.start_trial(study_name=trial.study.study_name, number=trial.number, params=params)
+        tracked = (tracker.start_trial(study_name=trial.study.study_name, number=trial.number,
+                                       params=params) if tracker is not None else None)
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
         last_epoch = settings.get("epoch")
@@ -97,8 +97,8 @@ def build_objective(
                 )
             trial.report(float(value), m.epoch)  # the only write per epoch: pruning needs it
             history.append(m.to_dict())
-            if tracker is not None:
-                tracker.log_epoch(m.epoch, history[-1])
+            if tracked is not None:
+                tracked.log_epoch(m.epoch, history[-1])
             if on_epoch is not None:
                 on_epoch(trial.number, m)
             # Pruning after the last epoch would save nothing and hide a finished result; a
@@ -123,29 +123,29 @@ def build_objective(
                 reason = f"{type(e).__name__}: {e}"
             _record_failure(trial, reason, started, history)
             _write_trial_file(run_dir, history)
-            _end_tracking(tracker, "FAIL", None, reason)
+            _end_tracking(tracked, "FAIL", None, reason)
             raise
         _record_result(trial, result, metric=metric, started=started)
         _write_trial_file(run_dir, history, result.extra)
         best = result.best()
         value = best.metric(metric) if best is not None else None
         if pruned_at:
-            _end_tracking(tracker, "PRUNED", value, None, pruned_at=pruned_at[0])
+            _end_tracking(tracked, "PRUNED", value, None, pruned_at=pruned_at[0])
             raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
         if value is None:
-            _end_tracking(tracker, "FAIL", None, "the fine-tuner finished without reporting any epoch")
+            _end_tracking(tracked, "FAIL", None, "the fine-tuner finished without reporting any epoch")
             raise DeepscTuneError("the fine-tuner finished without reporting any epoch")
-        _end_tracking(tracker, "COMPLETE", float(value), None, best_epoch=result.best_epoch,
+        _end_tracking(tracked, "COMPLETE", float(value), None, best_epoch=result.best_epoch,
                       test_accuracy=result.test_accuracy, test_macro_f1=result.test_macro_f1)
         return float(value)
 
     return objective
 
 
-def _end_tracking(tracker: Tracker | None, state: str, value: float | None, reason: str | None,
+def _end_tracking(tracked: TrialRun | None, state: str, value: float | None, reason: str | None,
                   **summary: Any) -> None:
-    if tracker is not None:
-        tracker.end_trial(state=state, value=value, fail_reason=reason, summary=summary)
+    if tracked is not None:
+        tracked.end(state=state, value=value, fail_reason=reason, summary=summary)
 
 
 def _record_failure(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -55,15 +56,30 @@ WANDB_MODES = ("online", "offline", "disabled")
 DEFAULT_WANDB_PROJECT = "deepsc-tune"
 
 
-class Tracker(Protocol):
-    """What the objective calls: one run per trial."""
-
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> None: ...
+class TrialRun(Protocol):
+    """One trial's run: every epoch, then the end state once."""
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None: ...
 
-    def end_trial(self, *, state: str, value: float | None, fail_reason: str | None = None,
-                  summary: Mapping[str, Any] | None = None) -> None: ...
+    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
+            summary: Mapping[str, Any] | None = None) -> None: ...
+
+
+class Tracker(Protocol):
+    """What the objective calls at the start of a trial; a run per trial, so trials running in
+    threads of one process keep apart."""
+
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun: ...
+
+
+class _NoRun:
+    """A run that could not start (the warning is printed): nothing more is tried."""
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
+        pass
+
+    def end(self, **kwargs: Any) -> None:
+        pass
 
 
 def check_tracking(value: Any, problems: list[str]) -> dict[str, dict[str, Any]] | None:
@@ -149,23 +165,29 @@ class MlflowTracker:
         self.experiment = experiment
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._client: Any = None
-        self._run_id: str | None = None
+        self._experiments: dict[str, str] = {}
+        # Trials in threads of one process share the client; the first creates the experiment.
+        self._lock = threading.Lock()
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> None:
-        self._run_id = None
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun:
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
 
-            client = self._client = self._client or MlflowClient(tracking_uri=self.tracking_uri)
-            experiment_id = self._experiment_id(client, self.experiment or study_name)
+            name = self.experiment or study_name
+            with self._lock:
+                client = self._client = self._client or MlflowClient(tracking_uri=self.tracking_uri)
+                if name not in self._experiments:
+                    self._experiments[name] = self._experiment_id(client, name)
+                experiment_id = self._experiments[name]
             tags = {**self.tags, "optuna.study": study_name, "optuna.trial_number": str(number),
                     "state": "RUNNING"}
             run = client.create_run(experiment_id, run_name=str(number), tags=tags)
-            self._run_id = run.info.run_id
-            client.log_batch(self._run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("mlflow", "starting the trial's run", e)
+            return _NoRun()
+        return _MlflowRun(client, run.info.run_id)
 
     @staticmethod
     def _experiment_id(client: Any, name: str) -> str:
@@ -180,23 +202,25 @@ class MlflowTracker:
                 raise
             return found.experiment_id
 
+
+
+class _MlflowRun:
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        if self._run_id is None:
-            return
         try:
             from mlflow.entities import Metric
 
             stamp = _now_ms()
             values = [Metric(k, v, stamp, epoch) for k, v in _numbers(metrics).items() if k != "epoch"]
-            self._client.log_batch(self._run_id, metrics=values)
+            self.client.log_batch(self.run_id, metrics=values)
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("mlflow", f"logging epoch {epoch}", e)
 
-    def end_trial(self, *, state: str, value: float | None, fail_reason: str | None = None,
-                  summary: Mapping[str, Any] | None = None) -> None:
-        if self._run_id is None:
-            return
-        run_id, self._run_id = self._run_id, None
+    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
+            summary: Mapping[str, Any] | None = None) -> None:
+        run_id = self.run_id
         try:
             from mlflow.entities import Metric, RunTag
 
@@ -205,10 +229,10 @@ class MlflowTracker:
             tags = [RunTag("state", state)]
             if fail_reason:
                 tags.append(RunTag("fail_reason", fail_reason[:5000]))
-            self._client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in finals.items()],
-                                   tags=tags)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in finals.items()],
+                                  tags=tags)
             status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
-            self._client.set_terminated(run_id, status=status)
+            self.client.set_terminated(run_id, status=status)
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("mlflow", "ending the trial's run", e)
 
@@ -225,38 +249,39 @@ class WandbTracker:
         self.mode = mode
         self.dir = dir
         self.tags = list(tags or [])
-        self._run: Any = None
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> None:
-        self._run = None
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun:
         try:
             import wandb
 
-            self._run = wandb.init(
+            run = wandb.init(
                 project=self.project, entity=self.entity, group=self.group or study_name,
                 name=f"{study_name}-{number}", job_type="trial", config=dict(params),
                 tags=self.tags or None, mode=self.mode, dir=self.dir, reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True),
             )
-            self._run.summary["optuna_study"] = study_name
-            self._run.summary["optuna_trial_number"] = number
+            run.summary["optuna_study"] = study_name
+            run.summary["optuna_trial_number"] = number
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("wandb", "starting the trial's run", e)
+            return _NoRun()
+        return _WandbRun(run)
+
+
+class _WandbRun:
+    def __init__(self, run: Any) -> None:
+        self.run = run
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        if self._run is None:
-            return
         try:
             values = {k: v for k, v in _numbers(metrics).items() if k != "epoch"}
-            self._run.log({**values, "epoch": epoch}, step=epoch)
+            self.run.log({**values, "epoch": epoch}, step=epoch)
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("wandb", f"logging epoch {epoch}", e)
 
-    def end_trial(self, *, state: str, value: float | None, fail_reason: str | None = None,
-                  summary: Mapping[str, Any] | None = None) -> None:
-        if self._run is None:
-            return
-        run, self._run = self._run, None
+    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
+            summary: Mapping[str, Any] | None = None) -> None:
+        run = self.run
         try:
             finals: dict[str, Any] = {**_numbers(summary or {}), "state": state, "value": value}
             if fail_reason:
@@ -273,17 +298,21 @@ class _Trackers:
     def __init__(self, trackers: list[Tracker]) -> None:
         self.trackers = trackers
 
-    def start_trial(self, **kwargs: Any) -> None:
-        for t in self.trackers:
-            t.start_trial(**kwargs)
+    def start_trial(self, **kwargs: Any) -> TrialRun:
+        return _Runs([t.start_trial(**kwargs) for t in self.trackers])
+
+
+class _Runs:
+    def __init__(self, runs: list[TrialRun]) -> None:
+        self.runs = runs
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None:
-        for t in self.trackers:
-            t.log_epoch(epoch, metrics)
+        for r in self.runs:
+            r.log_epoch(epoch, metrics)
 
-    def end_trial(self, **kwargs: Any) -> None:
-        for t in self.trackers:
-            t.end_trial(**kwargs)
+    def end(self, **kwargs: Any) -> None:
+        for r in self.runs:
+            r.end(**kwargs)
 
 
 def _now_ms() -> int:

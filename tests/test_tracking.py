@@ -206,6 +206,33 @@ def test_failed_trial_is_logged_with_its_reason(offline):
     assert runs[1].data.metrics["value"] == pytest.approx(study.trials[1].value)
 
 
+class ByRate:
+    """Curves that identify the trial: val_accuracy = learning rate x epoch."""
+
+    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
+        history = [EpochMetrics(epoch=e, val_accuracy=params["learning_rate"] * e) for e in (1, 2, 3)]
+        for m in history:
+            on_epoch(m)
+        return FinetuneResult(history, best_epoch=3)
+
+
+def test_trials_in_threads_keep_their_own_runs(offline):
+    uri = f"file:{offline / 'mlruns'}"
+    space = build_search_space({**SPACE, "finetune": {"epoch": 3},
+                                "study": {"tracking": {"mlflow": {"tracking_uri": uri}}}})
+    study = optuna.create_study(study_name="threads", direction="maximize")
+    study.optimize(build_objective(space, ByRate()), n_trials=6, n_jobs=3)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("threads")
+    runs = {int(r.info.run_name): r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == list(range(6))
+    for trial in study.trials:
+        run = runs[trial.number]
+        history = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+        assert history == pytest.approx(trial.intermediate_values)
+        assert float(run.data.params["learning_rate"]) == pytest.approx(trial.params["learning_rate"])
+
+
 def test_tracker_failure_never_fails_the_trial(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     blocked = tmp_path / "file"
