@@ -81,8 +81,11 @@ def build_objective(
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("seed", settings.get("seed"))
         trial.set_user_attr("worker", worker_identity())
-        tracked = (tracker.start_trial(study_name=trial.study.study_name, number=trial.number,
-                                       params=params) if tracker is not None else None)
+        attrs = {"seed": settings.get("seed"), "repeat_of": trial.user_attrs.get("repeat_of")}
+        tracked = (tracker.start_trial(
+            study_name=trial.study.study_name, number=trial.number, params=params,
+            attrs={k: v for k, v in attrs.items() if v is not None},
+        ) if tracker is not None else None)
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
         last_epoch = settings.get("epoch")

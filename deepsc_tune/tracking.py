@@ -69,7 +69,11 @@ class Tracker(Protocol):
     """What the objective calls at the start of a trial; a run per trial, so trials running in
     threads of one process keep apart."""
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun: ...
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
+                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
+        """``params``: the trial's searched values; ``attrs``: what else tells the run apart
+        (the seed, ``repeat_of``), tags in MLflow and ``config`` entries in W&B."""
+        ...
 
 
 class _NoRun:
@@ -169,7 +173,8 @@ class MlflowTracker:
         # Trials in threads of one process share the client; the first creates the experiment.
         self._lock = threading.Lock()
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun:
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
+                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
@@ -181,7 +186,7 @@ class MlflowTracker:
                     self._experiments[name] = self._experiment_id(client, name)
                 experiment_id = self._experiments[name]
             tags = {**self.tags, "optuna.study": study_name, "optuna.trial_number": str(number),
-                    "state": "RUNNING"}
+                    "state": "RUNNING", **{k: str(v) for k, v in (attrs or {}).items()}}
             run = client.create_run(experiment_id, run_name=str(number), tags=tags)
             client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
@@ -250,13 +255,14 @@ class WandbTracker:
         self.dir = dir
         self.tags = list(tags or [])
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any]) -> TrialRun:
+    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
+                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
         try:
             import wandb
 
             run = wandb.init(
                 project=self.project, entity=self.entity, group=self.group or study_name,
-                name=f"{study_name}-{number}", job_type="trial", config=dict(params),
+                name=f"{study_name}-{number}", job_type="trial", config={**(attrs or {}), **params},
                 tags=self.tags or None, mode=self.mode, dir=self.dir, reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True),
             )

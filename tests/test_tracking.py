@@ -146,18 +146,33 @@ def test_real_run_logs_one_run_per_trial_to_mlflow_and_wandb(offline):
         assert history == trial.intermediate_values
         assert run.data.tags["state"] == trial.state.name
         assert run.data.tags["optuna.study"] == "pbmc68k"
+        assert run.data.tags["seed"] == "0"  # pbmc68k.yaml
         assert run.data.metrics["value"] == pytest.approx(max(trial.intermediate_values.values()))
         assert run.info.status == ("KILLED" if trial.state == TrialState.PRUNED else "FINISHED")
     assert runs[0].data.metrics["test_accuracy"] == pytest.approx(trials[0].user_attrs["test_accuracy"])
     assert runs[1].data.metrics["pruned_at"] == 1
 
+    # a repeat of the best configuration is one more run, told apart by its seed and repeat_of
+    again = runner.invoke(app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "1",
+                                "--results-dir", str(results)])
+    assert again.exit_code == 0, again.output
+    repeat = next(t for t in study.get_trials() if "repeat_of" in t.user_attrs)
+    run = next(r for r in client.search_runs([experiment.experiment_id])
+               if r.info.run_name == str(repeat.number))
+    assert run.data.tags["repeat_of"] == str(repeat.user_attrs["repeat_of"])
+    assert run.data.tags["seed"] == str(repeat.user_attrs["seed"]) != "0"
+    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")} \
+        == repeat.intermediate_values
+
     # W&B offline: one run per trial, grouped by the study
     wb = {r["name"]: r for r in _wandb_runs(offline / "wandb")}
-    assert sorted(wb) == ["pbmc68k-0", "pbmc68k-1", "pbmc68k-2"]
+    assert sorted(wb) == [f"pbmc68k-{n}" for n in range(4)]  # 3 searched, 1 repeat
+    assert wb[f"pbmc68k-{repeat.number}"]["config"]["repeat_of"] == repeat.user_attrs["repeat_of"]
     for n, trial in trials.items():
         run = wb[f"pbmc68k-{n}"]
         assert run["group"] == "pbmc68k"
         assert {k: run["config"][k] for k in trial.params} == trial.params
+        assert run["config"]["seed"] == 0
         assert {s: row["val_accuracy"] for s, row in run["history"].items()} == trial.intermediate_values
         assert run["summary"]["state"] == trial.state.name
         assert run["summary"]["value"] == pytest.approx(max(trial.intermediate_values.values()))
