@@ -14,8 +14,10 @@ callbacks, called once a trial has ended, and log the final value, parameters an
 only, so the per-epoch curve (the point of watching a fine-tuning search) would be lost. Their
 ``track_in_mlflow`` / ``track_in_wandb`` decorators do open the trial's run around the objective,
 but the MLflow one records the run id through ``trial._trial_id`` in the study storage (one more
-write per trial, a private attribute), both hold a lock for the whole trial, and they would have
-to be wired into every ``study.optimize`` loop (run, repeat, confirm) next to the objective. So
+write per trial, a private attribute) and holds its lock for the whole trial; the W&B one uses the
+process's global ``wandb.run`` and its callback then logs at ``step=trial.number``, behind the
+epochs' steps, which W&B drops. Both would have to be wired into every ``study.optimize`` loop
+(run, repeat, confirm) next to the objective. So
 the objective, which already sees every epoch, the final state and the fail reason, calls a
 :class:`Tracker` here, which logs through the libraries' own clients: ``mlflow.MlflowClient``
 (no global active run to disturb) and ``wandb.init(reinit="create_new")``.
