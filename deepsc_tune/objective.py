@@ -21,6 +21,7 @@ from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.processes import process_start_time
 from deepsc_tune.search_space import SearchSpace
+from deepsc_tune.tracking import Tracker, TrialRun, build_tracker
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
 EpochProgress = Callable[[int, EpochMetrics], None]
@@ -38,6 +39,7 @@ def build_objective(
     *,
     trials_dir: Path | None = None,
     on_epoch: EpochProgress | None = None,
+    tracker: Tracker | None = None,
 ) -> Callable[[optuna.trial.Trial], float]:
     """Build the function Optuna optimises.
 
@@ -51,11 +53,15 @@ def build_objective(
         Folder for per-trial run directories (``NNNNN/``), used by the subprocess backend.
     on_epoch
         Progress hook, called after each epoch has been reported.
+    tracker
+        Experiment tracker (:mod:`~deepsc_tune.tracking`): one run per trial, every epoch, the
+        end state. Default: the one ``study.tracking`` asks for, if any.
 
     The returned value is the best validation metric over the epochs run. Test metrics are
     stored as user attributes and never returned.
     """
     metric = space.metric
+    tracker = tracker if tracker is not None else build_tracker(space.tracking)
 
     def objective(trial: optuna.trial.Trial) -> float:
         params = space.suggest(trial)
@@ -67,6 +73,11 @@ def build_objective(
         trial.set_user_attr("settings", settings)
         trial.set_user_attr("seed", settings.get("seed"))
         trial.set_user_attr("worker", worker_identity())
+        attrs = {"seed": settings.get("seed"), "repeat_of": trial.user_attrs.get("repeat_of")}
+        tracked = (tracker.start_trial(
+            study_name=trial.study.study_name, number=trial.number, params=params,
+            attrs={k: v for k, v in attrs.items() if v is not None},
+        ) if tracker is not None else None)
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
         last_epoch = settings.get("epoch")
@@ -81,6 +92,8 @@ def build_objective(
                 )
             trial.report(float(value), m.epoch)  # the only write per epoch: pruning needs it
             history.append(m.to_dict())
+            if tracked is not None:
+                tracked.log_epoch(m.epoch, history[-1])
             if on_epoch is not None:
                 on_epoch(trial.number, m)
             # Pruning after the last epoch would save nothing and hide a finished result; a
@@ -95,28 +108,39 @@ def build_objective(
         started = time.perf_counter()
         try:
             result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
-        except KeyboardInterrupt:
-            _record_failure(trial, "interrupted", started, history)
+        except (KeyboardInterrupt, Exception) as e:
+            # KeyboardInterrupt, a DeepscTuneError, or a bug or crash in a backend: keep the reason
+            if isinstance(e, KeyboardInterrupt):
+                reason = "interrupted"
+            elif isinstance(e, DeepscTuneError):
+                reason = str(e)
+            else:
+                reason = f"{type(e).__name__}: {e}"
+            _record_failure(trial, reason, started, history)
             _write_trial_file(run_dir, history)
-            raise
-        except DeepscTuneError as e:
-            _record_failure(trial, str(e), started, history)
-            _write_trial_file(run_dir, history)
-            raise
-        except Exception as e:  # a bug or a crash in a backend: keep the reason in the study
-            _record_failure(trial, f"{type(e).__name__}: {e}", started, history)
-            _write_trial_file(run_dir, history)
+            _end_tracking(tracked, "FAIL", None, reason)
             raise
         _record_result(trial, result, metric=metric, started=started)
         _write_trial_file(run_dir, history, result.extra)
-        if pruned_at:
-            raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
         best = result.best()
-        if best is None or best.metric(metric) is None:
+        value = best.metric(metric) if best is not None else None
+        if pruned_at:
+            _end_tracking(tracked, "PRUNED", value, None, pruned_at=pruned_at[0])
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
+        if value is None:
+            _end_tracking(tracked, "FAIL", None, "the fine-tuner finished without reporting any epoch")
             raise DeepscTuneError("the fine-tuner finished without reporting any epoch")
-        return float(best.metric(metric))
+        _end_tracking(tracked, "COMPLETE", float(value), None, best_epoch=result.best_epoch,
+                      test_accuracy=result.test_accuracy, test_macro_f1=result.test_macro_f1)
+        return float(value)
 
     return objective
+
+
+def _end_tracking(tracked: TrialRun | None, state: str, value: float | None, reason: str | None,
+                  **summary: Any) -> None:
+    if tracked is not None:
+        tracked.end(state=state, value=value, fail_reason=reason, summary=summary)
 
 
 def _record_failure(

@@ -28,13 +28,15 @@ import yaml
 
 from deepsc_tune.backend import METRICS
 from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.tracking import check_tracking
 
 #: Top-level keys of a search-space file.
 TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")
 #: Keys of one ``search`` entry.
 PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
 #: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout")
+STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout",
+              "tracking")
 #: Keys of ``study.confirm`` (re-run the ``top`` best configurations with ``seeds`` more seeds).
 CONFIRM_KEYS = ("top", "seeds")
 
@@ -69,6 +71,7 @@ DEFAULT_STUDY = {
     # Off by default: see docs/benchmark.md ("Confirmation") for the evidence.
     "confirm": None,
     "timeout": None,  # seconds for one `deepsc-tune run`; it stops between trials
+    "tracking": None,  # {mlflow: {...}} and/or {wandb: {...}}: one run per trial (tracking.py)
 }
 
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
@@ -168,6 +171,8 @@ class SearchSpace:
     #: ``{"top": K, "seeds": N}`` from ``study.confirm``, or ``None`` (no confirmation).
     confirm: dict[str, int] | None = None
     timeout: float | None = None
+    #: ``{tracker: {key: value}}`` from ``study.tracking`` (tracking.py), or ``None``.
+    tracking: dict[str, dict[str, Any]] | None = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -178,12 +183,12 @@ class SearchSpace:
     def sha256(self) -> str:
         """Hash of what decides the study's meaning: data, finetune, search, sampler, pruner.
 
-        ``n_trials``, ``max_failures``, ``confirm``, ``timeout``, ``name``, ``description`` and the file's
-        formatting may change between runs of the same study without refusal.
+        ``n_trials``, ``max_failures``, ``confirm``, ``timeout``, ``tracking``, ``name``,
+        ``description`` and the file's formatting may change between runs of the same study without refusal.
         """
         keep = {k: self.config.get(k) for k in ("data", "finetune", "search")}
         study = dict(self.config.get("study") or {})
-        for k in ("n_trials", "max_failures", "confirm", "timeout"):
+        for k in ("n_trials", "max_failures", "confirm", "timeout", "tracking"):
             study.pop(k, None)
         keep["study"] = study
         canonical = json.dumps(keep, sort_keys=True, default=str)
@@ -563,6 +568,7 @@ def build_search_space(
         notes=notes,
         confirm=study_cfg["confirm"],
         timeout=study_cfg["timeout"],
+        tracking=study_cfg["tracking"],
     )
 
 
@@ -900,6 +906,7 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
         clean.append(entry)
     cfg["enqueue"] = clean
     cfg["confirm"] = _check_confirm(cfg["confirm"], problems)
+    cfg["tracking"] = check_tracking(cfg["tracking"], problems)
     return cfg
 
 
