@@ -43,14 +43,16 @@ def main() -> None:
     for seed in range(args.seeds):
         start = time.perf_counter()
         result = finetuner.run({**space.fixed, "seed": seed}, metric=space.metric)
-        runs.append({
-            "seed": seed,
-            "best_epoch": result.best_epoch,
-            "val_macro_f1": result.best().val_macro_f1,
-            "test_accuracy": result.test_accuracy,
-            "test_macro_f1": result.test_macro_f1,
-            "seconds": round(time.perf_counter() - start, 2),
-        })
+        runs.append(
+            {
+                "seed": seed,
+                "best_epoch": result.best_epoch,
+                "val_macro_f1": result.best().val_macro_f1,
+                "test_accuracy": result.test_accuracy,
+                "test_macro_f1": result.test_macro_f1,
+                "seconds": round(time.perf_counter() - start, 2),
+            }
+        )
         print(runs[-1], flush=True)
 
     clf = LogisticRegression(max_iter=3000).fit(data.X_train, data.y_train)
@@ -74,8 +76,7 @@ def main() -> None:
         "mlp_runs": runs,
         "mlp": {k: summary(k) for k in ("test_accuracy", "test_macro_f1", "val_macro_f1")},
         "logistic_regression": logreg,
-        "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
+        "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "python": platform.python_version()},
         "date": time.strftime("%Y-%m-%d"),
     }
     args.out.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,9 @@ def cpu_model() -> str:
 def git_commit(repo: Path = REPO) -> str | None:
     """The short commit of the checkout the benchmark ran from (or of ``repo``)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo,
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

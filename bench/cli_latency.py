@@ -51,7 +51,12 @@ def commands(results: Path) -> dict[str, list[str]]:
         "deepsc-tune list": [*cli, "list"],
         "deepsc-tune validate pbmc68k": [*cli, "validate", "pbmc68k"],
         "deepsc-tune run pbmc68k data.train=/missing.h5ad (first error)": [
-            *cli, "run", "pbmc68k", "data.train=/nonexistent/x.h5ad", *r],
+            *cli,
+            "run",
+            "pbmc68k",
+            "data.train=/nonexistent/x.h5ad",
+            *r,
+        ],
         "deepsc-tune status pbmc68k": [*cli, "status", "pbmc68k", *r],
         "deepsc-tune best pbmc68k": [*cli, "best", "pbmc68k", *r],
     }
@@ -77,16 +82,19 @@ def main() -> None:
 
     demo: dict | None = None
     demo_args = ["study.n_trials=5", "finetune.epoch=3"] if args.quick or args.skip_demo else []
-    run = [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir",
-           str(results), *demo_args]
+    run = [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir", str(results), *demo_args]
     load0 = load_average()
     seconds, code = timed(run, env=env, cwd=REPO)
     if code != 0:
         raise SystemExit(f"`{' '.join(run)}` failed with exit code {code}")
     if not args.skip_demo:
-        demo = {"command": "deepsc-tune run pbmc68k " + " ".join(demo_args),
-                "seconds": round(seconds, 1), "load_before": load0, "load_after": load_average(),
-                "note": "first run: fresh results folder, preprocessing included"}
+        demo = {
+            "command": "deepsc-tune run pbmc68k " + " ".join(demo_args),
+            "seconds": round(seconds, 1),
+            "load_before": load0,
+            "load_after": load_average(),
+            "note": "first run: fresh results folder, preprocessing included",
+        }
 
     rows = []
     for label, argv in commands(results).items():
@@ -94,12 +102,18 @@ def main() -> None:
         load_before = load_average()
         cold, code = timed(argv, env=cold_env, cwd=REPO)
         warm = [timed(argv, env=cold_env, cwd=REPO)[0] for _ in range(repeats)]
-        rows.append({
-            "command": label, "exit_code": code, "cold_s": round(cold, 2),
-            "warm_median_s": round(statistics.median(warm), 2), "warm_min_s": round(min(warm), 2),
-            "warm_s": [round(w, 2) for w in warm],
-            "load_before": load_before, "load_after": load_average(),
-        })
+        rows.append(
+            {
+                "command": label,
+                "exit_code": code,
+                "cold_s": round(cold, 2),
+                "warm_median_s": round(statistics.median(warm), 2),
+                "warm_min_s": round(min(warm), 2),
+                "warm_s": [round(w, 2) for w in warm],
+                "load_before": load_before,
+                "load_after": load_average(),
+            }
+        )
         print(f"{label:<45} cold {cold:5.2f} s  warm {statistics.median(warm):5.2f} s", flush=True)
 
     import torch  # only for the record
@@ -107,34 +121,48 @@ def main() -> None:
     meta = {
         "script": "bench/cli_latency.py" + (" --quick" if args.quick else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "commit": git_commit(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
         "warm_repeats": repeats,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "cli_latency.json").write_text(json.dumps({**meta, "commands": rows, "demo": demo},
-                                                     indent=1) + "\n")
+    (OUT / "cli_latency.json").write_text(json.dumps({**meta, "commands": rows, "demo": demo}, indent=1) + "\n")
     lines = [
         "# Command-line latency",
         "",
-        (f"`python {meta['script']}` on {meta['date']} (commit {meta['commit']}): "
-        f"{meta['cpus']} x {meta['cpu']}, Python {meta['python']}, torch {meta['torch']}."),
+        (
+            f"`python {meta['script']}` on {meta['date']} (commit {meta['commit']}): "
+            f"{meta['cpus']} x {meta['cpu']}, Python {meta['python']}, torch {meta['torch']}."
+        ),
         "",
-        ("Wall time of a fresh process, start to exit. Cold: empty bytecode cache (as after "
-        "installing; the OS file cache is not dropped). Warm: median of "
-        f"{repeats} further runs, and the best of them (least disturbed by other processes). The load average is that of the whole machine ({os.cpu_count()} cores, "
-        "shared): at a load above the core count every figure is stretched accordingly."),
+        (
+            "Wall time of a fresh process, start to exit. Cold: empty bytecode cache (as after "
+            "installing; the OS file cache is not dropped). Warm: median of "
+            f"{repeats} further runs, and the best of them (least disturbed by other processes). The load average is that of the whole machine ({os.cpu_count()} cores, "
+            "shared): at a load above the core count every figure is stretched accordingly."
+        ),
         "",
         "| command | exit code | cold | warm (median) | warm (best) | load average before |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(f"| `{row['command']}` | {row['exit_code']} | {row['cold_s']:.1f} s | "
-                     f"{row['warm_median_s']:.1f} s | {row['warm_min_s']:.1f} s | "
-                     f"{row['load_before'][0] if row['load_before'] else '-'} |")
+        lines.append(
+            f"| `{row['command']}` | {row['exit_code']} | {row['cold_s']:.1f} s | "
+            f"{row['warm_median_s']:.1f} s | {row['warm_min_s']:.1f} s | "
+            f"{row['load_before'][0] if row['load_before'] else '-'} |"
+        )
     if demo:
-        lines += ["", (f"Demo: `{demo['command'].strip()}` took {demo['seconds']:.0f} s "
-                  f"({demo['note']}; load average before {demo['load_before']})."), ""]
+        lines += [
+            "",
+            (
+                f"Demo: `{demo['command'].strip()}` took {demo['seconds']:.0f} s "
+                f"({demo['note']}; load average before {demo['load_before']})."
+            ),
+            "",
+        ]
     (OUT / "cli_latency.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT / 'cli_latency.json'} and cli_latency.md")
 

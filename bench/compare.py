@@ -145,9 +145,7 @@ def load_raw(bench: Benchmark) -> tuple[dict[str, Any], str, Path]:
     return parse_yaml(text, source=str(path)), text, path
 
 
-def strategy_space(
-    bench: Benchmark, strategy: str, *, seed: int, extra: tuple[str, ...] = ()
-) -> SearchSpace:
+def strategy_space(bench: Benchmark, strategy: str, *, seed: int, extra: tuple[str, ...] = ()) -> SearchSpace:
     """The search space one strategy runs for ``seed`` (overrides on the shipped YAML)."""
     raw, text, path = load_raw(bench)
     base_seed = int((raw.get("finetune") or {}).get("seed", 0))
@@ -221,8 +219,15 @@ def _round(x: Any, nd: int = 5) -> Any:
 
 
 def run_strategy(
-    bench: Benchmark, strategy: str, *, seed: int, data: PreparedData, threads: int | None,
-    extra: tuple[str, ...], verbose: bool, confirm: tuple[int, int] | None = None,
+    bench: Benchmark,
+    strategy: str,
+    *,
+    seed: int,
+    data: PreparedData,
+    threads: int | None,
+    extra: tuple[str, ...],
+    verbose: bool,
+    confirm: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Run one strategy's study for one seed and summarise it.
 
@@ -235,11 +240,11 @@ def run_strategy(
     defaults = {"num_threads": threads} if threads else {}
     finetuner = BuiltinFinetuner(data, defaults=defaults)
     storage = optuna.storages.InMemoryStorage()
-    study = open_study(space, storage=storage, study_name=f"{bench.name}-{strategy}-{seed}",
-                       data_fingerprint=data.fingerprint)
+    study = open_study(
+        space, storage=storage, study_name=f"{bench.name}-{strategy}-{seed}", data_fingerprint=data.fingerprint
+    )
     progress = (
-        Progress(metric=space.metric, verbose=False, prefix=f"[{bench.name} s{seed} {strategy}] ")
-        if verbose else None
+        Progress(metric=space.metric, verbose=False, prefix=f"[{bench.name} s{seed} {strategy}] ") if verbose else None
     )
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run_study(space, finetuner, study=study, progress=progress)
@@ -247,33 +252,43 @@ def run_strategy(
     confirmation = None
     if confirm and strategy == "default":
         cwall0 = time.perf_counter()
-        run_confirmation(dataclasses.replace(space, confirm={"top": confirm[0], "seeds": confirm[1]}),
-                         finetuner, study=study, progress=progress)
+        run_confirmation(
+            dataclasses.replace(space, confirm={"top": confirm[0], "seeds": confirm[1]}),
+            finetuner,
+            study=study,
+            progress=progress,
+        )
         every = study.get_trials(deepcopy=False)
         confirmation = {
-            "top": confirm[0], "seeds": confirm[1], "wall_s": round(time.perf_counter() - cwall0, 2),
-            "repeats": [{k: _round(v) if isinstance(v, float) else v for k, v in r.items()}
-                        for r in repeat_records(every)],
-            "variants": [{k: _round(v) for k, v in r.items()}
-                         for r in variants(every, k_max=confirm[0], n_max=confirm[1])],
+            "top": confirm[0],
+            "seeds": confirm[1],
+            "wall_s": round(time.perf_counter() - cwall0, 2),
+            "repeats": [
+                {k: _round(v) if isinstance(v, float) else v for k, v in r.items()} for r in repeat_records(every)
+            ],
+            "variants": [
+                {k: _round(v) for k, v in r.items()} for r in variants(every, k_max=confirm[0], n_max=confirm[1])
+            ],
         }
 
     trials = []
     for t in search_trials(study):
-        trials.append({
-            "number": t.number,
-            "state": t.state.name,
-            "params": {k: _round(v, 8) for k, v in t.params.items()},
-            "enqueued": bool(t.user_attrs.get("enqueued", False)),
-            "epochs": _epochs(t),
-            "curve": [_round(v) for v in _curve(t)],
-            "value": _round(t.value) if t.value is not None else None,
-            "best_epoch": t.user_attrs.get("best_epoch"),
-            "best_val_accuracy": _round(t.user_attrs.get("best_val_accuracy")),
-            "best_val_macro_f1": _round(t.user_attrs.get("best_val_macro_f1")),
-            "test_accuracy": _round(t.user_attrs.get("test_accuracy")),
-            "test_macro_f1": _round(t.user_attrs.get("test_macro_f1")),
-        })
+        trials.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "params": {k: _round(v, 8) for k, v in t.params.items()},
+                "enqueued": bool(t.user_attrs.get("enqueued", False)),
+                "epochs": _epochs(t),
+                "curve": [_round(v) for v in _curve(t)],
+                "value": _round(t.value) if t.value is not None else None,
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "best_val_accuracy": _round(t.user_attrs.get("best_val_accuracy")),
+                "best_val_macro_f1": _round(t.user_attrs.get("best_val_macro_f1")),
+                "test_accuracy": _round(t.user_attrs.get("test_accuracy")),
+                "test_macro_f1": _round(t.user_attrs.get("test_macro_f1")),
+            }
+        )
     best = best_search_trial(study)
     states = {s: sum(1 for t in trials if t["state"] == s) for s in ("COMPLETE", "PRUNED", "FAIL")}
     return {
@@ -304,7 +319,7 @@ def run_strategy(
 
 
 def run_job(
-    job: tuple[str, int, tuple[str, ...], int | None, bool, tuple[str, ...], tuple[int, int] | None]
+    job: tuple[str, int, tuple[str, ...], int | None, bool, tuple[str, ...], tuple[int, int] | None],
 ) -> list[dict[str, Any]]:
     """The strategies of one benchmark and seed (grid first: the others are measured against it)."""
     name, seed, extra, threads, verbose, strategies, confirm = job
@@ -315,16 +330,15 @@ def run_job(
     for strategy in ("grid", *(s for s in strategies if s != "grid")):
         rec = _REUSED_GRID.get((name, seed)) if strategy == "grid" else None
         if rec is None:
-            rec = run_strategy(bench, strategy, seed=seed, data=data, threads=threads,
-                               extra=extra, verbose=verbose, confirm=confirm)
+            rec = run_strategy(
+                bench, strategy, seed=seed, data=data, threads=threads, extra=extra, verbose=verbose, confirm=confirm
+            )
         if strategy == "grid":
             grid_best = rec["best_value"]
             rec["grid_epochs"] = rec["total_epochs"]
         rec["grid_best_value"] = grid_best
         rec["epochs_to_reach_grid_best"] = epochs_to_reach(rec["trials"], grid_best)
-        rec["epochs_to_reach_grid_best_any"] = epochs_to_reach(
-            rec["trials"], grid_best, complete_only=False
-        )
+        rec["epochs_to_reach_grid_best_any"] = epochs_to_reach(rec["trials"], grid_best, complete_only=False)
         reach = rec["epochs_to_reach_grid_best"]
         st = rec["states"]
         print(
@@ -339,10 +353,12 @@ def run_job(
         )
         for v in (rec.get("confirmation") or {}).get("variants", []):
             if v["rule"] == "best_epoch" and (v["top"], v["seeds"]) in ((0, 0), confirm):
-                print(f"[{name} seed {seed}] select best_epoch K={v['top']} N={v['seeds']}: "
-                      f"#{v['number']} val {v['val']:.4f} (n={v['n']}) | test acc "
-                      f"{v['test_accuracy']:.4f} F1 {v['test_macro_f1']:.4f} | +{v['extra_epochs']} epochs",
-                      flush=True)
+                print(
+                    f"[{name} seed {seed}] select best_epoch K={v['top']} N={v['seeds']}: "
+                    f"#{v['number']} val {v['val']:.4f} (n={v['n']}) | test acc "
+                    f"{v['test_accuracy']:.4f} F1 {v['test_macro_f1']:.4f} | +{v['extra_epochs']} epochs",
+                    flush=True,
+                )
         out.append(rec)
     return out
 
@@ -357,8 +373,9 @@ _DATA: dict[str, PreparedData] = {}
 _REUSED_GRID: dict[tuple[str, int], dict[str, Any]] = {}
 
 
-def load_reusable_grid(path: Path, *, names: list[str], data: dict[str, PreparedData],
-                       extra: tuple[str, ...], threads: int | None) -> None:
+def load_reusable_grid(
+    path: Path, *, names: list[str], data: dict[str, PreparedData], extra: tuple[str, ...], threads: int | None
+) -> None:
     """Take grid runs from an earlier result when data and the grid's settings are the same.
 
     The grid is deterministic on the CPU for a given seed, thread count, data and settings, so
@@ -401,8 +418,7 @@ def logistic_regression(data: PreparedData) -> dict[str, Any]:
         warnings.simplefilter("ignore")  # lbfgs convergence chatter
         model = LogisticRegression(max_iter=2000)
         model.fit(data.X_train, data.y_train)
-    test = classification_metrics(data.y_test, model.predict(data.X_test),
-                                  n_classes=len(data.classes))
+    test = classification_metrics(data.y_test, model.predict(data.X_test), n_classes=len(data.classes))
     val = classification_metrics(data.y_val, model.predict(data.X_val), n_classes=len(data.classes))
     return {
         "model": "sklearn LogisticRegression(max_iter=2000): C=1, lbfgs",
@@ -423,10 +439,14 @@ def describe_data(data: PreparedData) -> dict[str, Any]:
         counts = np.bincount(data.y_test, minlength=len(data.classes))
         absent = [c for c, n in zip(data.classes, counts) if n == 0]
     return {
-        "n_train": len(data.X_train), "n_val": len(data.X_val), "n_test": n_test,
-        "n_genes": len(data.genes), "n_classes": len(data.classes),
+        "n_train": len(data.X_train),
+        "n_val": len(data.X_val),
+        "n_test": n_test,
+        "n_genes": len(data.genes),
+        "n_classes": len(data.classes),
         "classes_absent_from_test": absent,
-        "notes": list(data.notes), "fingerprint": data.fingerprint,
+        "notes": list(data.notes),
+        "fingerprint": data.fingerprint,
     }
 
 
@@ -440,7 +460,9 @@ def _stats(values: list[float | None]) -> dict[str, Any]:
     return {
         "mean": _round(statistics.fmean(xs)),
         "sd": _round(statistics.stdev(xs)) if len(xs) > 1 else 0.0,
-        "min": _round(min(xs)), "max": _round(max(xs)), "n": len(xs),
+        "min": _round(min(xs)),
+        "max": _round(max(xs)),
+        "n": len(xs),
     }
 
 
@@ -462,13 +484,18 @@ def summarise(runs: list[dict[str, Any]], benchmarks: list[str]) -> dict[str, An
     for name in benchmarks:
         per: dict[str, Any] = {}
         for strategy in STRATEGIES:
-            rs = sorted((r for r in runs if r["benchmark"] == name and r["strategy"] == strategy),
-                        key=lambda r: r["seed"])
+            rs = sorted(
+                (r for r in runs if r["benchmark"] == name and r["strategy"] == strategy), key=lambda r: r["seed"]
+            )
             if not rs:
                 continue
             grid_epochs = [
-                next(g["total_epochs"] for g in runs if g["benchmark"] == name
-                     and g["strategy"] == "grid" and g["seed"] == r["seed"]) for r in rs
+                next(
+                    g["total_epochs"]
+                    for g in runs
+                    if g["benchmark"] == name and g["strategy"] == "grid" and g["seed"] == r["seed"]
+                )
+                for r in rs
             ]
             reach = [r["epochs_to_reach_grid_best"] for r in rs]
             share = [None if e is None else e / g for e, g in zip(reach, grid_epochs)]
@@ -503,8 +530,13 @@ def summarise(runs: list[dict[str, Any]], benchmarks: list[str]) -> dict[str, An
                     (d["test_macro_f1"]["mean"] or 0) - (g["test_macro_f1"]["mean"] or 0)
                 ),
             }
-        out[name] = {"strategies": per, "targets": targets, "selection": summarise_selection(
-            [r for r in runs if r["benchmark"] == name and r["strategy"] == "default"])}
+        out[name] = {
+            "strategies": per,
+            "targets": targets,
+            "selection": summarise_selection(
+                [r for r in runs if r["benchmark"] == name and r["strategy"] == "default"]
+            ),
+        }
     return out
 
 
@@ -517,17 +549,23 @@ def summarise_selection(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (rule, k, n), vs in groups.items():
         fresh = [v["val_fresh"] for v in vs]
-        out.append({
-            "rule": rule, "top": k, "seeds": n, "n_runs": len(vs),
-            "val": _stats([v["val"] for v in vs]),
-            "val_fresh": _stats(fresh), "val_fresh_missing": sum(f is None for f in fresh),
-            "test_accuracy": _stats([v["test_accuracy"] for v in vs]),
-            "test_macro_f1": _stats([v["test_macro_f1"] for v in vs]),
-            "test_accuracy_all": _stats([v["test_accuracy_all"] for v in vs]),
-            "test_macro_f1_all": _stats([v["test_macro_f1_all"] for v in vs]),
-            "extra_epochs": _stats([float(v["extra_epochs"]) for v in vs]),
-            "distinguishable": sum(bool(v["distinguishable"]) for v in vs),
-        })
+        out.append(
+            {
+                "rule": rule,
+                "top": k,
+                "seeds": n,
+                "n_runs": len(vs),
+                "val": _stats([v["val"] for v in vs]),
+                "val_fresh": _stats(fresh),
+                "val_fresh_missing": sum(f is None for f in fresh),
+                "test_accuracy": _stats([v["test_accuracy"] for v in vs]),
+                "test_macro_f1": _stats([v["test_macro_f1"] for v in vs]),
+                "test_accuracy_all": _stats([v["test_accuracy_all"] for v in vs]),
+                "test_macro_f1_all": _stats([v["test_macro_f1_all"] for v in vs]),
+                "extra_epochs": _stats([float(v["extra_epochs"]) for v in vs]),
+                "distinguishable": sum(bool(v["distinguishable"]) for v in vs),
+            }
+        )
     return out
 
 
@@ -548,7 +586,9 @@ def render_selection(result: dict[str, Any]) -> list[str]:
         return []
     kmax, nmax = confirm
     lines = [
-        "", f"## Selection with and without confirmation (default strategy, up to K={kmax}, N={nmax})", "",
+        "",
+        f"## Selection with and without confirmation (default strategy, up to K={kmax}, N={nmax})",
+        "",
         "The default search's pick per selection rule: *K, N* = confirm the K best configurations "
         "(by search value) with N more seeds, 0, 0 = no confirmation. *val*: the score it was "
         "picked on (mean over its seeds); *test*: mean over the seeds it was picked on; *test, all "
@@ -574,13 +614,19 @@ def render_selection(result: dict[str, Any]) -> list[str]:
         g = res["strategies"].get("grid")
         lr = result["baselines"].get(name)
         if g:
-            lines.append(f"| {name} | grid | - | {_ms(g['best_value'])} | | {_ms(g['test_accuracy'])} "
-                         f"| {_ms(g['test_macro_f1'])} | | - | |")
+            lines.append(
+                f"| {name} | grid | - | {_ms(g['best_value'])} | | {_ms(g['test_accuracy'])} "
+                f"| {_ms(g['test_macro_f1'])} | | - | |"
+            )
         if lr:
-            lines.append(f"| {name} | logistic regression | - | | | {lr['test_accuracy']:.3f} "
-                         f"| {lr['test_macro_f1']:.3f} | | - | |")
+            lines.append(
+                f"| {name} | logistic regression | - | | | {lr['test_accuracy']:.3f} "
+                f"| {lr['test_macro_f1']:.3f} | | - | |"
+            )
     lines += [
-        "", f"### Validation evidence for the defaults (held-out seed {nmax}, every K and N < {nmax})", "",
+        "",
+        f"### Validation evidence for the defaults (held-out seed {nmax}, every K and N < {nmax})",
+        "",
         "| benchmark | rule | K, N | held-out val of the pick | seeds with a held-out value | extra epochs |",
         "|---|---|---|---|---|---|",
     ]
@@ -608,7 +654,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         "(best COMPLETE trial); *test*: that trial's test metrics at its best epoch (never used "
         "for selection). *epochs*: epochs trained by the whole strategy. *reach*: epochs until the "
         "same seed's grid best was first reached by a completed trial, median over seeds "
-        "(\"never\" when most seeds missed) and how many seeds reached it. Wall time on a shared "
+        '("never" when most seeds missed) and how many seeds reached it. Wall time on a shared '
         "CPU: compare epochs first.",
         "",
         "| benchmark | strategy | metric | trials | best val | test acc | test macro-F1 | epochs "
@@ -636,10 +682,14 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"| {lr['test_accuracy']:.3f} | {lr['test_macro_f1']:.3f} | - | - "
                 f"| {lr['seconds']:.0f} | - | - |"
             )
-    lines += ["", "## Targets (issue 7)", "",
-              "| benchmark | default reaches grid best within 50 % of grid epochs (median share) "
-              "| default test macro-F1 >= grid's (difference of means) |",
-              "|---|---|---|"]
+    lines += [
+        "",
+        "## Targets (issue 7)",
+        "",
+        "| benchmark | default reaches grid best within 50 % of grid epochs (median share) "
+        "| default test macro-F1 >= grid's (difference of means) |",
+        "|---|---|---|",
+    ]
     for name, res in result["summary"].items():
         t = res["targets"]
         if not t:
@@ -657,8 +707,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"- **{name}**: {d['n_train']} train / {d['n_val']} val / {d['n_test']} test cells, "
             f"{d['n_genes']} genes, {d['n_classes']} classes"
-            + (f"; classes with no test cell: {', '.join(d['classes_absent_from_test'])}"
-               if d["classes_absent_from_test"] else "")
+            + (
+                f"; classes with no test cell: {', '.join(d['classes_absent_from_test'])}"
+                if d["classes_absent_from_test"]
+                else ""
+            )
         )
         for note in d["notes"]:
             lines.append(f"  - {note}")
@@ -670,10 +723,16 @@ def render_markdown(result: dict[str, Any]) -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                             capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "deepsc_tune", "search_spaces"],
-                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "deepsc_tune", "search_spaces"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -694,28 +753,50 @@ def _machine() -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="CI smoke run: pbmc68k only, 2 seeds, 4 epochs, 6 trials (minutes -> seconds)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: pbmc68k only, 2 seeds, 4 epochs, 6 trials (minutes -> seconds)",
+    )
     p.add_argument("--benchmarks", help=f"comma-separated subset of {', '.join(BENCHMARKS)}")
     p.add_argument("--seeds", type=int, help="number of seeds (full: 5, quick: 2)")
-    p.add_argument("--jobs", type=int, default=1,
-                   help="benchmark x seed jobs run in parallel processes (default 1)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads per job (default 1; fixed so that runs are reproducible)")
-    p.add_argument("--strategies", default=",".join(STRATEGIES),
-                   help="comma-separated subset of grid,random,default (grid always runs)")
-    p.add_argument("--reuse-grid", type=Path, default=None,
-                   help="take grid runs from an earlier compare.json (same data, epochs, metric): "
-                        "for trying other defaults quickly; never for committed results")
-    p.add_argument("--override", action="append", default=[],
-                   help="extra override for every strategy, e.g. study.n_trials=10 (repeatable)")
-    p.add_argument("--confirm", default=None,
-                   help="K,N: confirm the default search's K best configurations with N more seeds and "
-                        "compare selection rules (full: 3,3; quick: 2,2; 'off' to skip)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=f"JSON output; the Markdown table goes next to it (default {DEFAULT_OUT.relative_to(REPO)})")
+    p.add_argument("--jobs", type=int, default=1, help="benchmark x seed jobs run in parallel processes (default 1)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch threads per job (default 1; fixed so that runs are reproducible)"
+    )
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help="comma-separated subset of grid,random,default (grid always runs)",
+    )
+    p.add_argument(
+        "--reuse-grid",
+        type=Path,
+        default=None,
+        help="take grid runs from an earlier compare.json (same data, epochs, metric): "
+        "for trying other defaults quickly; never for committed results",
+    )
+    p.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="extra override for every strategy, e.g. study.n_trials=10 (repeatable)",
+    )
+    p.add_argument(
+        "--confirm",
+        default=None,
+        help="K,N: confirm the default search's K best configurations with N more seeds and "
+        "compare selection rules (full: 3,3; quick: 2,2; 'off' to skip)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON output; the Markdown table goes next to it (default {DEFAULT_OUT.relative_to(REPO)})",
+    )
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="preprocessed-data cache")
     p.add_argument("-v", "--verbose", action="store_true", help="one line per trial")
     return p.parse_args(argv)
@@ -749,32 +830,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if key not in baselines:
             baselines[key] = logistic_regression(_DATA[name])
             lr = baselines[key]
-            print(f"[{name}] logistic regression: test acc {lr['test_accuracy']:.4f} macro-F1 "
-                  f"{lr['test_macro_f1']:.4f}, {lr['seconds']:.1f} s", flush=True)
+            print(
+                f"[{name}] logistic regression: test acc {lr['test_accuracy']:.4f} macro-F1 "
+                f"{lr['test_macro_f1']:.4f}, {lr['seconds']:.1f} s",
+                flush=True,
+            )
     baselines = {n: baselines[BENCHMARKS[n].space] for n in names}
 
     if args.reuse_grid:
-        load_reusable_grid(args.reuse_grid, names=names, data=_DATA, extra=extra,
-                           threads=args.threads)
+        load_reusable_grid(args.reuse_grid, names=names, data=_DATA, extra=extra, threads=args.threads)
         print(f"reusing {len(_REUSED_GRID)} grid runs from {args.reuse_grid}", flush=True)
     strategies = tuple(s for s in args.strategies.split(",") if s)
     if any(s not in STRATEGIES for s in strategies):
         raise SystemExit(f"unknown strategy in {args.strategies!r}; expected some of {STRATEGIES}")
     confirm = mode.get("confirm") if args.confirm is None else _parse_confirm(args.confirm)
-    jobs = [(n, s, extra, args.threads, args.verbose, strategies, confirm)
-            for s in range(n_seeds) for n in names]
+    jobs = [(n, s, extra, args.threads, args.verbose, strategies, confirm) for s in range(n_seeds) for n in names]
     meta = {
         "command": "python bench/compare.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "commit": _git_commit(),
         "machine": _machine(),
         "deepsc_tune_version": __version__,
-        "quick": args.quick, "benchmarks": names, "seeds": n_seeds, "jobs": args.jobs,
-        "threads": args.threads, "extra_overrides": list(extra), "strategies": list(strategies),
+        "quick": args.quick,
+        "benchmarks": names,
+        "seeds": n_seeds,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "extra_overrides": list(extra),
+        "strategies": list(strategies),
         "reuse_grid": str(args.reuse_grid) if args.reuse_grid else None,
         "confirm": list(confirm) if confirm else None,
-        "grid": {"learning_rate": list(GRID_LEARNING_RATES), "lr_scheduler_type": list(GRID_SCHEDULERS),
-                 "warmup_ratio": GRID_WARMUP_RATIO},
+        "grid": {
+            "learning_rate": list(GRID_LEARNING_RATES),
+            "lr_scheduler_type": list(GRID_SCHEDULERS),
+            "warmup_ratio": GRID_WARMUP_RATIO,
+        },
         "load_before": _load(),
     }
     runs: list[dict[str, Any]] = []
@@ -783,8 +873,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         meta["wall_s"] = round(time.perf_counter() - t0, 1)
         meta["load_after"] = _load()
         result = {
-            "meta": meta, "data": data_info, "baselines": baselines,
-            "summary": summarise(runs, names), "runs": runs, "complete": final,
+            "meta": meta,
+            "data": data_info,
+            "baselines": baselines,
+            "summary": summarise(runs, names),
+            "runs": runs,
+            "complete": final,
         }
         out.write_text(json.dumps(result, indent=1) + "\n")
         write_markdown(result, out.with_suffix(".md"))
@@ -804,10 +898,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, res in result["summary"].items():
         t = res["targets"]
         if t:
-            print(f"[{name}] targets: reach {'met' if t['reach_within_half_grid_epochs'] else 'MISSED'}"
-                  f" (median share {t['median_share_of_grid_epochs']}), test macro-F1 "
-                  f"{'met' if t['test_macro_f1_at_least_grid'] else 'MISSED'} "
-                  f"({t['test_macro_f1_default_minus_grid']:+.4f})", flush=True)
+            print(
+                f"[{name}] targets: reach {'met' if t['reach_within_half_grid_epochs'] else 'MISSED'}"
+                f" (median share {t['median_share_of_grid_epochs']}), test macro-F1 "
+                f"{'met' if t['test_macro_f1_at_least_grid'] else 'MISSED'} "
+                f"({t['test_macro_f1_default_minus_grid']:+.4f})",
+                flush=True,
+            )
     return result
 
 

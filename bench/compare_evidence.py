@@ -44,8 +44,13 @@ def late_pruning(runs: list[dict]) -> dict:
                 late += 1
                 wasted += t["epochs"]
                 better += max(t["curve"]) >= run["best_value"] - 1e-9
-    return {"late_pruned_trials": late, "their_epochs": wasted, "all_epochs": total,
-            "share": wasted / total if total else 0.0, "at_least_selected": better}
+    return {
+        "late_pruned_trials": late,
+        "their_epochs": wasted,
+        "all_epochs": total,
+        "share": wasted / total if total else 0.0,
+        "at_least_selected": better,
+    }
 
 
 def lr_bands(runs: list[dict]) -> list[dict]:
@@ -57,13 +62,15 @@ def lr_bands(runs: list[dict]) -> list[dict]:
         if not band:
             continue
         half = len(band[0]["curve"]) // 2
-        out.append({
-            "band": f"[{lo:.0e}, {hi:.0e})",
-            "n": len(band),
-            "best_val": statistics.fmean(t["value"] for t in band),
-            "last3_val": statistics.fmean(statistics.fmean(t["curve"][-3:]) for t in band),
-            "sd_second_half": statistics.fmean(statistics.pstdev(t["curve"][half:]) for t in band),
-        })
+        out.append(
+            {
+                "band": f"[{lo:.0e}, {hi:.0e})",
+                "n": len(band),
+                "best_val": statistics.fmean(t["value"] for t in band),
+                "last3_val": statistics.fmean(statistics.fmean(t["curve"][-3:]) for t in band),
+                "sd_second_half": statistics.fmean(statistics.pstdev(t["curve"][half:]) for t in band),
+            }
+        )
     return out
 
 
@@ -73,7 +80,8 @@ def early_epochs(runs: list[dict]) -> dict[int, float]:
     for e in (1, 2, 3, 5):
         rhos = [
             _spearman([t["curve"][e - 1] for t in r["trials"]], [t["value"] for t in r["trials"]])
-            for r in runs if all(len(t["curve"]) >= e for t in r["trials"])
+            for r in runs
+            if all(len(t["curve"]) >= e for t in r["trials"])
         ]
         rhos = [x for x in rhos if math.isfinite(x)]
         if rhos:
@@ -93,18 +101,24 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== {name} ({runs[0]['metric']}, {runs[0]['epoch']} epochs)")
         if default:
             lp = late_pruning(default)
-            print(f"  default: {lp['late_pruned_trials']} trials pruned after >= {LATE_SHARE:.0%} of "
-                  f"their epochs cost {lp['their_epochs']} of {lp['all_epochs']} epochs "
-                  f"({lp['share']:.0%}); {lp['at_least_selected']} of them reached the selected "
-                  "trial's value")
+            print(
+                f"  default: {lp['late_pruned_trials']} trials pruned after >= {LATE_SHARE:.0%} of "
+                f"their epochs cost {lp['their_epochs']} of {lp['all_epochs']} epochs "
+                f"({lp['share']:.0%}); {lp['at_least_selected']} of them reached the selected "
+                "trial's value"
+            )
         if random:
             for b in lr_bands(random):
-                print(f"  random, learning_rate {b['band']}: n {b['n']:3d}  best val "
-                      f"{b['best_val']:.4f}  last-3-epoch val {b['last3_val']:.4f}  "
-                      f"sd over 2nd half {b['sd_second_half']:.4f}")
+                print(
+                    f"  random, learning_rate {b['band']}: n {b['n']:3d}  best val "
+                    f"{b['best_val']:.4f}  last-3-epoch val {b['last3_val']:.4f}  "
+                    f"sd over 2nd half {b['sd_second_half']:.4f}"
+                )
             rho = early_epochs(random)
-            print("  random, Spearman(val after epoch e, best val): "
-                  + ", ".join(f"e={e}: {v:.2f}" for e, v in rho.items()))
+            print(
+                "  random, Spearman(val after epoch e, best val): "
+                + ", ".join(f"e={e}: {v:.2f}" for e, v in rho.items())
+            )
 
 
 if __name__ == "__main__":

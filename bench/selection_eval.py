@@ -45,14 +45,19 @@ def repeat_records(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
     for t in trials:
         if not is_repeat(t):
             continue
-        out.append({
-            "number": t.number, "state": t.state.name,
-            "repeat_of": int(t.user_attrs["repeat_of"]), "repeat_seed": t.user_attrs.get("repeat_seed"),
-            "epochs": _epochs(t), "value": t.value,
-            "curve": [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
-            "test_accuracy": t.user_attrs.get("test_accuracy"),
-            "test_macro_f1": t.user_attrs.get("test_macro_f1"),
-        })
+        out.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "repeat_of": int(t.user_attrs["repeat_of"]),
+                "repeat_seed": t.user_attrs.get("repeat_seed"),
+                "epochs": _epochs(t),
+                "value": t.value,
+                "curve": [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
+                "test_accuracy": t.user_attrs.get("test_accuracy"),
+                "test_macro_f1": t.user_attrs.get("test_macro_f1"),
+            }
+        )
     return out
 
 
@@ -71,7 +76,8 @@ def variants(
     repeats = [t for t in trials if is_repeat(t) and int(t.user_attrs["repeat_of"]) in base]
     order = [t.number for t in top_trials(search, top=k_max)]
     held_out = {
-        int(t.user_attrs["repeat_of"]): t for t in repeats
+        int(t.user_attrs["repeat_of"]): t
+        for t in repeats
         if t.state == TrialState.COMPLETE and _offset(t, base) == n_max
     }
     out = []
@@ -84,19 +90,31 @@ def variants(
             best = sel.best
             if best is None:
                 continue
-            everything = [by_number[best.number],
-                          *(t for t in repeats if int(t.user_attrs["repeat_of"]) == best.number
-                            and t.state == TrialState.COMPLETE)]
+            everything = [
+                by_number[best.number],
+                *(
+                    t
+                    for t in repeats
+                    if int(t.user_attrs["repeat_of"]) == best.number and t.state == TrialState.COMPLETE
+                ),
+            ]
             fresh = held_out.get(best.number) if n < n_max else None
-            out.append({
-                "rule": rule, "top": k, "seeds": n,
-                "number": best.number, "n": best.n, "val": best.mean, "val_sd": best.sd,
-                "val_fresh": fresh.value if fresh is not None else None,
-                "distinguishable": bool(sel.leader_test and sel.leader_test.distinguishable),
-                "test_accuracy": _mean(list(best.test_accuracy)),
-                "test_macro_f1": _mean(list(best.test_macro_f1)),
-                "test_accuracy_all": _mean([t.user_attrs.get("test_accuracy") for t in everything]),
-                "test_macro_f1_all": _mean([t.user_attrs.get("test_macro_f1") for t in everything]),
-                "extra_epochs": sum(_epochs(t) for t in used),
-            })
+            out.append(
+                {
+                    "rule": rule,
+                    "top": k,
+                    "seeds": n,
+                    "number": best.number,
+                    "n": best.n,
+                    "val": best.mean,
+                    "val_sd": best.sd,
+                    "val_fresh": fresh.value if fresh is not None else None,
+                    "distinguishable": bool(sel.leader_test and sel.leader_test.distinguishable),
+                    "test_accuracy": _mean(list(best.test_accuracy)),
+                    "test_macro_f1": _mean(list(best.test_macro_f1)),
+                    "test_accuracy_all": _mean([t.user_attrs.get("test_accuracy") for t in everything]),
+                    "test_macro_f1_all": _mean([t.user_attrs.get("test_macro_f1") for t in everything]),
+                    "extra_epochs": sum(_epochs(t) for t in used),
+                }
+            )
     return out

@@ -47,9 +47,7 @@ MLP_TARGET_CELLS_PER_S = 15_000
 def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dict]:
     from deepsc_tune import data as data_mod
 
-    settings = data_mod.DataSettings.from_dict(
-        {"train": str(data_path), "label_key": "cell_type", "n_top_genes": 2000}
-    )
+    settings = data_mod.DataSettings.from_dict({"train": str(data_path), "label_key": "cell_type", "n_top_genes": 2000})
     data_mod.clear_memo()
     load0 = load_average()
     t0 = time.perf_counter()
@@ -131,14 +129,12 @@ def write_markdown(report: dict, path: Path) -> None:
             f"best {mlp['train_cells_per_s_best']:,}; target >= {MLP_TARGET_CELLS_PER_S:,}) |"
         )
         lines.append(
-            f"| MLP: whole epoch incl. validation | "
-            f"{mlp['epoch_cells_per_s_median_incl_validation']:,} cells/s |"
+            f"| MLP: whole epoch incl. validation | {mlp['epoch_cells_per_s_median_incl_validation']:,} cells/s |"
         )
     one = report.get("mlp_one_thread")
     if one:
         lines.append(
-            f"| MLP, one torch thread (`num_threads: 1`): training | "
-            f"{one['train_cells_per_s_median']:,} cells/s |"
+            f"| MLP, one torch thread (`num_threads: 1`): training | {one['train_cells_per_s_median']:,} cells/s |"
         )
     if tr:
         st = tr["settings"]
@@ -199,12 +195,16 @@ def main(argv: list[str] | None = None) -> int:
     pre = report["preprocessing"]
     print(f"  cold {pre['cold_cache_seconds']} s, warm {pre['warm_cache_seconds']} s", flush=True)
 
-    common = {"batch_size": 32, "grad_acc": 1, "device": args.device, "seed": 0,
-              "learning_rate": 1e-3, "lr_scheduler_type": "cosine"}
+    common = {
+        "batch_size": 32,
+        "grad_acc": 1,
+        "device": args.device,
+        "seed": 0,
+        "learning_rate": 1e-3,
+        "lr_scheduler_type": "cosine",
+    }
     print("MLP...", flush=True)
-    report["mlp"] = measure_training(
-        prepared, {**common, "model": "mlp", "epoch": args.mlp_epochs}, label="mlp"
-    )
+    report["mlp"] = measure_training(prepared, {**common, "model": "mlp", "epoch": args.mlp_epochs}, label="mlp")
     report["mlp"]["target_cells_per_s"] = MLP_TARGET_CELLS_PER_S
     report["mlp"]["meets_target"] = report["mlp"]["train_cells_per_s_median"] >= MLP_TARGET_CELLS_PER_S
     if (os.cpu_count() or 1) > 1 and not args.threads:
@@ -212,15 +212,21 @@ def main(argv: list[str] | None = None) -> int:
         # and it degrades gracefully when the machine is busy (OpenMP threads do not).
         print("MLP, one torch thread...", flush=True)
         report["mlp_one_thread"] = measure_training(
-            prepared, {**common, "model": "mlp", "epoch": args.mlp_epochs, "num_threads": 1},
+            prepared,
+            {**common, "model": "mlp", "epoch": args.mlp_epochs, "num_threads": 1},
             label="mlp/1 thread",
         )
     if not args.skip_transformer:
         print("transformer...", flush=True)
         report["transformer"] = measure_training(
             prepared,
-            {**common, "model": "transformer", "seq_len": args.seq_len,
-             "epoch": args.transformer_epochs, "learning_rate": 1e-4},
+            {
+                **common,
+                "model": "transformer",
+                "seq_len": args.seq_len,
+                "epoch": args.transformer_epochs,
+                "learning_rate": 1e-4,
+            },
             label="transformer",
         )
 

@@ -50,24 +50,37 @@ class InstantFinetuner:
     def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
         history = []
         for epoch in range(1, int(params["epoch"]) + 1):
-            m = EpochMetrics(epoch=epoch, val_accuracy=0.5 + 0.01 * epoch, val_macro_f1=0.4,
-                             val_loss=1.0, learning_rate=params["learning_rate"], train_loss=1.0,
-                             seconds=0.0)
+            m = EpochMetrics(
+                epoch=epoch,
+                val_accuracy=0.5 + 0.01 * epoch,
+                val_macro_f1=0.4,
+                val_loss=1.0,
+                learning_rate=params["learning_rate"],
+                train_loss=1.0,
+                seconds=0.0,
+            )
             history.append(m)
             if on_epoch is not None and on_epoch(m):
                 return FinetuneResult(history, best_epoch=epoch, stopped=True)
-        return FinetuneResult(history, best_epoch=len(history), test_accuracy=0.5, test_macro_f1=0.4,
-                              extra={"steps_per_epoch": 10, "schedule": {"lr_scheduler_type": "constant"}})
+        return FinetuneResult(
+            history,
+            best_epoch=len(history),
+            test_accuracy=0.5,
+            test_macro_f1=0.4,
+            extra={"steps_per_epoch": 10, "schedule": {"lr_scheduler_type": "constant"}},
+        )
 
 
 def space(n_trials: int, epochs: int):
-    return build_search_space({
-        "name": "overhead",
-        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {"epoch": epochs},
-        "search": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
-        "study": {"n_trials": n_trials, "pruner": {"type": "none"}, "sampler": {"type": "tpe", "seed": 0}},
-    })
+    return build_search_space(
+        {
+            "name": "overhead",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {"epoch": epochs},
+            "search": {"learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+            "study": {"n_trials": n_trials, "pruner": {"type": "none"}, "sampler": {"type": "tpe", "seed": 0}},
+        }
+    )
 
 
 def measure(kind: str, *, n_trials: int, epochs: int, folder: Path) -> dict:
@@ -87,11 +100,14 @@ def measure(kind: str, *, n_trials: int, epochs: int, folder: Path) -> dict:
     total = time.perf_counter() - t0
     durations = [t.duration.total_seconds() for t in study.get_trials() if t.duration is not None]
     return {
-        "storage": kind, "trials": n_trials, "epochs": epochs,
+        "storage": kind,
+        "trials": n_trials,
+        "epochs": epochs,
         "seconds_total": round(total, 3),
         "ms_per_trial_loop": round(1000 * total / n_trials, 1),
         "ms_per_trial_median_inside": round(1000 * statistics.median(durations), 1),
-        "load_before": load0, "load_after": load_average(),
+        "load_before": load0,
+        "load_after": load_average(),
     }
 
 
@@ -112,29 +128,40 @@ def main() -> None:
     meta = {
         "script": "bench/trial_overhead.py" + (" --quick" if args.quick else ""),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(), "cpu": cpu_model(), "cpus": os.cpu_count(),
-        "python": platform.python_version(), "optuna": optuna.__version__,
-        "code": str(CODE), "code_commit": git_commit(CODE) if args.code else None,
+        "commit": git_commit(),
+        "cpu": cpu_model(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "optuna": optuna.__version__,
+        "code": str(CODE),
+        "code_commit": git_commit(CODE) if args.code else None,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps({**meta, "results": rows}, indent=1) + "\n")
     lines = [
         "# Per-trial overhead of the study",
         "",
-        (f"`python {meta['script']}`" + (f" --code (commit {meta['code_commit']})" if args.code else "")
-         + f" on {meta['date']} (commit {meta['commit']}): {meta['cpus']} x "
-         f"{meta['cpu']}, Python {meta['python']}, Optuna {meta['optuna']}."),
+        (
+            f"`python {meta['script']}`"
+            + (f" --code (commit {meta['code_commit']})" if args.code else "")
+            + f" on {meta['date']} (commit {meta['commit']}): {meta['cpus']} x "
+            f"{meta['cpu']}, Python {meta['python']}, Optuna {meta['optuna']}."
+        ),
         "",
-        (f"{n} trials of {args.epochs} epochs each through the real objective and worker loop with a "
-         "fine-tuner that does not train: every millisecond here is bookkeeping. 'per trial' is the "
-         "worker loop's wall time divided by the trials; 'inside' is Optuna's median trial duration."),
+        (
+            f"{n} trials of {args.epochs} epochs each through the real objective and worker loop with a "
+            "fine-tuner that does not train: every millisecond here is bookkeeping. 'per trial' is the "
+            "worker loop's wall time divided by the trials; 'inside' is Optuna's median trial duration."
+        ),
         "",
         "| storage | per trial | inside the trial (median) | load average before |",
         "|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['storage']} | {r['ms_per_trial_loop']:.0f} ms | "
-                     f"{r['ms_per_trial_median_inside']:.0f} ms | {r['load_before'][0] if r['load_before'] else '-'} |")
+        lines.append(
+            f"| {r['storage']} | {r['ms_per_trial_loop']:.0f} ms | "
+            f"{r['ms_per_trial_median_inside']:.0f} ms | {r['load_before'][0] if r['load_before'] else '-'} |"
+        )
     (OUT / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {OUT / args.name}.json and .md")
 

@@ -66,8 +66,10 @@ CONFIGS = {
 #: The shipped space as is; and longer trials without pruning, where start-up weighs less.
 WORKLOADS = {
     "shipped": {"overrides": [], "configs": [DEFAULT_THREADS, ONE_THREAD, TWO_WORKERS]},
-    "longer": {"overrides": ["study.n_trials=40", "finetune.epoch=30", "study.pruner={type: none}"],
-               "configs": [ONE_THREAD, TWO_WORKERS]},
+    "longer": {
+        "overrides": ["study.n_trials=40", "finetune.epoch=30", "study.pruner={type: none}"],
+        "configs": [ONE_THREAD, TWO_WORKERS],
+    },
 }
 
 
@@ -76,9 +78,11 @@ def run_once(args: list[str], results: Path, overrides: list[str]) -> dict:
     load_before = load_average()
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "deepsc_tune.cli", "run", NAME, *overrides, "--results-dir", str(results),
-         *args],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
+        [sys.executable, "-m", "deepsc_tune.cli", "run", NAME, *overrides, "--results-dir", str(results), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -87,8 +91,7 @@ def run_once(args: list[str], results: Path, overrides: list[str]) -> dict:
         raise SystemExit("'database is locked' in the output:\n" + proc.stdout + proc.stderr)
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{results / NAME / 'study.db'}")
     trials = [t for t in study.trials if t.state.is_finished()]
-    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE,
-                                                  optuna.trial.TrialState.PRUNED)]
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     first = min(t.datetime_start for t in trials)
     last = max(t.datetime_complete for t in trials)
     search = (last - first).total_seconds()
@@ -116,8 +119,11 @@ def commit_cost(*, wal: bool, writes: int = 200) -> float:
     """
     with tempfile.TemporaryDirectory() as tmp:
         url = f"sqlite:///{Path(tmp) / 'study.db'}"
-        storage = (open_storage(url, heartbeat=False) if wal else
-                   optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}}))
+        storage = (
+            open_storage(url, heartbeat=False)
+            if wal
+            else optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
+        )
         trial = optuna.create_study(storage=storage).ask()
         started = time.perf_counter()
         for i in range(writes // 2):
@@ -133,16 +139,25 @@ def summarise(runs: list[dict]) -> list[dict]:
     for workload, spec in WORKLOADS.items():
         for config in spec["configs"]:
             mine = [r for r in runs if r["workload"] == workload and r["config"] == config]
-            out.append({
-                "workload": workload,
-                "config": config,
-                "repeats": len(mine),
-                **{key: round(statistics.median(r[key] for r in mine), 1)
-                   for key in ("wall_s", "search_s", "trials_per_min_wall", "trials_per_min_search",
-                               "epochs_per_min_search")},
-                "wall_range_s": [min(r["wall_s"] for r in mine), max(r["wall_s"] for r in mine)],
-                "search_range_s": [min(r["search_s"] for r in mine), max(r["search_s"] for r in mine)],
-            })
+            out.append(
+                {
+                    "workload": workload,
+                    "config": config,
+                    "repeats": len(mine),
+                    **{
+                        key: round(statistics.median(r[key] for r in mine), 1)
+                        for key in (
+                            "wall_s",
+                            "search_s",
+                            "trials_per_min_wall",
+                            "trials_per_min_search",
+                            "epochs_per_min_search",
+                        )
+                    },
+                    "wall_range_s": [min(r["wall_s"] for r in mine), max(r["wall_s"] for r in mine)],
+                    "search_range_s": [min(r["search_s"] for r in mine), max(r["search_s"] for r in mine)],
+                }
+            )
     return out
 
 
@@ -175,11 +190,11 @@ def write_markdown(path: Path, info: dict) -> None:
     journal_ms = " / ".join(str(x) for x in info["sqlite_write_ms"]["rollback_journal"])
     text = f"""# Local workers: trials per minute on `{NAME}`
 
-`python bench/workers.py` on {info['date']} (commit {info['commit']}): {m['cpus']} x {m['cpu']},
-torch {m['torch']} ({m['torch_default_threads']} threads by default), optuna {m['optuna']}, SQLite
+`python bench/workers.py` on {info["date"]} (commit {info["commit"]}): {m["cpus"]} x {m["cpu"]},
+torch {m["torch"]} ({m["torch_default_threads"]} threads by default), optuna {m["optuna"]}, SQLite
 in WAL mode. Workloads: `shipped` is `{NAME}` as shipped (20 trials, 10 epochs, Hyperband, MLP
-(256, 128) on 448 training cells); `longer` adds `{' '.join(WORKLOADS['longer']['overrides'])}`.
-Medians of {info['repeats']} run(s); 1-minute load average before the runs {min(loads):.1f} to
+(256, 128) on 448 training cells); `longer` adds `{" ".join(WORKLOADS["longer"]["overrides"])}`.
+Medians of {info["repeats"]} run(s); 1-minute load average before the runs {min(loads):.1f} to
 {max(loads):.1f}: the machine is shared with other work, so single figures vary by tens of percent.
 
 | workload | configuration | trials/min (whole command) | trials/min (search phase) | epochs/min (search phase) | wall (range) | search phase (range) |
@@ -194,9 +209,9 @@ adds start-up (imports, cached data, study) and, with workers, the children's ow
 What limits it:
 - **Cores.** Two cores: two single-threaded workers fill them; more workers only queue. Other
   processes on the machine take their share.
-- **Torch threads.** One process with torch's default {m['torch_default_threads']} threads took
-  {default['search_range_s'][0]:.1f} to {default['search_range_s'][1]:.1f} s for the shipped search phase,
-  one thread {one['search_range_s'][0]:.1f} to {one['search_range_s'][1]:.1f} s: on so small a model a second
+- **Torch threads.** One process with torch's default {m["torch_default_threads"]} threads took
+  {default["search_range_s"][0]:.1f} to {default["search_range_s"][1]:.1f} s for the shipped search phase,
+  one thread {one["search_range_s"][0]:.1f} to {one["search_range_s"][1]:.1f} s: on so small a model a second
   thread saves nothing, and when another process holds a core the two threads wait on each
   other (the slow runs). `--workers N` therefore gives each worker `cores // N` threads.
 - **Start-up.** Each worker is a fresh Python process: importing torch, scikit-learn, scanpy and
@@ -234,9 +249,14 @@ def main() -> None:
                 for config in spec["configs"]:
                     results = Path(tmp) / f"run{len(runs)}"
                     shutil.copytree(cache, results / "cache")  # every run starts with a warm cache
-                    run = {"workload": workload, "config": config, "args": CONFIGS[config],
-                           "overrides": spec["overrides"], "repeat": repeat,
-                           **run_once(CONFIGS[config], results, spec["overrides"])}
+                    run = {
+                        "workload": workload,
+                        "config": config,
+                        "args": CONFIGS[config],
+                        "overrides": spec["overrides"],
+                        "repeat": repeat,
+                        **run_once(CONFIGS[config], results, spec["overrides"]),
+                    }
                     print(json.dumps(run), flush=True)
                     runs.append(run)
     info = {
@@ -244,9 +264,14 @@ def main() -> None:
         "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
         "commit": (git_commit() or "unknown"),
         "deepsc_tune": __version__,
-        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "torch_default_threads": torch.get_num_threads(), "optuna": optuna.__version__,
-                    "python": platform.python_version()},
+        "machine": {
+            "cpu": cpu_model(),
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_default_threads": torch.get_num_threads(),
+            "optuna": optuna.__version__,
+            "python": platform.python_version(),
+        },
         "search_space": NAME,
         "repeats": args.repeats,
         "sqlite_write_ms": {

@@ -55,7 +55,10 @@ class BuiltinFinetuner:
     ) -> FinetuneResult:
         settings = TrainSettings.from_dict({**self.defaults, **params})
         result = run_training(
-            self.data, settings, metric=metric, on_epoch=on_epoch,
+            self.data,
+            settings,
+            metric=metric,
+            on_epoch=on_epoch,
             log=self.log or (lambda _line: None),
         )
         if self.keeper is not None and run_dir is not None and run_dir.name.isdigit():

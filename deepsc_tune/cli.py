@@ -42,8 +42,7 @@ EXIT_ERROR = 1  # anything else the user can fix
 NameArg = Annotated[
     str,
     typer.Argument(
-        help="Search-space name (looked up in ./search_spaces/, then the installed ones) "
-        "or path to a YAML file.",
+        help="Search-space name (looked up in ./search_spaces/, then the installed ones) or path to a YAML file.",
         show_default=False,
     ),
 ]
@@ -55,9 +54,7 @@ OverridesArg = Annotated[
         show_default=False,
     ),
 ]
-ResultsDirOpt = Annotated[
-    Path, typer.Option("--results-dir", help="Folder for studies, caches and reports.")
-]
+ResultsDirOpt = Annotated[Path, typer.Option("--results-dir", help="Folder for studies, caches and reports.")]
 StorageOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -71,8 +68,9 @@ StorageOpt = Annotated[
 ]
 StudyNameOpt = Annotated[
     Optional[str],
-    typer.Option("--study-name", help="Study name in the storage. Default: the search space's name.",
-                 show_default=False),
+    typer.Option(
+        "--study-name", help="Study name in the storage. Default: the search space's name.", show_default=False
+    ),
 ]
 
 
@@ -97,8 +95,11 @@ def user_errors() -> Iterator[None]:
 def _os_error(e: OSError) -> str:
     import errno
 
-    what = {errno.EROFS: "read-only file system", errno.EACCES: "not writable (permission denied)",
-            errno.ENOSPC: "no space left on the device"}.get(e.errno or 0, e.strerror or str(e))
+    what = {
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "not writable (permission denied)",
+        errno.ENOSPC: "no space left on the device",
+    }.get(e.errno or 0, e.strerror or str(e))
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{what}"
 
@@ -175,37 +176,53 @@ def run(
     study_name: StudyNameOpt = None,
     device: Annotated[
         Optional[str],
-        typer.Option(help="Built-in fine-tuner device: auto, cpu or cuda (mixed precision on CUDA).",
-                     show_default=False),
+        typer.Option(
+            help="Built-in fine-tuner device: auto, cpu or cuda (mixed precision on CUDA).", show_default=False
+        ),
     ] = None,
     threads: Annotated[
         Optional[int],
-        typer.Option(help="Torch CPU threads per worker (default: torch's choice; with --workers "
-                     "N: cores // N).", show_default=False),
+        typer.Option(
+            help="Torch CPU threads per worker (default: torch's choice; with --workers N: cores // N).",
+            show_default=False,
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="One line per epoch.")] = False,
     workers: Annotated[
         Optional[int],
-        typer.Option("--workers", "-j", help="Worker processes on this machine, all on this study "
-                     "(default 1, or one per --gpus entry).", show_default=False),
+        typer.Option(
+            "--workers",
+            "-j",
+            help="Worker processes on this machine, all on this study (default 1, or one per --gpus entry).",
+            show_default=False,
+        ),
     ] = None,
     gpus: Annotated[
         Optional[str],
-        typer.Option("--gpus", help="GPUs for the workers, e.g. 0,1,2,3: one each "
-                     "(CUDA_VISIBLE_DEVICES), handed out in turn.", show_default=False),
+        typer.Option(
+            "--gpus",
+            help="GPUs for the workers, e.g. 0,1,2,3: one each (CUDA_VISIBLE_DEVICES), handed out in turn.",
+            show_default=False,
+        ),
     ] = None,
     worker_id: Annotated[
         Optional[str],
-        typer.Option("--worker-id", help="Label for this worker's progress lines, e.g. "
-                     "$SLURM_ARRAY_TASK_ID when many machines share one --storage.",
-                     show_default=False),
+        typer.Option(
+            "--worker-id",
+            help="Label for this worker's progress lines, e.g. "
+            "$SLURM_ARRAY_TASK_ID when many machines share one --storage.",
+            show_default=False,
+        ),
     ] = None,
     parent_pid: Annotated[Optional[int], typer.Option("--parent-pid", hidden=True)] = None,
     timeout: Annotated[
         Optional[float],
-        typer.Option("--timeout", help="Time budget in seconds (default: study.timeout): no trial "
-                     "starts after it; the running one finishes. Run again to go on.",
-                     show_default=False),
+        typer.Option(
+            "--timeout",
+            help="Time budget in seconds (default: study.timeout): no trial "
+            "starts after it; the running one finishes. Run again to go on.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Run (or resume) the hyperparameter search for NAME.
@@ -248,9 +265,14 @@ def run(
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
             data = getattr(finetuner, "data", None)
-        study = open_study(space, storage=opened, study_name=study_name,
-                           data_fingerprint=fingerprint, worker=sampler_label(url, worker_id),
-                           record_dir=results_dir / space.name)
+        study = open_study(
+            space,
+            storage=opened,
+            study_name=study_name,
+            data_fingerprint=fingerprint,
+            worker=sampler_label(url, worker_id),
+            record_dir=results_dir / space.name,
+        )
         _record_chance_levels(study, data)
         if not child:
             _echo(
@@ -258,9 +280,17 @@ def run(
                 f"target {space.n_trials} finished; optimising {space.metric}"
             )
         if plans:
-            _run_workers(plans, name=name, overrides=overrides or [], results_dir=results_dir,
-                         url=url, study_name=study_name, device=device, verbose=verbose,
-                         timeout=budget.seconds)
+            _run_workers(
+                plans,
+                name=name,
+                overrides=overrides or [],
+                results_dir=results_dir,
+                url=url,
+                study_name=study_name,
+                device=device,
+                verbose=verbose,
+                timeout=budget.seconds,
+            )
             summary = _summarise(study, space, budget=budget)
         else:
             if child:
@@ -269,29 +299,42 @@ def run(
             _keep_models(finetuner, space, study, results_dir / space.name)
             try:
                 with sigterm_as_interrupt():
-                    summary = run_study(space, finetuner, study=study, progress=progress,
-                                        trials_dir=results_dir / space.name / "trials",
-                                        stop=budget.spent)
-                    confirmed = run_confirmation(space, finetuner, study=study, storage=opened,
-                                                 progress=progress, trials_dir=results_dir / space.name / "trials")
+                    summary = run_study(
+                        space,
+                        finetuner,
+                        study=study,
+                        progress=progress,
+                        trials_dir=results_dir / space.name / "trials",
+                        stop=budget.spent,
+                    )
+                    confirmed = run_confirmation(
+                        space,
+                        finetuner,
+                        study=study,
+                        storage=opened,
+                        progress=progress,
+                        trials_dir=results_dir / space.name / "trials",
+                    )
             except KeyboardInterrupt:
                 if not child:  # the parent says it once for all its workers
                     typer.secho(
                         f"\n{prefix}interrupted: the running trial is recorded as FAIL (interrupted) "
                         f"and its settings re-queued; run the same command to resume.",
-                        fg=typer.colors.YELLOW, err=True,
+                        fg=typer.colors.YELLOW,
+                        err=True,
                     )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
             if confirmed is not None and not child:
-                _echo(f"confirmation (study.confirm top {space.confirm['top']}, seeds "
-                      f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
-                      f"({len(confirmed.failed)} failed)")
+                _echo(
+                    f"confirmation (study.confirm top {space.confirm['top']}, seeds "
+                    f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
+                    f"({len(confirmed.failed)} failed)"
+                )
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         if summary.finished < summary.target and budget.spent():
-            _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; "
-                  "run the same command to go on")
+            _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; run the same command to go on")
         _print_best(study, space.backend, fmt="yaml", folder=results_dir / space.name)
         _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
 
@@ -301,9 +344,12 @@ def _describe_trials(study) -> str:
     from optuna.trial import TrialState
 
     states = [t.state for t in study.get_trials(deepcopy=False)]
-    parts = [(sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), "finished"),
-             (states.count(TrialState.FAIL), "failed"), (states.count(TrialState.RUNNING), "running"),
-             (states.count(TrialState.WAITING), "queued")]
+    parts = [
+        (sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), "finished"),
+        (states.count(TrialState.FAIL), "failed"),
+        (states.count(TrialState.RUNNING), "running"),
+        (states.count(TrialState.WAITING), "queued"),
+    ]
     text = ", ".join(f"{n} {what}" for n, what in parts if n)
     if not any(n for n, what in parts[:3]):
         return "new study" + (f", {text}" if text else "")
@@ -329,8 +375,12 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
 
     completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     finetuner.keeper = ModelKeeper(
-        folder / MODEL_DIR, study_name=study.study_name, metric=space.metric, data=finetuner.data,
-        data_settings=DataSettings.from_dict(space.data, source="data").to_dict(), completed=completed,
+        folder / MODEL_DIR,
+        study_name=study.study_name,
+        metric=space.metric,
+        data=finetuner.data,
+        data_settings=DataSettings.from_dict(space.data, source="data").to_dict(),
+        completed=completed,
     )
 
 
@@ -354,15 +404,24 @@ def _time_budget(option: float | None, configured: float | None) -> _Budget:
     return _Budget(option if option is not None else configured)
 
 
-def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose,
-                 timeout=None) -> None:
+def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose, timeout=None) -> None:
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
     from deepsc_tune.workers import run_workers
 
     # The URL travels in the environment, so a database password never shows in `ps`.
     os.environ["DEEPSC_TUNE_STORAGE"] = url
-    base = [sys.executable, "-m", "deepsc_tune.cli", "run", "--results-dir", str(results_dir),
-            "--study-name", study_name, "--parent-pid", str(os.getpid())]
+    base = [
+        sys.executable,
+        "-m",
+        "deepsc_tune.cli",
+        "run",
+        "--results-dir",
+        str(results_dir),
+        "--study-name",
+        study_name,
+        "--parent-pid",
+        str(os.getpid()),
+    ]
     if device:
         base += ["--device", device]
     if verbose:
@@ -371,18 +430,20 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
         base += ["--timeout", f"{timeout:g}"]
 
     def command(plan) -> list[str]:
-        return [*base, "--worker-id", plan.worker_id, "--threads", str(plan.threads),
-                "--", name, *overrides]
+        return [*base, "--worker-id", plan.worker_id, "--threads", str(plan.threads), "--", name, *overrides]
 
     where = f" on GPUs {','.join(sorted({p.gpu for p in plans}))}" if plans[0].gpu is not None else ""
-    _echo(f"starting {len(plans)} worker{'s' if len(plans) > 1 else ''}{where}; Ctrl-C stops "
-          f"{'them all' if len(plans) > 1 else 'it'}")
+    _echo(
+        f"starting {len(plans)} worker{'s' if len(plans) > 1 else ''}{where}; Ctrl-C stops "
+        f"{'them all' if len(plans) > 1 else 'it'}"
+    )
     result = run_workers(plans, command, echo=_echo)
     if result.interrupted:
         typer.secho(
             "interrupted: each worker recorded its running trial as FAIL (interrupted) and "
             "re-queued its settings; run the same command to resume.",
-            fg=typer.colors.YELLOW, err=True,
+            fg=typer.colors.YELLOW,
+            err=True,
         )
         raise typer.Exit(EXIT_INTERRUPTED)
 
@@ -450,8 +511,7 @@ def finetune(
     with user_errors():
         space = load_search_space(name, overrides or [], fixed_only=True)
         finetuner, _ = _make_finetuner(space, results_dir, log=_echo)
-        result = finetuner.run(dict(space.fixed), metric=space.metric,
-                               run_dir=results_dir / space.name / "finetune")
+        result = finetuner.run(dict(space.fixed), metric=space.metric, run_dir=results_dir / space.name / "finetune")
         best = result.best()
         if best is not None:
             _echo(
@@ -518,8 +578,13 @@ def validate(
 def best(
     name: NameArg,
     fmt: Annotated[
-        str, typer.Option("--format", "-f", help="yaml (settings block, with notes as comments), hydra (one shell command that "
-            "re-runs the trial in DeepSC; notes on stderr) or json.")
+        str,
+        typer.Option(
+            "--format",
+            "-f",
+            help="yaml (settings block, with notes as comments), hydra (one shell command that "
+            "re-runs the trial in DeepSC; notes on stderr) or json.",
+        ),
     ] = "yaml",
     results_dir: ResultsDirOpt = Path("results"),
     storage: StorageOpt = None,
@@ -563,8 +628,7 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
     db = results_dir / folder / "study.db"
     if storage is None and not db.is_file():
         raise DeepscTuneError(
-            f"no study found at {db}; "
-            f"run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
+            f"no study found at {db}; run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
         )
     url = storage or f"sqlite:///{db}"
     study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
@@ -577,8 +641,9 @@ def status(
     results_dir: ResultsDirOpt = Path("results"),
     storage: StorageOpt = None,
     study_name: StudyNameOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON document (for scripts and dashboards) "
-                                          "instead of the table.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON document (for scripts and dashboards) instead of the table.")
+    ] = False,
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
     from deepsc_tune.chance import chance_note, chance_trials
@@ -595,15 +660,20 @@ def status(
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
             u = t.user_attrs
-            value = f"{t.value:.4f}" if t.value is not None else (
-                f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
+            value = (
+                f"{t.value:.4f}"
+                if t.value is not None
+                else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
+            )
             test = f"{u['test_accuracy']:.4f}" if u.get("test_accuracy") is not None else "-"
             tags = [f"{k}={u[k]}" for k in ("enqueued", "repeat_of", "retry_of") if k in u]
             if t.number in at_chance:
                 tags.append("chance level")
             extra = f"  [{', '.join(tags)}]" if tags else ""
-            _echo(f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
-                  f"{format_params(t.params)}{extra}")
+            _echo(
+                f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
+                f"{format_params(t.params)}{extra}"
+            )
             reason = failure_reason(t)
             if reason:
                 _echo(f"{'':>6}reason: {reason.splitlines()[0][:200]}")
@@ -639,23 +709,45 @@ def _status_json(study, trials, metric: str) -> str:
 
     from deepsc_tune.study import failure_reason
 
-    keys = ("test_accuracy", "test_macro_f1", "best_epoch", "epochs_run", "duration_s", "seed",
-            "enqueued", "repeat_of", "retry_of", "device")
+    keys = (
+        "test_accuracy",
+        "test_macro_f1",
+        "best_epoch",
+        "epochs_run",
+        "duration_s",
+        "seed",
+        "enqueued",
+        "repeat_of",
+        "retry_of",
+        "device",
+    )
     rows = []
     for t in trials:
         u = t.user_attrs
-        rows.append({
-            "number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-            "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            **{k: u[k] for k in keys if k in u}, "fail_reason": failure_reason(t),
-            "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
-            "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
-        })
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                "params": t.params,
+                "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                **{k: u[k] for k in keys if k in u},
+                "fail_reason": failure_reason(t),
+                "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
+                "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
+            }
+        )
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    doc = {"study": study.study_name, "metric": metric, "direction": "maximize",
-           "n_trials_target": study.user_attrs.get("n_trials"), "counts": counts, "trials": rows}
+    doc = {
+        "study": study.study_name,
+        "metric": metric,
+        "direction": "maximize",
+        "n_trials_target": study.user_attrs.get("n_trials"),
+        "counts": counts,
+        "trials": rows,
+    }
     return json.dumps(doc, default=str)
 
 
@@ -665,22 +757,31 @@ def split(
     overrides: OverridesArg = None,
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="Folder for train.h5ad / val.h5ad / test.h5ad. "
-                     "Default: RESULTS_DIR/NAME/split.", show_default=False),
+        typer.Option(
+            "--out",
+            help="Folder for train.h5ad / val.h5ad / test.h5ad. Default: RESULTS_DIR/NAME/split.",
+            show_default=False,
+        ),
     ] = None,
     results_dir: ResultsDirOpt = Path("results"),
     for_: Annotated[
         Optional[str],
-        typer.Option("--for", help="deepsc: files DeepSC's fine-tuner reads as they are "
-                     "(log1p CP10k, var gene_name, label column obs_celltype_col); original: the "
-                     "input's own values. Default: deepsc when finetune runs DeepSC, else original.",
-                     show_default=False),
+        typer.Option(
+            "--for",
+            help="deepsc: files DeepSC's fine-tuner reads as they are "
+            "(log1p CP10k, var gene_name, label column obs_celltype_col); original: the "
+            "input's own values. Default: deepsc when finetune runs DeepSC, else original.",
+            show_default=False,
+        ),
     ] = None,
     gene_map: Annotated[
         Optional[Path],
-        typer.Option("--gene-map", help="DeepSC's gene map (CSV feature_name,id); default: "
-                     "finetune.overrides.csv_path. Reports how many genes DeepSC will see.",
-                     show_default=False),
+        typer.Option(
+            "--gene-map",
+            help="DeepSC's gene map (CSV feature_name,id); default: "
+            "finetune.overrides.csv_path. Reports how many genes DeepSC will see.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Write the data block's train / validation / test split as .h5ad files.
@@ -711,7 +812,8 @@ def split(
             from deepsc_tune.deepsc import is_deepsc_command
 
             runs_deepsc = space.backend == "command" and is_deepsc_command(
-                CommandSettings.from_dict(finetune_block)[0].command)
+                CommandSettings.from_dict(finetune_block)[0].command
+            )
             for_ = "deepsc" if runs_deepsc else "original"
         if for_ == "original":
             paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
@@ -732,8 +834,10 @@ def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -
     _echo(f"train: {result.paths['train']}")
     _echo(f"val: {result.paths['val']}   (DeepSC's data_path_eval: the study selects on it)")
     if "test" in result.paths:
-        _echo(f"test: {result.paths['test']}   (keep it out of the study: evaluate the chosen "
-              "configuration on it once, at the end)")
+        _echo(
+            f"test: {result.paths['test']}   (keep it out of the study: evaluate the chosen "
+            "configuration on it once, at the end)"
+        )
     _echo(f"{result.n_genes} genes (all; var[{result.gene_col!r}]), labels in obs[{result.label_col!r}]")
     for note in result.notes:
         _echo(f"note: {note}")
@@ -774,8 +878,11 @@ def report(
     top: Annotated[int, typer.Option("--top", help="Configurations in the stability section.")] = 5,
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", help="Folder for the report files (e.g. when the study is on read-only "
-                     "media). Default: RESULTS_DIR/NAME.", show_default=False),
+        typer.Option(
+            "--out",
+            help="Folder for the report files (e.g. when the study is on read-only media). Default: RESULTS_DIR/NAME.",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
     """Write the HTML report of NAME: RESULTS_DIR/NAME/report.html, trials.csv and best.yaml.
@@ -792,8 +899,9 @@ def report(
     with user_errors():
         if name is None:
             if storage is not None or study_name is not None or out is not None:
-                raise ConfigError("--storage / --study-name / --out need a NAME "
-                                  "(the index scans RESULTS_DIR/*/study.db)")
+                raise ConfigError(
+                    "--storage / --study-name / --out need a NAME (the index scans RESULTS_DIR/*/study.db)"
+                )
             if not any(Path(results_dir).glob("*/study.db")):
                 raise DeepscTuneError(
                     f"no studies under {results_dir} (no {results_dir}/NAME/study.db); start one with "
@@ -808,8 +916,13 @@ def report(
             return
         study, backend = _load_study(name, results_dir, storage, study_name)
         try:
-            files = write_report(study, folder=out or results_dir / study.study_name, backend=backend, top=top,
-                                 record_dir=results_dir / _space_name(name))
+            files = write_report(
+                study,
+                folder=out or results_dir / study.study_name,
+                backend=backend,
+                top=top,
+                record_dir=results_dir / _space_name(name),
+            )
         except OSError as e:
             raise DeepscTuneError(f"{_os_error(e)}; give --out FOLDER to write the report elsewhere") from None
         _echo(f"report: {files.html}")
@@ -856,8 +969,9 @@ def repeat(
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
         url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
-        study, space = open_for_repeats(storage=url, study_name=study.study_name,
-                                        record_dir=results_dir / study.study_name)
+        study, space = open_for_repeats(
+            storage=url, study_name=study.study_name, record_dir=results_dir / study.study_name
+        )
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
@@ -870,26 +984,37 @@ def repeat(
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
         try:
-            summary = run_repeats(study, space, finetuner, progress=Progress(metric=space.metric, verbose=verbose),
-                                  trials_dir=results_dir / study.study_name / "trials")
+            summary = run_repeats(
+                study,
+                space,
+                finetuner,
+                progress=Progress(metric=space.metric, verbose=verbose),
+                trials_dir=results_dir / study.study_name / "trials",
+            )
         except KeyboardInterrupt:
-            typer.secho("\ninterrupted: the running repeat is recorded as FAIL (interrupted); "
-                        "run the same command to finish the rest.", fg=typer.colors.YELLOW, err=True)
+            typer.secho(
+                "\ninterrupted: the running repeat is recorded as FAIL (interrupted); "
+                "run the same command to finish the rest.",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        _echo(f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
-              + (f" and {len(summary.search)} queued search trials" if summary.search else ""))
+        _echo(
+            f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
+            + (f" and {len(summary.search)} queued search trials" if summary.search else "")
+        )
         _echo(f"next: deepsc-tune report {name}   (stability across seeds)")
 
 
 @app.command()
 def predict(
     name: NameArg,
-    query: Annotated[Path, typer.Argument(help="The .h5ad file of cells to annotate (read only).",
-                                          show_default=False)],
+    query: Annotated[Path, typer.Argument(help="The .h5ad file of cells to annotate (read only).", show_default=False)],
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", "-o", help="The new .h5ad file. Default: QUERY.predicted.h5ad beside QUERY.",
-                     show_default=False),
+        typer.Option(
+            "--out", "-o", help="The new .h5ad file. Default: QUERY.predicted.h5ad beside QUERY.", show_default=False
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
@@ -911,22 +1036,30 @@ def predict(
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
             raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
         folder = model_dir(results_dir, _space_name(name))
-        result = predict_file(folder, query, out=out, device=device, overwrite=overwrite,
-                              name=name)
+        result = predict_file(folder, query, out=out, device=device, overwrite=overwrite, name=name)
         card = result.card
-        _echo(f"model: trial {card['trial']} of study '{card['study']}', epoch {card['best_epoch']}, "
-              f"{card['metric']} {card['value']:.4f}" + (
-                  f", test accuracy {card['test_accuracy']:.4f}" if card.get("test_accuracy") is not None else ""))
+        _echo(
+            f"model: trial {card['trial']} of study '{card['study']}', epoch {card['best_epoch']}, "
+            f"{card['metric']} {card['value']:.4f}"
+            + (f", test accuracy {card['test_accuracy']:.4f}" if card.get("test_accuracy") is not None else "")
+        )
         for note in result.notes:
             _echo(f"query: {note}")
         if result.n_missing:
-            typer.secho(f"warning: {result.n_missing} of the model's {result.n_genes} genes are missing "
-                        "from the query (set to 0)", fg=typer.colors.YELLOW, err=True)
+            typer.secho(
+                f"warning: {result.n_missing} of the model's {result.n_genes} genes are missing "
+                "from the query (set to 0)",
+                fg=typer.colors.YELLOW,
+                err=True,
+            )
         if result.accuracy is not None:
-            unknown = f"; {result.n_unknown} cells of classes the model does not know left out" \
-                if result.n_unknown else ""
-            _echo(f"accuracy against obs[{card['data'].get('label_key')!r}]: {result.accuracy:.4f} "
-                  f"on {result.n_scored} cells{unknown}")
+            unknown = (
+                f"; {result.n_unknown} cells of classes the model does not know left out" if result.n_unknown else ""
+            )
+            _echo(
+                f"accuracy against obs[{card['data'].get('label_key')!r}]: {result.accuracy:.4f} "
+                f"on {result.n_scored} cells{unknown}"
+            )
         _echo(f"wrote {result.out} ({result.n_cells} cells): obs deepsc_tune_label, deepsc_tune_probability")
 
 
@@ -935,12 +1068,11 @@ def lr_find(
     name: NameArg,
     overrides: OverridesArg = None,
     min_lr: Annotated[float, typer.Option("--min-lr", help="First learning rate.")] = 1e-6,
-    max_lr: Annotated[float, typer.Option("--max-lr", help="Last learning rate (if the loss has not "
-                                          "diverged before).")] = 1.0,
+    max_lr: Annotated[
+        float, typer.Option("--max-lr", help="Last learning rate (if the loss has not diverged before).")
+    ] = 1.0,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (one batch each).")] = 100,
-    device: Annotated[
-        Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)
-    ] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)] = None,
     results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
@@ -957,23 +1089,25 @@ def lr_find(
         check_bounds(min_lr, max_lr, steps)
         space = load_search_space(name, overrides or [], fixed_only=True)
         if space.backend != "builtin":
-            raise ConfigError(f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, "
-                              f"got {space.backend!r}")
+            raise ConfigError(
+                f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, got {space.backend!r}"
+            )
         data = _prepare(space, results_dir)
         from deepsc_tune.train_settings import TrainSettings
 
         settings = TrainSettings.from_dict({**dict(space.fixed), **({"device": device} if device else {})})
         result = run_lr_find(data, settings, min_lr=min_lr, max_lr=max_lr, steps=steps)
         html, _ = write_lr_find(result, results_dir / space.name, name=space.name, settings=settings.to_dict())
-        _echo(f"lr-find: {len(result.learning_rates)} steps from {min_lr:g} to {result.learning_rates[-1]:.3g}"
-              + (" (stopped: the loss diverged)" if result.stopped_early else ""))
+        _echo(
+            f"lr-find: {len(result.learning_rates)} steps from {min_lr:g} to {result.learning_rates[-1]:.3g}"
+            + (" (stopped: the loss diverged)" if result.stopped_early else "")
+        )
         if result.note:
             _echo(f"note: {result.note}")
         if result.low is not None:
             _echo(f"steepest descent at {result.steepest_lr:.3g}, lowest loss at {result.min_loss_lr:.3g}")
             _echo(f"suggested learning_rate: {{low: {result.low:.3g}, high: {result.high:.3g}, log: true}}")
-            _echo(f"use it (a new study): deepsc-tune run {name} --study-name {space.name}-lr "
-                  f"{override_line(result)}")
+            _echo(f"use it (a new study): deepsc-tune run {name} --study-name {space.name}-lr {override_line(result)}")
         _echo(f"plot: {html}")
 
 

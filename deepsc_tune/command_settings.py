@@ -158,7 +158,11 @@ class CommandSettings:
             ):
                 kw["command"] = tuple(str(a) for a in value)
             else:
-                bad("command", d["command"], "a non-empty list of strings, e.g. [python, -m, src.deepsc.finetune.finetune]")
+                bad(
+                    "command",
+                    d["command"],
+                    "a non-empty list of strings, e.g. [python, -m, src.deepsc.finetune.finetune]",
+                )
 
         if d.get("cwd") is not None:
             if isinstance(d["cwd"], (str, os.PathLike)) and str(d["cwd"]):

@@ -73,9 +73,7 @@ def run_confirmation(
     finally:
         lock.release()
 
-    objective = build_objective(
-        space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None
-    )
+    objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
     def tracked(trial: optuna.trial.Trial) -> float:
@@ -94,5 +92,7 @@ def run_confirmation(
             lock.release()
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     return ConfirmSummary(
-        queued=queued, ran=ran, failed=[n for n in ran if states.get(n) == TrialState.FAIL],
+        queued=queued,
+        ran=ran,
+        failed=[n for n in ran if states.get(n) == TrialState.FAIL],
     )

@@ -140,9 +140,7 @@ class DataSettings:
             One line per problem, each naming the key path, the value and what was expected.
         """
         if not isinstance(d, Mapping):
-            raise ConfigError(
-                f"{source}: expected a mapping with at least 'train' and 'label_key', got {d!r}"
-            )
+            raise ConfigError(f"{source}: expected a mapping with at least 'train' and 'label_key', got {d!r}")
         problems: list[str] = []
         unknown = [k for k in d if k not in DATA_KEYS]
         if unknown:
@@ -185,16 +183,13 @@ class DataSettings:
         label_key = d.get("label_key")
         if not isinstance(label_key, str) or not label_key:
             problems.append(
-                f"{source}.label_key: required; expected the obs column holding cell types,"
-                f" got {label_key!r}"
+                f"{source}.label_key: required; expected the obs column holding cell types, got {label_key!r}"
             )
             label_key = None
 
         test_split = _parse_test_split(d.get("test_split"), f"{source}.test_split", problems)
         if test is not None and test_split is not None:
-            problems.append(
-                f"{source}: give either 'test' (a file) or 'test_split' (an obs column), not both"
-            )
+            problems.append(f"{source}: give either 'test' (a file) or 'test_split' (an obs column), not both")
 
         val_fraction = _parse_number(
             d.get("val_fraction", 0.1),
@@ -219,10 +214,7 @@ class DataSettings:
                 )
         normalize = d.get("normalize", "auto")
         if normalize not in NORMALIZE_MODES:
-            problems.append(
-                f"{source}.normalize: expected one of {', '.join(NORMALIZE_MODES)},"
-                f" got {normalize!r}"
-            )
+            problems.append(f"{source}.normalize: expected one of {', '.join(NORMALIZE_MODES)}, got {normalize!r}")
         n_top_genes = d.get("n_top_genes")
         if n_top_genes is not None:
             n_top_genes = _parse_int(
@@ -248,10 +240,7 @@ class DataSettings:
         )
         origin = d.get("origin")
         if origin is not None and not isinstance(origin, str):
-            problems.append(
-                f"{source}.origin: expected text saying where the dataset can be obtained,"
-                f" got {origin!r}"
-            )
+            problems.append(f"{source}.origin: expected text saying where the dataset can be obtained, got {origin!r}")
 
         if problems:
             raise ConfigError("\n".join(problems))
@@ -326,15 +315,12 @@ def _parse_test_split(value, where, problems) -> ObsSplit | None:
     if value is None:
         return None
     if not isinstance(value, Mapping):
-        problems.append(
-            f"{where}: expected a mapping like {{obs_key: donor, values: [human4]}}, got {value!r}"
-        )
+        problems.append(f"{where}: expected a mapping like {{obs_key: donor, values: [human4]}}, got {value!r}")
         return None
     unknown = [k for k in value if k not in TEST_SPLIT_KEYS]
     if unknown:
         problems.append(
-            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)};"
-            f" expected: {', '.join(TEST_SPLIT_KEYS)}"
+            f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; expected: {', '.join(TEST_SPLIT_KEYS)}"
         )
     obs_key = value.get("obs_key")
     if not isinstance(obs_key, str) or not obs_key:
@@ -348,10 +334,7 @@ def _parse_test_split(value, where, problems) -> ObsSplit | None:
         or not values
         or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values)
     ):
-        problems.append(
-            f"{where}.values: expected a non-empty list of obs values (e.g. [human4]),"
-            f" got {values!r}"
-        )
+        problems.append(f"{where}.values: expected a non-empty list of obs values (e.g. [human4]), got {values!r}")
         values = None
     if obs_key is None or values is None:
         return None
@@ -385,9 +368,7 @@ def _resolve_input(value: str, *, key: str, origin: str | None) -> _Input:
         what = "is a directory, not a file" if absolute.is_dir() else "file not found"
         where = f"{key}" if path.is_absolute() else f"{key}, relative to {Path.cwd()}"
         hint = f"; it can be obtained from: {origin}" if origin else ""
-        raise DataError(
-            f"{what}: {value} ({where}); download the dataset or point {key} at your copy{hint}"
-        )
+        raise DataError(f"{what}: {value} ({where}); download the dataset or point {key} at your copy{hint}")
     return _Input(key=key, value=value, path=absolute.resolve())
 
 
@@ -481,16 +462,12 @@ def _read(inp: _Input) -> AnnData:
             warnings.simplefilter("ignore")
             adata = anndata.read_h5ad(inp.path)
     except Exception as exc:  # h5py/anndata raise many types for a file that is not h5ad
-        raise DataError(
-            f"cannot read {inp.path} ({inp.key}) as an .h5ad file: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise DataError(f"cannot read {inp.path} ({inp.key}) as an .h5ad file: {type(exc).__name__}: {exc}") from exc
     if adata.X is None:
         raise DataError(f"{inp.path} ({inp.key}) has no expression matrix X")
     n_cells, n_genes = adata.shape
     if n_genes == 0:
-        raise DataError(
-            f"{inp.path} ({inp.key}) has 0 genes (X is {n_cells} x 0); expected cells x genes"
-        )
+        raise DataError(f"{inp.path} ({inp.key}) has 0 genes (X is {n_cells} x 0); expected cells x genes")
     if n_cells and _all_zero(adata.X):
         raise DataError(
             f"{inp.path} ({inp.key}): X is all zero ({n_cells} x {n_genes}); expected expression"
@@ -511,9 +488,7 @@ def _listing(items) -> str:
     return ", ".join(items[:_MAX_LISTED]) + more
 
 
-def _labels(
-    adata: AnnData, *, label_key: str, inp: _Input, src: str
-) -> tuple[np.ndarray, np.ndarray]:
+def _labels(adata: AnnData, *, label_key: str, inp: _Input, src: str) -> tuple[np.ndarray, np.ndarray]:
     """Labels as strings and a mask of cells that have one."""
     if label_key not in adata.obs.columns:
         raise DataError(
@@ -578,9 +553,7 @@ def split_cells(settings: DataSettings, *, hint: str | None = None) -> CellSplit
     train_inp, test_inp = _inputs(_with_hint(settings, hint))
     train_ad = _read(train_inp)
     test_ad = _read(test_inp) if test_inp else None
-    return _split(
-        settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp
-    )
+    return _split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
 
 
 def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
@@ -611,8 +584,7 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
 
     if not has_label.all():
         notes.append(
-            f"ignored {int((~has_label).sum())} cells of {train_inp.label} with no"
-            f" {settings.label_key!r} label"
+            f"ignored {int((~has_label).sum())} cells of {train_inp.label} with no {settings.label_key!r} label"
         )
     pool = np.flatnonzero(~in_test & has_label)
     if pool.size == 0:
@@ -627,9 +599,7 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
     # Classes are judged on the training pool (before the validation carve-out) so the decision
     # does not move with val_fraction or split_seed.
     counts = pd.Series(labels[pool]).value_counts()
-    dropped = {
-        str(c): int(n) for c, n in counts.items() if n < settings.min_cells_per_class
-    }
+    dropped = {str(c): int(n) for c, n in counts.items() if n < settings.min_cells_per_class}
     classes = sorted(str(c) for c in counts.index if str(c) not in dropped)
     if dropped:
         listed = ", ".join(f"{c} ({n})" for c, n in dropped.items())
@@ -656,8 +626,7 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
             candidates = np.flatnonzero(t_has)
             if not t_has.all():
                 notes.append(
-                    f"ignored {int((~t_has).sum())} test cells of {test_inp.label} with no"
-                    f" {settings.label_key!r} label"
+                    f"ignored {int((~t_has).sum())} test cells of {test_inp.label} with no {settings.label_key!r} label"
                 )
             test_label = test_inp.label
         else:
@@ -690,8 +659,12 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
         n_test = math.ceil(settings.test_fraction * pool.size)
         strat = counts_all.min() >= 2 and n_test >= len(classes) and pool.size - n_test >= len(classes)
         pool, test_idx, _, y_test = train_test_split(
-            pool, y_all, test_size=settings.test_fraction, random_state=settings.split_seed,
-            shuffle=True, stratify=y_all if strat else None,
+            pool,
+            y_all,
+            test_size=settings.test_fraction,
+            random_state=settings.split_seed,
+            shuffle=True,
+            stratify=y_all if strat else None,
         )
         order = np.argsort(test_idx)
         test_idx, y_test = test_idx[order], y_test[order].astype(np.int64)
@@ -707,9 +680,7 @@ def _split(settings, *, train_ad, test_ad, train_inp, test_inp) -> CellSplit:
     y_pool = np.array([class_index[c] for c in labels[pool]], dtype=np.int64)
     n_val = math.ceil(settings.val_fraction * pool.size)
     per_class = np.bincount(y_pool, minlength=len(classes))
-    stratify = (
-        per_class.min() >= 2 and n_val >= len(classes) and pool.size - n_val >= len(classes)
-    )
+    stratify = per_class.min() >= 2 and n_val >= len(classes) and pool.size - n_val >= len(classes)
     if pool.size < 2:
         raise DataError(
             f"{src}.val_fraction: {settings.val_fraction!r} cannot split {pool.size} training"
@@ -893,9 +864,7 @@ def _select_genes(x_train, genes: pd.Index, *, n_top_genes: int | None) -> tuple
     tmp = anndata.AnnData(X=x_train, var=pd.DataFrame(index=genes))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        table = sc.pp.highly_variable_genes(
-            tmp, flavor=HVG_FLAVOR, n_top_genes=n_top_genes, inplace=False
-        )
+        table = sc.pp.highly_variable_genes(tmp, flavor=HVG_FLAVOR, n_top_genes=n_top_genes, inplace=False)
     keep = np.flatnonzero(table["highly_variable"].to_numpy())
     if keep.size > n_top_genes:
         # scanpy keeps every gene tied at the cut-off; trim to exactly n_top_genes (ties broken
@@ -971,17 +940,13 @@ def data_fingerprint(settings: DataSettings, *, hint: str | None = None) -> str:
         "format": CACHE_FORMAT,
         "train": _identity(train_inp),
         "test": _identity(test_inp) if test_inp else None,
-        "settings": {
-            k: v for k, v in settings.to_dict().items() if k not in ("train", "test", "origin")
-        },
+        "settings": {k: v for k, v in settings.to_dict().items() if k not in ("train", "test", "origin")},
     }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def prepare_data(
-    settings: DataSettings, *, cache_dir: Path | None = None, hint: str | None = None
-) -> PreparedData:
+def prepare_data(settings: DataSettings, *, cache_dir: Path | None = None, hint: str | None = None) -> PreparedData:
     """Load, split and preprocess a dataset once; later calls reuse the result.
 
     Order: split cells (:func:`split_cells`), normalise per cell with scanpy (``normalize``),
@@ -1029,9 +994,7 @@ def _compute(settings: DataSettings, *, fingerprint: str) -> PreparedData:
     train_inp, test_inp = _inputs(settings)
     train_ad = _read(train_inp)
     test_ad = _read(test_inp) if test_inp else None
-    split = _split(
-        settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp
-    )
+    split = _split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
     notes = list(split.notes)
 
     # Normalise only the cells that are used, all of the train file's in one go.
@@ -1101,8 +1064,7 @@ def _align_genes(x, genes: pd.Index, wanted: pd.Index, *, inp: _Input) -> tuple[
     out[:, present] = _dense(x, where[present])
     missing = int((~present).sum())
     return out, (
-        f"test genes aligned to the {len(wanted)} training genes by name:"
-        f" {missing} missing from {inp.label}, set to 0"
+        f"test genes aligned to the {len(wanted)} training genes by name: {missing} missing from {inp.label}, set to 0"
     )
 
 
@@ -1130,9 +1092,7 @@ def prepare_query(path: Path, *, settings: DataSettings, genes: list[str]) -> Qu
     """
     inp = _resolve_input(str(path), key="query", origin=None)
     adata = _read(inp)
-    x, query_genes, note = _expression(
-        adata, np.arange(adata.n_obs), settings=settings, inp=inp
-    )
+    x, query_genes, note = _expression(adata, np.arange(adata.n_obs), settings=settings, inp=inp)
     X, _ = _align_genes(x, query_genes, pd.Index(genes), inp=inp)
     n_missing = int(np.count_nonzero(query_genes.get_indexer(pd.Index(genes)) < 0))
     align = (
@@ -1154,9 +1114,7 @@ def _save_cached(cache_dir: Path, prepared: PreparedData) -> None:
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz, meta = _cache_paths(cache_dir, prepared.fingerprint)
     arrays = {k: getattr(prepared, k) for k in _ARRAYS if getattr(prepared, k) is not None}
-    arrays.update(
-        {f"idx_{k}": v for k, v in prepared.indices.items() if v is not None}
-    )
+    arrays.update({f"idx_{k}": v for k, v in prepared.indices.items() if v is not None})
     info = {
         "fingerprint": prepared.fingerprint,
         "format": CACHE_FORMAT,

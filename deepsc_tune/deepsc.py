@@ -46,8 +46,15 @@ SCHEDULE_CELLS = 100_000
 #: Scheduler types DeepSC accepts (anything else: ``Unknown lr_scheduler_type``).
 SCHEDULER_TYPES = ("constant", "cosine")
 #: 2416d85's values, used when the checkout's config cannot be read.
-FALLBACK_DEFAULTS = {"epoch": 10, "batch_size": 32, "grad_acc": 20, "num_device": 1,
-                     "num_nodes": 1, "lr_scheduler_type": "constant", "warmup_ratio": 0.03}
+FALLBACK_DEFAULTS = {
+    "epoch": 10,
+    "batch_size": 32,
+    "grad_acc": 20,
+    "num_device": 1,
+    "num_nodes": 1,
+    "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.03,
+}
 #: Keys DeepSC's config has but its fine-tuner never reads (outputs go elsewhere).
 UNREAD_OUTPUT_KEYS = ("ckpt_dir", "output_dir")
 
@@ -137,32 +144,51 @@ def entry_module_problems(cwd: Path | str, command: Sequence[str]) -> list[Probl
     if module not in (*DEEPSC_MODULES, *RUN_CTA_MODULES):
         return []
     cwd = Path(cwd)
-    fix = (f"check out {SUPPORTED_COMMIT} (git -C {cwd} checkout {SUPPORTED_COMMIT}) and run "
-           f"-m {DEEPSC_MODULES[0]}")
+    fix = f"check out {SUPPORTED_COMMIT} (git -C {cwd} checkout {SUPPORTED_COMMIT}) and run -m {DEEPSC_MODULES[0]}"
     if not (cwd / "src" / "deepsc").is_dir():
-        return [Problem("finetune.cwd", f"{str(cwd)!r} is not a DeepSC checkout (no src/deepsc/); "
-                        f"expected the root of a clone of MouYongli/DeepSC at {SUPPORTED_COMMIT}")]
+        return [
+            Problem(
+                "finetune.cwd",
+                f"{str(cwd)!r} is not a DeepSC checkout (no src/deepsc/); "
+                f"expected the root of a clone of MouYongli/DeepSC at {SUPPORTED_COMMIT}",
+            )
+        ]
     found = _module_file(cwd, module)
     if module in RUN_CTA_MODULES:
         if found.is_file():
-            return [Problem("finetune.command", f"runs {module} ({RUN_CTA_FILE}, the entry point "
-                            f"of DeepSC after cc84b98, e.g. b3348a3), which deepsc-tune does not support "
-                            f"or test; {fix}")]
+            return [
+                Problem(
+                    "finetune.command",
+                    f"runs {module} ({RUN_CTA_FILE}, the entry point "
+                    f"of DeepSC after cc84b98, e.g. b3348a3), which deepsc-tune does not support "
+                    f"or test; {fix}",
+                )
+            ]
     elif found.is_file():
         return []
     has_cta = (cwd / RUN_CTA_FILE).is_file()
     has_trainer = (cwd / TRAINER_FILE).is_file()
     if has_cta and has_trainer:
-        instead = (f"found {RUN_CTA_FILE} instead (a checkout after cc84b98, like b3348a3): a "
-                   "different entry point, not supported or tested by deepsc-tune")
+        instead = (
+            f"found {RUN_CTA_FILE} instead (a checkout after cc84b98, like b3348a3): a "
+            "different entry point, not supported or tested by deepsc-tune"
+        )
     elif has_cta:
-        instead = (f"found {RUN_CTA_FILE} but not {TRAINER_FILE.name}, which it imports: DeepSC's "
-                   "newest commits (2227f88) cannot run cell-type fine-tuning at all")
+        instead = (
+            f"found {RUN_CTA_FILE} but not {TRAINER_FILE.name}, which it imports: DeepSC's "
+            "newest commits (2227f88) cannot run cell-type fine-tuning at all"
+        )
     else:
-        instead = (f"found neither it nor {RUN_CTA_FILE.name}: this checkout has no cell-type "
-                   "fine-tuning (DeepSC's newest commit, 2227f88, cannot run it)")
-    return [Problem("finetune.command", f"runs {module}, but {found.relative_to(cwd)} does not exist "
-                    f"under {cwd}; {instead}; {fix}")]
+        instead = (
+            f"found neither it nor {RUN_CTA_FILE.name}: this checkout has no cell-type "
+            "fine-tuning (DeepSC's newest commit, 2227f88, cannot run it)"
+        )
+    return [
+        Problem(
+            "finetune.command",
+            f"runs {module}, but {found.relative_to(cwd)} does not exist under {cwd}; {instead}; {fix}",
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------- config
@@ -282,15 +308,24 @@ def unknown_keys(
         leaf = [k for k in known if k.endswith("." + key)]
         close = leaf[:1] or difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
-        problems.append(Problem(place, (
-            f"{key!r} is not a key of DeepSC's config ({source}), so Hydra would refuse it "
-            f"(\"Could not override '{key}'\") in every trial; {hint}a key new to the config "
-            "goes in finetune.new_keys (passed as +key=value)")))
+        problems.append(
+            Problem(
+                place,
+                (
+                    f"{key!r} is not a key of DeepSC's config ({source}), so Hydra would refuse it "
+                    f"(\"Could not override '{key}'\") in every trial; {hint}a key new to the config "
+                    "goes in finetune.new_keys (passed as +key=value)"
+                ),
+            )
+        )
     return problems
 
 
 def effective_settings(
-    config: Mapping[str, Any], *, overrides: Mapping[str, Any], fixed: Mapping[str, Any],
+    config: Mapping[str, Any],
+    *,
+    overrides: Mapping[str, Any],
+    fixed: Mapping[str, Any],
     source: str = str(CONFIG_FILE),
 ) -> dict[str, Setting]:
     """Top-level settings as DeepSC will see them: its config, then ``finetune.overrides``,
@@ -333,8 +368,7 @@ def total_steps(*, epoch: float, batch_size: float, grad_acc: float, world_size:
 
 def _max_total_steps(settings: Mapping[str, Setting], search: Mapping[str, Any]) -> int | None:
     ext: dict[str, float] = {}
-    for name, pick in (("epoch", max), ("batch_size", min), ("grad_acc", min),
-                       ("num_device", min), ("num_nodes", min)):
+    for name, pick in (("epoch", max), ("batch_size", min), ("grad_acc", min), ("num_device", min), ("num_nodes", min)):
         values = _candidates(name, settings, search)
         if values is None:
             values = [FALLBACK_DEFAULTS[name]]
@@ -342,8 +376,12 @@ def _max_total_steps(settings: Mapping[str, Setting], search: Mapping[str, Any])
         if any(n is None or n <= 0 for n in nums):
             return None
         ext[name] = pick(nums)
-    return total_steps(epoch=ext["epoch"], batch_size=ext["batch_size"], grad_acc=ext["grad_acc"],
-                       world_size=ext["num_device"] * ext["num_nodes"])
+    return total_steps(
+        epoch=ext["epoch"],
+        batch_size=ext["batch_size"],
+        grad_acc=ext["grad_acc"],
+        world_size=ext["num_device"] * ext["num_nodes"],
+    )
 
 
 def schedule_problems(
@@ -379,8 +417,10 @@ def schedule_problems(
     """
     settings = {k: v if isinstance(v, Setting) else Setting(v, f"finetune.{k}") for k, v in settings.items()}
     out = Findings()
-    why = (f"warmup_ratio <= 0 gives 0 warmup steps with cosine, and DeepSC then fails every such "
-           f"trial with {_T0_ERROR} after its start-up")
+    why = (
+        f"warmup_ratio <= 0 gives 0 warmup steps with cosine, and DeepSC then fails every such "
+        f"trial with {_T0_ERROR} after its start-up"
+    )
 
     lr_spec = search.get("lr_scheduler_type")
     if lr_spec is not None:
@@ -391,9 +431,15 @@ def schedule_problems(
         lr_values, lr_where = [lr.value], lr.where
     bad = [v for v in lr_values if v not in SCHEDULER_TYPES]
     if bad:
-        out.problems.append(Problem(lr_where, (
-            f"{bad[0]!r}: DeepSC accepts only {' or '.join(SCHEDULER_TYPES)} (any other value fails "
-            "with Unknown lr_scheduler_type after its start-up)")))
+        out.problems.append(
+            Problem(
+                lr_where,
+                (
+                    f"{bad[0]!r}: DeepSC accepts only {' or '.join(SCHEDULER_TYPES)} (any other value fails "
+                    "with Unknown lr_scheduler_type after its start-up)"
+                ),
+            )
+        )
     cosine = "cosine" in lr_values
 
     spec = search.get("warmup_ratio")
@@ -404,8 +450,11 @@ def schedule_problems(
     else:
         w = settings.get("warmup_ratio")
         if cosine and w is not None and _num(w.value) is not None and _num(w.value) <= 0:
-            out.problems.append(Problem(w.where, f"{w.value!r} with lr_scheduler_type cosine: {why}; "
-                                        "expected a warmup_ratio > 0, e.g. 0.03"))
+            out.problems.append(
+                Problem(
+                    w.where, f"{w.value!r} with lr_scheduler_type cosine: {why}; expected a warmup_ratio > 0, e.g. 0.03"
+                )
+            )
     fixed_lr = None if lr_spec is not None else lr_values[0]
     fixed_w = settings.get("warmup_ratio") if spec is None else None
     for i, entry in enumerate(enqueue):
@@ -413,13 +462,18 @@ def schedule_problems(
         w = entry.get("warmup_ratio", None if fixed_w is None else fixed_w.value)
         if lr == "cosine" and _num(w) is not None and _num(w) <= 0:
             key = "warmup_ratio" if "warmup_ratio" in entry else "lr_scheduler_type"
-            out.problems.append(Problem(f"study.enqueue[{i}].{key}", (
-                f"cosine with warmup_ratio {w!r}: {why}; expected a warmup_ratio > 0, e.g. 0.03")))
+            out.problems.append(
+                Problem(
+                    f"study.enqueue[{i}].{key}",
+                    (f"cosine with warmup_ratio {w!r}: {why}; expected a warmup_ratio > 0, e.g. 0.03"),
+                )
+            )
     return out
 
 
-def _check_warmup_range(spec: Any, settings: Mapping[str, Setting], search: Mapping[str, Any],
-                        why: str, out: Findings) -> None:
+def _check_warmup_range(
+    spec: Any, settings: Mapping[str, Setting], search: Mapping[str, Any], why: str, out: Findings
+) -> None:
     where = "search.warmup_ratio"
     explicit = [("choices", spec.choices or ())] if spec.kind == "categorical" else []
     explicit.append(("grid", spec.grid or ()))
@@ -431,23 +485,36 @@ def _check_warmup_range(spec: Any, settings: Mapping[str, Setting], search: Mapp
         return
     total = _max_total_steps(settings, search)
     if total is None:
-        out.problems.append(Problem(f"{where}.low", (
-            f"{spec.low!r}: {why}; expected low > 0 (epoch, batch_size or grad_acc is not a "
-            "number here, so deepsc-tune cannot clip the range itself)")))
+        out.problems.append(
+            Problem(
+                f"{where}.low",
+                (
+                    f"{spec.low!r}: {why}; expected low > 0 (epoch, batch_size or grad_acc is not a "
+                    "number here, so deepsc-tune cannot clip the range itself)"
+                ),
+            )
+        )
         return
     new_low = 1.0 / total
     if spec.step:
         new_low = spec.low + math.ceil(round((new_low - spec.low) / spec.step, 9)) * spec.step
     if spec.kind == "int" or new_low > spec.high:
-        out.problems.append(Problem(f"{where}.low", (
-            f"{spec.low!r}: {why}, and no value of [{spec.low}, {spec.high}] gives a warmup step; "
-            f"expected low >= {1.0 / total:.3g}")))
+        out.problems.append(
+            Problem(
+                f"{where}.low",
+                (
+                    f"{spec.low!r}: {why}, and no value of [{spec.low}, {spec.high}] gives a warmup step; "
+                    f"expected low >= {1.0 / total:.3g}"
+                ),
+            )
+        )
         return
     out.lows["warmup_ratio"] = new_low
     out.notes.append(
         f"search.warmup_ratio: low end {spec.low:g} clipped to {new_low:.4g}, the smallest ratio "
         f"that gives 1 warmup step ({why}; DeepSC's cosine plans epoch x ceil(100000 / "
-        f"(batch_size x num_device x grad_acc)) = {total} steps here at most)")
+        f"(batch_size x num_device x grad_acc)) = {total} steps here at most)"
+    )
 
 
 def device_problems(settings: Mapping[str, Setting | Any], search: Mapping[str, Any]) -> list[Problem]:
@@ -456,9 +523,15 @@ def device_problems(settings: Mapping[str, Setting | Any], search: Mapping[str, 
     problems = []
     for name in ("num_device", "num_nodes"):
         if name in search:
-            problems.append(Problem(f"search.{name}", (
-                "cannot be searched: each trial runs on one GPU; expected a fixed "
-                f"{name}: 1 and trials in parallel with deepsc-tune run NAME --gpus 0,1,...")))
+            problems.append(
+                Problem(
+                    f"search.{name}",
+                    (
+                        "cannot be searched: each trial runs on one GPU; expected a fixed "
+                        f"{name}: 1 and trials in parallel with deepsc-tune run NAME --gpus 0,1,..."
+                    ),
+                )
+            )
             continue
         s = settings.get(name)
         if s is None:
@@ -466,10 +539,16 @@ def device_problems(settings: Mapping[str, Setting | Any], search: Mapping[str, 
         value = s.value if isinstance(s, Setting) else s
         where = s.where if isinstance(s, Setting) else f"finetune.{name}"
         if _num(value) != 1:
-            problems.append(Problem(where, (
-                f"{value!r}: each trial runs on one GPU (with several, DeepSC's printed metrics "
-                f"cover one shard only); expected {name}: 1, and trials in parallel with "
-                "deepsc-tune run NAME --gpus 0,1,...")))
+            problems.append(
+                Problem(
+                    where,
+                    (
+                        f"{value!r}: each trial runs on one GPU (with several, DeepSC's printed metrics "
+                        f"cover one shard only); expected {name}: 1, and trials in parallel with "
+                        "deepsc-tune run NAME --gpus 0,1,..."
+                    ),
+                )
+            )
     return problems
 
 
@@ -493,17 +572,26 @@ def input_problems(settings: Mapping[str, Setting | Any]) -> list[Problem]:
     separated = _truthy(getattr(settings.get("seperated_train_eval_dataset"), "value", False))
     eval_path = settings.get("data_path_eval")
     if not separated and eval_path is not None and eval_path.where.startswith("finetune"):
-        problems.append(Problem(eval_path.where, (
-            f"{eval_path.value!r} is ignored: seperated_train_eval_dataset is false (DeepSC's "
-            "default), so DeepSC evaluates on 20 % of data_path it splits off itself; expected "
-            "seperated_train_eval_dataset: true in finetune.overrides")))
-    checks = {"data_path": "the training .h5ad (deepsc-tune split writes it)",
-              "csv_path": "DeepSC's gene map (CSV feature_name,id; not in DeepSC's repository)"}
+        problems.append(
+            Problem(
+                eval_path.where,
+                (
+                    f"{eval_path.value!r} is ignored: seperated_train_eval_dataset is false (DeepSC's "
+                    "default), so DeepSC evaluates on 20 % of data_path it splits off itself; expected "
+                    "seperated_train_eval_dataset: true in finetune.overrides"
+                ),
+            )
+        )
+    checks = {
+        "data_path": "the training .h5ad (deepsc-tune split writes it)",
+        "csv_path": "DeepSC's gene map (CSV feature_name,id; not in DeepSC's repository)",
+    }
     if separated:
         checks["data_path_eval"] = "the validation .h5ad (deepsc-tune split writes it)"
     if _truthy(getattr(settings.get("load_pretrained_model"), "value", False)):
-        checks["pretrained_model_path"] = ("your pretrained checkpoint, or load_pretrained_model: "
-                                           "false for a random-init model")
+        checks["pretrained_model_path"] = (
+            "your pretrained checkpoint, or load_pretrained_model: false for a random-init model"
+        )
     for key, expected in checks.items():
         s = settings.get(key)
         if s is None or not isinstance(s.value, str) or not os.path.isabs(os.path.expanduser(s.value)):
@@ -511,12 +599,22 @@ def input_problems(settings: Mapping[str, Setting | Any]) -> list[Problem]:
         if os.path.exists(os.path.expanduser(s.value)):
             continue
         if s.where.startswith("finetune"):
-            problems.append(Problem(s.where, f"{s.value!r}: no such file, so every trial would "
-                                    f"fail after its start-up; expected {expected}"))
+            problems.append(
+                Problem(
+                    s.where,
+                    f"{s.value!r}: no such file, so every trial would fail after its start-up; expected {expected}",
+                )
+            )
         else:  # DeepSC's own default
-            problems.append(Problem(f"finetune.overrides.{key}", (
-                f"not set, and DeepSC's default {s.value!r} ({s.where.split(':')[0]}) does not "
-                f"exist, so every trial would fail after its start-up; expected {expected}")))
+            problems.append(
+                Problem(
+                    f"finetune.overrides.{key}",
+                    (
+                        f"not set, and DeepSC's default {s.value!r} ({s.where.split(':')[0]}) does not "
+                        f"exist, so every trial would fail after its start-up; expected {expected}"
+                    ),
+                )
+            )
     return problems
 
 
@@ -547,33 +645,49 @@ def output_notes(cwd: Path | str) -> Findings:
         return out  # no trainer: entry_module_problems says what the checkout lacks
     match = _BASE_DIR.search(source)
     if match is None:
-        out.notes.append(f"could not find DeepSC's output folder (base_dir = \"...\") in {path}: "
-                         "check where setup_output_directory writes its checkpoints")
+        out.notes.append(
+            f'could not find DeepSC\'s output folder (base_dir = "...") in {path}: '
+            "check where setup_output_directory writes its checkpoints"
+        )
         return out
     base = match.group("path")
     line = source.count("\n", 0, match.start()) + 1
     where = f"{TRAINER_FILE}:{line}"
     if not os.path.isabs(base):
-        out.notes.append(f"DeepSC writes checkpoints, logs and plots to {base}/<YYYYmmdd_HHMMSS>/ "
-                         f"({where}), relative to the directory it runs in")
+        out.notes.append(
+            f"DeepSC writes checkpoints, logs and plots to {base}/<YYYYmmdd_HHMMSS>/ "
+            f"({where}), relative to the directory it runs in"
+        )
     else:
-        out.notes.append(f"DeepSC writes each trial's checkpoints, logs and plots to "
-                         f"{base}/<YYYYmmdd_HHMMSS>/ (hard-coded at {where}), not to the trial's "
-                         f"folder; its ckpt_dir and output_dir settings are never read")
-    out.notes.append("every epoch DeepSC saves two full checkpoints (model + optimizer state): "
-                     "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
-                     "epochs leaves E + 1 on disk and nothing deletes them: plan disk space and "
-                     f"clear {base} between studies")
-    out.notes.append("two trials that start in the same second (parallel workers, run --gpus) "
-                     "share one timestamped folder and overwrite each other's checkpoints")
+        out.notes.append(
+            f"DeepSC writes each trial's checkpoints, logs and plots to "
+            f"{base}/<YYYYmmdd_HHMMSS>/ (hard-coded at {where}), not to the trial's "
+            f"folder; its ckpt_dir and output_dir settings are never read"
+        )
+    out.notes.append(
+        "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
+        "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
+        "epochs leaves E + 1 on disk and nothing deletes them: plan disk space and "
+        f"clear {base} between studies"
+    )
+    out.notes.append(
+        "two trials that start in the same second (parallel workers, run --gpus) "
+        "share one timestamped folder and overwrite each other's checkpoints"
+    )
     if os.path.isabs(base):
         blocked = _unwritable(Path(base))
         if blocked:
-            out.problems.append(Problem("finetune.cwd", (
-                f"DeepSC ({cwd / where}) writes to {base}, which user {_user()} cannot create or "
-                f"write ({blocked}), so every trial would fail with PermissionError; create it "
-                f"writable (mkdir -p {base}, owned by you) or change that line in the checkout "
-                "to a folder you own")))
+            out.problems.append(
+                Problem(
+                    "finetune.cwd",
+                    (
+                        f"DeepSC ({cwd / where}) writes to {base}, which user {_user()} cannot create or "
+                        f"write ({blocked}), so every trial would fail with PermissionError; create it "
+                        f"writable (mkdir -p {base}, owned by you) or change that line in the checkout "
+                        "to a folder you own"
+                    ),
+                )
+            )
     return out
 
 
@@ -643,6 +757,7 @@ def check_command_space(
     for key in UNREAD_OUTPUT_KEYS:
         for where, given in (("finetune.overrides", overrides), ("finetune", fixed)):
             if key in given:
-                out.notes.append(f"{where}.{key}: DeepSC never reads {key}; its outputs go to the "
-                                 "folder above (remove the key)")
+                out.notes.append(
+                    f"{where}.{key}: DeepSC never reads {key}; its outputs go to the folder above (remove the key)"
+                )
     return out

@@ -94,14 +94,17 @@ def read_gene_map(path: Path) -> set[str]:
     try:
         frame = pd.read_csv(path)
     except FileNotFoundError:
-        raise DataError(f"gene map not found: {path} (csv_path / --gene-map); expected DeepSC's "
-                        "CSV with columns feature_name,id") from None
+        raise DataError(
+            f"gene map not found: {path} (csv_path / --gene-map); expected DeepSC's CSV with columns feature_name,id"
+        ) from None
     except (OSError, ValueError, pd.errors.ParserError) as e:
         raise DataError(f"gene map {path}: cannot read it as CSV: {str(e).splitlines()[0]}") from None
     missing = [c for c in GENE_MAP_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"gene map {path}: no column {', '.join(missing)}; expected DeepSC's CSV "
-                        f"with columns feature_name,id, got {', '.join(map(str, frame.columns))}")
+        raise DataError(
+            f"gene map {path}: no column {', '.join(missing)}; expected DeepSC's CSV "
+            f"with columns feature_name,id, got {', '.join(map(str, frame.columns))}"
+        )
     frame = frame.dropna(subset=list(GENE_MAP_COLUMNS))
     return set(frame["feature_name"].astype(str))
 
@@ -119,14 +122,21 @@ def _match_or_refuse(genes: pd.Index, names: set[str], *, gene_map: Path, label:
     data_kind, map_kind = _gene_kind(genes), _gene_kind(sorted(names))
     folded = {n.upper() for n in names}
     by_case = int(sum(g.upper() in folded for g in genes))
-    why = (f"the data's genes look like {data_kind} (e.g. {', '.join(genes[:3])}) and the map's "
-           f"like {map_kind} (e.g. {', '.join(sorted(names)[:3])})")
+    why = (
+        f"the data's genes look like {data_kind} (e.g. {', '.join(genes[:3])}) and the map's "
+        f"like {map_kind} (e.g. {', '.join(sorted(names)[:3])})"
+    )
     if by_case:
         why += f"; {by_case} match when case is ignored (another species' symbols?)"
-    fix = ("use data whose gene names are of the map's kind, or a gene map of the data's kind"
-           if data_kind != map_kind else "give the gene map made for this data's gene names")
-    raise DataError(f"gene map {gene_map}: none of the {len(genes)} genes of {label} is in its "
-                    f"feature_name column, so DeepSC would see no gene; {why}; {fix}")
+    fix = (
+        "use data whose gene names are of the map's kind, or a gene map of the data's kind"
+        if data_kind != map_kind
+        else "give the gene map made for this data's gene names"
+    )
+    raise DataError(
+        f"gene map {gene_map}: none of the {len(genes)} genes of {label} is in its "
+        f"feature_name column, so DeepSC would see no gene; {why}; {fix}"
+    )
 
 
 def write_deepsc_split(
@@ -173,18 +183,27 @@ def write_deepsc_split(
     train_inp, test_inp = _data._inputs(settings)
     train_ad = _data._read(train_inp)
     test_ad = _data._read(test_inp) if test_inp else None
-    cells = _data._split(settings, train_ad=train_ad, test_ad=test_ad,
-                         train_inp=train_inp, test_inp=test_inp)
+    cells = _data._split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
     classes = np.asarray(cells.classes, dtype=object)
-    parts = {"train": (train_ad, train_inp, cells.train, cells.y_train),
-             "val": (train_ad, train_inp, cells.val, cells.y_val)}
+    parts = {
+        "train": (train_ad, train_inp, cells.train, cells.y_train),
+        "val": (train_ad, train_inp, cells.val, cells.y_val),
+    }
     if cells.test is not None:
         from_test = cells.test_source == "test"
-        parts["test"] = (test_ad if from_test else train_ad, test_inp if from_test else train_inp,
-                         cells.test, cells.y_test)
+        parts["test"] = (
+            test_ad if from_test else train_ad,
+            test_inp if from_test else train_inp,
+            cells.test,
+            cells.y_test,
+        )
 
-    notes = [("X: log1p of counts per 10k, the scale DeepSC's fine-tuner expects (it uses X as "
-              "it is and bins each cell's values into num_bin bins itself); how each file was made:")]
+    notes = [
+        (
+            "X: log1p of counts per 10k, the scale DeepSC's fine-tuner expects (it uses X as "
+            "it is and bins each cell's values into num_bin bins itself); how each file was made:"
+        )
+    ]
     built: dict[str, Any] = {}
     matched: dict[str, tuple[int, int]] = {}
     for name, (adata, inp, rows, y) in parts.items():
@@ -194,15 +213,25 @@ def write_deepsc_split(
         x = sp.csr_matrix(x, dtype=np.float32)
         x.eliminate_zeros()
         if x.nnz and float(x.data.min()) < 0:
-            note = (f"{inp.key}: X has negative values (scaled data?) and no raw counts: DeepSC "
-                    "bins each cell's values as log1p expression; give counts or log1p values")
+            note = (
+                f"{inp.key}: X has negative values (scaled data?) and no raw counts: DeepSC "
+                "bins each cell's values as log1p expression; give counts or log1p values"
+            )
             if note not in notes:
                 notes.append(note)
         if names is not None and inp.key not in matched:
             n = _match_or_refuse(genes, names, gene_map=gene_map, label=f"{inp.label} ({inp.key})")
             matched[inp.key] = (n, len(genes))
-        built[name] = _deepsc_anndata(adata, rows, x=x, genes=genes, labels=classes[y],
-                                      classes=cells.classes, label_col=label_col, gene_col=gene_col)
+        built[name] = _deepsc_anndata(
+            adata,
+            rows,
+            x=x,
+            genes=genes,
+            labels=classes[y],
+            classes=cells.classes,
+            label_col=label_col,
+            gene_col=gene_col,
+        )
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,11 +242,15 @@ def write_deepsc_split(
 
     n_genes = built["train"].n_vars
     for key, (n, total) in matched.items():
-        notes.append(f"gene map {gene_map}: DeepSC will see {n} of the {total} genes of {key} "
-                     f"({n / total:.0%}); it drops the others")
+        notes.append(
+            f"gene map {gene_map}: DeepSC will see {n} of the {total} genes of {key} "
+            f"({n / total:.0%}); it drops the others"
+        )
     if names is None:
-        notes.append("no gene map (finetune.overrides.csv_path or --gene-map): how many of the "
-                     f"{n_genes} genes DeepSC will see is unknown; it drops genes not in its map")
+        notes.append(
+            "no gene map (finetune.overrides.csv_path or --gene-map): how many of the "
+            f"{n_genes} genes DeepSC will see is unknown; it drops genes not in its map"
+        )
     notes.extend(cells.notes)
     overrides: dict[str, Any] = {
         "data_path": str(paths["train"]),
@@ -229,9 +262,16 @@ def write_deepsc_split(
         overrides["var_name_in_h5ad"] = gene_col
     if gene_map is not None:
         overrides["csv_path"] = str(Path(gene_map).resolve())
-    return DeepscSplit(paths=paths, label_col=label_col, gene_col=gene_col, n_genes=n_genes,
-                       gene_map=gene_map, genes_matched=matched[train_inp.key][0] if names is not None else None,
-                       overrides=overrides, notes=notes)
+    return DeepscSplit(
+        paths=paths,
+        label_col=label_col,
+        gene_col=gene_col,
+        n_genes=n_genes,
+        gene_map=gene_map,
+        genes_matched=matched[train_inp.key][0] if names is not None else None,
+        overrides=overrides,
+        notes=notes,
+    )
 
 
 def _deepsc_anndata(adata, rows, *, x, genes: pd.Index, labels, classes, label_col: str, gene_col: str):

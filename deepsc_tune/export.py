@@ -128,7 +128,11 @@ def _shell_env_value(value: str) -> str:
 
 
 def best_notes(
-    study: optuna.Study, trial: FrozenTrial, *, backend: str = "builtin", selection: Selection | None = None,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    *,
+    backend: str = "builtin",
+    selection: Selection | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
 
@@ -161,8 +165,13 @@ def best_notes(
 
 
 def format_best(
-    study: optuna.Study, trial: FrozenTrial, *, fmt: str = "yaml", backend: str = "builtin",
-    selection: Selection | None = None, folder: Path | None = None,
+    study: optuna.Study,
+    trial: FrozenTrial,
+    *,
+    fmt: str = "yaml",
+    backend: str = "builtin",
+    selection: Selection | None = None,
+    folder: Path | None = None,
 ) -> str:
     """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
 

@@ -72,16 +72,16 @@ def suggest_range(lrs: list[float], smoothed: list[float]) -> tuple[float | None
     # Slopes over a few steps, not between neighbours: the per-step loss is noisy.
     gap = max(1, len(finite) // 20)
     slopes = [
-        ((b[1] - a[1]) / (math.log10(b[0]) - math.log10(a[0])), a[0])
-        for a, b in zip(upto, upto[gap:]) if b[0] > a[0]
+        ((b[1] - a[1]) / (math.log10(b[0]) - math.log10(a[0])), a[0]) for a, b in zip(upto, upto[gap:]) if b[0] > a[0]
     ]
     if not slopes or min(slopes)[0] >= 0:
         return None, lr_min, "the loss never fell: raise --max-lr or check the data"
     return min(slopes)[1], lr_min, None
 
 
-def run_lr_find(data: Any, settings: Any, *, min_lr: float = 1e-6, max_lr: float = 1.0,
-                steps: int = 100) -> LRFindResult:
+def run_lr_find(
+    data: Any, settings: Any, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100
+) -> LRFindResult:
     """One pass with an exponentially rising learning rate over ``data``'s training cells.
 
     ``settings`` is a :class:`~deepsc_tune.train_settings.TrainSettings` (model, batch size,
@@ -99,8 +99,9 @@ def run_lr_find(data: Any, settings: Any, *, min_lr: float = 1e-6, max_lr: float
     n_train, n_genes = data.X_train.shape
     model = build_model(settings, n_genes=n_genes, n_classes=len(data.classes)).to(device)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=min_lr,
-                                  weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=min_lr, weight_decay=settings.weight_decay
+    )
     X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32))
     y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
     gen = torch.Generator().manual_seed(settings.seed)
@@ -149,8 +150,7 @@ def override_line(result: LRFindResult) -> str | None:
     if result.low is None or result.high is None:
         return None
     # The guide's enqueued configurations (learning_rate 1e-4) may fall outside the range.
-    return (f"search.learning_rate.low={result.low:.3g} search.learning_rate.high={result.high:.3g} "
-            "'study.enqueue=[]'")
+    return f"search.learning_rate.low={result.low:.3g} search.learning_rate.high={result.high:.3g} 'study.enqueue=[]'"
 
 
 def plot_lr_find(result: LRFindResult, *, title: str):
@@ -158,26 +158,49 @@ def plot_lr_find(result: LRFindResult, *, title: str):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=result.learning_rates, y=result.losses, mode="markers", name="loss per step",
-                             marker={"size": 4, "color": "#bbb"}))
-    fig.add_trace(go.Scatter(x=result.learning_rates, y=result.smoothed, mode="lines", name="smoothed",
-                             line={"color": "#1f77b4", "width": 2}))
+    fig.add_trace(
+        go.Scatter(
+            x=result.learning_rates,
+            y=result.losses,
+            mode="markers",
+            name="loss per step",
+            marker={"size": 4, "color": "#bbb"},
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=result.learning_rates,
+            y=result.smoothed,
+            mode="lines",
+            name="smoothed",
+            line={"color": "#1f77b4", "width": 2},
+        )
+    )
     if result.low is not None and result.high is not None:
-        fig.add_vrect(x0=result.low, x1=result.high, fillcolor="#2ca02c", opacity=0.15, line_width=0,
-                      annotation_text="suggested learning_rate", annotation_position="top left")
+        fig.add_vrect(
+            x0=result.low,
+            x1=result.high,
+            fillcolor="#2ca02c",
+            opacity=0.15,
+            line_width=0,
+            annotation_text="suggested learning_rate",
+            annotation_position="top left",
+        )
     finite = [v for v in result.smoothed if math.isfinite(v)]
     if finite:
         fig.update_yaxes(range=[0, min(max(finite), DIVERGE_FACTOR * min(finite)) * 1.1])
     fig.update_xaxes(type="log", title="learning_rate")
     fig.update_yaxes(title="training loss")
-    fig.update_layout(title={"text": title, "x": 0.01, "y": 1, "yref": "paper", "yanchor": "bottom",
-                             "pad": {"b": 8}}, template="plotly_white", height=420,
-                      margin={"l": 60, "r": 20, "t": 80, "b": 50})
+    fig.update_layout(
+        title={"text": title, "x": 0.01, "y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8}},
+        template="plotly_white",
+        height=420,
+        margin={"l": 60, "r": 20, "t": 80, "b": 50},
+    )
     return fig
 
 
-def write_lr_find(result: LRFindResult, folder: Path, *, name: str,
-                  settings: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_lr_find(result: LRFindResult, folder: Path, *, name: str, settings: Mapping[str, Any]) -> tuple[Path, Path]:
     """``FOLDER/lr_find.html`` (self-contained) and ``lr_find.json``."""
     import json
 
@@ -186,8 +209,9 @@ def write_lr_find(result: LRFindResult, folder: Path, *, name: str,
     html = folder / "lr_find.html"
     html.write_text(fig.to_html(full_html=True, include_plotlyjs=True))
     data = folder / "lr_find.json"
-    data.write_text(json.dumps({**result.to_dict(), "override": override_line(result),
-                                "settings": dict(settings)}, indent=1) + "\n")
+    data.write_text(
+        json.dumps({**result.to_dict(), "override": override_line(result), "settings": dict(settings)}, indent=1) + "\n"
+    )
     return html, data
 
 
@@ -201,10 +225,14 @@ def report_section(folder: Path) -> str:
     except (OSError, ValueError):
         return ""
     if doc.get("low") is not None and doc.get("high") is not None:
-        found = (f"suggested learning_rate range {doc['low']:.3g} to {doc['high']:.3g} (steepest descent at "
-                 f"{doc['steepest_lr']:.3g}, lowest loss at {doc['min_loss_lr']:.3g}); overrides: "
-                 f"<code>{html.escape(doc.get('override') or '')}</code>")
+        found = (
+            f"suggested learning_rate range {doc['low']:.3g} to {doc['high']:.3g} (steepest descent at "
+            f"{doc['steepest_lr']:.3g}, lowest loss at {doc['min_loss_lr']:.3g}); overrides: "
+            f"<code>{html.escape(doc.get('override') or '')}</code>"
+        )
     else:
         found = html.escape(doc.get("note") or "no range suggested")
-    return (f"<h2>LR range test</h2><p><a href=\"lr_find.html\">loss against learning rate</a> "
-            f"(<code>deepsc-tune lr-find</code>, {len(doc.get('learning_rates') or [])} steps): {found}</p>")
+    return (
+        f'<h2>LR range test</h2><p><a href="lr_find.html">loss against learning rate</a> '
+        f"(<code>deepsc-tune lr-find</code>, {len(doc.get('learning_rates') or [])} steps): {found}</p>"
+    )

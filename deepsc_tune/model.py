@@ -298,16 +298,12 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> CheckpointLoad:
     except FileNotFoundError:
         raise FinetuneError(f"finetune.init_checkpoint: file not found: {p}") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise FinetuneError(
-            f"finetune.init_checkpoint: cannot read {p} as a torch state dict ({exc})"
-        ) from None
+        raise FinetuneError(f"finetune.init_checkpoint: cannot read {p} as a torch state dict ({exc})") from None
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise FinetuneError(
-            f"finetune.init_checkpoint: {p} is not a state dict (a mapping of names to tensors)"
-        )
+        raise FinetuneError(f"finetune.init_checkpoint: {p} is not a state dict (a mapping of names to tensors)")
     state = {k.removeprefix("module."): v for k, v in obj.items()}
     own = model.state_dict()
     mismatch = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)

@@ -74,10 +74,16 @@ def build_objective(
         trial.set_user_attr("seed", settings.get("seed"))
         trial.set_user_attr("worker", worker_identity())
         attrs = {"seed": settings.get("seed"), "repeat_of": trial.user_attrs.get("repeat_of")}
-        tracked = (tracker.start_trial(
-            study_name=trial.study.study_name, number=trial.number, params=params,
-            attrs={k: v for k, v in attrs.items() if v is not None},
-        ) if tracker is not None else None)
+        tracked = (
+            tracker.start_trial(
+                study_name=trial.study.study_name,
+                number=trial.number,
+                params=params,
+                attrs={k: v for k, v in attrs.items() if v is not None},
+            )
+            if tracker is not None
+            else None
+        )
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
         last_epoch = settings.get("epoch")
@@ -130,30 +136,34 @@ def build_objective(
         if value is None:
             _end_tracking(tracked, "FAIL", None, "the fine-tuner finished without reporting any epoch")
             raise DeepscTuneError("the fine-tuner finished without reporting any epoch")
-        _end_tracking(tracked, "COMPLETE", float(value), None, best_epoch=result.best_epoch,
-                      test_accuracy=result.test_accuracy, test_macro_f1=result.test_macro_f1)
+        _end_tracking(
+            tracked,
+            "COMPLETE",
+            float(value),
+            None,
+            best_epoch=result.best_epoch,
+            test_accuracy=result.test_accuracy,
+            test_macro_f1=result.test_macro_f1,
+        )
         return float(value)
 
     return objective
 
 
-def _end_tracking(tracked: TrialRun | None, state: str, value: float | None, reason: str | None,
-                  **summary: Any) -> None:
+def _end_tracking(
+    tracked: TrialRun | None, state: str, value: float | None, reason: str | None, **summary: Any
+) -> None:
     if tracked is not None:
         tracked.end(state=state, value=value, fail_reason=reason, summary=summary)
 
 
-def _record_failure(
-    trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]
-) -> None:
+def _record_failure(trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]) -> None:
     trial.set_user_attr("fail_reason", reason.strip()[:2000])
     trial.set_user_attr("epochs_run", len(history))
     trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
 
 
-def _record_result(
-    trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float
-) -> None:
+def _record_result(trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float) -> None:
     last = result.history[-1] if result.history else None
     best = result.best()
     attrs = {
@@ -190,8 +200,7 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]],
-                     extra: dict[str, Any] | None = None) -> None:
+def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
     if run_dir is None:
         return
     try:

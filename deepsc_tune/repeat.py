@@ -72,8 +72,7 @@ def trial_seed(trial: FrozenTrial) -> int:
 def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
     """The ``top`` best COMPLETE search trials with distinct parameters (best first)."""
     ranked = sorted(
-        (t for t in trials
-         if not is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None),
+        (t for t in trials if not is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None),
         key=lambda t: (-t.value, t.number),
     )
     chosen: list[FrozenTrial] = []
@@ -128,7 +127,8 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
     """Queue each planned repeat as a WAITING trial tagged ``repeat_of`` and ``repeat_seed``."""
     for item in plan:
         study.enqueue_trial(
-            item.params, user_attrs={"repeat_of": item.repeat_of, "repeat_seed": item.seed},
+            item.params,
+            user_attrs={"repeat_of": item.repeat_of, "repeat_seed": item.seed},
             skip_if_exists=False,  # same parameters as the original on purpose
         )
 
@@ -156,9 +156,12 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
     record = read_record(study.user_attrs, record_dir)
     if record is None:
         sha = study.user_attrs.get("search_space_sha256")
-        where = (f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
-                 "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
-                 if sha and record_dir is not None else "")
+        where = (
+            f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
+            "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
+            if sha and record_dir is not None
+            else ""
+        )
         raise DeepscTuneError(
             f"study '{study.study_name}' records no search space{where or ' (user attribute config)'}; "
             "only studies made by `deepsc-tune run` can be repeated"
@@ -166,8 +169,9 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
     return build_search_space(record["config"], text=record.get("text") or "")
 
 
-def open_for_repeats(*, storage: str, study_name: str,
-                     record_dir: Path | None = None) -> tuple[optuna.Study, SearchSpace]:
+def open_for_repeats(
+    *, storage: str, study_name: str, record_dir: Path | None = None
+) -> tuple[optuna.Study, SearchSpace]:
     """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
 
     Raises
@@ -178,11 +182,14 @@ def open_for_repeats(*, storage: str, study_name: str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         rdb = open_storage(storage)
-        space = space_from_study(load_existing_study(storage=rdb, study_name=study_name),
-                                 record_dir=record_dir or sqlite_folder(storage))
+        space = space_from_study(
+            load_existing_study(storage=rdb, study_name=study_name), record_dir=record_dir or sqlite_folder(storage)
+        )
         study = optuna.load_study(
-            study_name=study_name, storage=rdb,
-            sampler=space.build_sampler(), pruner=RepeatsRunToTheEnd(space.build_pruner()),
+            study_name=study_name,
+            storage=rdb,
+            sampler=space.build_sampler(),
+            pruner=RepeatsRunToTheEnd(space.build_pruner()),
         )
     return study, space
 
@@ -224,9 +231,7 @@ def run_repeats(
     ``KeyboardInterrupt`` is passed on after the running trial is recorded FAIL ("interrupted");
     running the command again plans it again.
     """
-    objective = build_objective(
-        space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None
-    )
+    objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
     def tracked(trial: optuna.trial.Trial) -> float:

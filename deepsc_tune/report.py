@@ -60,10 +60,25 @@ BEST_COLOUR = "#d62728"
 NO_SCHEDULER = "(fixed)"
 #: Columns of ``trials.csv`` after ``number``, ``state`` and the searched parameters.
 CSV_COLUMNS = (
-    "value", "best_val_accuracy", "best_val_macro_f1", "val_accuracy", "val_macro_f1",
-    "best_epoch", "test_accuracy", "test_macro_f1", "epochs_run", "epochs_set", "duration_s",
-    "seed", "fail_reason", "enqueued", "repeat_of", "repeat_seed", "retry_of",
-    "datetime_start", "datetime_complete",
+    "value",
+    "best_val_accuracy",
+    "best_val_macro_f1",
+    "val_accuracy",
+    "val_macro_f1",
+    "best_epoch",
+    "test_accuracy",
+    "test_macro_f1",
+    "epochs_run",
+    "epochs_set",
+    "duration_s",
+    "seed",
+    "fail_reason",
+    "enqueued",
+    "repeat_of",
+    "repeat_seed",
+    "retry_of",
+    "datetime_start",
+    "datetime_complete",
 )
 PLOT_CONFIG = {"displaylogo": False, "responsive": True}
 TEMPLATE = "plotly_white"
@@ -204,8 +219,16 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
         scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
         label = f"guide: {config_label(t.params)}" if t.user_attrs.get("enqueued") else None
         points.setdefault(scheduler, []).append(
-            FrontierPoint(t.number, scheduler, float(lr), float(value), t.state.name, label, dict(t.params),
-                          seeds.get(t.number, 1))
+            FrontierPoint(
+                t.number,
+                scheduler,
+                float(lr),
+                float(value),
+                t.state.name,
+                label,
+                dict(t.params),
+                seeds.get(t.number, 1),
+            )
         )
     points = {k: sorted(v, key=lambda p: (p.learning_rate, p.number)) for k, v in sorted(points.items())}
     return Frontier(points=points, envelopes={k: envelope(v) for k, v in points.items()})
@@ -230,12 +253,16 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> list[Curve]:
         if not t.intermediate_values:
             continue
         epochs = tuple(sorted(t.intermediate_values))
-        curves.append(Curve(
-            number=t.number, state=t.state.name,
-            scheduler=str(setting(t, "lr_scheduler_type", NO_SCHEDULER)),
-            epochs=epochs, values=tuple(float(t.intermediate_values[e]) for e in epochs),
-            is_best=best is not None and t.number == best.number,
-        ))
+        curves.append(
+            Curve(
+                number=t.number,
+                state=t.state.name,
+                scheduler=str(setting(t, "lr_scheduler_type", NO_SCHEDULER)),
+                epochs=epochs,
+                values=tuple(float(t.intermediate_values[e]) for e in epochs),
+                is_best=best is not None and t.number == best.number,
+            )
+        )
     return curves
 
 
@@ -352,14 +379,20 @@ def stability_data(
         ]
         values = [r.value for r in runs]
         tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
-        rows.append(StabilityRow(
-            number=t.number, label=config_label(t.params), value=float(t.value),
-            last_values=last_values, last_epochs_std=_std(last_values, ddof=0),
-            runs=tuple(runs),
-            seed_mean=statistics.fmean(values), seed_std=_std(values, ddof=1),
-            test_accuracy_mean=statistics.fmean(tests) if tests else None,
-            test_accuracy_std=_std(tests, ddof=1),
-        ))
+        rows.append(
+            StabilityRow(
+                number=t.number,
+                label=config_label(t.params),
+                value=float(t.value),
+                last_values=last_values,
+                last_epochs_std=_std(last_values, ddof=0),
+                runs=tuple(runs),
+                seed_mean=statistics.fmean(values),
+                seed_std=_std(values, ddof=1),
+                test_accuracy_mean=statistics.fmean(tests) if tests else None,
+                test_accuracy_std=_std(tests, ddof=1),
+            )
+        )
     return rows
 
 
@@ -369,8 +402,9 @@ def _seed(t: FrozenTrial) -> int | None:
 
 
 def _seed_run(t: FrozenTrial) -> SeedRun:
-    return SeedRun(t.number, _seed(t), float(t.value), t.user_attrs.get("test_accuracy"),
-                   t.user_attrs.get("test_macro_f1"))
+    return SeedRun(
+        t.number, _seed(t), float(t.value), t.user_attrs.get("test_accuracy"), t.user_attrs.get("test_macro_f1")
+    )
 
 
 class Importances(NamedTuple):
@@ -414,12 +448,14 @@ def param_importances(trials: Sequence[FrozenTrial]) -> Importances:
             values = optuna.importance.get_param_importances(_study_of(complete))
     except Exception as e:  # Optuna's evaluators refuse some degenerate studies
         return Importances({}, f"importances could not be computed: {type(e).__name__}: {e}")
-    return Importances({k: float(v) for k, v in values.items()}, None,
-                       _importance_explanations(values, complete, search_only(trials)))
+    return Importances(
+        {k: float(v) for k, v in values.items()}, None, _importance_explanations(values, complete, search_only(trials))
+    )
 
 
-def _importance_explanations(values: Mapping[str, float], complete: Sequence[FrozenTrial],
-                             searched: Sequence[FrozenTrial]) -> tuple[str, ...]:
+def _importance_explanations(
+    values: Mapping[str, float], complete: Sequence[FrozenTrial], searched: Sequence[FrozenTrial]
+) -> tuple[str, ...]:
     """What a share does not say: which trials Optuna used (only those with every parameter, so
     a conditional parameter narrows them), and that 0.00 can mean "never varied among them"."""
     lines = []
@@ -427,20 +463,28 @@ def _importance_explanations(values: Mapping[str, float], complete: Sequence[Fro
     used = [t for t in complete if set(values) <= set(t.params)]
     for name in sorted({p for t in complete for p in t.params} - set(values)):
         k = sum(name in t.params for t in complete)
-        lines.append(f"{name} is left out: only {k} of the {n} complete trials have it (it is searched "
-                     "under a condition)")
+        lines.append(
+            f"{name} is left out: only {k} of the {n} complete trials have it (it is searched under a condition)"
+        )
     conditional = sorted(name for name in values if any(name not in t.params for t in searched))
     if conditional:
-        where = (f"the {len(used)} of the {n} complete trials" if len(used) < n
-                 else f"all {n} complete trials, the only ones")
-        lines.append(f"Optuna weighs only trials that have every parameter: {where} that have "
-                     f"{', '.join(conditional)} (searched under a condition)")
+        where = (
+            f"the {len(used)} of the {n} complete trials"
+            if len(used) < n
+            else f"all {n} complete trials, the only ones"
+        )
+        lines.append(
+            f"Optuna weighs only trials that have every parameter: {where} that have "
+            f"{', '.join(conditional)} (searched under a condition)"
+        )
     for name, share in values.items():
         seen = {repr(t.params[name]) for t in used}
         if len(seen) == 1:
-            lines.append(f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
-                         "means it never varied there, not that it does not matter (the learning-rate "
-                         "frontier compares its values, pruned trials included)")
+            lines.append(
+                f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
+                "means it never varied there, not that it does not matter (the learning-rate "
+                "frontier compares its values, pruned trials included)"
+            )
     return tuple(lines)
 
 
@@ -463,9 +507,11 @@ def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") ->
     rows = [
         (t.number, float(t.params["learning_rate"]), float(t.params["warmup_ratio"]), float(t.value))
         for t in search_only(trials)
-        if t.state == TrialState.COMPLETE and t.value is not None
+        if t.state == TrialState.COMPLETE
+        and t.value is not None
         and setting(t, "lr_scheduler_type") == scheduler
-        and "learning_rate" in t.params and "warmup_ratio" in t.params
+        and "learning_rate" in t.params
+        and "warmup_ratio" in t.params
     ]
     note = None
     if len(rows) < 3:
@@ -533,7 +579,10 @@ def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
 
 
 def summary_data(
-    study: optuna.Study, trials: Sequence[FrozenTrial], *, backend: str = "builtin",
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    *,
+    backend: str = "builtin",
     record_dir: Path | None = None,
 ) -> Summary:
     """Best configuration and its metrics, trial counts, failures with reasons, epochs spent.
@@ -544,7 +593,8 @@ def summary_data(
     retries = {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
     failed = [
         FailedTrial(t.number, (failure_reason(t) or "").strip(), retries.get(t.number))
-        for t in trials if t.state == TrialState.FAIL
+        for t in trials
+        if t.state == TrialState.FAIL
     ]
     default_epochs = config_value(study.user_attrs, "epoch")
     summary = Summary(
@@ -575,9 +625,9 @@ def summary_data(
     summary.test_accuracy = u.get("test_accuracy")
     summary.test_macro_f1 = u.get("test_macro_f1")
     summary.override_line = _strip_comments(
-        format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir))
-    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection,
-                                     folder=record_dir)
+        format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir)
+    )
+    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection, folder=record_dir)
     return summary
 
 
@@ -593,29 +643,31 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
         u = t.user_attrs
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         row.update({name: t.params.get(name) for name in names})
-        row.update({
-            "value": metric_value(t),
-            "best_val_accuracy": u.get("best_val_accuracy"),
-            "best_val_macro_f1": u.get("best_val_macro_f1"),
-            "val_accuracy": u.get("val_accuracy"),
-            "val_macro_f1": u.get("val_macro_f1"),
-            "best_epoch": u.get("best_epoch"),
-            "test_accuracy": u.get("test_accuracy"),
-            "test_macro_f1": u.get("test_macro_f1"),
-            "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
-            "epochs_set": epochs_set(t),
-            "duration_s": u.get("duration_s"),
-            "seed": u.get("seed"),
-            "fail_reason": (failure_reason(t) or "").strip() or None,
-            "enqueued": bool(u.get("enqueued")) or None,
-            "repeat_of": u.get("repeat_of"),
-            "repeat_seed": u.get("repeat_seed"),
-            "retry_of": u.get("retry_of"),
-            "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-            "datetime_complete": (
-                t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None
-            ),
-        })
+        row.update(
+            {
+                "value": metric_value(t),
+                "best_val_accuracy": u.get("best_val_accuracy"),
+                "best_val_macro_f1": u.get("best_val_macro_f1"),
+                "val_accuracy": u.get("val_accuracy"),
+                "val_macro_f1": u.get("val_macro_f1"),
+                "best_epoch": u.get("best_epoch"),
+                "test_accuracy": u.get("test_accuracy"),
+                "test_macro_f1": u.get("test_macro_f1"),
+                "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
+                "epochs_set": epochs_set(t),
+                "duration_s": u.get("duration_s"),
+                "seed": u.get("seed"),
+                "fail_reason": (failure_reason(t) or "").strip() or None,
+                "enqueued": bool(u.get("enqueued")) or None,
+                "repeat_of": u.get("repeat_of"),
+                "repeat_seed": u.get("repeat_seed"),
+                "retry_of": u.get("retry_of"),
+                "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
+                "datetime_complete": (
+                    t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None
+                ),
+            }
+        )
         rows.append(row)
     return rows
 
@@ -695,9 +747,12 @@ def scheduler_colour(name: str, order: Sequence[str] = ()) -> str:
 
 def _layout(fig, *, title: str, height: int = 420, **kwargs) -> Any:
     fig.update_layout(
-        title={"text": title, "x": 0.01, "xanchor": "left"}, template=TEMPLATE, height=height,
+        title={"text": title, "x": 0.01, "xanchor": "left"},
+        template=TEMPLATE,
+        height=height,
         margin={"l": 60, "r": 20, "t": 50, "b": 50},
-        legend={"orientation": "h", "y": -0.18}, **kwargs,
+        legend={"orientation": "h", "y": -0.18},
+        **kwargs,
     )
     return fig
 
@@ -714,39 +769,71 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
             chosen = [p for p in points if p.state == state]
             if not chosen:
                 continue
-            fig.add_trace(go.Scatter(
-                x=[p.learning_rate for p in chosen], y=[p.value for p in chosen], mode="markers",
-                name=f"{scheduler} ({state.lower()})", legendgroup=scheduler,
-                marker={"color": colour, "symbol": symbol, "size": 10 if state == "COMPLETE" else 9,
-                        "opacity": opacity, "line": {"width": 2 if state == "PRUNED" else 0.5,
-                                                     "color": colour if state == "PRUNED" else "white"}},
-                customdata=[[p.number, config_label(p.params)] for p in chosen],
-                hovertemplate="trial %{customdata[0]}: %{customdata[1]}<br>" + metric
-                + " %{y:.4f}<extra>" + state.lower() + "</extra>",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[p.learning_rate for p in chosen],
+                    y=[p.value for p in chosen],
+                    mode="markers",
+                    name=f"{scheduler} ({state.lower()})",
+                    legendgroup=scheduler,
+                    marker={
+                        "color": colour,
+                        "symbol": symbol,
+                        "size": 10 if state == "COMPLETE" else 9,
+                        "opacity": opacity,
+                        "line": {
+                            "width": 2 if state == "PRUNED" else 0.5,
+                            "color": colour if state == "PRUNED" else "white",
+                        },
+                    },
+                    customdata=[[p.number, config_label(p.params)] for p in chosen],
+                    hovertemplate="trial %{customdata[0]}: %{customdata[1]}<br>"
+                    + metric
+                    + " %{y:.4f}<extra>"
+                    + state.lower()
+                    + "</extra>",
+                )
+            )
         steps = frontier.envelopes.get(scheduler) or []
         if steps:
-            fig.add_trace(go.Scatter(
-                x=[s.learning_rate for s in steps], y=[s.value for s in steps], mode="lines",
-                line={"color": colour, "shape": "hv", "width": 2}, name=f"{scheduler} envelope",
-                legendgroup=scheduler, hoverinfo="skip",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[s.learning_rate for s in steps],
+                    y=[s.value for s in steps],
+                    mode="lines",
+                    line={"color": colour, "shape": "hv", "width": 2},
+                    name=f"{scheduler} envelope",
+                    legendgroup=scheduler,
+                    hoverinfo="skip",
+                )
+            )
     confirmed = [p for ps in frontier.points.values() for p in ps if p.seeds > 1]
     if confirmed:  # a ring around configurations re-run with other seeds (study.confirm, repeat)
-        fig.add_trace(go.Scatter(
-            x=[p.learning_rate for p in confirmed], y=[p.value for p in confirmed], mode="markers",
-            name="confirmed (several seeds)",
-            marker={"symbol": "circle-open", "size": 18, "color": "#222", "line": {"width": 2}},
-            customdata=[[p.number, p.seeds] for p in confirmed],
-            hovertemplate="trial %{customdata[0]}: confirmed, %{customdata[1]} seeds<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=[p.learning_rate for p in confirmed],
+                y=[p.value for p in confirmed],
+                mode="markers",
+                name="confirmed (several seeds)",
+                marker={"symbol": "circle-open", "size": 18, "color": "#222", "line": {"width": 2}},
+                customdata=[[p.number, p.seeds] for p in confirmed],
+                hovertemplate="trial %{customdata[0]}: confirmed, %{customdata[1]} seeds<extra></extra>",
+            )
+        )
     labelled = sorted((p for ps in frontier.points.values() for p in ps if p.label), key=lambda p: p.number)
     for i, p in enumerate(labelled):
         fig.add_annotation(  # up-left, down-right, ...: the guide's configs often share an LR
-            x=math.log10(p.learning_rate), y=p.value, text=p.label, showarrow=True, arrowhead=2,
-            ax=-60 if i % 2 == 0 else 60, ay=-32 - 12 * (i // 2) if i % 2 == 0 else 32 + 12 * (i // 2),
+            x=math.log10(p.learning_rate),
+            y=p.value,
+            text=p.label,
+            showarrow=True,
+            arrowhead=2,
+            ax=-60 if i % 2 == 0 else 60,
+            ay=-32 - 12 * (i // 2) if i % 2 == 0 else 32 + 12 * (i // 2),
             font={"size": 11},
-            bgcolor="rgba(255,255,255,0.85)", bordercolor="#555", borderwidth=1,
+            bgcolor="rgba(255,255,255,0.85)",
+            bordercolor="#555",
+            borderwidth=1,
         )
     fig.update_xaxes(type="log", title="learning_rate", exponentformat="power")
     fig.update_yaxes(title=f"best {metric} (pruned: last epoch reached)")
@@ -772,12 +859,20 @@ def plot_curves(curves: Sequence[Curve], *, metric: str = "val_accuracy"):
             if c.state == "RUNNING":
                 style["dash"] = "dash"
             name, group = f"{c.scheduler} ({c.state.lower()})", f"{c.scheduler}-{c.state}"
-        fig.add_trace(go.Scatter(
-            x=list(c.epochs), y=list(c.values), mode="lines+markers", line=style,
-            marker={"size": 4}, name=name, legendgroup=group, showlegend=group not in shown,
-            opacity=1.0 if c.is_best else 0.75,
-            hovertemplate=f"trial {c.number} ({c.state.lower()})<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=list(c.epochs),
+                y=list(c.values),
+                mode="lines+markers",
+                line=style,
+                marker={"size": 4},
+                name=name,
+                legendgroup=group,
+                showlegend=group not in shown,
+                opacity=1.0 if c.is_best else 0.75,
+                hovertemplate=f"trial {c.number} ({c.state.lower()})<br>epoch %{{x}}: %{{y:.4f}}<extra></extra>",
+            )
+        )
         shown.add(group)
     fig.update_xaxes(title="epoch", dtick=1 if max((len(c.epochs) for c in curves), default=0) <= 20 else None)
     fig.update_yaxes(title=metric)
@@ -789,24 +884,40 @@ def plot_history(history: Sequence[HistoryPoint], *, metric: str = "val_accuracy
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("by trial", "by epochs spent"),
-                        horizontal_spacing=0.08)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("by trial", "by epochs spent"), horizontal_spacing=0.08)
     for col, xs in ((1, [h.number for h in history]), (2, [h.cumulative_epochs for h in history])):
         for state, colour, symbol in (("COMPLETE", "#1f77b4", "circle"), ("PRUNED", PRUNED_COLOUR, "x-thin-open")):
             idx = [i for i, h in enumerate(history) if h.state == state and h.value is not None]
-            fig.add_trace(go.Scatter(
-                x=[xs[i] for i in idx], y=[history[i].value for i in idx], mode="markers",
-                marker={"color": colour, "symbol": symbol, "size": 8, "line": {"width": 2, "color": colour}},
-                name=state.lower(), legendgroup=state, showlegend=col == 1,
-                customdata=[history[i].number for i in idx],
-                hovertemplate="trial %{customdata}: %{y:.4f}<extra></extra>",
-            ), row=1, col=col)
+            fig.add_trace(
+                go.Scatter(
+                    x=[xs[i] for i in idx],
+                    y=[history[i].value for i in idx],
+                    mode="markers",
+                    marker={"color": colour, "symbol": symbol, "size": 8, "line": {"width": 2, "color": colour}},
+                    name=state.lower(),
+                    legendgroup=state,
+                    showlegend=col == 1,
+                    customdata=[history[i].number for i in idx],
+                    hovertemplate="trial %{customdata}: %{y:.4f}<extra></extra>",
+                ),
+                row=1,
+                col=col,
+            )
         idx = [i for i, h in enumerate(history) if h.best_so_far is not None]
-        fig.add_trace(go.Scatter(
-            x=[xs[i] for i in idx], y=[history[i].best_so_far for i in idx], mode="lines",
-            line={"color": BEST_COLOUR, "shape": "hv", "width": 2}, name="best so far",
-            legendgroup="best", showlegend=col == 1, hoverinfo="skip",
-        ), row=1, col=col)
+        fig.add_trace(
+            go.Scatter(
+                x=[xs[i] for i in idx],
+                y=[history[i].best_so_far for i in idx],
+                mode="lines",
+                line={"color": BEST_COLOUR, "shape": "hv", "width": 2},
+                name="best so far",
+                legendgroup="best",
+                showlegend=col == 1,
+                hoverinfo="skip",
+            ),
+            row=1,
+            col=col,
+        )
     fig.update_xaxes(title_text="trial number", row=1, col=1)
     fig.update_xaxes(title_text="epochs trained (cumulative)", row=1, col=2)
     fig.update_yaxes(title_text=metric, row=1, col=1)
@@ -818,11 +929,17 @@ def plot_importances(importances: Importances):
     import plotly.graph_objects as go
 
     names = list(importances.values)[::-1]
-    fig = go.Figure(go.Bar(
-        x=[importances.values[n] for n in names], y=names, orientation="h",
-        marker={"color": "#1f77b4"}, text=[f"{importances.values[n]:.2f}" for n in names],
-        textposition="auto", hovertemplate="%{y}: %{x:.3f}<extra></extra>",
-    ))
+    fig = go.Figure(
+        go.Bar(
+            x=[importances.values[n] for n in names],
+            y=names,
+            orientation="h",
+            marker={"color": "#1f77b4"},
+            text=[f"{importances.values[n]:.2f}" for n in names],
+            textposition="auto",
+            hovertemplate="%{y}: %{x:.3f}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title="importance (share)", range=[0, 1])
     return _layout(fig, title="Parameter importances", height=120 + 60 * max(len(names), 2))
 
@@ -866,19 +983,41 @@ def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), me
     low, high = min(contour.values), max(contour.values)
     if grid is not None:
         gx, gy, z = grid
-        fig.add_trace(go.Contour(
-            x=gx, y=gy, z=z, colorscale="Blues", zmin=low, zmax=high, showscale=False,
-            connectgaps=False, contours={"coloring": "heatmap"}, line={"width": 0.5},
-            hoverinfo="skip", opacity=0.8,
-        ))
-    fig.add_trace(go.Scatter(
-        x=contour.learning_rate, y=contour.warmup_ratio, mode="markers",
-        marker={"color": contour.values, "colorscale": "Blues", "cmin": low, "cmax": high, "size": 10,
-                "line": {"color": "#333", "width": 1}, "colorbar": {"title": {"text": metric}}},
-        customdata=contour.numbers,
-        hovertemplate="trial %{customdata}<br>learning_rate %{x:.3g}<br>warmup_ratio %{y:.3f}"
-        f"<br>{metric} %{{marker.color:.4f}}<extra></extra>",
-    ))
+        fig.add_trace(
+            go.Contour(
+                x=gx,
+                y=gy,
+                z=z,
+                colorscale="Blues",
+                zmin=low,
+                zmax=high,
+                showscale=False,
+                connectgaps=False,
+                contours={"coloring": "heatmap"},
+                line={"width": 0.5},
+                hoverinfo="skip",
+                opacity=0.8,
+            )
+        )
+    fig.add_trace(
+        go.Scatter(
+            x=contour.learning_rate,
+            y=contour.warmup_ratio,
+            mode="markers",
+            marker={
+                "color": contour.values,
+                "colorscale": "Blues",
+                "cmin": low,
+                "cmax": high,
+                "size": 10,
+                "line": {"color": "#333", "width": 1},
+                "colorbar": {"title": {"text": metric}},
+            },
+            customdata=contour.numbers,
+            hovertemplate="trial %{customdata}<br>learning_rate %{x:.3g}<br>warmup_ratio %{y:.3f}"
+            f"<br>{metric} %{{marker.color:.4f}}<extra></extra>",
+        )
+    )
     fig.update_xaxes(type="log", title="learning_rate")
     fig.update_yaxes(title="warmup_ratio")
     title = "Cosine trials: learning_rate x warmup_ratio"
@@ -886,8 +1025,9 @@ def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), me
         title += f" (shading from {MIN_CONTOUR_SHADING} trials on)"
     fig = _layout(fig, title=title, height=460, showlegend=False)
     # The title sits just above the plot area, below plotly's toolbar (top right), not under it.
-    fig.update_layout(title={"y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8},
-                             "font": {"size": 14}}, margin={"t": 80})
+    fig.update_layout(
+        title={"y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8}, "font": {"size": 14}}, margin={"t": 80}
+    )
     return fig
 
 
@@ -897,19 +1037,27 @@ def plot_stability(rows: Sequence[StabilityRow], *, metric: str = "val_accuracy"
 
     fig = go.Figure()
     labels = [f"#{r.number} {r.label}" for r in rows]
-    fig.add_trace(go.Scatter(
-        x=[lab for lab, r in zip(labels, rows) for _ in r.last_values],
-        y=[v for r in rows for v in r.last_values], mode="markers", name=f"last {LAST_EPOCHS} epochs",
-        marker={"color": PRUNED_COLOUR, "size": 8, "symbol": "line-ew-open", "line": {"width": 3}},
-        hovertemplate="%{x}<br>late epoch: %{y:.4f}<extra></extra>",
-    ))
-    fig.add_trace(go.Scatter(
-        x=[lab for lab, r in zip(labels, rows) for _ in r.runs],
-        y=[run.value for r in rows for run in r.runs], mode="markers", name="best value per seed",
-        marker={"color": "#1f77b4", "size": 10},
-        customdata=[run.seed for r in rows for run in r.runs],
-        hovertemplate="%{x}<br>seed %{customdata}: %{y:.4f}<extra></extra>",
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=[lab for lab, r in zip(labels, rows) for _ in r.last_values],
+            y=[v for r in rows for v in r.last_values],
+            mode="markers",
+            name=f"last {LAST_EPOCHS} epochs",
+            marker={"color": PRUNED_COLOUR, "size": 8, "symbol": "line-ew-open", "line": {"width": 3}},
+            hovertemplate="%{x}<br>late epoch: %{y:.4f}<extra></extra>",
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=[lab for lab, r in zip(labels, rows) for _ in r.runs],
+            y=[run.value for r in rows for run in r.runs],
+            mode="markers",
+            name="best value per seed",
+            marker={"color": "#1f77b4", "size": 10},
+            customdata=[run.seed for r in rows for run in r.runs],
+            hovertemplate="%{x}<br>seed %{customdata}: %{y:.4f}<extra></extra>",
+        )
+    )
     fig.update_yaxes(title=metric)
     return _layout(fig, title="Stability of the top configurations")
 
@@ -923,8 +1071,13 @@ class _Page:
 
     def figure(self, fig, div_id: str) -> str:
         """The figure's HTML; plotly.js is inlined with the first figure of the page only."""
-        text = fig.to_html(full_html=False, include_plotlyjs=not self.figures, div_id=div_id,
-                           config=PLOT_CONFIG, default_height=f"{fig.layout.height or 420}px")
+        text = fig.to_html(
+            full_html=False,
+            include_plotlyjs=not self.figures,
+            div_id=div_id,
+            config=PLOT_CONFIG,
+            default_height=f"{fig.layout.height or 420}px",
+        )
         self.figures.append(div_id)
         return f'<div class="figure">{text}</div>'
 
@@ -958,8 +1111,8 @@ def _pm(mean: float | None, std: float | None) -> str:
 
 def _html_page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
         f"<style>{CSS}</style></head><body>\n{body}\n</body></html>\n"
     )
 
@@ -969,17 +1122,25 @@ def _summary_html(s: Summary) -> str:
     if s.best_number is not None:
         rows += [
             ("best trial", f"#{s.best_number}: {_e(config_label(s.best_params))}"),
-            (f"{s.metric} over seeds (selection)",
-             f"{_pm(s.seeds_mean, s.seeds_sd) if s.seeds > 1 else _f(s.seeds_mean)} over {s.seeds} "
-             f"seed{'s' if s.seeds > 1 else ''}"
-             + (f"; test accuracy {_e(s.seeds_test_accuracy)} / macro-F1 {_e(s.seeds_test_macro_f1)} "
-                "<span class=muted>(reported only)</span>" if s.seeds > 1 else
-                " <span class=muted>(study.confirm or <code>deepsc-tune repeat</code> adds seeds)</span>")),
+            (
+                f"{s.metric} over seeds (selection)",
+                f"{_pm(s.seeds_mean, s.seeds_sd) if s.seeds > 1 else _f(s.seeds_mean)} over {s.seeds} "
+                f"seed{'s' if s.seeds > 1 else ''}"
+                + (
+                    f"; test accuracy {_e(s.seeds_test_accuracy)} / macro-F1 {_e(s.seeds_test_macro_f1)} "
+                    "<span class=muted>(reported only)</span>"
+                    if s.seeds > 1
+                    else " <span class=muted>(study.confirm or <code>deepsc-tune repeat</code> adds seeds)</span>"
+                ),
+            ),
             ("against the runner-up", _e(s.leader or "-")),
             (f"{s.metric} (search trial)", f"{_f(s.best_value)} at epoch {_e(s.best_epoch)} of {_e(s.epochs_set)}"),
             ("validation accuracy / macro-F1", f"{_f(s.val_accuracy)} / {_f(s.val_macro_f1)}"),
-            ("test accuracy / macro-F1", f"{_f(s.test_accuracy)} / {_f(s.test_macro_f1)} "
-             "<span class=muted>(model of the best epoch; reported, never used for selection)</span>"),
+            (
+                "test accuracy / macro-F1",
+                f"{_f(s.test_accuracy)} / {_f(s.test_macro_f1)} "
+                "<span class=muted>(model of the best epoch; reported, never used for selection)</span>",
+            ),
         ]
     c, r = s.counts, s.repeat_counts
     states = f"{c['COMPLETE']} complete, {c['PRUNED']} pruned, {c['FAIL']} failed"
@@ -987,8 +1148,12 @@ def _summary_html(s: Summary) -> str:
         states += f", {c['RUNNING']} running, {c['WAITING']} waiting"
     rows.append(("search trials", states))
     if sum(r.values()):
-        rows.append(("repeats (other seeds)", f"{r['COMPLETE']} complete, {r['FAIL']} failed, "
-                     f"{r['RUNNING'] + r['WAITING']} queued or running"))
+        rows.append(
+            (
+                "repeats (other seeds)",
+                f"{r['COMPLETE']} complete, {r['FAIL']} failed, {r['RUNNING'] + r['WAITING']} queued or running",
+            )
+        )
     b = s.budget
     saved = f"{b.saved} saved by pruning {b.pruned_trials} trials"
     if b.without_pruning:
@@ -1009,9 +1174,11 @@ def _summary_html(s: Summary) -> str:
 
 
 def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
-    head = ("<tr><th>trial</th><th>configuration</th><th>value</th>"
-            f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th>"
-            "<th>test accuracy across seeds</th></tr>")
+    head = (
+        "<tr><th>trial</th><th>configuration</th><th>value</th>"
+        f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th>"
+        "<th>test accuracy across seeds</th></tr>"
+    )
     body = "".join(
         f"<tr><td class=n>#{r.number}</td><td>{_e(r.label)}</td><td class=n>{_f(r.value)}</td>"
         f"<td class=n>{_f(r.last_epochs_std)}</td><td class=n>{len(r.runs)}</td>"
@@ -1021,8 +1188,10 @@ def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
     )
     hint = ""
     if rows and all(len(r.runs) == 1 for r in rows):
-        hint = (f"<p class=muted>No repeats yet: <code>deepsc-tune repeat {_e(name)} --top 3 --seeds 3</code> "
-                "re-runs the best configurations with other seeds.</p>")
+        hint = (
+            f"<p class=muted>No repeats yet: <code>deepsc-tune repeat {_e(name)} --top 3 --seeds 3</code> "
+            "re-runs the best configurations with other seeds.</p>"
+        )
     return f"<table>{head}{body}</table>{hint}"
 
 
@@ -1030,8 +1199,13 @@ def render_report(data: ReportData) -> str:
     """The self-contained HTML page (plotly.js inlined once, nothing fetched)."""
     s = data.summary
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    about = [data.description, f"data {data.dataset}" if data.dataset != "-" else "", f"metric {s.metric}",
-             f"{len(data.trials)} trials", f"made {created}"]
+    about = [
+        data.description,
+        f"data {data.dataset}" if data.dataset != "-" else "",
+        f"metric {s.metric}",
+        f"{len(data.trials)} trials",
+        f"made {created}",
+    ]
     head = (
         f"<h1>deepsc-tune report: {_e(s.study_name)}</h1>"
         f"<p class=sub>{' &middot; '.join(_e(a) for a in about if a)}</p>"
@@ -1041,18 +1215,23 @@ def render_report(data: ReportData) -> str:
         body = head + notes + "<h2>Summary</h2>" + _summary_html(s)
         if data.curves:  # trials still running: their epochs so far
             body += "<h2>Learning curves so far</h2>" + _Page().figure(
-                plot_curves(data.curves, metric=s.metric), "fig-curves")
+                plot_curves(data.curves, metric=s.metric), "fig-curves"
+            )
         return _html_page(f"{s.study_name}: deepsc-tune report", body)
     page = _Page()
-    parts = [head, notes, "<h2>1. Learning rate frontier</h2>",
-             "<p class=muted>Each finished trial at its best validation value (pruned: the last epoch it "
-             "reached); the line is the best value reached at or below each learning rate.</p>",
-             page.figure(plot_frontier(data.frontier, metric=s.metric), "fig-frontier"),
-             "<h2>2. Learning curves</h2>",
-             page.figure(plot_curves(data.curves, metric=s.metric), "fig-curves"),
-             "<h2>3. Optimisation history</h2>",
-             page.figure(plot_history(data.history, metric=s.metric), "fig-history"),
-             "<h2>4. What mattered</h2><div class=grid>"]
+    parts = [
+        head,
+        notes,
+        "<h2>1. Learning rate frontier</h2>",
+        "<p class=muted>Each finished trial at its best validation value (pruned: the last epoch it "
+        "reached); the line is the best value reached at or below each learning rate.</p>",
+        page.figure(plot_frontier(data.frontier, metric=s.metric), "fig-frontier"),
+        "<h2>2. Learning curves</h2>",
+        page.figure(plot_curves(data.curves, metric=s.metric), "fig-curves"),
+        "<h2>3. Optimisation history</h2>",
+        page.figure(plot_history(data.history, metric=s.metric), "fig-history"),
+        "<h2>4. What mattered</h2><div class=grid>",
+    ]
     if data.importances.values:
         why = "".join(f"<p class=muted>{_e(line)}</p>" for line in data.importances.explanations)
         parts.append(f"<div>{page.figure(plot_importances(data.importances), 'fig-importances')}{why}</div>")
@@ -1064,8 +1243,10 @@ def render_report(data: ReportData) -> str:
         parts.append(f"<div class=note>{_e(data.contour.note)}</div>")
     parts += ["</div>", "<h2>5. Summary</h2>", _summary_html(s), "<h2>6. Stability</h2>"]
     if data.stability:
-        parts += [page.figure(plot_stability(data.stability, metric=s.metric), "fig-stability"),
-                  _stability_html(data.stability, name=s.study_name)]
+        parts += [
+            page.figure(plot_stability(data.stability, metric=s.metric), "fig-stability"),
+            _stability_html(data.stability, name=s.study_name),
+        ]
     else:
         parts.append("<div class=note>no complete trial yet</div>")
     return _html_page(f"{s.study_name}: deepsc-tune report", "\n".join(parts))
@@ -1107,7 +1288,11 @@ def write_trials_csv(trials: Sequence[FrozenTrial], path: Path) -> Path:
 
 
 def write_report(
-    study: optuna.Study, *, folder: Path, backend: str = "builtin", top: int = TOP_CONFIGS,
+    study: optuna.Study,
+    *,
+    folder: Path,
+    backend: str = "builtin",
+    top: int = TOP_CONFIGS,
     record_dir: Path | None = None,
 ) -> ReportFiles:
     """Write ``report.html``, ``trials.csv`` and (once a trial completed) ``best.yaml`` to ``folder``
@@ -1178,14 +1363,23 @@ def index_row(data: ReportData, *, report: str) -> IndexRow:
     best = next((t for t in data.trials if t.number == s.best_number), None)
     stab = next((r for r in data.stability if r.number == s.best_number), None)
     return IndexRow(
-        name=s.study_name, dataset=data.dataset, report=report, trials=len(search_only(data.trials)),
+        name=s.study_name,
+        dataset=data.dataset,
+        report=report,
+        trials=len(search_only(data.trials)),
         scheduler=setting(best, "lr_scheduler_type") if best else None,
         learning_rate=setting(best, "learning_rate") if best else None,
-        warmup_ratio=setting(best, "warmup_ratio") if best and setting(best, "lr_scheduler_type") != "constant" else None,
-        epochs=s.epochs_set, best_epoch=s.best_epoch,
-        val_accuracy=s.val_accuracy, val_macro_f1=s.val_macro_f1,
-        test_accuracy=s.test_accuracy, test_macro_f1=s.test_macro_f1,
-        stability=stability_text(stab), note=data.notes[0] if data.notes else None,
+        warmup_ratio=setting(best, "warmup_ratio")
+        if best and setting(best, "lr_scheduler_type") != "constant"
+        else None,
+        epochs=s.epochs_set,
+        best_epoch=s.best_epoch,
+        val_accuracy=s.val_accuracy,
+        val_macro_f1=s.val_macro_f1,
+        test_accuracy=s.test_accuracy,
+        test_macro_f1=s.test_macro_f1,
+        stability=stability_text(stab),
+        note=data.notes[0] if data.notes else None,
     )
 
 
@@ -1201,11 +1395,13 @@ def _where(row: IndexRow) -> str:
 
 def render_index(rows: Sequence[IndexRow], *, errors: Sequence[tuple[str, str]] = ()) -> str:
     """``index.html``: the table DeepSC's guide keeps by hand, one row per study."""
-    head = ("<tr><th>study</th><th>data</th><th>trials</th><th>scheduler</th><th>learning_rate</th>"
-            "<th>warmup</th><th>epochs (best)</th><th>val acc</th><th>val macro-F1</th><th>test acc</th>"
-            "<th>test macro-F1</th><th>stability</th></tr>")
+    head = (
+        "<tr><th>study</th><th>data</th><th>trials</th><th>scheduler</th><th>learning_rate</th>"
+        "<th>warmup</th><th>epochs (best)</th><th>val acc</th><th>val macro-F1</th><th>test acc</th>"
+        "<th>test macro-F1</th><th>stability</th></tr>"
+    )
     body = "".join(
-        f"<tr><td><a href=\"{_e(r.report)}\">{_e(r.name)}</a>{_where(r)}</td><td>{_e(r.dataset)}</td>"
+        f'<tr><td><a href="{_e(r.report)}">{_e(r.name)}</a>{_where(r)}</td><td>{_e(r.dataset)}</td>'
         f"<td class=n>{r.trials}</td><td>{_e(r.scheduler or '-')}</td>"
         f"<td class=n>{format_number(r.learning_rate)}</td><td class=n>{format_number(r.warmup_ratio)}</td>"
         f"<td class=n>{_e(r.epochs if r.epochs is not None else '-')} ({_e(r.best_epoch if r.best_epoch is not None else '-')})</td>"
@@ -1218,9 +1414,11 @@ def render_index(rows: Sequence[IndexRow], *, errors: Sequence[tuple[str, str]] 
     problems = "".join(f"<div class=note>{_e(name)}: {_e(msg)}</div>" for name, msg in errors)
     empty = "" if rows or errors else "<div class=note>no study found: run <code>deepsc-tune run NAME</code></div>"
     created = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    text = (f"<h1>deepsc-tune studies</h1><p class=sub>best configuration of each study (selected on "
-            f"validation; test reported only) &middot; made {created}</p>{empty}{problems}"
-            f"<table>{head}{body}</table>")
+    text = (
+        f"<h1>deepsc-tune studies</h1><p class=sub>best configuration of each study (selected on "
+        f"validation; test reported only) &middot; made {created}</p>{empty}{problems}"
+        f"<table>{head}{body}</table>"
+    )
     return _html_page("deepsc-tune studies", text)
 
 
@@ -1256,8 +1454,9 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             study = optuna.load_study(study_name=name, storage=storage)
             # the folder's own study (or its only one) reports next to study.db; others below it
             folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
-            files = write_report(study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top,
-                                 record_dir=db.parent)
+            files = write_report(
+                study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top, record_dir=db.parent
+            )
             reports.append(files)
             rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -1267,10 +1466,42 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
 
 
 __all__ = [
-    "ContourData", "Curve", "EnvelopeStep", "EpochBudget", "FrontierPoint", "Frontier", "HistoryPoint",
-    "Importances", "IndexRow", "ReportData", "ReportFiles", "SeedRun", "StabilityRow", "Summary",
-    "build_report_data", "contour_data", "envelope", "epoch_budget", "frontier_data", "learning_curves",
-    "metric_value", "optimization_history", "param_importances", "stability_data", "summary_data",
-    "trial_rows", "write_report", "write_report_files", "write_index", "write_trials_csv", "render_report", "render_index",
-    "plot_frontier", "plot_curves", "plot_history", "plot_importances", "plot_contour", "plot_stability",
+    "ContourData",
+    "Curve",
+    "EnvelopeStep",
+    "EpochBudget",
+    "FrontierPoint",
+    "Frontier",
+    "HistoryPoint",
+    "Importances",
+    "IndexRow",
+    "ReportData",
+    "ReportFiles",
+    "SeedRun",
+    "StabilityRow",
+    "Summary",
+    "build_report_data",
+    "contour_data",
+    "envelope",
+    "epoch_budget",
+    "frontier_data",
+    "learning_curves",
+    "metric_value",
+    "optimization_history",
+    "param_importances",
+    "stability_data",
+    "summary_data",
+    "trial_rows",
+    "write_report",
+    "write_report_files",
+    "write_index",
+    "write_trials_csv",
+    "render_report",
+    "render_index",
+    "plot_frontier",
+    "plot_curves",
+    "plot_history",
+    "plot_importances",
+    "plot_contour",
+    "plot_stability",
 ]

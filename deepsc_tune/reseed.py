@@ -79,9 +79,7 @@ class PerTrialSeedSampler(BaseSampler):
     ) -> Any:
         return self._for(trial).sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(
-        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
-    ) -> None:
+    def after_trial(self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None) -> None:
         self._for(trial).after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -89,9 +89,7 @@ def check_scheduler_type(lr_scheduler_type: Any) -> str:
 def steps_per_epoch(n_train: int, *, batch_size: int, grad_acc: int = 1) -> int:
     """Optimizer steps in one epoch over ``n_train`` cells (a final partial group is stepped)."""
     if n_train < 1 or batch_size < 1 or grad_acc < 1:
-        raise ValueError(
-            f"n_train, batch_size and grad_acc must be >= 1, got {n_train}, {batch_size}, {grad_acc}"
-        )
+        raise ValueError(f"n_train, batch_size and grad_acc must be >= 1, got {n_train}, {batch_size}, {grad_acc}")
     batches = math.ceil(n_train / batch_size)
     return math.ceil(batches / grad_acc)
 
@@ -236,9 +234,7 @@ def build_schedule(
     )
 
 
-def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: LRSchedule
-) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
     """A :class:`~torch.optim.lr_scheduler.LambdaLR` applying ``schedule`` to ``optimizer``.
 
     The optimizer's ``lr`` must be the peak (``schedule.learning_rate``). Call

@@ -35,8 +35,7 @@ TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "stud
 #: Keys of one ``search`` entry.
 PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
 #: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout",
-              "tracking")
+STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout", "tracking")
 #: Keys of ``study.confirm`` (re-run the ``top`` best configurations with ``seeds`` more seeds).
 CONFIRM_KEYS = ("top", "seeds")
 
@@ -108,9 +107,7 @@ class ParamSpec:
             return optuna.distributions.IntDistribution(
                 int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
             )
-        return optuna.distributions.FloatDistribution(
-            self.low, self.high, log=self.log, step=self.step
-        )
+        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
     def is_active(self, values: Mapping[str, Any]) -> bool:
         """Whether the conditions in ``when`` hold for the values chosen so far."""
@@ -212,9 +209,7 @@ class SearchSpace:
         kind = cfg.pop("type")
         cls = getattr(optuna.samplers, SAMPLERS[kind])
         if kind == "grid":
-            cfg.setdefault(
-                "search_space", {n: p.grid_values() for n, p in self.params.items()}
-            )
+            cfg.setdefault("search_space", {n: p.grid_values() for n, p in self.params.items()})
         return cls(**cfg)
 
     def build_pruner(self) -> optuna.pruners.BasePruner:
@@ -232,9 +227,7 @@ def _suggest(trial: optuna.trial.BaseTrial, spec: ParamSpec) -> Any:
     if spec.kind == "categorical":
         return trial.suggest_categorical(spec.name, list(spec.choices or ()))
     if spec.kind == "int":
-        return trial.suggest_int(
-            spec.name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log
-        )
+        return trial.suggest_int(spec.name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
     return trial.suggest_float(spec.name, spec.low, spec.high, step=spec.step, log=spec.log)
 
 
@@ -282,7 +275,10 @@ def list_search_spaces() -> dict[str, Path]:
 
 
 def load_search_space(
-    name_or_path: str, overrides: Sequence[str] = (), *, fixed_only: bool = False,
+    name_or_path: str,
+    overrides: Sequence[str] = (),
+    *,
+    fixed_only: bool = False,
     check_deepsc: bool = False,
 ) -> SearchSpace:
     """Read, override and validate a search-space file.
@@ -314,8 +310,7 @@ def load_search_space(
     if fixed_only:
         raw = {k: v for k, v in raw.items() if k != "search"}
         raw["study"] = {k: v for k, v in (raw.get("study") or {}).items() if k != "enqueue"}
-    return build_search_space(raw, text=text, path=path, overrides=overrides,
-                              check_deepsc=check_deepsc)
+    return build_search_space(raw, text=text, path=path, overrides=overrides, check_deepsc=check_deepsc)
 
 
 def read_yaml_text(path: Path) -> str:
@@ -333,10 +328,9 @@ def read_yaml_text(path: Path) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = data[:e.start].count(b"\n") + 1
+        line = data[: e.start].count(b"\n") + 1
         raise ConfigError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
-            "save the file as UTF-8"
+            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
         ) from None
 
 
@@ -389,10 +383,7 @@ def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with {TOP_KEYS}")
     if not isinstance(raw, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}, "
-            f"got {type(raw).__name__}"
-        )
+        raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}, got {type(raw).__name__}")
     return raw
 
 
@@ -403,9 +394,7 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         key, sep, value_text = item.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ConfigError(
-                f"override '{item}': expected key=value, e.g. finetune.epoch=5 or learning_rate=3e-4"
-            )
+            raise ConfigError(f"override '{item}': expected key=value, e.g. finetune.epoch=5 or learning_rate=3e-4")
         try:
             value = yaml.safe_load(value_text) if value_text.strip() else None
         except yaml.YAMLError:
@@ -419,10 +408,7 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(
-                    f"override '{item}': {'.'.join(parts[: i + 1])} is "
-                    f"{child!r}, not a mapping"
-                )
+                raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is {child!r}, not a mapping")
             node = child
         node[parts[-1]] = value
     return out
@@ -506,9 +492,7 @@ def build_search_space(
     study = _mapping(config, "study", problems, required=False)
 
     backend = finetune.get("backend", "builtin")
-    fixed, known_keys, param_types = _check_finetune(
-        finetune, backend=backend, problems=problems
-    )
+    fixed, known_keys, param_types = _check_finetune(finetune, backend=backend, problems=problems)
     _check_data(data, backend=backend, problems=problems, hint=config.get("source"))
 
     params: dict[str, ParamSpec] = {}
@@ -523,10 +507,7 @@ def build_search_space(
         if spec is None:
             continue
         if pname in fixed:
-            problems.append(
-                f"search.{pname}: also fixed as finetune.{pname}={fixed[pname]!r}; "
-                "keep it in one block"
-            )
+            problems.append(f"search.{pname}: also fixed as finetune.{pname}={fixed[pname]!r}; keep it in one block")
         params[spec.name] = spec
     params = _order_by_conditions(params, problems)
     if backend == "builtin" and params and not any(p.startswith("finetune") for p in problems):
@@ -535,8 +516,7 @@ def build_search_space(
     study_cfg = _check_study(study, params, problems)
     notes: list[str] = []
     if backend == "command" and not any(p.startswith("finetune") for p in problems):
-        params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes,
-                               report=check_deepsc)
+        params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes, report=check_deepsc)
 
     if problems:
         problems, from_cli = _explain_problems(problems, overrides)
@@ -573,8 +553,13 @@ def build_search_space(
 
 
 def _check_deepsc(
-    finetune: dict, params: dict[str, ParamSpec], enqueue: list[dict], problems: list[str],
-    notes: list[str], *, report: bool,
+    finetune: dict,
+    params: dict[str, ParamSpec],
+    enqueue: list[dict],
+    problems: list[str],
+    notes: list[str],
+    *,
+    report: bool,
 ) -> dict[str, ParamSpec]:
     """DeepSC's own checks (deepsc.py); returns ``params`` with clipped ranges applied.
 
@@ -586,8 +571,13 @@ def _check_deepsc(
 
     settings, fixed = CommandSettings.from_dict(finetune, source="finetune")
     findings = check_command_space(
-        cwd=settings.cwd or Path("."), command=settings.command, overrides=settings.overrides,
-        fixed=fixed, new_keys=settings.new_keys, search=params, enqueue=enqueue,
+        cwd=settings.cwd or Path("."),
+        command=settings.command,
+        overrides=settings.overrides,
+        fixed=fixed,
+        new_keys=settings.new_keys,
+        search=params,
+        enqueue=enqueue,
         run_dir_override=settings.run_dir_override,
     )
     params = dict(params)
@@ -651,9 +641,7 @@ def _check_finetune(
             problems.extend(_split_problems(str(e)))
             fixed = {}
         return dict(fixed), None, {}
-    problems.append(
-        f"finetune.backend: unknown backend {backend!r}; expected 'builtin' or 'command'"
-    )
+    problems.append(f"finetune.backend: unknown backend {backend!r}; expected 'builtin' or 'command'")
     return {}, None, {}
 
 
@@ -681,9 +669,7 @@ def _number(value: Any) -> float | None:
     return None
 
 
-def _parse_param(
-    name: str, entry: Any, problems: list[str], declared: type | None
-) -> ParamSpec | None:
+def _parse_param(name: str, entry: Any, problems: list[str], declared: type | None) -> ParamSpec | None:
     where = f"search.{name}"
     if isinstance(entry, list):
         entry = {"choices": entry}
@@ -716,14 +702,11 @@ def _parse_param(
             problems.append(f"{where}.choices: duplicate values in {choices!r}")
         if len(problems) > n_before:
             return None
-        return ParamSpec(name, "categorical", choices=tuple(choices), when=when,
-                         grid=tuple(grid) if grid else None)
+        return ParamSpec(name, "categorical", choices=tuple(choices), when=when, grid=tuple(grid) if grid else None)
 
     missing = [k for k in ("low", "high") if k not in entry]
     if missing:
-        problems.append(
-            f"{where}: missing {' and '.join(missing)}; expected choices: [...] or low/high"
-        )
+        problems.append(f"{where}: missing {' and '.join(missing)}; expected choices: [...] or low/high")
         return None
     low, high = _number(entry["low"]), _number(entry["high"])
     for key, raw, num in (("low", entry["low"], low), ("high", entry["high"], high)):
@@ -751,9 +734,7 @@ def _parse_param(
         if declared is not None:
             kind = "int" if declared is int else "float"
         else:
-            ints = all(isinstance(v, int) for v in (low, high)) and (
-                step is None or isinstance(step, int)
-            )
+            ints = all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int))
             kind = "int" if ints else "float"
     if low >= high:
         problems.append(f"{where}: low ({low!r}) must be below high ({high!r})")
@@ -768,8 +749,13 @@ def _parse_param(
     if len(problems) > n_before:
         return None
     return ParamSpec(
-        name, kind, low=low if kind == "int" else float(low),
-        high=high if kind == "int" else float(high), log=log, step=step, when=when,
+        name,
+        kind,
+        low=low if kind == "int" else float(low),
+        high=high if kind == "int" else float(high),
+        log=log,
+        step=step,
+        when=when,
         grid=tuple(grid) if grid else None,
     )
 
@@ -783,9 +769,7 @@ def _parse_when(where: str, when: Any, problems: list[str]) -> dict[str, tuple[A
     if when is None:
         return {}
     if not isinstance(when, dict) or not when:
-        problems.append(
-            f"{where}.when: expected a mapping such as {{lr_scheduler_type: cosine}}, got {when!r}"
-        )
+        problems.append(f"{where}.when: expected a mapping such as {{lr_scheduler_type: cosine}}, got {when!r}")
         return {}
     out: dict[str, tuple[Any, ...]] = {}
     for key, allowed in when.items():
@@ -808,17 +792,13 @@ def _order_by_conditions(params: dict[str, ParamSpec], problems: list[str]) -> d
             else:
                 bad = [v for v in allowed if not params[ref].contains(v)]
                 if bad:
-                    problems.append(
-                        f"search.{spec.name}.when: {ref} can never be {bad[0]!r}"
-                    )
+                    problems.append(f"search.{spec.name}.when: {ref} can never be {bad[0]!r}")
     ordered: dict[str, ParamSpec] = {}
     pending = dict(params)
     while pending:
         ready = [n for n, s in pending.items() if all(r in ordered or r not in params for r in s.when)]
         if not ready:
-            problems.append(
-                f"search: conditions form a cycle among {', '.join(sorted(pending))}"
-            )
+            problems.append(f"search: conditions form a cycle among {', '.join(sorted(pending))}")
             ordered.update(pending)
             break
         for n in ready:
@@ -849,9 +829,7 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
         if key not in STUDY_KEYS:
             problems.append(f"study.{key}: unknown key; expected one of {', '.join(STUDY_KEYS)}")
     if cfg["metric"] not in METRICS:
-        problems.append(
-            f"study.metric: unknown metric {cfg['metric']!r}; expected one of {', '.join(METRICS)}"
-        )
+        problems.append(f"study.metric: unknown metric {cfg['metric']!r}; expected one of {', '.join(METRICS)}")
     for key in ("n_trials", "max_failures"):
         value = _number(cfg[key])
         if not isinstance(value, int) or value < 1:
@@ -865,11 +843,19 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
         else:
             cfg["timeout"] = float(value)
     cfg["sampler"] = _check_component(
-        "study.sampler", cfg["sampler"], SAMPLERS, optuna.samplers, problems,
+        "study.sampler",
+        cfg["sampler"],
+        SAMPLERS,
+        optuna.samplers,
+        problems,
         default=DEFAULT_STUDY["sampler"],
     )
     cfg["pruner"] = _check_component(
-        "study.pruner", cfg["pruner"], PRUNERS, optuna.pruners, problems,
+        "study.pruner",
+        cfg["pruner"],
+        PRUNERS,
+        optuna.pruners,
+        problems,
         default=DEFAULT_STUDY["pruner"],
     )
     if cfg["sampler"].get("type") == "grid" and "search_space" not in cfg["sampler"]:
@@ -895,8 +881,7 @@ def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str])
             value = _coerce_choice(value)
             if spec is None:
                 problems.append(
-                    f"{where}.{key}: not a searched parameter; expected one of "
-                    f"{', '.join(params) or '(none)'}"
+                    f"{where}.{key}: not a searched parameter; expected one of {', '.join(params) or '(none)'}"
                 )
             elif not spec.contains(value):
                 rng = spec.choices if spec.kind == "categorical" else f"[{spec.low}, {spec.high}]"
@@ -965,9 +950,7 @@ def _check_component(
 
 def dump_settings(settings: Mapping[str, Any]) -> str:
     """YAML text of settings, numbers written so that YAML reads them back as numbers."""
-    return yaml.safe_dump(
-        {k: _plain(v) for k, v in settings.items()}, sort_keys=False, default_flow_style=False
-    )
+    return yaml.safe_dump({k: _plain(v) for k, v in settings.items()}, sort_keys=False, default_flow_style=False)
 
 
 def _plain(value: Any) -> Any:

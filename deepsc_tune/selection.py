@@ -129,11 +129,18 @@ def configurations(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -
         runs = (t, *sorted(repeats.get(t.number, []), key=lambda r: r.number))
         values = tuple(float(trial_score(r, rule=rule)) for r in runs)
         mean, sd = mean_sd(values)
-        out.append(ConfigScore(
-            number=t.number, params=dict(t.params), trials=runs, values=values, mean=mean, sd=sd,
-            test_accuracy=_reported(runs, "test_accuracy"),
-            test_macro_f1=_reported(runs, "test_macro_f1"),
-        ))
+        out.append(
+            ConfigScore(
+                number=t.number,
+                params=dict(t.params),
+                trials=runs,
+                values=values,
+                mean=mean,
+                sd=sd,
+                test_accuracy=_reported(runs, "test_accuracy"),
+                test_macro_f1=_reported(runs, "test_macro_f1"),
+            )
+        )
     return out
 
 
@@ -165,7 +172,7 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, fl
     if se2 == 0:
         return (0.0 if diff == 0 else math.copysign(math.inf, diff), math.inf, 1.0 if diff == 0 else 0.0)
     t = diff / math.sqrt(se2)
-    df = se2 ** 2 / ((sa ** 2 / (len(a) - 1) if sa else 0.0) + (sb ** 2 / (len(b) - 1) if sb else 0.0))
+    df = se2**2 / ((sa**2 / (len(a) - 1) if sa else 0.0) + (sb**2 / (len(b) - 1) if sb else 0.0))
     from scipy.stats import t as student_t  # scipy comes with scikit-learn and scanpy
 
     p = float(2 * student_t.sf(abs(t), df))
@@ -181,18 +188,36 @@ def compare_leaders(ranking: Sequence[ConfigScore], *, alpha: float = ALPHA) -> 
     result = welch_test(lead.values, second.values)
     if result is None:
         few = [f"trial {c.number}" for c in (lead, second) if c.n < 2]
-        return LeaderTest(diff, None, None, None, False,
-                          f"not distinguishable from the runner-up (trial {second.number}, "
-                          f"{diff:+.4f}): {' and '.join(few)} ran with one seed only "
-                          "(study.confirm or `deepsc-tune repeat` adds seeds)")
+        return LeaderTest(
+            diff,
+            None,
+            None,
+            None,
+            False,
+            f"not distinguishable from the runner-up (trial {second.number}, "
+            f"{diff:+.4f}): {' and '.join(few)} ran with one seed only "
+            "(study.confirm or `deepsc-tune repeat` adds seeds)",
+        )
     t, df, p = result
     if p < alpha:
-        return LeaderTest(diff, t, df, p, True,
-                          f"ahead of the runner-up (trial {second.number}) by {diff:+.4f} "
-                          f"(Welch t-test p={p:.3g}, {lead.n} vs {second.n} seeds)")
-    return LeaderTest(diff, t, df, p, False,
-                      f"not distinguishable from the runner-up (trial {second.number}, {diff:+.4f}; "
-                      f"Welch t-test p={p:.3g}, {lead.n} vs {second.n} seeds)")
+        return LeaderTest(
+            diff,
+            t,
+            df,
+            p,
+            True,
+            f"ahead of the runner-up (trial {second.number}) by {diff:+.4f} "
+            f"(Welch t-test p={p:.3g}, {lead.n} vs {second.n} seeds)",
+        )
+    return LeaderTest(
+        diff,
+        t,
+        df,
+        p,
+        False,
+        f"not distinguishable from the runner-up (trial {second.number}, {diff:+.4f}; "
+        f"Welch t-test p={p:.3g}, {lead.n} vs {second.n} seeds)",
+    )
 
 
 def select(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -> Selection:
@@ -221,9 +246,11 @@ def pick_notes(selection: Selection, number: int, *, metric: str) -> list[str]:
     config = next((c for c in selection.ranking if c.number == number), None)
     notes = []
     if config is not None and config.confirmed:
-        notes.append(f"{metric} over seeds: {format_mean_sd(config)}; test accuracy "
-                     f"{format_reported(config.test_accuracy)} / macro-F1 "
-                     f"{format_reported(config.test_macro_f1)} (reported only)")
+        notes.append(
+            f"{metric} over seeds: {format_mean_sd(config)}; test accuracy "
+            f"{format_reported(config.test_accuracy)} / macro-F1 "
+            f"{format_reported(config.test_macro_f1)} (reported only)"
+        )
     if selection.best is not None and selection.best.number == number and selection.leader_test is not None:
         notes.append(selection.leader_test.reason)
     return notes
@@ -234,11 +261,18 @@ def pick_record(selection: Selection, number: int) -> dict[str, Any]:
     config = next((c for c in selection.ranking if c.number == number), None)
     leads = selection.best is not None and selection.best.number == number
     return {
-        "seeds": None if config is None else {
-            "n": config.n, "mean": config.mean, "sd": config.sd, "values": list(config.values),
+        "seeds": None
+        if config is None
+        else {
+            "n": config.n,
+            "mean": config.mean,
+            "sd": config.sd,
+            "values": list(config.values),
             "trials": [t.number for t in config.trials],
-            "test_accuracy": list(config.test_accuracy), "test_macro_f1": list(config.test_macro_f1),
+            "test_accuracy": list(config.test_accuracy),
+            "test_macro_f1": list(config.test_macro_f1),
         },
-        "distinguishable": (selection.leader_test.distinguishable
-                            if leads and selection.leader_test is not None else None),
+        "distinguishable": (
+            selection.leader_test.distinguishable if leads and selection.leader_test is not None else None
+        ),
     }

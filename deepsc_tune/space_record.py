@@ -47,7 +47,7 @@ def sqlite_folder(storage: Any) -> Path | None:
     url = storage if isinstance(storage, str) else getattr(storage, "url", "")
     if not str(url).startswith("sqlite:///"):
         return None
-    path = str(url)[len("sqlite:///"):].split("?", 1)[0]
+    path = str(url)[len("sqlite:///") :].split("?", 1)[0]
     return Path(path).parent if path and path != ":memory:" else None
 
 

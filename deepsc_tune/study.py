@@ -220,8 +220,8 @@ def with_driver(url: str) -> str:
             import importlib.util
 
             if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg"):
-                return "postgresql+psycopg://" + url[len(bare):]
-            return "postgresql://" + url[len(bare):]
+                return "postgresql+psycopg://" + url[len(bare) :]
+            return "postgresql://" + url[len(bare) :]
     return url
 
 
@@ -357,14 +357,15 @@ def open_study(
     record_dir = record_dir or sqlite_folder(storage)
     try:
         study = optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+            study_name=study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
             direction="maximize",
         )
         created = True
     except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(
-            study_name=study_name, storage=storage, sampler=sampler, pruner=pruner
-        )
+        study = optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
         created = False
     if created:
         _describe_new_study(study, space, data_fingerprint)
@@ -414,21 +415,21 @@ def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprin
 
 
 def _check_same_study(
-    study: optuna.Study, space: SearchSpace, study_name: str, data_fingerprint: str | None,
-    *, record_dir: Path | None = None,
+    study: optuna.Study,
+    space: SearchSpace,
+    study_name: str,
+    data_fingerprint: str | None,
+    *,
+    record_dir: Path | None = None,
 ) -> None:
     stored = study.user_attrs
-    how = (
-        f"start a new study with --study-name {study_name}-2 (or another name), "
-        "or restore the original settings"
-    )
+    how = f"start a new study with --study-name {study_name}-2 (or another name), or restore the original settings"
     if stored.get("search_space_sha256") not in (None, space.sha256):
         record = read_record(stored, record_dir)
         changed = _changed_keys(record["config"], space.config) if record else []
         what = f" (changed: {', '.join(changed[:6])})" if changed else ""
         raise ConfigError(
-            f"study '{study_name}' was made from a different search space{what}; "
-            f"refusing to mix results: {how}"
+            f"study '{study_name}' was made from a different search space{what}; refusing to mix results: {how}"
         )
     fp = stored.get("data_fingerprint")
     if fp and data_fingerprint and fp != data_fingerprint:
@@ -455,10 +456,7 @@ def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = 
 
 def search_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
     """Trials of the search itself: repeats made by ``deepsc-tune repeat`` are left out."""
-    return [
-        t for t in study.get_trials(deepcopy=False, states=states)
-        if "repeat_of" not in t.user_attrs
-    ]
+    return [t for t in study.get_trials(deepcopy=False, states=states) if "repeat_of" not in t.user_attrs]
 
 
 def recover_orphaned_trials(study: optuna.Study) -> list[int]:
@@ -637,8 +635,7 @@ class Progress:
 
     def recovered(self, numbers: list[int]) -> None:
         """Said when it happens, before the trials that follow (not in the final summary)."""
-        print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}",
-              file=self.stream, flush=True)
+        print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}", file=self.stream, flush=True)
 
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._live and not self.verbose:
@@ -730,7 +727,9 @@ def run_study(
     """
     recovered: list[int] = []
     objective = build_objective(
-        space, finetuner, trials_dir=trials_dir,
+        space,
+        finetuner,
+        trials_dir=trials_dir,
         on_epoch=progress.epoch if progress else None,
     )
     lock = start_lock(study._storage, study.study_name)
@@ -775,8 +774,13 @@ def run_study(
         finally:
             lock.release()
         ran += 1
-        last = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(
-            study._study_id, current[0])) if current else None
+        last = (
+            study._storage.get_trial(
+                study._storage.get_trial_id_from_study_id_trial_number(study._study_id, current[0])
+            )
+            if current
+            else None
+        )
         if last is not None and last.state == TrialState.FAIL:
             failures += 1
             if failures >= space.max_failures:
@@ -789,8 +793,11 @@ def run_study(
             failures = 0
     counts = count_states(study)
     return RunSummary(
-        study=study, ran=ran, recovered=recovered,
-        finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED], target=target,
+        study=study,
+        ran=ran,
+        recovered=recovered,
+        finished=counts[TrialState.COMPLETE] + counts[TrialState.PRUNED],
+        target=target,
     )
 
 

@@ -63,16 +63,23 @@ class TrialRun(Protocol):
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, Any]) -> None: ...
 
-    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
-            summary: Mapping[str, Any] | None = None) -> None: ...
+    def end(
+        self,
+        *,
+        state: str,
+        value: float | None,
+        fail_reason: str | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> None: ...
 
 
 class Tracker(Protocol):
     """What the objective calls at the start of a trial; a run per trial, so trials running in
     threads of one process keep apart."""
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
-                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
+    def start_trial(
+        self, *, study_name: str, number: int, params: Mapping[str, Any], attrs: Mapping[str, Any] | None = None
+    ) -> TrialRun:
         """``params``: the trial's searched values; ``attrs``: what else tells the run apart
         (the seed, ``repeat_of``), tags in MLflow and ``config`` entries in W&B."""
         ...
@@ -115,9 +122,7 @@ def check_tracking(value: Any, problems: list[str]) -> dict[str, dict[str, Any]]
         for key, item in cfg.items():
             expected = TRACKER_KEYS[name].get(key)
             if expected is None:
-                problems.append(
-                    f"{where}.{key}: unknown key; expected one of {', '.join(TRACKER_KEYS[name])}"
-                )
+                problems.append(f"{where}.{key}: unknown key; expected one of {', '.join(TRACKER_KEYS[name])}")
                 ok = False
             elif not _has_type(name, key, item):
                 problems.append(f"{where}.{key}: expected {expected}, got {item!r}")
@@ -152,21 +157,23 @@ def build_tracker(config: Mapping[str, Mapping[str, Any]] | None) -> Tracker | N
 def _warn(tracker: str, what: str, error: BaseException) -> None:
     text = " ".join(str(error).split())
     text = text if len(text) <= 300 else text[:297] + "..."
-    print(f"warning: {tracker} tracking: {what} failed ({type(error).__name__}: {text}); "
-          "the trial goes on", file=sys.stderr)
+    print(
+        f"warning: {tracker} tracking: {what} failed ({type(error).__name__}: {text}); the trial goes on",
+        file=sys.stderr,
+    )
 
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Numeric metrics (no bools, no missing ones), as floats."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class MlflowTracker:
     """One MLflow run per trial in the experiment named after the study."""
 
-    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None,
-                 tags: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, tracking_uri: str | None = None, experiment: str | None = None, tags: Mapping[str, Any] | None = None
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -175,8 +182,9 @@ class MlflowTracker:
         # Trials in threads of one process share the client; the first creates the experiment.
         self._lock = threading.Lock()
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
-                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
+    def start_trial(
+        self, *, study_name: str, number: int, params: Mapping[str, Any], attrs: Mapping[str, Any] | None = None
+    ) -> TrialRun:
         try:
             from mlflow import MlflowClient
             from mlflow.entities import Param
@@ -187,8 +195,13 @@ class MlflowTracker:
                 if name not in self._experiments:
                     self._experiments[name] = self._experiment_id(client, name)
                 experiment_id = self._experiments[name]
-            tags = {**self.tags, "optuna.study": study_name, "optuna.trial_number": str(number),
-                    "state": "RUNNING", **{k: str(v) for k, v in (attrs or {}).items()}}
+            tags = {
+                **self.tags,
+                "optuna.study": study_name,
+                "optuna.trial_number": str(number),
+                "state": "RUNNING",
+                **{k: str(v) for k, v in (attrs or {}).items()},
+            }
             run = client.create_run(experiment_id, run_name=str(number), tags=tags)
             client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
@@ -210,7 +223,6 @@ class MlflowTracker:
             return found.experiment_id
 
 
-
 class _MlflowRun:
     def __init__(self, client: Any, run_id: str) -> None:
         self.client, self.run_id = client, run_id
@@ -225,8 +237,14 @@ class _MlflowRun:
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("mlflow", f"logging epoch {epoch}", e)
 
-    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
-            summary: Mapping[str, Any] | None = None) -> None:
+    def end(
+        self,
+        *,
+        state: str,
+        value: float | None,
+        fail_reason: str | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> None:
         run_id = self.run_id
         try:
             from mlflow.entities import Metric, RunTag
@@ -236,8 +254,7 @@ class _MlflowRun:
             tags = [RunTag("state", state)]
             if fail_reason:
                 tags.append(RunTag("fail_reason", fail_reason[:5000]))
-            self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in finals.items()],
-                                  tags=tags)
+            self.client.log_batch(run_id, metrics=[Metric(k, v, stamp, 0) for k, v in finals.items()], tags=tags)
             status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
             self.client.set_terminated(run_id, status=status)
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
@@ -247,9 +264,15 @@ class _MlflowRun:
 class WandbTracker:
     """One W&B run per trial, in ``project``, grouped by the study's name."""
 
-    def __init__(self, project: str | None = None, entity: str | None = None,
-                 group: str | None = None, mode: str | None = None, dir: str | None = None,
-                 tags: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        project: str | None = None,
+        entity: str | None = None,
+        group: str | None = None,
+        mode: str | None = None,
+        dir: str | None = None,
+        tags: list[str] | None = None,
+    ) -> None:
         self.project = project or DEFAULT_WANDB_PROJECT
         self.entity = entity
         self.group = group
@@ -257,15 +280,23 @@ class WandbTracker:
         self.dir = dir
         self.tags = list(tags or [])
 
-    def start_trial(self, *, study_name: str, number: int, params: Mapping[str, Any],
-                    attrs: Mapping[str, Any] | None = None) -> TrialRun:
+    def start_trial(
+        self, *, study_name: str, number: int, params: Mapping[str, Any], attrs: Mapping[str, Any] | None = None
+    ) -> TrialRun:
         try:
             import wandb
 
             run = wandb.init(
-                project=self.project, entity=self.entity, group=self.group or study_name,
-                name=f"{study_name}-{number}", job_type="trial", config={**(attrs or {}), **params},
-                tags=self.tags or None, mode=self.mode, dir=self.dir, reinit="create_new",
+                project=self.project,
+                entity=self.entity,
+                group=self.group or study_name,
+                name=f"{study_name}-{number}",
+                job_type="trial",
+                config={**(attrs or {}), **params},
+                tags=self.tags or None,
+                mode=self.mode,
+                dir=self.dir,
+                reinit="create_new",
                 settings=wandb.Settings(console="off", silent=True),
             )
             run.summary["optuna_study"] = study_name
@@ -287,8 +318,14 @@ class _WandbRun:
         except Exception as e:  # noqa: BLE001 (tracking must never fail a trial)
             _warn("wandb", f"logging epoch {epoch}", e)
 
-    def end(self, *, state: str, value: float | None, fail_reason: str | None = None,
-            summary: Mapping[str, Any] | None = None) -> None:
+    def end(
+        self,
+        *,
+        state: str,
+        value: float | None,
+        fail_reason: str | None = None,
+        summary: Mapping[str, Any] | None = None,
+    ) -> None:
         run = self.run
         try:
             finals: dict[str, Any] = {**_numbers(summary or {}), "state": state, "value": value}

@@ -85,9 +85,6 @@ FLUSH_EVERY = 64
 MAX_DEVICE_COPY_BYTES = 4 * 2**30
 
 
-
-
-
 # --------------------------------------------------------------------------------------------
 # Building blocks
 
@@ -131,9 +128,7 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int
-) -> dict[str, float]:
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> dict[str, float]:
     """Accuracy and macro precision / recall / F1 (scikit-learn's definitions).
 
     The macro average runs over every class that occurs in ``y_true`` or ``y_pred`` (scikit-learn's
@@ -173,8 +168,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_optimizer(params: list[torch.nn.Parameter], settings: TrainSettings,
-                     device: torch.device) -> torch.optim.Optimizer:
+def _build_optimizer(
+    params: list[torch.nn.Parameter], settings: TrainSettings, device: torch.device
+) -> torch.optim.Optimizer:
     kwargs: dict[str, Any] = {"lr": settings.learning_rate, "weight_decay": settings.weight_decay}
     # The fused kernel is one call per step for all parameters: it matters at ~1 ms per batch.
     if device.type in ("cpu", "cuda"):
@@ -242,8 +238,15 @@ def _tensor(a: np.ndarray, dtype: np.dtype) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def _predict(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *, batch_size: int,
-             device: torch.device, autocast: Callable[[], Any]) -> tuple[float, np.ndarray]:
+def _predict(
+    model: torch.nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: Callable[[], Any],
+) -> tuple[float, np.ndarray]:
     """Mean unweighted cross-entropy and predicted classes."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -260,8 +263,7 @@ def _predict(model: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, *, batch_
 
 
 @torch.inference_mode()
-def predict_logits(model: torch.nn.Module, X: np.ndarray, *, batch_size: int,
-                   device: torch.device) -> np.ndarray:
+def predict_logits(model: torch.nn.Module, X: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
     """Float32 logits of ``X`` (cells x genes), batched and cast exactly as the test evaluation."""
     autocast, _, _ = _autocast(device)
     model.eval()
@@ -332,14 +334,19 @@ def run_training(
         torch.set_num_threads(threads_before)
 
 
-def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCallback | None,
-           log: Callable[[str], None], device: torch.device) -> FinetuneResult:
+def _train(
+    data: Any,
+    settings: TrainSettings,
+    *,
+    metric: str,
+    on_epoch: EpochCallback | None,
+    log: Callable[[str], None],
+    device: torch.device,
+) -> FinetuneResult:
     n_classes = len(data.classes)
     n_train, n_genes = data.X_train.shape
     if n_train == 0 or len(data.y_val) == 0:
-        raise FinetuneError(
-            f"nothing to train on: {n_train} training and {len(data.y_val)} validation cells"
-        )
+        raise FinetuneError(f"nothing to train on: {n_train} training and {len(data.y_val)} validation cells")
 
     seed_everything(settings.seed)
     shuffle_gen = torch.Generator().manual_seed(settings.seed)
@@ -446,12 +453,12 @@ def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCa
         if not math.isfinite(train_loss):
             kind = "NaN" if math.isnan(train_loss) else "infinite"
             raise FinetuneError(
-                f"training diverged: loss is {kind} at epoch {epoch} "
-                f"(learning_rate={settings.learning_rate})"
+                f"training diverged: loss is {kind} at epoch {epoch} (learning_rate={settings.learning_rate})"
             )
 
-        val_loss, val_pred = _predict(model, X_val, y_val, batch_size=settings.eval_batch_size,
-                                      device=device, autocast=autocast)
+        val_loss, val_pred = _predict(
+            model, X_val, y_val, batch_size=settings.eval_batch_size, device=device, autocast=autocast
+        )
         m = classification_metrics(np.asarray(data.y_val), val_pred, n_classes=n_classes)
         em = EpochMetrics(
             epoch=epoch,
@@ -479,8 +486,12 @@ def _train(data: Any, settings: TrainSettings, *, metric: str, on_epoch: EpochCa
         if best_state is not None:
             model.load_state_dict(best_state)
         _, test_pred = _predict(
-            model, _tensor(data.X_test, np.float32), _tensor(data.y_test, np.int64),
-            batch_size=settings.eval_batch_size, device=device, autocast=autocast,
+            model,
+            _tensor(data.X_test, np.float32),
+            _tensor(data.y_test, np.int64),
+            batch_size=settings.eval_batch_size,
+            device=device,
+            autocast=autocast,
         )
         tm = classification_metrics(np.asarray(data.y_test), test_pred, n_classes=n_classes)
         test_accuracy, test_macro_f1 = tm["accuracy"], tm["macro_f1"]

@@ -76,9 +76,7 @@ class TrainSettings:
         values: dict[str, Any] = {}
         for key, raw in d.items():
             if key not in TRAIN_KEYS:
-                problems.append(
-                    f"{source}.{key}: unknown key; expected one of {', '.join(TRAIN_KEYS)}"
-                )
+                problems.append(f"{source}.{key}: unknown key; expected one of {', '.join(TRAIN_KEYS)}")
                 continue
             try:
                 values[key] = _CHECKS[key](raw)
@@ -89,15 +87,12 @@ class TrainSettings:
             merged = {**asdict(cls()), **values}
             if merged["d_model"] % merged["n_heads"]:
                 problems.append(
-                    f"{source}.d_model: expected a multiple of n_heads ({merged['n_heads']}), "
-                    f"got {merged['d_model']!r}"
+                    f"{source}.d_model: expected a multiple of n_heads ({merged['n_heads']}), got {merged['d_model']!r}"
                 )
         if problems:
             if len(problems) == 1:
                 raise ConfigError(problems[0])
-            raise ConfigError(
-                f"{len(problems)} problems in {source}:\n" + "\n".join(f"- {p}" for p in problems)
-            )
+            raise ConfigError(f"{len(problems)} problems in {source}:\n" + "\n".join(f"- {p}" for p in problems))
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,9 +143,7 @@ def _int_at_least(low: int, *, optional: bool = False) -> Callable[[Any], int | 
         try:
             value = int(_number(raw, integer=True))
         except _Invalid:
-            raise _Invalid(
-                f"expected an integer >= {low}" + (" or null" if optional else "")
-            ) from None
+            raise _Invalid(f"expected an integer >= {low}" + (" or null" if optional else "")) from None
         if value < low:
             raise _Invalid(f"expected an integer >= {low}" + (" or null" if optional else ""))
         return value
@@ -158,12 +151,12 @@ def _int_at_least(low: int, *, optional: bool = False) -> Callable[[Any], int | 
     return check
 
 
-def _float_in(low: float, high: float | None, *, low_open: bool = False, high_open: bool = False,
-              what: str | None = None) -> Callable[[Any], float]:
+def _float_in(
+    low: float, high: float | None, *, low_open: bool = False, high_open: bool = False, what: str | None = None
+) -> Callable[[Any], float]:
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
     expected = what or (
-        f"a number in {lo}{low}, {high}{hi}" if high is not None else
-        f"a number {'>' if low_open else '>='} {low}"
+        f"a number in {lo}{low}, {high}{hi}" if high is not None else f"a number {'>' if low_open else '>='} {low}"
     )
 
     def check(raw: Any) -> float:

@@ -92,8 +92,16 @@ class ModelKeeper:
         and a run must beat them all, also those that finished before any model was kept.
     """
 
-    def __init__(self, folder: Path, *, study_name: str, metric: str, data: Any,
-                 data_settings: Mapping[str, Any], completed: Mapping[int, float]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        study_name: str,
+        metric: str,
+        data: Any,
+        data_settings: Mapping[str, Any],
+        completed: Mapping[int, float],
+    ) -> None:
         self.folder = Path(folder)
         self.study_name = study_name
         self.metric = metric
@@ -297,8 +305,12 @@ def predict_file(
     # An array, not a DataFrame: class names such as "CD4+/CD25 T Reg" are not valid HDF5 keys.
     adata.obsm[PROBABILITIES_KEY] = proba.astype(np.float32).reshape(len(pred), len(classes))
     adata.uns[UNS_KEY] = {
-        "study": card["study"], "trial": int(card["trial"]), "model": str(Path(folder)),
-        "classes": classes, "genes_missing": int(q.n_missing), "n_genes": len(card["genes"]),
+        "study": card["study"],
+        "trial": int(card["trial"]),
+        "model": str(Path(folder)),
+        "classes": classes,
+        "genes_missing": int(q.n_missing),
+        "n_genes": len(card["genes"]),
     }
 
     accuracy, n_scored, n_unknown = None, 0, 0
@@ -316,6 +328,14 @@ def predict_file(
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     adata.write_h5ad(tmp)
     os.replace(tmp, out)
-    return Prediction(out=out, n_cells=adata.n_obs, n_genes=len(card["genes"]),
-                      n_missing=q.n_missing, notes=q.notes, accuracy=accuracy, n_scored=n_scored,
-                      n_unknown=n_unknown, card=card)
+    return Prediction(
+        out=out,
+        n_cells=adata.n_obs,
+        n_genes=len(card["genes"]),
+        n_missing=q.n_missing,
+        notes=q.notes,
+        accuracy=accuracy,
+        n_scored=n_scored,
+        n_unknown=n_unknown,
+        card=card,
+    )

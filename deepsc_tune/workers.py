@@ -227,8 +227,12 @@ def run_workers(
                 if stops[0]:
                     break
                 proc = start_group(
-                    command(plan), env=plan.env(os.environ), text=True, bufsize=1,
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    command(plan),
+                    env=plan.env(os.environ),
+                    text=True,
+                    bufsize=1,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
                 )
                 procs[plan.worker_id] = proc
                 prefix = f"[{plan.worker_id}] "
@@ -244,8 +248,10 @@ def run_workers(
                         continue
                     codes[worker_id] = proc.returncode
                     if proc.returncode != 0 and not stops_seen:
-                        say(f"[{worker_id}] worker {describe_exit(proc.returncode)}; "
-                             "the other workers take over its trial")
+                        say(
+                            f"[{worker_id}] worker {describe_exit(proc.returncode)}; "
+                            "the other workers take over its trial"
+                        )
                 time.sleep(poll_seconds)
         finally:
             # Whatever happened here, no child (nor anything it spawned) outlives the parent's wait.
@@ -269,11 +275,12 @@ def _forward_stop(
 ) -> None:
     running = [(w, p) for w, p in procs.items() if w not in codes and p.poll() is None]
     if hard:
-        echo(f"killing {len(running)} worker(s): their trials are recovered (FAIL, re-queued) "
-             "by the next run")
+        echo(f"killing {len(running)} worker(s): their trials are recovered (FAIL, re-queued) by the next run")
     else:
-        echo(f"stopping {len(running)} worker(s): each records its running trial as FAIL "
-             "(interrupted) and re-queues it; Ctrl-C again to kill them now")
+        echo(
+            f"stopping {len(running)} worker(s): each records its running trial as FAIL "
+            "(interrupted) and re-queues it; Ctrl-C again to kill them now"
+        )
     for _, proc in running:
         if hard:
             # The whole group: the worker's DataLoader processes must not outlive it.

@@ -25,8 +25,10 @@ def postgres_url() -> str:
     """The test server's URL (``postgresql+psycopg://...``), checked to accept connections."""
     url = os.environ.get(POSTGRES_ENV, "").strip()
     if not url:
-        message = (f"{POSTGRES_ENV} is not set; .ci/run starts PostgreSQL on 127.0.0.1 and sets it "
-                   "(or export it to a server of your own)")
+        message = (
+            f"{POSTGRES_ENV} is not set; .ci/run starts PostgreSQL on 127.0.0.1 and sets it "
+            "(or export it to a server of your own)"
+        )
         if in_ci():
             pytest.fail(f"postgres tests must run in CI: {message}", pytrace=False)
         pytest.skip(message)

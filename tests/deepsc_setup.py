@@ -59,7 +59,9 @@ def write_data(folder: Path, *, n_cells: int = 400, seed: int = 0) -> dict[str, 
     adata = adata[np.sort(np.random.default_rng(seed).permutation(adata.n_obs)[:n_cells])].copy()
     paths = {"cells": folder / "cells.h5ad", "gene_map": folder / "gene_map.csv"}
     adata.write_h5ad(paths["cells"])
-    pd.DataFrame({"feature_name": adata.var_names, "id": np.arange(adata.n_vars)}).to_csv(paths["gene_map"], index=False)
+    pd.DataFrame({"feature_name": adata.var_names, "id": np.arange(adata.n_vars)}).to_csv(
+        paths["gene_map"], index=False
+    )
     return paths
 
 
@@ -72,9 +74,16 @@ def split(space: dict[str, Any], out: Path) -> dict[str, Path]:
     return result.paths
 
 
-def tiny_space(deepsc: Path, python: str, data: dict[str, Path], *, split_dir: Path | str = "split",
-               name: str = "deepsc-tune-tiny", study: dict[str, Any] | None = None,
-               fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+def tiny_space(
+    deepsc: Path,
+    python: str,
+    data: dict[str, Path],
+    *,
+    split_dir: Path | str = "split",
+    name: str = "deepsc-tune-tiny",
+    study: dict[str, Any] | None = None,
+    fixed: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A command-backend search space for the tiny model, as a user would write it: the data
     block for ``deepsc-tune split`` (a quarter of the cells for validation) and DeepSC's
     overrides reading what split writes into ``split_dir`` (relative: where deepsc-tune runs)."""
@@ -107,6 +116,11 @@ def tiny_space(deepsc: Path, python: str, data: dict[str, Path], *, split_dir: P
             "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
             "warmup_ratio": {"low": 0.01, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
         },
-        "study": {"metric": "val_macro_f1", "n_trials": 3, "sampler": {"type": "tpe", "seed": 0},
-                  "pruner": {"type": "hyperband", "min_resource": 1}, **(study or {})},
+        "study": {
+            "metric": "val_macro_f1",
+            "n_trials": 3,
+            "sampler": {"type": "tpe", "seed": 0},
+            "pruner": {"type": "hyperband", "min_resource": 1},
+            **(study or {}),
+        },
     }

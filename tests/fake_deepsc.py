@@ -198,8 +198,10 @@ def progress(epoch: int, sleep: float) -> None:
     """tqdm's bar as DeepSC's run shows it: stderr, redrawn with \r, moved with cursor-up."""
     desc = f"Epoch {epoch} [Finetune Cell Type Annotation]"
     for step in (0, 1, 2):
-        sys.stderr.write(f"\r{desc}: {50 * step:3d}%|{'#' * 20 * step:<40}| {step}/2 "
-                         f"[00:00<00:00, 5.22it/s, error_rate=0.5, loss_cls=1.41]\x1b[A\n")
+        sys.stderr.write(
+            f"\r{desc}: {50 * step:3d}%|{'#' * 20 * step:<40}| {step}/2 "
+            f"[00:00<00:00, 5.22it/s, error_rate=0.5, loss_cls=1.41]\x1b[A\n"
+        )
         sys.stderr.flush()
         time.sleep(sleep / 3)
 
@@ -240,7 +242,11 @@ def main(args: list[str]) -> None:
     if cfg["lr_scheduler_type"] == "cosine":
         total = cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * cfg["grad_acc"]))
         if math.ceil(total * cfg["warmup_ratio"]) * 3 <= 0:
-            crash_and_exit(args, f"ValueError: Expected positive integer T_0, but got {math.ceil(total * cfg['warmup_ratio']) * 3}", 1)
+            crash_and_exit(
+                args,
+                f"ValueError: Expected positive integer T_0, but got {math.ceil(total * cfg['warmup_ratio']) * 3}",
+                1,
+            )
     print_banner(cfg)
     if mode == "silent":
         print("train_loader:  1000")

@@ -26,8 +26,7 @@ compare = _load_compare()
 
 
 def _trial(number, state, curve, epochs=None):
-    return {"number": number, "state": state, "curve": curve,
-            "epochs": len(curve) if epochs is None else epochs}
+    return {"number": number, "state": state, "curve": curve, "epochs": len(curve) if epochs is None else epochs}
 
 
 @pytest.mark.parametrize(
@@ -49,8 +48,14 @@ def test_epochs_to_reach(trials, target, complete_only, expected):
 
 @pytest.mark.parametrize(
     "values, expected",
-    [([10, 20, 30], 20), ([10, None, 30], 30), ([10, None, None], None), ([10, 20], 15),
-     ([10, None], None), ([], None)],
+    [
+        ([10, 20, 30], 20),
+        ([10, None, 30], 30),
+        ([10, None, None], None),
+        ([10, 20], 15),
+        ([10, None], None),
+        ([], None),
+    ],
 )
 def test_median_counts_misses_as_worst(values, expected):
     assert compare._median_with_misses(values) == expected
@@ -79,9 +84,11 @@ def test_default_is_the_shipped_study_with_another_seed():
 def test_quick_run_writes_sane_results(tmp_path):
     out = tmp_path / "compare.json"
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--out", str(out),
-         "--cache-dir", str(tmp_path / "cache")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -139,5 +146,7 @@ def test_quick_run_writes_sane_results(tmp_path):
         assert full["n"] == 3 and full["val_fresh"] is None  # every seed was used: nothing held out
         assert by_variant[("best_epoch", 2, 1)]["val_fresh"] is not None
     sel = {(v["rule"], v["top"], v["seeds"]): v for v in summary["selection"]}
-    assert sel[("best_epoch", 0, 0)]["test_macro_f1"]["mean"] == summary["strategies"]["default"]["test_macro_f1"]["mean"]
+    assert (
+        sel[("best_epoch", 0, 0)]["test_macro_f1"]["mean"] == summary["strategies"]["default"]["test_macro_f1"]["mean"]
+    )
     assert "## Selection with and without confirmation" in out.with_suffix(".md").read_text()

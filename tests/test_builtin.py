@@ -29,8 +29,9 @@ def need_shared_data():
 @pytest.fixture(scope="module")
 def baron(tmp_path_factory):
     need_shared_data()
-    space = load_search_space(str(REPO / "search_spaces" / "baron.yaml"),
-                              [f"data.train={SHARED / 'baron_human_pancreas.h5ad'}"])
+    space = load_search_space(
+        str(REPO / "search_spaces" / "baron.yaml"), [f"data.train={SHARED / 'baron_human_pancreas.h5ad'}"]
+    )
     data = prepare_data(DataSettings.from_dict(space.data), cache_dir=tmp_path_factory.mktemp("cache"))
     return space, data
 
@@ -55,7 +56,6 @@ def test_params_override_fixed_and_defaults(baron):
     space, data = baron
     ft = BuiltinFinetuner(data, defaults={"device": "cpu", "epoch": 5})
     seen = []
-    r = ft.run({"epoch": 2, "learning_rate": 1e-3, "hidden": [32]},
-               on_epoch=lambda m: seen.append(m.epoch) or False)
+    r = ft.run({"epoch": 2, "learning_rate": 1e-3, "hidden": [32]}, on_epoch=lambda m: seen.append(m.epoch) or False)
     assert seen == [1, 2] and len(r.history) == 2 and r.device == "cpu"
     assert np.isfinite(r.test_accuracy)

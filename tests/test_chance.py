@@ -27,15 +27,15 @@ def test_chance_levels_of_a_balanced_and_a_skewed_set():
 def make_study(tmp_path, values, *, levels=True) -> optuna.Study:
     folder = tmp_path / "results" / "lr"
     folder.mkdir(parents=True)
-    study = optuna.create_study(study_name="lr", storage=f"sqlite:///{folder / 'study.db'}",
-                                direction="maximize")
+    study = optuna.create_study(study_name="lr", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
     study.set_user_attr("metric", "val_accuracy")
     if levels:
         study.set_user_attr(CHANCE_ATTR, chance_levels(np.array([0, 1, 2] * 27), ["a", "b", "c"]))
     dist = {"learning_rate": FloatDistribution(1e-5, 1e4, log=True)}
     for lr, value in values:
-        study.add_trial(create_trial(params={"learning_rate": lr}, distributions=dist, value=value,
-                                     intermediate_values={1: value}))
+        study.add_trial(
+            create_trial(params={"learning_rate": lr}, distributions=dist, value=value, intermediate_values={1: value})
+        )
     study.add_trial(create_trial(params={"learning_rate": 1e3}, distributions=dist, state=TrialState.FAIL))
     return study
 

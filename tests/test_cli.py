@@ -112,8 +112,17 @@ def test_changed_search_space_is_refused_and_study_untouched(results):
     assert "--study-name" in result.output
     assert len(load(results).trials) == before
     # a new name starts a separate study in the same database
-    ok = cli("run", "pbmc68k", "--results-dir", str(results), "--study-name", "pbmc68k-dropout",
-             "study.n_trials=1", "finetune.epoch=2", "finetune.dropout=0.5")
+    ok = cli(
+        "run",
+        "pbmc68k",
+        "--results-dir",
+        str(results),
+        "--study-name",
+        "pbmc68k-dropout",
+        "study.n_trials=1",
+        "finetune.epoch=2",
+        "finetune.dropout=0.5",
+    )
     assert ok.exit_code == 0, ok.output
     assert len(load(results).trials) == before
     # and the read-only commands find it by --study-name in the same database
@@ -126,16 +135,21 @@ def test_changed_search_space_is_refused_and_study_untouched(results):
     ("content", "message"),
     [
         ("name: x\ndata: [unclosed\n", "malformed YAML"),
-        ("name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: bulk_labels}\n"
-         "search: {lr_scheduler_type: {choices: [constant, linear]}}\n",
-         "Unknown lr_scheduler_type: 'linear'. Must be one of: 'constant', 'cosine', 'cosine_restarts'"),
-        ("name: x\ndata: {train: nowhere/train.h5ad, label_key: cell_type}\n",
-         "file not found: nowhere/train.h5ad (data.train"),
-        ("name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: celltype}\n",
-         "celltype"),
-        ("name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: bulk_labels}\n"
-         "search: {learning_rate: {low: 1e-3, high: 1e-5, log: true}}\n",
-         "search.learning_rate: low (0.001) must be below high"),
+        (
+            "name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: bulk_labels}\n"
+            "search: {lr_scheduler_type: {choices: [constant, linear]}}\n",
+            "Unknown lr_scheduler_type: 'linear'. Must be one of: 'constant', 'cosine', 'cosine_restarts'",
+        ),
+        (
+            "name: x\ndata: {train: nowhere/train.h5ad, label_key: cell_type}\n",
+            "file not found: nowhere/train.h5ad (data.train",
+        ),
+        ("name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: celltype}\n", "celltype"),
+        (
+            "name: x\ndata: {train: builtin:pbmc68k_reduced, label_key: bulk_labels}\n"
+            "search: {learning_rate: {low: 1e-3, high: 1e-5, log: true}}\n",
+            "search.learning_rate: low (0.001) must be below high",
+        ),
     ],
 )
 def test_bad_input_is_one_clear_error_and_nothing_lost(results, tmp_path, content, message):
@@ -162,8 +176,13 @@ def test_validate_lists_every_problem(tmp_path):
     )
     result = cli("validate", str(bad))
     assert result.exit_code == 2
-    for expected in ("data.val_fraction", "finetune.colour", "search.learning_rate.low",
-                     "search.epoch: also fixed", "search.warmup_ratio.when: refers to 'scheduler'"):
+    for expected in (
+        "data.val_fraction",
+        "finetune.colour",
+        "search.learning_rate.low",
+        "search.epoch: also fixed",
+        "search.warmup_ratio.when: refers to 'scheduler'",
+    ):
         assert expected in result.output
     ok = cli("validate", "pbmc68k")
     assert ok.exit_code == 0 and ok.output.count("ok:") == 1
@@ -174,16 +193,25 @@ def test_validate_lists_every_problem(tmp_path):
 
 
 def test_finetune_prints_deepsc_banner_and_epoch_lines(tmp_path):
-    result = cli("finetune", "pbmc68k", "--results-dir", str(tmp_path), "learning_rate=3e-4",
-                 "lr_scheduler_type=cosine", "warmup_ratio=0.1", "epoch=3")
+    result = cli(
+        "finetune",
+        "pbmc68k",
+        "--results-dir",
+        str(tmp_path),
+        "learning_rate=3e-4",
+        "lr_scheduler_type=cosine",
+        "warmup_ratio=0.1",
+        "epoch=3",
+    )
     assert result.exit_code == 0, result.output
     out = result.output
     assert "Using COSINE ANNEALING with warmup:" in out and "  - Initial LR: 0.0003" in out
     assert "Epoch 3 [Finetune Cell Type Annotation]" in out
     assert "Evaluation Loss:" in out and "Macro F1:" in out
     assert "test (model of the best epoch): accuracy" in out
-    constant = cli("finetune", "pbmc68k", "--results-dir", str(tmp_path), "lr_scheduler_type=constant",
-                   "epoch=1").output
+    constant = cli(
+        "finetune", "pbmc68k", "--results-dir", str(tmp_path), "lr_scheduler_type=constant", "epoch=1"
+    ).output
     assert "Using CONSTANT learning rate: 0.0001" in constant
     assert "No learning rate scheduling will be applied." in constant
 
@@ -208,10 +236,27 @@ def test_missing_study_is_a_clear_error(tmp_path):
 
 
 def start_run(results: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir", str(results),
-           "--threads", "1", "-v", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepsc_tune.cli",
+        "run",
+        "pbmc68k",
+        "--results-dir",
+        str(results),
+        "--threads",
+        "1",
+        "-v",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[str]:
@@ -283,10 +328,22 @@ def test_pruner_prunes_in_a_real_study(tmp_path):
     results = tmp_path / "results"
     # Median pruning from the 3rd trial: over a wide LR range some trials must fall behind.
     proc = subprocess.run(
-        [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir", str(results),
-         "study.n_trials=10", "finetune.epoch=5",
-         "study.pruner={type: median, n_startup_trials: 2, n_warmup_steps: 1}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "deepsc_tune.cli",
+            "run",
+            "pbmc68k",
+            "--results-dir",
+            str(results),
+            "study.n_trials=10",
+            "finetune.epoch=5",
+            "study.pruner={type: median, n_startup_trials: 2, n_warmup_steps: 1}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     study = load(results)

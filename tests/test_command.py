@@ -58,8 +58,12 @@ def alive(pid: int) -> bool:
 
 def pids_in(run_dir: Path) -> list[int]:
     """The fake's pid, its grandchild's and its DataLoader-like workers' (of the last epoch)."""
-    return [int(p) for n in ("pid", "grandchild.pid", "workers.pid") if (run_dir / n).exists()
-            for p in (run_dir / n).read_text().split()]
+    return [
+        int(p)
+        for n in ("pid", "grandchild.pid", "workers.pid")
+        if (run_dir / n).exists()
+        for p in (run_dir / n).read_text().split()
+    ]
 
 
 @pytest.fixture
@@ -111,7 +115,9 @@ def test_format_value(value, text):
     assert format_value(value) == text
 
 
-@pytest.mark.parametrize("value", [1e-4, 3e-05, 1e-10, 0.1 + 0.2, 123456789.125, 7, True, None, "cosine", "10", [1, 2.5]])
+@pytest.mark.parametrize(
+    "value", [1e-4, 3e-05, 1e-10, 0.1 + 0.2, 123456789.125, 7, True, None, "cosine", "10", [1, 2.5]]
+)
 def test_format_value_round_trips_through_hydra_grammar(value):
     assert fake.parse_value(format_value(value)) == value
 
@@ -131,16 +137,36 @@ def test_format_override_marks_new_keys():
     [
         (  # the usage guide's cosine run, DeepSC's names end to end
             {},
-            {"lr_scheduler_type": "cosine", "learning_rate": 1e-4, "warmup_ratio": 0.03, "epoch": 10,
-             "batch_size": 32, "grad_acc": 20, "seed": 42},
-            ["lr_scheduler_type=cosine", "learning_rate=0.0001", "warmup_ratio=0.03", "epoch=10",
-             "batch_size=32", "grad_acc=20", "seed=42", "hydra.run.dir=/runs/t1"],
+            {
+                "lr_scheduler_type": "cosine",
+                "learning_rate": 1e-4,
+                "warmup_ratio": 0.03,
+                "epoch": 10,
+                "batch_size": 32,
+                "grad_acc": 20,
+                "seed": 42,
+            },
+            [
+                "lr_scheduler_type=cosine",
+                "learning_rate=0.0001",
+                "warmup_ratio=0.03",
+                "epoch=10",
+                "batch_size=32",
+                "grad_acc=20",
+                "seed=42",
+                "hydra.run.dir=/runs/t1",
+            ],
         ),
         (  # overrides first; a trial value wins over the same key in overrides
             {"overrides": {"data_path": "/d/train.h5ad", "seperated_train_eval_dataset": True, "seed": 1}},
             {"seed": 7, "learning_rate": 3e-05},
-            ["data_path=/d/train.h5ad", "seperated_train_eval_dataset=true", "seed=7",
-             "learning_rate=3e-5", "hydra.run.dir=/runs/t1"],
+            [
+                "data_path=/d/train.h5ad",
+                "seperated_train_eval_dataset=true",
+                "seed=7",
+                "learning_rate=3e-5",
+                "hydra.run.dir=/runs/t1",
+            ],
         ),
         (  # keys new to DeepSC's config get Hydra's '+'; '+key' in overrides means the same
             {"new_keys": ["weight_decay"], "overrides": {"+wandb_off": True}},
@@ -160,7 +186,9 @@ def test_format_override_marks_new_keys():
     ],
 )
 def test_build_argv(block, params, expected):
-    finetuner, fixed = make(**{"command": [sys.executable, "-m", "src.deepsc.finetune.finetune"], "new_keys": [], **block})
+    finetuner, fixed = make(
+        **{"command": [sys.executable, "-m", "src.deepsc.finetune.finetune"], "new_keys": [], **block}
+    )
     argv = finetuner.build_argv({**fixed, **params}, run_dir="/runs/t1")
     assert argv[:3] == [sys.executable, "-m", "src.deepsc.finetune.finetune"]
     assert argv[3:] == expected
@@ -272,7 +300,11 @@ def test_stdout_parser_pairs_headers_with_evaluation_lines():
         "Evaluation Loss: 1e-3, Error Rate: 0, Accuracy: 1, Precision: 1, Recall: 1, Macro F1: 1",
     ]
     out = [m for m in map(parser.feed, lines) if m is not None]
-    assert [(m.epoch, m.val_accuracy, m.val_macro_f1) for m in out] == [(1, 0.9288, 0.8702), (2, 0.5, 0.3), (7, 1.0, 1.0)]
+    assert [(m.epoch, m.val_accuracy, m.val_macro_f1) for m in out] == [
+        (1, 0.9288, 0.8702),
+        (2, 0.5, 0.3),
+        (7, 1.0, 1.0),
+    ]
     assert out[0].val_loss == 0.4123 and out[2].val_loss == 1e-3
 
 
@@ -299,7 +331,9 @@ def test_run_reports_each_epoch_in_order(run_dir):
     finetuner, fixed = make(epoch=3, overrides={"sleep": 0.05})
     seen: list[EpochMetrics] = []
     params = {**fixed, "learning_rate": 1e-4, "lr_scheduler_type": "constant"}
-    result = finetuner.run(params, on_epoch=lambda m: seen.append(m) or False, run_dir=run_dir, cuda_visible_devices="3")
+    result = finetuner.run(
+        params, on_epoch=lambda m: seen.append(m) or False, run_dir=run_dir, cuda_visible_devices="3"
+    )
 
     expected = [round(fake.accuracy(1e-4, e, "constant"), 4) for e in (1, 2, 3)]
     assert [m.epoch for m in seen] == [1, 2, 3]
@@ -312,7 +346,9 @@ def test_run_reports_each_epoch_in_order(run_dir):
     assert result.extra["metric_sources"] == {"stdout": 3, "json": 0}
     # The overrides reached the program as the types Hydra would give it.
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["learning_rate"] == 1e-4 and config["epoch"] == 3 and config["hydra.run.dir"] == str(run_dir.resolve())
+    assert (
+        config["learning_rate"] == 1e-4 and config["epoch"] == 3 and config["hydra.run.dir"] == str(run_dir.resolve())
+    )
     env = json.loads((run_dir / "env.json").read_text())
     assert env == {
         "CUDA_VISIBLE_DEVICES": "3",
@@ -362,7 +398,9 @@ def test_pruning_stops_the_child_and_its_children(run_dir):
 
 
 def test_pruning_kills_a_child_that_ignores_sigterm(run_dir):
-    finetuner, fixed = make(epoch=200, grace_period=0.5, overrides={"sleep": 0.1, "spawn_child": True, "ignore_term": True})
+    finetuner, fixed = make(
+        epoch=200, grace_period=0.5, overrides={"sleep": 0.1, "spawn_child": True, "ignore_term": True}
+    )
     t0 = time.monotonic()
     result = finetuner.run(fixed, on_epoch=lambda m: True, run_dir=run_dir)
     stop_took = time.monotonic() - t0
@@ -401,7 +439,12 @@ def test_run_without_metric_lines_raises(run_dir):
 def test_json_protocol(run_dir):
     finetuner, fixed = make(epoch=3, overrides={"mode": "json"})
     seen = []
-    result = finetuner.run({**fixed, "learning_rate": 5e-4}, metric="val_macro_f1", on_epoch=lambda m: seen.append(m.epoch) or False, run_dir=run_dir)
+    result = finetuner.run(
+        {**fixed, "learning_rate": 5e-4},
+        metric="val_macro_f1",
+        on_epoch=lambda m: seen.append(m.epoch) or False,
+        run_dir=run_dir,
+    )
     assert seen == [1, 2, 3]
     assert [m.val_accuracy for m in result.history] == [fake.accuracy(5e-4, e, "constant") for e in (1, 2, 3)]
     assert result.extra["metric_sources"] == {"stdout": 0, "json": 3}
@@ -540,9 +583,18 @@ def test_real_deepsc_output_golden(tmp_path):
 def test_relative_paths_resolved_where_deepsc_tune_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     settings, fixed = CommandSettings.from_dict(
-        {"backend": "command", "cwd": "DeepSC", "overrides": {"data_path": "split/train.h5ad",
-         "csv_path": "~/maps/gene_map.csv", "pretrained_model_path": None, "ckpt_dir": "{run_dir}/c"},
-         "data_path_eval": "split/val.h5ad", "model.num_bins": 5}
+        {
+            "backend": "command",
+            "cwd": "DeepSC",
+            "overrides": {
+                "data_path": "split/train.h5ad",
+                "csv_path": "~/maps/gene_map.csv",
+                "pretrained_model_path": None,
+                "ckpt_dir": "{run_dir}/c",
+            },
+            "data_path_eval": "split/val.h5ad",
+            "model.num_bins": 5,
+        }
     )
     assert settings.cwd == tmp_path / "DeepSC"
     assert settings.overrides["data_path"] == str(tmp_path / "split" / "train.h5ad")
@@ -556,9 +608,11 @@ def test_child_runs_in_run_dir_with_checkout_importable(tmp_path):
     checkout = tmp_path / "DeepSC"
     (checkout / "src" / "deepsc").mkdir(parents=True)
     (checkout / "src" / "deepsc" / "__init__.py").write_text("")
-    probe = ("import os, json, deepsc, src.deepsc; print(json.dumps({'cwd': os.getcwd()})); "
-             "open('written_to_cwd.log', 'w').write('x'); "
-             "print('Evaluation Loss: 1.0, Error Rate: 0.5, Accuracy: 0.5, Precision: 0.5, Recall: 0.5, Macro F1: 0.4')")
+    probe = (
+        "import os, json, deepsc, src.deepsc; print(json.dumps({'cwd': os.getcwd()})); "
+        "open('written_to_cwd.log', 'w').write('x'); "
+        "print('Evaluation Loss: 1.0, Error Rate: 0.5, Accuracy: 0.5, Precision: 0.5, Recall: 0.5, Macro F1: 0.4')"
+    )
     finetuner, _ = make(command=[sys.executable, "-c", probe], cwd=str(checkout), run_dir_override=None)
     result = finetuner.run({}, run_dir=tmp_path / "trial")
     assert result.history[0].val_macro_f1 == 0.4

@@ -36,9 +36,12 @@ CONFIG = {
         "lr_scheduler_type": {"choices": ["constant", "cosine"]},
         "learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
     },
-    "study": {"n_trials": 5, "sampler": {"type": "tpe", "seed": 0},
-              "pruner": {"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
-              "confirm": {"top": 2, "seeds": 2}},
+    "study": {
+        "n_trials": 5,
+        "sampler": {"type": "tpe", "seed": 0},
+        "pruner": {"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0},
+        "confirm": {"top": 2, "seeds": 2},
+    },
 }
 
 
@@ -109,7 +112,8 @@ def test_confirm_repeats_the_best_unpruned_and_is_idempotent(tmp_path):
     assert summary.queued == 4 and len(summary.ran) == 4 and summary.failed == []
     reps = _repeats(study)
     assert sorted((t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"]) for t in reps) == sorted(
-        (n, s) for n in best for s in (8, 9))  # finetune.seed 7 -> seeds 8 and 9
+        (n, s) for n in best for s in (8, 9)
+    )  # finetune.seed 7 -> seeds 8 and 9
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in reps)  # never pruned
     assert all(t.user_attrs["settings"]["seed"] == t.user_attrs["repeat_seed"] for t in reps)
     assert count_states(study) == before  # no search trial added
@@ -126,8 +130,11 @@ def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
     failed = [t for t in _repeats(study) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["repeat_seed"] == 9
     summary = run_confirmation(space, SeedCurveFinetuner(), study=study, storage=rdb)
-    done = [(t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"]) for t in _repeats(study)
-            if t.state == TrialState.COMPLETE]
+    done = [
+        (t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"])
+        for t in _repeats(study)
+        if t.state == TrialState.COMPLETE
+    ]
     assert len(done) == 4 and len(set(done)) == 4  # each repeat once
     assert summary.queued == 1  # only the interrupted one is planned again
     assert len(_repeats(study)) == 5  # 4 complete + the interrupted FAIL, nothing duplicated
@@ -186,8 +193,19 @@ def test_run_confirms_on_real_data_and_best_uses_the_mean(tmp_path):
     results = str(tmp_path / "results")
     db = tmp_path / "results" / "pbmc68k" / "study.db"
     runner = CliRunner()
-    args = ["run", "pbmc68k", "--results-dir", results, "--threads", "1", "study.n_trials=3",
-            "finetune.epoch=2", "finetune.hidden=[16]", "study.enqueue=[]", "study.pruner={type: none}"]
+    args = [
+        "run",
+        "pbmc68k",
+        "--results-dir",
+        results,
+        "--threads",
+        "1",
+        "study.n_trials=3",
+        "finetune.epoch=2",
+        "finetune.hidden=[16]",
+        "study.enqueue=[]",
+        "study.pruner={type: none}",
+    ]
     result = runner.invoke(app, [*args, "study.confirm={top: 2, seeds: 1}"])
     assert result.exit_code == 0, result.output
     assert "confirmation (study.confirm top 2, seeds 1): queued 2, ran 2 (0 failed)" in result.output

@@ -54,18 +54,21 @@ def copy(checkout, tmp_path) -> Path:
 # ----------------------------------------------------------------------------- entry point
 
 
-@pytest.mark.parametrize(("command", "expected"), [
-    (["python", "-m", MODULE, "epoch=1"], True),
-    (["/opt/env/bin/python", "-u", "-m", "deepsc.finetune.finetune"], True),
-    (["torchrun", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
-    (["python", "-msrc.deepsc.finetune.finetune"], True),
-    (["python", "src/deepsc/finetune/finetune.py"], True),
-    (["python", "-m", "src.deepsc.finetune.run_cta"], True),
-    (["python", "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
-    (["python", "tests/fake_deepsc.py"], False),
-    (["python", "-m", "mypackage.train"], False),
-    (["python", "-c", "print(1)"], False),
-])
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        (["python", "-m", MODULE, "epoch=1"], True),
+        (["/opt/env/bin/python", "-u", "-m", "deepsc.finetune.finetune"], True),
+        (["torchrun", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
+        (["python", "-msrc.deepsc.finetune.finetune"], True),
+        (["python", "src/deepsc/finetune/finetune.py"], True),
+        (["python", "-m", "src.deepsc.finetune.run_cta"], True),
+        (["python", "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
+        (["python", "tests/fake_deepsc.py"], False),
+        (["python", "-m", "mypackage.train"], False),
+        (["python", "-c", "print(1)"], False),
+    ],
+)
 def test_is_deepsc_command(command, expected):
     assert deepsc.is_deepsc_command(command) is expected
 
@@ -123,13 +126,24 @@ def test_load_deepsc_config_errors_name_the_file(tmp_path, copy):
         deepsc.load_deepsc_config(copy)
 
 
-@pytest.mark.parametrize(("key", "suggestion"), [
-    ("learning_rate", None), ("model.num_layers", None), ("model.moe.dim", None),
-    ("hydra.run.dir", None), ("hydra.job.chdir", None), ("+my_key", None), ("new_one", None),
-    ("learnig_rate", "learning_rate"), ("model.num_layer", "model.num_layers"),
-    ("embedding_dim", "model.embedding_dim"), ("data_pth", "data_path"),
-    ("model.num_layers.extra", "model.num_layers"), ("zzzz", ""),
-])
+@pytest.mark.parametrize(
+    ("key", "suggestion"),
+    [
+        ("learning_rate", None),
+        ("model.num_layers", None),
+        ("model.moe.dim", None),
+        ("hydra.run.dir", None),
+        ("hydra.job.chdir", None),
+        ("+my_key", None),
+        ("new_one", None),
+        ("learnig_rate", "learning_rate"),
+        ("model.num_layer", "model.num_layers"),
+        ("embedding_dim", "model.embedding_dim"),
+        ("data_pth", "data_path"),
+        ("model.num_layers.extra", "model.num_layers"),
+        ("zzzz", ""),
+    ],
+)
 def test_unknown_keys(checkout, key, suggestion):
     config = deepsc.load_deepsc_config(checkout)
     problems = deepsc.unknown_keys(config, {key: f"finetune.overrides.{key}"}, new_keys=["new_one"])
@@ -165,8 +179,10 @@ def test_total_steps_is_deepscs_formula():
 
 def test_searched_warmup_from_zero_is_clipped_to_one_step():
     settings = {"epoch": 10, "batch_size": 32, "grad_acc": 20}
-    search = {**LR_SEARCH, "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2,
-                                                when={"lr_scheduler_type": ("cosine",)})}
+    search = {
+        **LR_SEARCH,
+        "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2, when={"lr_scheduler_type": ("cosine",)}),
+    }
     found = deepsc.schedule_problems(settings, search)
     assert found.problems == []
     low = found.lows["warmup_ratio"]
@@ -183,32 +199,55 @@ def test_searched_warmup_from_zero_is_clipped_to_one_step():
     search["batch_size"] = spec("batch_size", kind="int", low=8, high=64)
     search["warmup_ratio"] = spec("warmup_ratio", low=0.0, high=0.2)
     assert deepsc.schedule_problems(settings, search).lows["warmup_ratio"] == pytest.approx(
-        1 / deepsc.total_steps(epoch=10, batch_size=8, grad_acc=20))
+        1 / deepsc.total_steps(epoch=10, batch_size=8, grad_acc=20)
+    )
 
 
 def test_warmup_not_clipped_when_cosine_cannot_happen():
-    search = {"lr_scheduler_type": spec("lr_scheduler_type", kind="categorical", choices=("constant",)),
-              "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2)}
+    search = {
+        "lr_scheduler_type": spec("lr_scheduler_type", kind="categorical", choices=("constant",)),
+        "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2),
+    }
     found = deepsc.schedule_problems({"epoch": 10}, search)
     assert found.lows == {} and found.problems == []
-    search = {**LR_SEARCH, "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2,
-                                                when={"lr_scheduler_type": ("constant",)})}
+    search = {
+        **LR_SEARCH,
+        "warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2, when={"lr_scheduler_type": ("constant",)}),
+    }
     assert deepsc.schedule_problems({}, search).lows == {}
 
 
-@pytest.mark.parametrize(("settings", "search", "enqueue", "key"), [
-    ({"lr_scheduler_type": "cosine", "warmup_ratio": 0}, {}, [], "finetune.warmup_ratio"),
-    ({"warmup_ratio": Setting(0.0, "finetune.overrides.warmup_ratio")}, LR_SEARCH, [],
-     "finetune.overrides.warmup_ratio"),
-    ({"lr_scheduler_type": "cosine"},
-     {"warmup_ratio": spec("warmup_ratio", kind="categorical", choices=(0.0, 0.05))}, [],
-     "search.warmup_ratio.choices"),
-    ({"lr_scheduler_type": "cosine"}, {"warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2, grid=(0.0, 0.1))},
-     [], "search.warmup_ratio.grid"),
-    ({"warmup_ratio": 0.03}, {**LR_SEARCH, "warmup_ratio": spec("warmup_ratio", low=0.01, high=0.2)},
-     [{"lr_scheduler_type": "cosine", "warmup_ratio": 0.0}], "study.enqueue[0].warmup_ratio"),
-    ({"warmup_ratio": -0.1}, LR_SEARCH, [{"lr_scheduler_type": "cosine"}], "study.enqueue[0].lr_scheduler_type"),
-])
+@pytest.mark.parametrize(
+    ("settings", "search", "enqueue", "key"),
+    [
+        ({"lr_scheduler_type": "cosine", "warmup_ratio": 0}, {}, [], "finetune.warmup_ratio"),
+        (
+            {"warmup_ratio": Setting(0.0, "finetune.overrides.warmup_ratio")},
+            LR_SEARCH,
+            [],
+            "finetune.overrides.warmup_ratio",
+        ),
+        (
+            {"lr_scheduler_type": "cosine"},
+            {"warmup_ratio": spec("warmup_ratio", kind="categorical", choices=(0.0, 0.05))},
+            [],
+            "search.warmup_ratio.choices",
+        ),
+        (
+            {"lr_scheduler_type": "cosine"},
+            {"warmup_ratio": spec("warmup_ratio", low=0.0, high=0.2, grid=(0.0, 0.1))},
+            [],
+            "search.warmup_ratio.grid",
+        ),
+        (
+            {"warmup_ratio": 0.03},
+            {**LR_SEARCH, "warmup_ratio": spec("warmup_ratio", low=0.01, high=0.2)},
+            [{"lr_scheduler_type": "cosine", "warmup_ratio": 0.0}],
+            "study.enqueue[0].warmup_ratio",
+        ),
+        ({"warmup_ratio": -0.1}, LR_SEARCH, [{"lr_scheduler_type": "cosine"}], "study.enqueue[0].lr_scheduler_type"),
+    ],
+)
 def test_cosine_with_zero_warmup_is_refused(settings, search, enqueue, key):
     found = deepsc.schedule_problems(settings, search, enqueue=enqueue)
     assert key in [p.key for p in found.problems]
@@ -234,13 +273,21 @@ def test_input_problems(tmp_path):
     there = tmp_path / "train.h5ad"
     there.write_text("")
     config = Setting("/nowhere/model.ckpt", "configs/finetune/finetune.yaml: pretrained_model_path")
-    ok = {"data_path": str(there), "csv_path": "relative/map.csv",  # relative: the backend resolves it
-          "seperated_train_eval_dataset": True, "data_path_eval": str(there),
-          "load_pretrained_model": False, "pretrained_model_path": config}
+    ok = {
+        "data_path": str(there),
+        "csv_path": "relative/map.csv",  # relative: the backend resolves it
+        "seperated_train_eval_dataset": True,
+        "data_path_eval": str(there),
+        "load_pretrained_model": False,
+        "pretrained_model_path": config,
+    }
     assert deepsc.input_problems(ok) == []
     [problem] = deepsc.input_problems({**ok, "load_pretrained_model": True})
     assert problem.key == "finetune.overrides.pretrained_model_path"
-    assert "DeepSC's default '/nowhere/model.ckpt'" in problem.message and "load_pretrained_model: false" in problem.message
+    assert (
+        "DeepSC's default '/nowhere/model.ckpt'" in problem.message
+        and "load_pretrained_model: false" in problem.message
+    )
     [problem] = deepsc.input_problems({**ok, "data_path": str(tmp_path / "gone.h5ad")})
     assert problem.key == "finetune.data_path" and "no such file" in problem.message
     [problem] = deepsc.input_problems({**ok, "seperated_train_eval_dataset": False})
@@ -289,8 +336,14 @@ def test_patched_output_folder_is_reported_as_patched(copy, tmp_path):
 # ----------------------------------------------------------------------------- search spaces
 
 
-def deepsc_space(checkout: Path, tmp_path: Path, *, finetune: dict | None = None,
-                 search: dict | None = None, study: dict | None = None) -> Path:
+def deepsc_space(
+    checkout: Path,
+    tmp_path: Path,
+    *,
+    finetune: dict | None = None,
+    search: dict | None = None,
+    study: dict | None = None,
+) -> Path:
     inputs = {}
     for key, name in (("data_path", "train.h5ad"), ("data_path_eval", "val.h5ad"), ("csv_path", "map.csv")):
         inputs[key] = str(tmp_path / name)
@@ -298,12 +351,25 @@ def deepsc_space(checkout: Path, tmp_path: Path, *, finetune: dict | None = None
     raw = {
         "name": "dsc",
         "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {"backend": "command", "command": [sys.executable, "-m", MODULE],
-                     "cwd": str(checkout), "epoch": 2, "batch_size": 32, "grad_acc": 20,
-                     "overrides": {"obs_celltype_col": "bulk_labels", "num_device": 1, **inputs,
-                                   "seperated_train_eval_dataset": True, "load_pretrained_model": False},
-                     **(finetune or {})},
-        "search": search if search is not None else {
+        "finetune": {
+            "backend": "command",
+            "command": [sys.executable, "-m", MODULE],
+            "cwd": str(checkout),
+            "epoch": 2,
+            "batch_size": 32,
+            "grad_acc": 20,
+            "overrides": {
+                "obs_celltype_col": "bulk_labels",
+                "num_device": 1,
+                **inputs,
+                "seperated_train_eval_dataset": True,
+                "load_pretrained_model": False,
+            },
+            **(finetune or {}),
+        },
+        "search": search
+        if search is not None
+        else {
             "lr_scheduler_type": {"choices": ["constant", "cosine"]},
             "learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True},
             "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
@@ -357,9 +423,12 @@ def test_run_dir_override_key_is_checked(checkout, tmp_path):
 
 
 def test_not_deepsc_is_not_checked(tmp_path):
-    raw = {"name": "other", "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-           "finetune": {"backend": "command", "command": [sys.executable, "train.py"], "whatever": 1},
-           "search": {"warmup_ratio": {"low": 0.0, "high": 0.2}}}
+    raw = {
+        "name": "other",
+        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+        "finetune": {"backend": "command", "command": [sys.executable, "train.py"], "whatever": 1},
+        "search": {"warmup_ratio": {"low": 0.0, "high": 0.2}},
+    }
     space = build_search_space(raw, check_deepsc=True)
     assert space.params["warmup_ratio"].low == 0.0 and space.notes == []
 
@@ -372,12 +441,23 @@ def cli(*args: str):
 
 
 def test_validate_lists_every_deepsc_problem_on_one_line_each(checkout, tmp_path):
-    path = deepsc_space(checkout, tmp_path, finetune={
-        "model.num_layer": 2,
-        "overrides": {"data_pth": "x.h5ad", "num_device": 2, "obs_celltype_col": "bulk_labels",
-                      "data_path_eval": str(tmp_path / "val.h5ad"), "load_pretrained_model": False},
-        "lr_scheduler_type": "cosine", "warmup_ratio": 0.0,
-    }, search={"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}})
+    path = deepsc_space(
+        checkout,
+        tmp_path,
+        finetune={
+            "model.num_layer": 2,
+            "overrides": {
+                "data_pth": "x.h5ad",
+                "num_device": 2,
+                "obs_celltype_col": "bulk_labels",
+                "data_path_eval": str(tmp_path / "val.h5ad"),
+                "load_pretrained_model": False,
+            },
+            "lr_scheduler_type": "cosine",
+            "warmup_ratio": 0.0,
+        },
+        search={"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}},
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 2
     out = result.output
@@ -385,18 +465,27 @@ def test_validate_lists_every_deepsc_problem_on_one_line_each(checkout, tmp_path
     assert out.startswith(f"error: {path}: 7 problems:")
     lines = out.strip().splitlines()[1:]
     assert len(lines) == 7 and all(line.startswith("  - ") for line in lines)
-    assert any(line.startswith("  - finetune.overrides.data_pth:") and "did you mean 'data_path'?" in line
-               for line in lines)
-    assert any(line.startswith("  - finetune.model.num_layer:") and "did you mean 'model.num_layers'?" in line
-               for line in lines)
+    assert any(
+        line.startswith("  - finetune.overrides.data_pth:") and "did you mean 'data_path'?" in line for line in lines
+    )
+    assert any(
+        line.startswith("  - finetune.model.num_layer:") and "did you mean 'model.num_layers'?" in line
+        for line in lines
+    )
     assert any(line.startswith("  - finetune.warmup_ratio: 0.0 with lr_scheduler_type cosine") for line in lines)
     assert any(line.startswith("  - finetune.overrides.num_device: 2:") for line in lines)
     # DeepSC's defaults point at its authors' machine; the eval file is ignored without the flag.
-    assert any(line.startswith("  - finetune.overrides.data_path: not set, and DeepSC's default '/home/angli/")
-               for line in lines)
+    assert any(
+        line.startswith("  - finetune.overrides.data_path: not set, and DeepSC's default '/home/angli/")
+        for line in lines
+    )
     assert any(line.startswith("  - finetune.overrides.csv_path: not set") for line in lines)
-    assert any(line.startswith("  - finetune.overrides.data_path_eval:") and "is ignored" in line
-               and "seperated_train_eval_dataset: true" in line for line in lines)
+    assert any(
+        line.startswith("  - finetune.overrides.data_path_eval:")
+        and "is ignored" in line
+        and "seperated_train_eval_dataset: true" in line
+        for line in lines
+    )
 
 
 def test_validate_ok_prints_notes(checkout, tmp_path):
@@ -444,12 +533,14 @@ def test_run_refuses_before_any_trial(checkout, tmp_path):
 def test_validate_still_checks_other_spaces(tmp_path):
     # A builtin space is untouched by the DeepSC checks.
     path = tmp_path / "b.yaml"
-    path.write_text(textwrap.dedent("""\
+    path.write_text(
+        textwrap.dedent("""\
         name: b
         data: {train: "builtin:pbmc68k_reduced", label_key: bulk_labels}
         search:
           warmup_ratio: {low: 0.0, high: 0.2}
-        """))
+        """)
+    )
     result = cli("validate", str(path))
     assert result.exit_code == 0 and "note:" not in result.output
 
@@ -486,8 +577,13 @@ def test_clipped_low_end_runs_in_deepscs_own_scheduler(checkout, tmp_path):
     probe.write_text(_SCHEDULER_PROBE)
 
     def run(ratio):
-        return subprocess.run([sys.executable, str(probe), str(checkout), repr(ratio)],
-                              check=False, capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, str(probe), str(checkout), repr(ratio)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     ok = run(low)
     assert ok.returncode == 0, ok.stderr[-2000:]

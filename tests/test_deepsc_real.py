@@ -61,12 +61,15 @@ def _need(reason: str) -> None:
 def deepsc_python() -> str:
     python = os.environ.get(PYTHON_ENV, "").strip()
     if not python:
-        _need(f"{PYTHON_ENV} is not set; `.ci/deepsc-env.sh VENV` makes DeepSC's environment and "
-              ".ci/run exports VENV/bin/python")
+        _need(
+            f"{PYTHON_ENV} is not set; `.ci/deepsc-env.sh VENV` makes DeepSC's environment and "
+            ".ci/run exports VENV/bin/python"
+        )
     if not CHECKOUT.is_dir() or not BARON.is_file():
         _need(f"DeepSC's checkout or the Baron data are missing under {SHARED}")
-    check = subprocess.run([python, "-c", "import lightning, hydra, scanpy, seaborn, wandb"],
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [python, "-c", "import lightning, hydra, scanpy, seaborn, wandb"], capture_output=True, text=True
+    )
     if check.returncode != 0:
         _need(f"{python} cannot import DeepSC's packages: {check.stderr.strip().splitlines()[-1:]}")
     return python
@@ -109,8 +112,14 @@ def prepared(tmp_path_factory, deepsc, deepsc_python, data) -> tuple[Path, Path]
 
 
 def deepsc_tune(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepsc_tune.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "deepsc_tune.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+    )
 
 
 def _env() -> dict[str, str]:
@@ -223,8 +232,13 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
     for key in {**trial.params, "seed": 0, "epoch": 2, "model.num_layers": 2}:
         assert re.search(rf"(?<![\w.]){re.escape(key)}=", command), f"{key} missing from {command}"
     assert "hydra.run.dir" not in command
-    rerun = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=600,
-                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    rerun = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     # Two epochs again. (Not the same numbers: DeepSC 2416d85 builds the model before it seeds,
     # so a random-init model differs between runs with one seed; docs/deepsc.md says so.)
@@ -234,8 +248,15 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
 
 def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, deepsc_python, data):
     # Every trial is hopeless for a threshold of 1.01, so the first epoch prunes it.
-    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split", fixed={"epoch": 3},
-                        study={"n_trials": 1, "pruner": {"type": "threshold", "lower": 1.01}})
+    space = write_space(
+        tmp_path,
+        deepsc,
+        deepsc_python,
+        data,
+        split_dir=prepared[0] / "split",
+        fixed={"epoch": 3},
+        study={"n_trials": 1, "pruner": {"type": "threshold", "lower": 1.01}},
+    )
     with ProcessWatch(tmp_path / "results") as watch:
         result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=tmp_path)
         left = watch.alive()
@@ -251,12 +272,24 @@ def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, d
 
 
 def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, deepsc_python, data):
-    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split",
-                        study={"n_trials": 1}, fixed={"epoch": 3})
+    space = write_space(
+        tmp_path,
+        deepsc,
+        deepsc_python,
+        data,
+        split_dir=prepared[0] / "split",
+        study={"n_trials": 1},
+        fixed={"epoch": 3},
+    )
     with ProcessWatch(tmp_path / "results") as watch:
-        proc = subprocess.Popen([sys.executable, "-m", "deepsc_tune.cli", "run", str(space), "--results-dir",
-                                 "results"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "deepsc_tune.cli", "run", str(space), "--results-dir", "results"],
+            cwd=tmp_path,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 300
         while len(watch.alive()) < 9 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -272,8 +305,15 @@ def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, dee
 
 
 def test_setting_deepsc_rejects_fails_with_its_own_error(tmp_path, prepared, deepsc, deepsc_python, data):
-    space = write_space(tmp_path, deepsc, deepsc_python, data, split_dir=prepared[0] / "split", study={"n_trials": 1},
-                        fixed={"finetune_mode": "everything"})
+    space = write_space(
+        tmp_path,
+        deepsc,
+        deepsc_python,
+        data,
+        split_dir=prepared[0] / "split",
+        study={"n_trials": 1},
+        fixed={"finetune_mode": "everything"},
+    )
     result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr

@@ -52,8 +52,13 @@ def baron_small(tmp_path_factory) -> Path:
 
 
 def block(path: Path) -> dict:
-    return {"train": str(path), "label_key": "cell_type1", "val_fraction": 0.2,
-            "test_split": {"obs_key": "donor", "values": ["human4"]}, "min_cells_per_class": 5}
+    return {
+        "train": str(path),
+        "label_key": "cell_type1",
+        "val_fraction": 0.2,
+        "test_split": {"obs_key": "donor", "values": ["human4"]},
+        "min_cells_per_class": 5,
+    }
 
 
 def counts_of(path: Path, names) -> sp.csr_matrix:
@@ -87,8 +92,10 @@ def test_files_hold_what_deepsc_reads(baron_small, tmp_path):
     test = ad.read_h5ad(result.paths["test"])
     assert set(test.obs["donor"]) == {"human4"}
     assert result.overrides == {
-        "data_path": str(result.paths["train"]), "data_path_eval": str(result.paths["val"]),
-        "seperated_train_eval_dataset": True, "obs_celltype_col": "Celltype",
+        "data_path": str(result.paths["train"]),
+        "data_path_eval": str(result.paths["val"]),
+        "seperated_train_eval_dataset": True,
+        "obs_celltype_col": "Celltype",
     }
     assert any("raw counts -> normalize_total(target_sum=1e4) + log1p" in n for n in result.notes)
 
@@ -135,8 +142,9 @@ def test_gene_map_without_a_match_is_refused_before_writing(baron_small, tmp_pat
 
 
 def test_options_from_the_finetune_block():
-    opts = deepsc_options({"backend": "command", "overrides": {"obs_celltype_col": "Celltype",
-                                                              "csv_path": "maps/g.csv"}})
+    opts = deepsc_options(
+        {"backend": "command", "overrides": {"obs_celltype_col": "Celltype", "csv_path": "maps/g.csv"}}
+    )
     assert opts == {"label_col": "Celltype", "gene_col": "gene_name", "gene_map": Path("maps/g.csv")}
     assert deepsc_options(None) == {"label_col": "celltype", "gene_col": "gene_name", "gene_map": None}
 
@@ -145,22 +153,30 @@ def test_options_from_the_finetune_block():
 
 
 def space(tmp_path: Path, path: Path, finetune: dict) -> Path:
-    raw = {"name": "dsplit", "data": block(path), "finetune": finetune,
-           "search": {"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}}}
+    raw = {
+        "name": "dsplit",
+        "data": block(path),
+        "finetune": finetune,
+        "search": {"learning_rate": {"low": 1.0e-5, "high": 1.0e-3, "log": True}},
+    }
     out = tmp_path / "dsplit.yaml"
     out.write_text(yaml.safe_dump(raw))
     return out
 
 
-DEEPSC_BLOCK = {"backend": "command", "command": [sys.executable, "-m", "src.deepsc.finetune.finetune"],
-                "overrides": {"obs_celltype_col": "cell_type"}}
+DEEPSC_BLOCK = {
+    "backend": "command",
+    "command": [sys.executable, "-m", "src.deepsc.finetune.finetune"],
+    "overrides": {"obs_celltype_col": "cell_type"},
+}
 
 
 def test_cli_split_for_a_deepsc_space(baron_small, tmp_path):
     genes = list(ad.read_h5ad(baron_small, backed="r").var_names)
     mapped = gene_map(tmp_path / "map.csv", genes[:1000])
-    path = space(tmp_path, baron_small, {**DEEPSC_BLOCK, "overrides": {
-        "obs_celltype_col": "cell_type", "csv_path": str(mapped)}})
+    path = space(
+        tmp_path, baron_small, {**DEEPSC_BLOCK, "overrides": {"obs_celltype_col": "cell_type", "csv_path": str(mapped)}}
+    )
     result = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     out = result.output

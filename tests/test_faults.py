@@ -84,7 +84,7 @@ def counts(n: int = 90, g: int = 30, seed: int = 0) -> np.ndarray:
     """Counts whose class shows in the first genes, so a 1-epoch MLP learns something."""
     x = np.random.default_rng(seed).poisson(2.0, size=(n, g)).astype(np.float32)
     for i in range(n):
-        x[i, (i % 3) * 3:(i % 3) * 3 + 3] += 8
+        x[i, (i % 3) * 3 : (i % 3) * 3 + 3] += 8
     return x
 
 
@@ -120,8 +120,7 @@ def read_only(folder: Path) -> Iterator[None]:
     root would ignore. Needs mount rights (root with CAP_SYS_ADMIN); without them the case is
     skipped with that reason.
     """
-    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         pytest.skip(f"cannot simulate read-only media (mount --bind needs root): {done.stderr.strip()}")
     try:
@@ -191,6 +190,7 @@ def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Calla
             assert replace[0] in text
             text = text.replace(*replace)
         (d / "bad.yaml").write_text(text + extra)
+
     return setup
 
 
@@ -202,6 +202,7 @@ def write(rel: str, content: bytes | str) -> Callable[[Path], None]:
             path.write_bytes(content)
         else:
             path.write_text(content)
+
     return setup
 
 
@@ -209,6 +210,7 @@ def data_file(make: Callable[[], tuple[np.ndarray, list[str] | None]]) -> Callab
     def setup(d: Path) -> None:
         X, labels = make()
         write_h5ad(d / "data" / "bad.h5ad", X, labels)
+
     return setup
 
 
@@ -222,7 +224,7 @@ def corrupt_middle(d: Path) -> None:
     db = d / "results" / NAME / "study.db"
     data = bytearray(db.read_bytes())
     middle = len(data) // 2
-    data[middle:middle + 4096] = b"\xde\xad\xbe\xef" * 1024
+    data[middle : middle + 4096] = b"\xde\xad\xbe\xef" * 1024
     db.write_bytes(bytes(data))
 
 
@@ -244,21 +246,49 @@ DATA = "data.train=data/bad.h5ad"
 
 CASES = [
     # --- the search-space file
-    Case("yaml-duplicate-top-key", BAD, 2, ["bad.yaml", "duplicate key 'study'", "line 18", "line 22"],
-         space_with("study: {n_trials: 3}\n")),
-    Case("yaml-duplicate-nested-key", BAD, 2, ["bad.yaml", "duplicate key 'learning_rate'", "line 16", "line 17"],
-         space_with(replace=("  learning_rate:", "  learning_rate: {low: 1.0e-3, high: 1.0e-2}\n  learning_rate:"))),
-    Case("yaml-not-utf8", BAD, 2, ["bad.yaml", "not UTF-8", "line 2"],
-         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1"))),
+    Case(
+        "yaml-duplicate-top-key",
+        BAD,
+        2,
+        ["bad.yaml", "duplicate key 'study'", "line 18", "line 22"],
+        space_with("study: {n_trials: 3}\n"),
+    ),
+    Case(
+        "yaml-duplicate-nested-key",
+        BAD,
+        2,
+        ["bad.yaml", "duplicate key 'learning_rate'", "line 16", "line 17"],
+        space_with(replace=("  learning_rate:", "  learning_rate: {low: 1.0e-3, high: 1.0e-2}\n  learning_rate:")),
+    ),
+    Case(
+        "yaml-not-utf8",
+        BAD,
+        2,
+        ["bad.yaml", "not UTF-8", "line 2"],
+        write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1")),
+    ),
     Case("yaml-malformed", BAD, 2, ["bad.yaml", "malformed YAML", "line"], space_with("search: [unclosed\n")),
     Case("yaml-empty", BAD, 2, ["bad.yaml", "empty"], write("bad.yaml", "")),
     Case("yaml-a-list", BAD, 2, ["bad.yaml", "expected a mapping", "list"], write("bad.yaml", "- a\n- b\n")),
     Case("yaml-unknown-top-key", BAD, 2, ["bad.yaml", "colour"], space_with("colour: red\n")),
-    Case("yaml-unknown-search-key", BAD, 2, ["search.learning_rte"],
-         space_with(replace=("  lr_scheduler_type: {choices",
-                             "  learning_rte: {low: 1, high: 2}\n  lr_scheduler_type: {choices"))),
-    Case("yaml-low-not-below-high", [*RUN, "search.learning_rate.low=0.5", "search.learning_rate.high=0.1"], 2,
-         ["search.learning_rate", "0.5"]),
+    Case(
+        "yaml-unknown-search-key",
+        BAD,
+        2,
+        ["search.learning_rte"],
+        space_with(
+            replace=(
+                "  lr_scheduler_type: {choices",
+                "  learning_rte: {low: 1, high: 2}\n  lr_scheduler_type: {choices",
+            )
+        ),
+    ),
+    Case(
+        "yaml-low-not-below-high",
+        [*RUN, "search.learning_rate.low=0.5", "search.learning_rate.high=0.1"],
+        2,
+        ["search.learning_rate", "0.5"],
+    ),
     Case("yaml-log-with-zero-low", [*RUN, "search.learning_rate.low=0"], 2, ["search.learning_rate", "log"]),
     Case("yaml-n-trials-zero", [*RUN, "study.n_trials=0"], 2, ["study.n_trials", "0"]),
     Case("yaml-n-trials-text", [*RUN, "study.n_trials=many"], 2, ["study.n_trials", "many"]),
@@ -267,64 +297,148 @@ CASES = [
     Case("override-unknown-key", [*RUN, "finetune.colour=red"], 2, ["finetune.colour"]),
     Case("space-file-missing", ["run", "nope.yaml", "--results-dir", "results"], 2, ["nope.yaml"]),
     Case("space-is-a-folder", ["run", "data", "--results-dir", "results"], 2, ["data"]),
-    Case("space-changed-on-existing-study", [*RUN, "finetune.hidden=[16]"], 2,
-         ["different search space", "finetune.hidden", "--study-name"]),
-    Case("validate-missing-data-file", ["validate", "bad.yaml"], 2, ["bad.yaml", "data.train", "missing.h5ad"],
-         space_with(replace=("train: data/train.h5ad", "train: data/missing.h5ad"))),
-    Case("validate-not-utf8", ["validate", "bad.yaml"], 2, ["bad.yaml", "not UTF-8"],
-         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1"))),
+    Case(
+        "space-changed-on-existing-study",
+        [*RUN, "finetune.hidden=[16]"],
+        2,
+        ["different search space", "finetune.hidden", "--study-name"],
+    ),
+    Case(
+        "validate-missing-data-file",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "data.train", "missing.h5ad"],
+        space_with(replace=("train: data/train.h5ad", "train: data/missing.h5ad")),
+    ),
+    Case(
+        "validate-not-utf8",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "not UTF-8"],
+        write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1")),
+    ),
     # --- data
     Case("data-file-missing", [*RUN, "data.train=data/nothing.h5ad"], 1, ["data.train", "nothing.h5ad"]),
     Case("data-not-h5ad", [*RUN, DATA], 1, ["bad.h5ad", "data.train"], write("data/bad.h5ad", b"not hdf5" * 100)),
     Case("data-label-key-missing", [*RUN, "data.label_key=kind"], 1, ["data.label_key", "kind"]),
-    Case("data-negative-values", [*RUN, DATA, "data.n_top_genes=10"], 1, ["bad.h5ad", "negative"],
-         data_file(negative)),
-    Case("data-negative-values-log1p", [*RUN, DATA, "data.normalize=log1p"], 1, ["data.normalize", "negative"],
-         data_file(negative)),
+    Case("data-negative-values", [*RUN, DATA, "data.n_top_genes=10"], 1, ["bad.h5ad", "negative"], data_file(negative)),
+    Case(
+        "data-negative-values-log1p",
+        [*RUN, DATA, "data.normalize=log1p"],
+        1,
+        ["data.normalize", "negative"],
+        data_file(negative),
+    ),
     Case("data-all-zero", [*RUN, DATA], 1, ["bad.h5ad", "all zero"], data_file(lambda: (np.zeros((90, 30)), None))),
     Case("data-zero-genes", [*RUN, DATA], 1, ["bad.h5ad", "0 genes"], data_file(lambda: (np.zeros((90, 0)), None))),
-    Case("data-nan", [*RUN, DATA], 1, ["bad.h5ad", "NaN"],
-         data_file(lambda: (np.where(counts() > 4, np.nan, counts()), None))),
+    Case(
+        "data-nan",
+        [*RUN, DATA],
+        1,
+        ["bad.h5ad", "NaN"],
+        data_file(lambda: (np.where(counts() > 4, np.nan, counts()), None)),
+    ),
     Case("data-one-class", [*RUN, DATA], 1, ["bad.h5ad", "class"], data_file(lambda: (counts(), ["A"] * 90))),
     Case("data-val-fraction-out-of-range", [*RUN, "data.val_fraction=1.5"], 2, ["data.val_fraction", "1.5"]),
     # --- storage
     Case("storage-unknown-scheme", [*RUN, "--storage", "nosuchdb://x/y"], 1, ["--storage", "nosuchdb://"]),
-    Case("storage-postgres-unreachable", [*RUN, "--storage", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"], 1,
-         ["--storage", "127.0.0.1:1", "cannot open"], hidden=["s3cret"]),
-    Case("storage-sqlite-folder-missing", [*RUN, "--storage", "sqlite:////nonexistent/dir/x.db"], 1,
-         ["--storage", "/nonexistent/dir/x.db"]),
+    Case(
+        "storage-postgres-unreachable",
+        [*RUN, "--storage", "postgresql+psycopg://u:s3cret@127.0.0.1:1/db"],
+        1,
+        ["--storage", "127.0.0.1:1", "cannot open"],
+        hidden=["s3cret"],
+    ),
+    Case(
+        "storage-sqlite-folder-missing",
+        [*RUN, "--storage", "sqlite:////nonexistent/dir/x.db"],
+        1,
+        ["--storage", "/nonexistent/dir/x.db"],
+    ),
     Case("db-damaged-in-the-middle-run", RUN, 1, ["study.db", "damaged", "untouched", "--results-dir"], corrupt_middle),
-    Case("db-damaged-in-the-middle-status", ["status", f"{NAME}.yaml", "--results-dir", "results"], 1,
-         ["study.db", "damaged"], corrupt_middle),
+    Case(
+        "db-damaged-in-the-middle-status",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        ["study.db", "damaged"],
+        corrupt_middle,
+    ),
     Case("db-not-a-database", RUN, 1, ["study.db", "damaged"], write(f"results/{NAME}/study.db", "hello\n" * 500)),
     Case("status-no-study", ["status", f"{NAME}.yaml", "--results-dir", "elsewhere"], 1, ["no study", "elsewhere"]),
-    Case("status-unknown-study-name", ["status", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "x"],
-         1, ["no study 'x'", NAME]),
-    Case("best-without-completed-trial",
-         ["best", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "empty"], 1,
-         ["'empty'", "no completed trial"], study_without_completed_trial),
-    Case("best-unknown-format", ["best", f"{NAME}.yaml", "--results-dir", "results", "--format", "xml"], 2,
-         ["--format", "xml"]),
+    Case(
+        "status-unknown-study-name",
+        ["status", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "x"],
+        1,
+        ["no study 'x'", NAME],
+    ),
+    Case(
+        "best-without-completed-trial",
+        ["best", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "empty"],
+        1,
+        ["'empty'", "no completed trial"],
+        study_without_completed_trial,
+    ),
+    Case(
+        "best-unknown-format",
+        ["best", f"{NAME}.yaml", "--results-dir", "results", "--format", "xml"],
+        2,
+        ["--format", "xml"],
+    ),
     Case("heartbeat-not-a-number", RUN, 2, ["DEEPSC_TUNE_HEARTBEAT", "abc"], env={"DEEPSC_TUNE_HEARTBEAT": "abc"}),
     Case("workers-zero", [*RUN, "--workers", "0"], 2, ["--workers 0"]),
     Case("gpus-empty-entry", [*RUN, "--gpus", "0,,1"], 2, ["--gpus", "0,,1"]),
     # --- file system
-    Case("results-dir-is-a-file", ["run", f"{NAME}.yaml", "--results-dir", "afile"], 1, ["afile", "not a folder"],
-         write("afile", "x")),
-    Case("results-name-is-a-file", ["run", f"{NAME}.yaml", "--results-dir", "other"], 1,
-         [f"other/{NAME}", "not a folder"], write(f"other/{NAME}", "x")),
-    Case("results-dir-read-only", ["run", f"{NAME}.yaml", "--results-dir", "results"], 1,
-         ["results", "read-only"], fresh_results, read_only="results"),
+    Case(
+        "results-dir-is-a-file",
+        ["run", f"{NAME}.yaml", "--results-dir", "afile"],
+        1,
+        ["afile", "not a folder"],
+        write("afile", "x"),
+    ),
+    Case(
+        "results-name-is-a-file",
+        ["run", f"{NAME}.yaml", "--results-dir", "other"],
+        1,
+        [f"other/{NAME}", "not a folder"],
+        write(f"other/{NAME}", "x"),
+    ),
+    Case(
+        "results-dir-read-only",
+        ["run", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        ["results", "read-only"],
+        fresh_results,
+        read_only="results",
+    ),
     Case("run-existing-study-read-only", RUN, 1, ["study.db", "read-only", "status"], read_only="results"),
-    Case("status-on-read-only-media", ["status", f"{NAME}.yaml", "--results-dir", "results"], 0,
-         ["complete 2"], read_only="results"),
-    Case("best-on-read-only-media", ["best", f"{NAME}.yaml", "--results-dir", "results"], 0,
-         ["learning_rate"], read_only="results"),
-    Case("report-on-read-only-media", ["report", f"{NAME}.yaml", "--results-dir", "results"], 1,
-         ["report.html", "read-only", "--out"], read_only="results"),
-    Case("report-on-read-only-media-with-out", ["report", f"{NAME}.yaml", "--results-dir", "results",
-                                                "--out", "elsewhere"], 0, ["elsewhere/report.html"],
-         read_only="results"),
+    Case(
+        "status-on-read-only-media",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        0,
+        ["complete 2"],
+        read_only="results",
+    ),
+    Case(
+        "best-on-read-only-media",
+        ["best", f"{NAME}.yaml", "--results-dir", "results"],
+        0,
+        ["learning_rate"],
+        read_only="results",
+    ),
+    Case(
+        "report-on-read-only-media",
+        ["report", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        ["report.html", "read-only", "--out"],
+        read_only="results",
+    ),
+    Case(
+        "report-on-read-only-media-with-out",
+        ["report", f"{NAME}.yaml", "--results-dir", "results", "--out", "elsewhere"],
+        0,
+        ["elsewhere/report.html"],
+        read_only="results",
+    ),
 ]
 
 
@@ -364,9 +478,15 @@ def test_fault(case: Case, case_dir: Path):
 
 def start(case: Path, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deepsc_tune.cli", *args]
-    return subprocess.Popen(cmd, cwd=case, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=case,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
+        start_new_session=True,
+    )
 
 
 def wait_for_epoch(proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -387,8 +507,17 @@ def finished(study_trials: list) -> list:
 
 
 #: A separate study in the same file, so the prepared study's trials show they were not touched.
-LONG = ["run", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "long", "-v",
-        "finetune.epoch=3000", "study.n_trials=3"]
+LONG = [
+    "run",
+    f"{NAME}.yaml",
+    "--results-dir",
+    "results",
+    "--study-name",
+    "long",
+    "-v",
+    "finetune.epoch=3000",
+    "study.n_trials=3",
+]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -426,7 +555,7 @@ def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
     assert again.returncode == 0 and "Traceback" not in out + err, err
     assert f"re-queued trials left running by a dead process: [{killed[-1][0]}]" in out
     after = snapshot(case_dir / "results")["long"]
-    assert after[:len(killed) - 1] == killed[:-1]  # what had finished is untouched
+    assert after[: len(killed) - 1] == killed[:-1]  # what had finished is untouched
     assert [t[0] for t in after] == list(range(len(after)))
     assert len(finished(after)) == 3 and not [t for t in after if t[1] == "RUNNING"]
     assert after[killed[-1][0]][1] == "FAIL"

@@ -21,8 +21,10 @@ runner = CliRunner()
 def test_suggestion_on_a_synthetic_curve():
     lrs = [10 ** (-6 + 6 * i / 99) for i in range(100)]
     # flat, then falling fastest around 1e-3, lowest near 1e-1, then rising
-    loss = [2.0 - 1.5 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + (3 * (math.log10(lr) + 1) ** 2
-            if lr > 0.1 else 0.0) for lr in lrs]
+    loss = [
+        2.0 - 1.5 / (1 + math.exp(-4 * (math.log10(lr) + 3))) + (3 * (math.log10(lr) + 1) ** 2 if lr > 0.1 else 0.0)
+        for lr in lrs
+    ]
     steepest, lowest, note = suggest_range(lrs, loss)
     assert note is None
     assert 3e-4 < steepest < 3e-3 and 5e-2 < lowest < 2e-1
@@ -31,8 +33,23 @@ def test_suggestion_on_a_synthetic_curve():
 
 
 def test_lr_find_on_pbmc68k_suggests_a_usable_range(tmp_path):
-    result = runner.invoke(app, ["lr-find", "pbmc68k", "--results-dir", str(tmp_path), "--steps", "60",
-                                 "--min-lr", "1e-5", "--max-lr", "10", "--device", "cpu"])
+    result = runner.invoke(
+        app,
+        [
+            "lr-find",
+            "pbmc68k",
+            "--results-dir",
+            str(tmp_path),
+            "--steps",
+            "60",
+            "--min-lr",
+            "1e-5",
+            "--max-lr",
+            "10",
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "pbmc68k" / "lr_find.json").read_text())
     assert (tmp_path / "pbmc68k" / "lr_find.html").stat().st_size > 100_000  # plotly inlined
@@ -50,20 +67,22 @@ def test_lr_find_on_pbmc68k_suggests_a_usable_range(tmp_path):
     lr = space.params["learning_rate"]
     assert lr.low == pytest.approx(doc["low"], rel=1e-2) and lr.high == pytest.approx(doc["high"], rel=1e-2)
     # the study's report links the plot and repeats the suggestion
-    run = runner.invoke(app, ["run", "pbmc68k", "--results-dir", str(tmp_path), "study.n_trials=2",
-                              "finetune.epoch=1"])
+    run = runner.invoke(app, ["run", "pbmc68k", "--results-dir", str(tmp_path), "study.n_trials=2", "finetune.epoch=1"])
     assert run.exit_code == 0, run.output
     assert runner.invoke(app, ["report", "pbmc68k", "--results-dir", str(tmp_path)]).exit_code == 0
     page = (tmp_path / "pbmc68k" / "report.html").read_text()
     assert '<a href="lr_find.html">' in page and f"{doc['low']:.3g} to {doc['high']:.3g}" in page
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr: expected less than --max-lr (0.1), got 1"),
-    (["--min-lr", "0"], "--min-lr/--max-lr: expected positive rates"),
-    (["--steps", "3"], "--steps: expected at least 10, got 3"),
-    (["lerning_rate=1"], "did you mean 'learning_rate'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--min-lr", "1", "--max-lr", "0.1"], "--min-lr: expected less than --max-lr (0.1), got 1"),
+        (["--min-lr", "0"], "--min-lr/--max-lr: expected positive rates"),
+        (["--steps", "3"], "--steps: expected at least 10, got 3"),
+        (["lerning_rate=1"], "did you mean 'learning_rate'"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path: Path, args, message):
     result = runner.invoke(app, ["lr-find", "pbmc68k", "--results-dir", str(tmp_path), *args])
     assert result.exit_code == 2 and "Traceback" not in result.output

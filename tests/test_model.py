@@ -73,9 +73,11 @@ def test_tokenize_caps_seq_len_at_n_genes():
 @pytest.mark.parametrize("model_cls", [MLPClassifier, GeneTransformerClassifier])
 def test_forward_backward_tiny(model_cls):
     torch.manual_seed(0)
-    kwargs = {"hidden": (8,)} if model_cls is MLPClassifier else {
-        "seq_len": 5, "num_bin": 7, "d_model": 8, "n_layers": 1, "n_heads": 2
-    }
+    kwargs = (
+        {"hidden": (8,)}
+        if model_cls is MLPClassifier
+        else {"seq_len": 5, "num_bin": 7, "d_model": 8, "n_layers": 1, "n_heads": 2}
+    )
     model = model_cls(12, 3, **kwargs)
     x = torch.relu(torch.randn(6, 12))
     x[0] = 0  # a cell with no expressed gene must not produce NaN

@@ -43,31 +43,38 @@ class Recorder:
 
 
 def builtin_space(**study):
-    return build_search_space({
-        "name": "unit",
-        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {"epoch": 3, "batch_size": 16},
-        "search": SEARCH,
-        "study": study,
-    })
+    return build_search_space(
+        {
+            "name": "unit",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {"epoch": 3, "batch_size": 16},
+            "search": SEARCH,
+            "study": study,
+        }
+    )
 
 
 def test_fixed_trial_maps_params_onto_settings_and_returns_best_validation():
     space = builtin_space()
     ft = Recorder()
     objective = build_objective(space, ft)
-    trial = optuna.trial.FixedTrial({"lr_scheduler_type": "cosine", "learning_rate": 3e-4,
-                                     "warmup_ratio": 0.05})
+    trial = optuna.trial.FixedTrial({"lr_scheduler_type": "cosine", "learning_rate": 3e-4, "warmup_ratio": 0.05})
     value = objective(trial)
     assert value == 0.7  # best epoch, not the last one (0.6); test accuracy never returned
-    assert ft.params == {"epoch": 3, "batch_size": 16, "lr_scheduler_type": "cosine",
-                         "learning_rate": 3e-4, "warmup_ratio": 0.05}
+    assert ft.params == {
+        "epoch": 3,
+        "batch_size": 16,
+        "lr_scheduler_type": "cosine",
+        "learning_rate": 3e-4,
+        "warmup_ratio": 0.05,
+    }
 
 
 def test_metric_choice_is_used():
     space = builtin_space(metric="val_macro_f1")
-    value = build_objective(space, Recorder())(optuna.trial.FixedTrial(
-        {"lr_scheduler_type": "constant", "learning_rate": 1e-4}))
+    value = build_objective(space, Recorder())(
+        optuna.trial.FixedTrial({"lr_scheduler_type": "constant", "learning_rate": 1e-4})
+    )
     assert value == pytest.approx(0.35)
 
 
@@ -104,22 +111,28 @@ def test_no_prune_after_last_epoch():
 
 
 def command_space(tmp_path, **study):
-    return build_search_space({
-        "name": "fake-deepsc",
-        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {
-            "backend": "command",
-            "command": [sys.executable, str(FAKE)],
-            "cwd": str(tmp_path),
-            "new_keys": ["sleep", "spawn_child"],
-            "overrides": {"sleep": 0.05, "spawn_child": True},
-            "grace_period": 2,
-            "epoch": 5,
-        },
-        "search": SEARCH,
-        "study": {"n_trials": 8, "sampler": {"type": "tpe", "seed": 0},
-                  "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1}, **study},
-    })
+    return build_search_space(
+        {
+            "name": "fake-deepsc",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {
+                "backend": "command",
+                "command": [sys.executable, str(FAKE)],
+                "cwd": str(tmp_path),
+                "new_keys": ["sleep", "spawn_child"],
+                "overrides": {"sleep": 0.05, "spawn_child": True},
+                "grace_period": 2,
+                "epoch": 5,
+            },
+            "search": SEARCH,
+            "study": {
+                "n_trials": 8,
+                "sampler": {"type": "tpe", "seed": 0},
+                "pruner": {"type": "median", "n_startup_trials": 2, "n_warmup_steps": 1},
+                **study,
+            },
+        }
+    )
 
 
 def alive(pid: int) -> bool:
@@ -156,8 +169,10 @@ def test_study_over_deepsc_subprocess_prunes_and_leaves_no_process(tmp_path):
 def test_deepsc_unknown_scheduler_is_a_failed_trial_with_its_message(tmp_path):
     space = command_space(tmp_path, max_failures=1)
     raw = {**space.config}
-    raw["search"] = {"lr_scheduler_type": {"choices": ["linear"]},
-                     "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}
+    raw["search"] = {
+        "lr_scheduler_type": {"choices": ["linear"]},
+        "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+    }
     space = build_search_space(raw)
     settings, _ = CommandSettings.from_dict(space.config["finetune"])
     study = open_study(space, storage=open_storage(f"sqlite:///{tmp_path}/s.db"), study_name="fake")

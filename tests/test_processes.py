@@ -60,8 +60,9 @@ def family(tmp_path):
 
     def start(mode: str):
         pid_file = tmp_path / f"grand-{len(started)}.pid"
-        proc = start_group([sys.executable, "-c", CHILD, mode, str(pid_file)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = start_group(
+            [sys.executable, "-c", CHILD, mode, str(pid_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         started.append(proc)
         deadline = time.monotonic() + 30
         while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:

@@ -56,7 +56,7 @@ class SeedCurveFinetuner:
         peak = 0.9 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2 + 0.01 * (params["seed"] % 5)
         history = []
         for epoch in range(1, params["epoch"] + 1):
-            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5 ** epoch))
+            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5**epoch))
             history.append(m)
             if on_epoch and on_epoch(m):
                 return FinetuneResult(history, best_epoch=epoch, stopped=True)
@@ -79,8 +79,12 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
     best = top_trials(study.get_trials(), top=2)
     plan = plan_repeats(study.get_trials(), top=2, seeds=3)
     assert [(p.repeat_of, p.seed) for p in plan] == [
-        (best[0].number, 8), (best[0].number, 9), (best[0].number, 10),
-        (best[1].number, 8), (best[1].number, 9), (best[1].number, 10),
+        (best[0].number, 8),
+        (best[0].number, 9),
+        (best[0].number, 10),
+        (best[1].number, 8),
+        (best[1].number, 9),
+        (best[1].number, 10),
     ]  # the search ran with seed 7
     enqueue_repeats(study, plan)
     assert len(waiting_repeats(study)) == 6
@@ -158,9 +162,14 @@ def test_plan_errors(tmp_path, searched):
 def test_same_configuration_is_repeated_once(searched):
     study, _ = open_for_repeats(storage=searched, study_name="curve")
     best = top_trials(study.get_trials(), top=1)[0]
-    study.add_trial(optuna.trial.create_trial(
-        state=TrialState.COMPLETE, value=best.value, params=best.params, distributions=best.distributions,
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TrialState.COMPLETE,
+            value=best.value,
+            params=best.params,
+            distributions=best.distributions,
+        )
+    )
     chosen = top_trials(study.get_trials(), top=2)
     assert chosen[0].number == best.number and chosen[1].params != best.params
 
@@ -180,11 +189,24 @@ def test_cli_repeat_on_real_data(tmp_path):
     """End to end on scanpy's PBMC data: 3 trials of 2 epochs, then 1 configuration x 2 seeds."""
     results = str(tmp_path / "results")
     runner = CliRunner()
-    result = runner.invoke(app, ["run", "pbmc68k", "--results-dir", results, "--threads", "1",
-                                 "study.n_trials=3", "finetune.epoch=2", "finetune.hidden=[16]"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            "pbmc68k",
+            "--results-dir",
+            results,
+            "--threads",
+            "1",
+            "study.n_trials=3",
+            "finetune.epoch=2",
+            "finetune.hidden=[16]",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "2", "--results-dir", results,
-                                 "--threads", "1"])
+    result = runner.invoke(
+        app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "2", "--results-dir", results, "--threads", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert "ran 2 repeats (0 failed)" in result.output
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{tmp_path / 'results/pbmc68k/study.db'}")

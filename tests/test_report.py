@@ -103,11 +103,16 @@ def add(study, state, params, curve=(), *, value=None, epochs=None, **user_attrs
         user_attrs["settings"] = {**params, "epoch": epochs, "seed": user_attrs.get("seed", 0)}
     if curve and state != TrialState.WAITING:
         user_attrs.setdefault("epochs_run", len(curve))
-    study.add_trial(optuna.trial.create_trial(
-        state=state, value=value, params=params,
-        distributions={k: DISTRIBUTIONS[k] for k in params},
-        intermediate_values={i + 1: v for i, v in enumerate(curve)}, user_attrs=user_attrs,
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            value=value,
+            params=params,
+            distributions={k: DISTRIBUTIONS[k] for k in params},
+            intermediate_values={i + 1: v for i, v in enumerate(curve)},
+            user_attrs=user_attrs,
+        )
+    )
     return study.trials[-1]
 
 
@@ -129,16 +134,33 @@ def synthetic():
     add(study, P, const(1e-3), [0.4, 0.45], epochs=4)  # 2: saves 2 epochs
     add(study, C, const(3e-3), [0.6, 0.8, 0.9, 0.85], epochs=4)  # 3: best constant 0.9
     add(study, P, cos(2e-3, 0.1), [0.5], epochs=4)  # 4: saves 3
-    add(study, C, cos(5e-3, 0.02), [0.7, 0.8, 0.88, 0.86], epochs=4, seed=0,
-        test_accuracy=0.83, test_macro_f1=0.7)  # 5
+    add(study, C, cos(5e-3, 0.02), [0.7, 0.8, 0.88, 0.86], epochs=4, seed=0, test_accuracy=0.83, test_macro_f1=0.7)  # 5
     add(study, F, cos(9e-2, 0.1), [0.1, 0.1, 0.1], epochs=4, fail_reason="training diverged: loss is NaN")  # 6
     add(study, C, cos(1e-2, 0.15), [0.6, 0.7, 0.75, 0.8], epochs=4)  # 7
     add(study, P, const(5e-5), [0.3, 0.35, 0.4], epochs=10)  # 8: saves 7
     # repeats of trial 5 with seeds 1 and 2; a third failed
-    add(study, C, cos(5e-3, 0.02), [0.7, 0.8, 0.84, 0.84], epochs=4, repeat_of=5, repeat_seed=1,
-        seed=1, test_accuracy=0.81)  # 9
-    add(study, C, cos(5e-3, 0.02), [0.6, 0.78, 0.8, 0.8], epochs=4, repeat_of=5, repeat_seed=2,
-        seed=2, test_accuracy=0.80)  # 10
+    add(
+        study,
+        C,
+        cos(5e-3, 0.02),
+        [0.7, 0.8, 0.84, 0.84],
+        epochs=4,
+        repeat_of=5,
+        repeat_seed=1,
+        seed=1,
+        test_accuracy=0.81,
+    )  # 9
+    add(
+        study,
+        C,
+        cos(5e-3, 0.02),
+        [0.6, 0.78, 0.8, 0.8],
+        epochs=4,
+        repeat_of=5,
+        repeat_seed=2,
+        seed=2,
+        test_accuracy=0.80,
+    )  # 10
     add(study, F, cos(5e-3, 0.02), [0.5], epochs=4, repeat_of=5, repeat_seed=3, fail_reason="interrupted")  # 11
     return study
 
@@ -189,11 +211,21 @@ def point(number, lr, value, state="COMPLETE"):
 
 
 def test_envelope_exact_steps_ties_and_duplicate_learning_rates():
-    points = [point(0, 1e-3, 0.5), point(1, 1e-4, 0.6), point(2, 1e-2, 0.55),
-              point(3, 1e-3, 0.7, "PRUNED"), point(4, 5e-2, 0.7), point(5, 1e-1, 0.2)]
+    points = [
+        point(0, 1e-3, 0.5),
+        point(1, 1e-4, 0.6),
+        point(2, 1e-2, 0.55),
+        point(3, 1e-3, 0.7, "PRUNED"),
+        point(4, 5e-2, 0.7),
+        point(5, 1e-1, 0.2),
+    ]
     steps = envelope(points)
     assert [(s.learning_rate, s.value, s.number) for s in steps] == [
-        (1e-4, 0.6, 1), (1e-3, 0.7, 3), (1e-2, 0.7, 3), (5e-2, 0.7, 3), (1e-1, 0.7, 3),
+        (1e-4, 0.6, 1),
+        (1e-3, 0.7, 3),
+        (1e-2, 0.7, 3),
+        (5e-2, 0.7, 3),
+        (1e-1, 0.7, 3),
     ]
     assert envelope([]) == []
 
@@ -225,10 +257,19 @@ def test_frontier_marks_confirmed_configurations(synthetic):
     assert len(ring) == 1 and list(ring[0].customdata[0]) == [5, 3]
 
 
-@pytest.mark.parametrize("value, text", [
-    (1e-4, "1e-4"), (3.6037e-3, "3.6e-3"), (2.26e-5, "2.3e-5"), (0.03, "0.03"), (0.0135288, "0.0135"),
-    (0.1, "0.1"), (None, "-"), (0.0, "0"),
-])
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (1e-4, "1e-4"),
+        (3.6037e-3, "3.6e-3"),
+        (2.26e-5, "2.3e-5"),
+        (0.03, "0.03"),
+        (0.0135288, "0.0135"),
+        (0.1, "0.1"),
+        (None, "-"),
+        (0.0, "0"),
+    ],
+)
 def test_format_number(value, text):
     assert format_number(value) == text
 
@@ -390,7 +431,9 @@ def test_summary_counts_and_failures(synthetic):
     assert (s.counts["COMPLETE"], s.counts["PRUNED"], s.counts["FAIL"]) == (5, 3, 1)
     assert (s.repeat_counts["COMPLETE"], s.repeat_counts["FAIL"], s.repeat_counts["WAITING"]) == (2, 1, 1)
     assert [(f.number, f.reason, f.retried_as) for f in s.failed] == [
-        (6, "training diverged: loss is NaN", None), (11, "interrupted", 12)]
+        (6, "training diverged: loss is NaN", None),
+        (11, "interrupted", 12),
+    ]
     # Trial 3 has the highest single value (0.9), but trial 5 was confirmed over 3 seeds
     # (0.88, 0.84, 0.80): the confirmed configuration is chosen, by its mean.
     assert s.best_number == 5 and s.best_value == 0.88
@@ -463,8 +506,7 @@ def test_one_trial_study(tmp_path):
 def test_report_while_a_search_is_running(tmp_path):
     """A RUNNING trial shows as a curve; the report reads while another connection writes."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    writer = optuna.create_study(study_name="live", storage=open_storage(url, heartbeat=False),
-                                 direction="maximize")
+    writer = optuna.create_study(study_name="live", storage=open_storage(url, heartbeat=False), direction="maximize")
     running = writer.ask()
     running.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
     running.report(0.4, 1)
@@ -533,12 +575,18 @@ def synthetic_trials():
 def test_index_stability_prefers_seeds(tmp_path, synthetic):
     folder = tmp_path / "results" / "synthetic"
     folder.mkdir(parents=True)
-    stored = optuna.create_study(study_name="synthetic", storage=f"sqlite:///{folder / 'study.db'}",
-                                 direction="maximize")
+    stored = optuna.create_study(
+        study_name="synthetic", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize"
+    )
     for t in synthetic.trials:
         if t.number == 3:  # demote the best constant trial so that #5 (repeated) is best
-            t = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.5, params=t.params,
-                                          distributions=t.distributions, intermediate_values={1: 0.5})
+            t = optuna.trial.create_trial(
+                state=TrialState.COMPLETE,
+                value=0.5,
+                params=t.params,
+                distributions=t.distributions,
+                intermediate_values={1: 0.5},
+            )
         stored.add_trial(t)
     (row,) = write_index(tmp_path / "results").rows
     assert row.scheduler == "cosine" and row.learning_rate == 5e-3 and row.warmup_ratio == 0.02
@@ -558,15 +606,17 @@ def test_index_keeps_reports_of_same_named_studies_apart(tmp_path):
     for folder, names in (("a", ["pbmc68k"]), ("pbmc68k", ["pbmc68k", "pbmc68k-2"])):
         (results / folder).mkdir(parents=True)
         for name in names:
-            study = optuna.create_study(study_name=name, storage=f"sqlite:///{results / folder / 'study.db'}",
-                                        direction="maximize")
+            study = optuna.create_study(
+                study_name=name, storage=f"sqlite:///{results / folder / 'study.db'}", direction="maximize"
+            )
             for trial in synthetic_trials():
                 study.add_trial(trial)
     (results / "broken").mkdir()
     (results / "broken" / "study.db").write_text("not a database")
     index = write_index(results)
     assert [(r.name, r.report) for r in index.rows] == [
-        ("pbmc68k", "a/report.html"), ("pbmc68k", "pbmc68k/report.html"),
+        ("pbmc68k", "a/report.html"),
+        ("pbmc68k", "pbmc68k/report.html"),
         ("pbmc68k-2", "pbmc68k/pbmc68k-2/report.html"),
     ]
     assert all((results / r.report).is_file() for r in index.rows)

@@ -41,9 +41,17 @@ ARTIFACT = ROOT / "results" / "browser" / "report-ci.png"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 #: Headless, sandbox-free (containers), and nothing that reaches the network.
 FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
     "--hide-scrollbars",
 )
 FIGURES = ("fig-frontier", "fig-curves", "fig-history", "fig-importances", "fig-contour", "fig-stability")
@@ -94,8 +102,10 @@ def chromium() -> str:
     override = os.environ.get("DEEPSC_TUNE_CHROMIUM")
     found = override or next((p for p in map(shutil.which, BROWSERS) if p), None)
     if not found:
-        message = ("headless Chromium not found (looked for " + ", ".join(BROWSERS) + "); "
-                   "Debian/Ubuntu: apt-get install -y chromium, or set DEEPSC_TUNE_CHROMIUM")
+        message = (
+            "headless Chromium not found (looked for " + ", ".join(BROWSERS) + "); "
+            "Debian/Ubuntu: apt-get install -y chromium, or set DEEPSC_TUNE_CHROMIUM"
+        )
         if in_ci():
             pytest.fail(f"browser tests must run in CI: {message}", pytrace=False)
         pytest.skip(message)
@@ -108,9 +118,11 @@ def report(tmp_path_factory) -> tuple[Path, optuna.Study]:
     results = tmp_path_factory.mktemp("browser") / "results"
     runner = CliRunner()
     common = ["--results-dir", str(results), "--threads", "1"]
-    for args in (["run", "pbmc68k", *common, "study.n_trials=8", "finetune.epoch=4", "finetune.hidden=[32]"],
-                 ["repeat", "pbmc68k", "--top", "1", "--seeds", "1", *common],
-                 ["report", "pbmc68k", "--results-dir", str(results)]):
+    for args in (
+        ["run", "pbmc68k", *common, "study.n_trials=8", "finetune.epoch=4", "finetune.hidden=[32]"],
+        ["repeat", "pbmc68k", "--top", "1", "--seeds", "1", *common],
+        ["report", "pbmc68k", "--results-dir", str(results)],
+    ):
         result = runner.invoke(app, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{results / 'pbmc68k' / 'study.db'}")
@@ -121,7 +133,9 @@ def run_chromium(chromium: str, tmp_path: Path, *args: str) -> subprocess.Comple
     profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
     return subprocess.run(
         [chromium, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args],
-        capture_output=True, text=True, timeout=180,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
 
 
@@ -137,8 +151,15 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
     # 1. the page as written: no console output at all, and a screenshot
     ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
     ARTIFACT.unlink(missing_ok=True)
-    shot = run_chromium(chromium, tmp_path, "--enable-logging=stderr", "--v=0", "--window-size=1280,4400",
-                        f"--screenshot={ARTIFACT}", page.as_uri())
+    shot = run_chromium(
+        chromium,
+        tmp_path,
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,4400",
+        f"--screenshot={ARTIFACT}",
+        page.as_uri(),
+    )
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert console_lines(shot.stderr) == []
     assert ARTIFACT.is_file() and ARTIFACT.stat().st_size > 50_000, "screenshot missing or blank"

@@ -57,18 +57,30 @@ def test_contour_title_sits_below_the_toolbar():
 
 def _trial(number, params, value, state=TrialState.COMPLETE):
     dists = {"lr_scheduler_type": SCHED, "learning_rate": LR, "warmup_ratio": WARMUP}
-    t = create_trial(params=params, distributions={k: dists[k] for k in params},
-                     value=value if state == TrialState.COMPLETE else None, state=state)
+    t = create_trial(
+        params=params,
+        distributions={k: dists[k] for k in params},
+        value=value if state == TrialState.COMPLETE else None,
+        state=state,
+    )
     t.number = number
     return t
 
 
 @pytest.mark.parametrize("constant_state", [TrialState.PRUNED, TrialState.COMPLETE])
 def test_importances_explain_conditional_and_constant_parameters(constant_state):
-    cosine = [_trial(i, {"lr_scheduler_type": "cosine", "learning_rate": 10 ** (-4 + i / 3),
-                         "warmup_ratio": 0.02 * i}, 0.5 + 0.03 * i) for i in range(6)]
-    constant = [_trial(6 + i, {"lr_scheduler_type": "constant", "learning_rate": 1e-3 * (i + 1)},
-                       0.6, constant_state) for i in range(2)]
+    cosine = [
+        _trial(
+            i,
+            {"lr_scheduler_type": "cosine", "learning_rate": 10 ** (-4 + i / 3), "warmup_ratio": 0.02 * i},
+            0.5 + 0.03 * i,
+        )
+        for i in range(6)
+    ]
+    constant = [
+        _trial(6 + i, {"lr_scheduler_type": "constant", "learning_rate": 1e-3 * (i + 1)}, 0.6, constant_state)
+        for i in range(2)
+    ]
     result = param_importances(cosine + constant)
     text = " ".join(result.explanations)
     # Optuna uses only the trials with every parameter: the cosine ones, where the scheduler never

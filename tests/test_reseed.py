@@ -30,6 +30,7 @@ def run_to(tmp_path, n_trials: int, name: str = "curve", sampler=None) -> optuna
     if sampler:
         space = make_space(n_trials=n_trials)
         from dataclasses import replace
+
         space = replace(space, sampler_config=sampler)
     study = open_study(space, storage=open_storage(default_storage_url(name, tmp_path)), study_name=name)
     run_study(space, CurveFinetuner(), study=study)
@@ -40,8 +41,8 @@ def run_to(tmp_path, n_trials: int, name: str = "curve", sampler=None) -> optuna
 def test_raised_target_proposes_new_settings(tmp_path, sampler):
     first = settings(run_to(tmp_path, 4, sampler=sampler))
     both = settings(run_to(tmp_path, 7, sampler=sampler))
-    assert both[:len(first)] == first  # the stored trials are kept
-    later = both[len(first):]
+    assert both[: len(first)] == first  # the stored trials are kept
+    later = both[len(first) :]
     assert len(later) == 3 and not set(later) & set(first), (first, later)
 
 

@@ -58,9 +58,7 @@ def test_constant_is_flat():
 
 def test_cosine_trajectory():
     # 1000 steps, warmup_ratio 0.1 -> 100 warmup steps, 900 decay steps.
-    s = build_schedule(
-        lr_scheduler_type="cosine", learning_rate=1e-3, total_steps=1000, warmup_ratio=0.1
-    )
+    s = build_schedule(lr_scheduler_type="cosine", learning_rate=1e-3, total_steps=1000, warmup_ratio=0.1)
     assert s.warmup_steps == 100
     m = s.multiplier
     assert m(0) == pytest.approx(0.01)  # first update: 1 % of the peak
@@ -94,9 +92,7 @@ def test_warmup_steps_use_ceil():
 
 def test_cosine_restarts_trajectory_deepsc_cycle():
     # warmup 10 of 100 steps; DeepSC's cycle = 3 x warmup = 30 steps -> restarts at 40, 70, 100.
-    s = build_schedule(
-        lr_scheduler_type="cosine_restarts", learning_rate=1.0, total_steps=100, warmup_ratio=0.1
-    )
+    s = build_schedule(lr_scheduler_type="cosine_restarts", learning_rate=1.0, total_steps=100, warmup_ratio=0.1)
     assert (s.warmup_steps, s.cycle_steps, s.restart_decay) == (10, 30, 0.9)
     m = s.multiplier
     assert m(0) == pytest.approx(0.01)
@@ -133,14 +129,9 @@ def test_banners_are_deepscs():
     )
     cos = build_schedule(lr_scheduler_type="cosine", learning_rate=1e-4, total_steps=5000, warmup_ratio=0.03)
     assert schedule_banner(cos) == (
-        "Using COSINE ANNEALING with warmup:\n"
-        "  - Warmup steps: 150\n"
-        "  - Total steps: 5000\n"
-        "  - Initial LR: 0.0001"
+        "Using COSINE ANNEALING with warmup:\n  - Warmup steps: 150\n  - Total steps: 5000\n  - Initial LR: 0.0001"
     )
-    rst = build_schedule(
-        lr_scheduler_type="cosine_restarts", learning_rate=5e-5, total_steps=5000, warmup_ratio=0.03
-    )
+    rst = build_schedule(lr_scheduler_type="cosine_restarts", learning_rate=5e-5, total_steps=5000, warmup_ratio=0.03)
     assert schedule_banner(rst) == (
         "Using COSINE ANNEALING WITH WARM RESTARTS with warmup:\n"
         "  - Warmup steps: 150\n"

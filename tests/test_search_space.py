@@ -74,21 +74,36 @@ def test_other_settings_can_be_searched(name, entry, expected):
 @pytest.mark.parametrize(
     ("search", "message"),
     [
-        ({"learning_rate": {"low": 1e-3, "high": 1e-5, "log": True}}, "search.learning_rate: low (0.001) must be below high"),
-        ({"learning_rate": {"low": 0.0, "high": 1e-3, "log": True}}, "search.learning_rate.low: log: true needs low > 0"),
+        (
+            {"learning_rate": {"low": 1e-3, "high": 1e-5, "log": True}},
+            "search.learning_rate: low (0.001) must be below high",
+        ),
+        (
+            {"learning_rate": {"low": 0.0, "high": 1e-3, "log": True}},
+            "search.learning_rate.low: log: true needs low > 0",
+        ),
         ({"learning_rate": {"low": "abc", "high": 1e-3}}, "search.learning_rate.low: expected a number, got 'abc'"),
         ({"learning_rate": {"low": 1e-5}}, "search.learning_rate: missing high"),
         ({"learning_rate": {"low": 1e-5, "high": 1e-3, "lg": True}}, "search.learning_rate.lg: unknown key"),
         ({"learning_rate": 0.001}, "search.learning_rate: expected a mapping"),
         ({"lr_scheduler_type": {"choices": []}}, "search.lr_scheduler_type.choices: expected a non-empty list"),
         ({"lr_scheduler_type": {"choices": ["constant", "linear"]}}, "Unknown lr_scheduler_type: 'linear'"),
-        ({"warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"schedule": "cosine"}}},
-         "search.warmup_ratio.when: refers to 'schedule', which is not a searched parameter"),
-        ({"lr_scheduler_type": ["constant", "cosine"],
-          "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosin"}}},
-         "search.warmup_ratio.when: lr_scheduler_type can never be 'cosin'"),
+        (
+            {"warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"schedule": "cosine"}}},
+            "search.warmup_ratio.when: refers to 'schedule', which is not a searched parameter",
+        ),
+        (
+            {
+                "lr_scheduler_type": ["constant", "cosine"],
+                "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosin"}},
+            },
+            "search.warmup_ratio.when: lr_scheduler_type can never be 'cosin'",
+        ),
         ({"epoch": {"low": 2, "high": 5}}, "search.epoch: also fixed as finetune.epoch=3"),
-        ({"learnig_rate": {"low": 1e-5, "high": 1e-3}}, "search.learnig_rate: unknown setting for the builtin fine-tuner"),
+        (
+            {"learnig_rate": {"low": 1e-5, "high": 1e-3}},
+            "search.learnig_rate: unknown setting for the builtin fine-tuner",
+        ),
         ({"warmup_ratio": {"low": 0.0, "high": 2.0}}, "warmup_ratio"),
         ({"epoch": {"low": 1.5, "high": 4}}, "search.epoch.low: expected an integer"),
     ],
@@ -122,12 +137,14 @@ def test_bad_study_blocks_are_named(study, message):
 
 def test_all_problems_are_listed_together():
     with pytest.raises(ConfigError) as err:
-        build_search_space({
-            **BASE,
-            "extra": 1,
-            "search": {"learning_rate": {"low": 1e-3, "high": 1e-5}},
-            "study": {"metric": "loss"},
-        })
+        build_search_space(
+            {
+                **BASE,
+                "extra": 1,
+                "search": {"learning_rate": {"low": 1e-3, "high": 1e-5}},
+                "study": {"metric": "loss"},
+            }
+        )
     text = str(err.value)
     assert "3 problems" in text
     for key in ("extra: unknown key", "search.learning_rate: low", "study.metric"):
@@ -136,46 +153,56 @@ def test_all_problems_are_listed_together():
 
 @pytest.mark.parametrize(
     ("sampler", "cls"),
-    [("tpe", optuna.samplers.TPESampler), ("random", optuna.samplers.RandomSampler),
-     ("gp", optuna.samplers.GPSampler), ("grid", optuna.samplers.GridSampler)],
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("grid", optuna.samplers.GridSampler),
+    ],
 )
 def test_samplers(sampler, cls):
-    search = {"lr_scheduler_type": ["constant", "cosine"],
-              "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True, "grid": [1e-5, 1e-4, 1e-3]}}
+    search = {
+        "lr_scheduler_type": ["constant", "cosine"],
+        "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True, "grid": [1e-5, 1e-4, 1e-3]},
+    }
     space = space_with(search, study={"sampler": {"type": sampler, "seed": 1}})
     assert isinstance(space.build_sampler(), cls)
 
 
 def test_grid_needs_values_for_continuous_params():
     with pytest.raises(ConfigError, match="search.learning_rate: the grid sampler needs"):
-        space_with({"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
-                   study={"sampler": {"type": "grid"}})
+        space_with({"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}, study={"sampler": {"type": "grid"}})
 
 
 @pytest.mark.parametrize(
     ("pruner", "cls"),
-    [("hyperband", optuna.pruners.HyperbandPruner),
-     ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
-     ("median", optuna.pruners.MedianPruner), ("none", optuna.pruners.NopPruner)],
+    [
+        ("hyperband", optuna.pruners.HyperbandPruner),
+        ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("median", optuna.pruners.MedianPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
 )
 def test_pruners(pruner, cls):
-    space = space_with({"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
-                       study={"pruner": {"type": pruner}})
+    space = space_with({"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}}, study={"pruner": {"type": pruner}})
     assert isinstance(space.build_pruner(), cls)
 
 
 def test_conditional_parameter_only_suggested_when_active():
-    space = space_with({
-        "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
-        "lr_scheduler_type": ["constant", "cosine"],
-        "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
-    })
+    space = space_with(
+        {
+            "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
+            "lr_scheduler_type": ["constant", "cosine"],
+            "learning_rate": {"low": 1e-5, "high": 1e-3, "log": True},
+        }
+    )
     # the condition's parameter is ordered first even though written after
     assert list(space.params)[0] == "lr_scheduler_type"
     constant = space.suggest(optuna.trial.FixedTrial({"lr_scheduler_type": "constant", "learning_rate": 1e-4}))
     assert constant == {"lr_scheduler_type": "constant", "learning_rate": 1e-4}
-    cosine = space.suggest(optuna.trial.FixedTrial(
-        {"lr_scheduler_type": "cosine", "learning_rate": 1e-4, "warmup_ratio": 0.05}))
+    cosine = space.suggest(
+        optuna.trial.FixedTrial({"lr_scheduler_type": "cosine", "learning_rate": 1e-4, "warmup_ratio": 0.05})
+    )
     assert cosine["warmup_ratio"] == 0.05
 
 
@@ -191,8 +218,10 @@ def test_conditional_parameter_only_suggested_when_active():
     ],
 )
 def test_overrides(overrides, path, value):
-    config = apply_overrides({"data": {"train": "a"}, "finetune": {"epoch": 1},
-                              "search": {"learning_rate": {"low": 1e-5, "high": 1e-3}}}, overrides)
+    config = apply_overrides(
+        {"data": {"train": "a"}, "finetune": {"epoch": 1}, "search": {"learning_rate": {"low": 1e-5, "high": 1e-3}}},
+        overrides,
+    )
     node = config
     for key in path:
         node = node[key]
@@ -226,12 +255,14 @@ def test_shipped_search_spaces_are_valid():
 
 def test_malformed_yaml_names_file_and_line(tmp_path: Path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text(textwrap.dedent("""\
+    bad.write_text(
+        textwrap.dedent("""\
         name: bad
         data:
           train: x.h5ad
           label_key: [unclosed
-        """))
+        """)
+    )
     with pytest.raises(ConfigError) as err:
         load_search_space(str(bad))
     assert str(bad) in str(err.value) and "malformed YAML" in str(err.value) and "line" in str(err.value)

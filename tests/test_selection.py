@@ -29,11 +29,16 @@ DISTRIBUTIONS = {
 
 def add(study, lr, curve, *, state=TrialState.COMPLETE, **user_attrs):
     """A trial whose value is the best of ``curve`` (the best-epoch rule)."""
-    study.add_trial(optuna.trial.create_trial(
-        state=state, value=max(curve) if state == TrialState.COMPLETE else None,
-        params={"learning_rate": lr, "lr_scheduler_type": "constant"}, distributions=DISTRIBUTIONS,
-        intermediate_values={i + 1: v for i, v in enumerate(curve)}, user_attrs=user_attrs,
-    ))
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=state,
+            value=max(curve) if state == TrialState.COMPLETE else None,
+            params={"learning_rate": lr, "lr_scheduler_type": "constant"},
+            distributions=DISTRIBUTIONS,
+            intermediate_values={i + 1: v for i, v in enumerate(curve)},
+            user_attrs=user_attrs,
+        )
+    )
     return study.trials[-1]
 
 
@@ -169,8 +174,10 @@ def test_pick_notes_and_record(study):
 
     sel = select(study.trials)
     notes = pick_notes(sel, 1, metric="val_accuracy")
-    assert notes[0] == ("val_accuracy over seeds: 0.8600 ± 0.0400 (n=3); test accuracy 0.8300 ± 0.0200 "
-                        "/ macro-F1 0.6500 ± 0.0707 (reported only)")
+    assert notes[0] == (
+        "val_accuracy over seeds: 0.8600 ± 0.0400 (n=3); test accuracy 0.8300 ± 0.0200 "
+        "/ macro-F1 0.6500 ± 0.0707 (reported only)"
+    )
     assert notes[1].startswith("not distinguishable from the runner-up (trial 2, +0.1100; Welch t-test p=")
     assert pick_notes(sel, 0, metric="val_accuracy") == []  # one seed, not the leader
     record = pick_record(sel, 1)

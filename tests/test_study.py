@@ -42,34 +42,35 @@ class CurveFinetuner:
         peak = 1.0 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2
         history = []
         for epoch in range(1, params["epoch"] + 1):
-            acc = peak * (1 - 0.5 ** epoch)
+            acc = peak * (1 - 0.5**epoch)
             m = EpochMetrics(epoch=epoch, val_accuracy=acc, val_macro_f1=acc - 0.05)
             history.append(m)
             if on_epoch and on_epoch(m):
                 return FinetuneResult(history, best_epoch=epoch, stopped=True)
-        return FinetuneResult(history, best_epoch=len(history), test_accuracy=peak - 0.01,
-                              test_macro_f1=peak - 0.1)
+        return FinetuneResult(history, best_epoch=len(history), test_accuracy=peak - 0.01, test_macro_f1=peak - 0.1)
 
 
 def make_space(n_trials=6, pruner=None, epoch=4, max_failures=3, **search_extra):
-    return build_search_space({
-        "name": "curve",
-        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {"epoch": epoch},
-        "search": {
-            "lr_scheduler_type": {"choices": ["constant", "cosine"]},
-            "learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
-            "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
-            **search_extra,
-        },
-        "study": {
-            "n_trials": n_trials,
-            "max_failures": max_failures,
-            "sampler": {"type": "tpe", "seed": 0},
-            "pruner": pruner or {"type": "none"},
-            "enqueue": [{"lr_scheduler_type": "constant", "learning_rate": 1e-4}],
-        },
-    })
+    return build_search_space(
+        {
+            "name": "curve",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {"epoch": epoch},
+            "search": {
+                "lr_scheduler_type": {"choices": ["constant", "cosine"]},
+                "learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
+                "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
+                **search_extra,
+            },
+            "study": {
+                "n_trials": n_trials,
+                "max_failures": max_failures,
+                "sampler": {"type": "tpe", "seed": 0},
+                "pruner": pruner or {"type": "none"},
+                "enqueue": [{"lr_scheduler_type": "constant", "learning_rate": 1e-4}],
+            },
+        }
+    )
 
 
 @pytest.fixture
@@ -165,10 +166,15 @@ def test_orphaned_running_trial_is_failed_and_requeued(storage):
     # a trial left RUNNING by a process that no longer exists
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    trial = study.ask({"lr_scheduler_type": optuna.distributions.CategoricalDistribution(["constant", "cosine"]),
-                       "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
+    trial = study.ask(
+        {
+            "lr_scheduler_type": optuna.distributions.CategoricalDistribution(["constant", "cosine"]),
+            "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
+        }
+    )
     # the enqueued trial was taken by ask(); give it a dead worker
     import socket
+
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": "1"})
     number = trial.number
     assert recover_orphaned_trials(study) == [number]

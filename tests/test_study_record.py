@@ -44,8 +44,9 @@ def small(tmp_path_factory) -> Path:
 
 def optuna_cli(*args: str) -> list[str]:
     exe = shutil.which("optuna") or pytest.fail("the optuna command is not installed")
-    proc = subprocess.run([exe, *args], check=False, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.run(
+        [exe, *args], check=False, capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -65,8 +66,7 @@ def test_metric_is_named_and_attributes_are_short(small):
         details = json.loads((small / "pbmc68k" / "trials" / f"{t.number:05d}" / TRIAL_FILE).read_text())
         assert [h["epoch"] for h in details["history"]] == sorted(t.intermediate_values)
         assert details["steps_per_epoch"] >= 1 and details["schedule"]["lr_scheduler_type"]
-        assert [h["val_accuracy"] for h in details["history"]] == [
-            h["val_accuracy"] for h in epoch_history(t)]
+        assert [h["val_accuracy"] for h in details["history"]] == [h["val_accuracy"] for h in epoch_history(t)]
 
 
 def test_optuna_cli_output_is_readable(small):
@@ -86,14 +86,15 @@ def _old_style_copy(small: Path, dest: Path) -> Path:
     record = read_record(new.user_attrs, small / "pbmc68k")
     folder = dest / "pbmc68k"
     folder.mkdir(parents=True)
-    old = optuna.create_study(study_name="pbmc68k", storage=f"sqlite:///{folder / 'study.db'}",
-                              direction="maximize")
+    old = optuna.create_study(study_name="pbmc68k", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize")
     attrs = {k: v for k, v in new.user_attrs.items() if k not in ("dataset", "description", "epoch")}
     for key, value in {**attrs, "search_space_text": record["text"], "config": record["config"]}.items():
         old.set_user_attr(key, value)
     for t in new.get_trials():
-        t.set_user_attr("history", [{"epoch": e, "val_accuracy": v, "val_loss": 1.0}
-                                    for e, v in sorted(t.intermediate_values.items())])
+        t.set_user_attr(
+            "history",
+            [{"epoch": e, "val_accuracy": v, "val_loss": 1.0} for e, v in sorted(t.intermediate_values.items())],
+        )
         old.add_trial(t)
     return dest
 
@@ -130,8 +131,9 @@ def test_time_budget_stops_between_trials(small, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(small, results)
     before = [(t.number, t.state, t.value) for t in load(results).trials]
-    out = cli("run", "pbmc68k", "--results-dir", results, "study.n_trials=6", f"finetune.epoch={EPOCHS}",
-              "--timeout", "0.001")
+    out = cli(
+        "run", "pbmc68k", "--results-dir", results, "study.n_trials=6", f"finetune.epoch={EPOCHS}", "--timeout", "0.001"
+    )
     assert out.exit_code == 0, out.output
     assert "time budget of 0.001 s spent: stopped between trials" in out.output
     after = load(results).trials
@@ -139,10 +141,13 @@ def test_time_budget_stops_between_trials(small, tmp_path):
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.FAIL)]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--timeout", "0"], "--timeout: expected seconds > 0, got 0"),
-    (["study.timeout=soon"], "study.timeout: expected seconds > 0 or null, got 'soon'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--timeout", "0"], "--timeout: expected seconds > 0, got 0"),
+        (["study.timeout=soon"], "study.timeout: expected seconds > 0 or null, got 'soon'"),
+    ],
+)
 def test_bad_time_budget_is_one_line(small, tmp_path, args, message):
     results = tmp_path / "results"
     shutil.copytree(small, results)
@@ -153,6 +158,11 @@ def test_bad_time_budget_is_one_line(small, tmp_path, args, message):
 
 
 def test_python_module_entry_point_matches():
-    proc = subprocess.run([sys.executable, "-m", "deepsc_tune.cli", "status", "--help"], check=False,
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        [sys.executable, "-m", "deepsc_tune.cli", "status", "--help"],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.returncode == 0 and "--json" in proc.stdout

@@ -43,11 +43,22 @@ runner = CliRunner()
 # pbmc68k, 2 epochs, three known configurations: after epoch 1 the 1e-4 constant run is near
 # chance (0.17 on this split) and the two others are above 0.39, so a threshold pruner at 0.3
 # prunes exactly that one, deterministically (seed 0, one thread).
-ENQUEUE = ("study.enqueue=[{lr_scheduler_type: constant, learning_rate: 1.0e-2}, "
-           "{lr_scheduler_type: constant, learning_rate: 1.0e-4}, "
-           "{lr_scheduler_type: cosine, learning_rate: 3.0e-3, warmup_ratio: 0.0}]")
-RUN = ["run", "pbmc68k", "--threads", "1", "study.n_trials=3", "finetune.epoch=2",
-       "finetune.hidden=[16]", ENQUEUE, "study.pruner={type: threshold, lower: 0.3}"]
+ENQUEUE = (
+    "study.enqueue=[{lr_scheduler_type: constant, learning_rate: 1.0e-2}, "
+    "{lr_scheduler_type: constant, learning_rate: 1.0e-4}, "
+    "{lr_scheduler_type: cosine, learning_rate: 3.0e-3, warmup_ratio: 0.0}]"
+)
+RUN = [
+    "run",
+    "pbmc68k",
+    "--threads",
+    "1",
+    "study.n_trials=3",
+    "finetune.epoch=2",
+    "finetune.hidden=[16]",
+    ENQUEUE,
+    "study.pruner={type: threshold, lower: 0.3}",
+]
 
 
 @pytest.fixture
@@ -76,9 +87,9 @@ def _wandb_records(path: Path) -> list:
         if left < 7:
             pos += left
             continue
-        length = int.from_bytes(data[pos + 4:pos + 6], "little")
+        length = int.from_bytes(data[pos + 4 : pos + 6], "little")
         kind = data[pos + 6]
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0:  # zero padding at the end of a block
             pos += block - pos % block
@@ -130,8 +141,7 @@ def test_real_run_logs_one_run_per_trial_to_mlflow_and_wandb(offline):
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{results / 'pbmc68k' / 'study.db'}")
     trials = {t.number: t for t in study.get_trials()}
-    assert [trials[n].state for n in range(3)] == [TrialState.COMPLETE, TrialState.PRUNED,
-                                                   TrialState.COMPLETE]
+    assert [trials[n].state for n in range(3)] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
 
     # MLflow: the experiment is the study, one run per trial named by its number
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -153,16 +163,15 @@ def test_real_run_logs_one_run_per_trial_to_mlflow_and_wandb(offline):
     assert runs[1].data.metrics["pruned_at"] == 1
 
     # a repeat of the best configuration is one more run, told apart by its seed and repeat_of
-    again = runner.invoke(app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "1",
-                                "--results-dir", str(results)])
+    again = runner.invoke(app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "1", "--results-dir", str(results)])
     assert again.exit_code == 0, again.output
     repeat = next(t for t in study.get_trials() if "repeat_of" in t.user_attrs)
-    run = next(r for r in client.search_runs([experiment.experiment_id])
-               if r.info.run_name == str(repeat.number))
+    run = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == str(repeat.number))
     assert run.data.tags["repeat_of"] == str(repeat.user_attrs["repeat_of"])
     assert run.data.tags["seed"] == str(repeat.user_attrs["seed"]) != "0"
-    assert {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")} \
-        == repeat.intermediate_values
+    assert {
+        m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")
+    } == repeat.intermediate_values
 
     # W&B offline: one run per trial, grouped by the study
     wb = {r["name"]: r for r in _wandb_runs(offline / "wandb")}
@@ -233,8 +242,9 @@ class ByRate:
 
 def test_trials_in_threads_keep_their_own_runs(offline):
     uri = f"file:{offline / 'mlruns'}"
-    space = build_search_space({**SPACE, "finetune": {"epoch": 3},
-                                "study": {"tracking": {"mlflow": {"tracking_uri": uri}}}})
+    space = build_search_space(
+        {**SPACE, "finetune": {"epoch": 3}, "study": {"tracking": {"mlflow": {"tracking_uri": uri}}}}
+    )
     study = optuna.create_study(study_name="threads", direction="maximize")
     study.optimize(build_objective(space, ByRate()), n_trials=6, n_jobs=3)
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -261,16 +271,21 @@ def test_tracker_failure_never_fails_the_trial(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and err[0].startswith("warning: mlflow tracking: starting the trial's run failed")
 
 
-@pytest.mark.parametrize("tracking, message", [
-    ({"neptune": {}}, "study.tracking.neptune: unknown tracker; expected one of mlflow, wandb"),
-    ({"mlflow": {"uri": "x"}},
-     "study.tracking.mlflow.uri: unknown key; expected one of tracking_uri, experiment, tags"),
-    ({"mlflow": {"tracking_uri": 5}}, "study.tracking.mlflow.tracking_uri: expected a URI string"),
-    ({"wandb": {"mode": "shared"}}, "study.tracking.wandb.mode: expected one of online, offline, disabled"),
-    ({"wandb": {"tags": "a"}}, "study.tracking.wandb.tags: expected a list of strings, got 'a'"),
-    ({"wandb": "offline"}, "study.tracking.wandb: expected a mapping of settings"),
-    (["mlflow"], "study.tracking: expected a mapping such as {mlflow: {}} or {wandb: {}}"),
-])
+@pytest.mark.parametrize(
+    "tracking, message",
+    [
+        ({"neptune": {}}, "study.tracking.neptune: unknown tracker; expected one of mlflow, wandb"),
+        (
+            {"mlflow": {"uri": "x"}},
+            "study.tracking.mlflow.uri: unknown key; expected one of tracking_uri, experiment, tags",
+        ),
+        ({"mlflow": {"tracking_uri": 5}}, "study.tracking.mlflow.tracking_uri: expected a URI string"),
+        ({"wandb": {"mode": "shared"}}, "study.tracking.wandb.mode: expected one of online, offline, disabled"),
+        ({"wandb": {"tags": "a"}}, "study.tracking.wandb.tags: expected a list of strings, got 'a'"),
+        ({"wandb": "offline"}, "study.tracking.wandb: expected a mapping of settings"),
+        (["mlflow"], "study.tracking: expected a mapping such as {mlflow: {}} or {wandb: {}}"),
+    ],
+)
 def test_bad_tracking_is_one_line(tracking, message):
     with pytest.raises(ConfigError) as err:
         build_search_space({**SPACE, "study": {"tracking": tracking}})
@@ -281,12 +296,13 @@ def test_missing_package_says_how_to_install(monkeypatch):
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError) as err:
         build_search_space({**SPACE, "study": {"tracking": {"wandb": {}}}})
-    assert str(err.value) == ("<search space>: study.tracking.wandb: the wandb package is not installed; "
-                              "run: pip install 'deepsc-tune[tracking]'")
+    assert str(err.value) == (
+        "<search space>: study.tracking.wandb: the wandb package is not installed; "
+        "run: pip install 'deepsc-tune[tracking]'"
+    )
 
 
 def test_tracking_is_not_part_of_the_study_meaning():
@@ -299,18 +315,35 @@ def test_tracking_is_not_part_of_the_study_meaning():
 def test_validate_does_not_import_the_tracking_libraries(tmp_path):
     space = tmp_path / "s.yaml"
     space.write_text(json.dumps({**SPACE, "study": {"tracking": {"mlflow": {}, "wandb": {}}}}))
-    code = ("import sys; from deepsc_tune.search_space import load_search_space; "
-            f"load_search_space({str(space)!r}); "
-            "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    code = (
+        "import sys; from deepsc_tune.search_space import load_search_space; "
+        f"load_search_space({str(space)!r}); "
+        "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert out.stdout.strip() == "[]"
 
 
 def test_bad_tracking_on_the_command_line_changes_nothing(offline):
     results = offline / "results"
-    args = ["run", "pbmc68k", "--results-dir", str(results), "--threads", "1", "study.n_trials=1",
-            "finetune.epoch=1", "finetune.hidden=[16]", "study.enqueue=[]"]
+    args = [
+        "run",
+        "pbmc68k",
+        "--results-dir",
+        str(results),
+        "--threads",
+        "1",
+        "study.n_trials=1",
+        "finetune.epoch=1",
+        "finetune.hidden=[16]",
+        "study.enqueue=[]",
+    ]
     assert runner.invoke(app, args).exit_code == 0
     db = results / "pbmc68k" / "study.db"
     before = _snapshot(db)

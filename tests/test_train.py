@@ -44,9 +44,19 @@ def make_data(n_train=320, n_val=60, n_test=60, n_genes=30, n_classes=3, seed=0)
 
     (xt, yt), (xv, yv), (xs, ys) = draw(n_train), draw(n_val), draw(n_test)
     return PreparedData(
-        xt, yt, xv, yv, xs, ys, classes=[f"type{i}" for i in range(n_classes)],
-        genes=[f"g{i}" for i in range(n_genes)], dropped_classes={}, fingerprint="synthetic",
-        notes=[], source={}, indices={},
+        xt,
+        yt,
+        xv,
+        yv,
+        xs,
+        ys,
+        classes=[f"type{i}" for i in range(n_classes)],
+        genes=[f"g{i}" for i in range(n_genes)],
+        dropped_classes={},
+        fingerprint="synthetic",
+        notes=[],
+        source={},
+        indices={},
     )
 
 
@@ -64,19 +74,32 @@ def quiet(_line: str) -> None:
 
 def test_train_keys_are_the_dataclass_fields():
     assert TRAIN_KEYS == tuple(f.name for f in fields(TrainSettings))
-    for key in ("learning_rate", "lr_scheduler_type", "warmup_ratio", "epoch", "batch_size",
-                "grad_acc", "seed", "model", "finetune_mode", "init_checkpoint", "num_threads"):
+    for key in (
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_ratio",
+        "epoch",
+        "batch_size",
+        "grad_acc",
+        "seed",
+        "model",
+        "finetune_mode",
+        "init_checkpoint",
+        "num_threads",
+    ):
         assert key in TRAIN_KEYS
 
 
 def test_defaults():
     s = TrainSettings.from_dict({})
     assert (s.model, s.hidden, s.learning_rate, s.lr_scheduler_type, s.warmup_ratio) == (
-        "mlp", (256, 128), 1e-4, "cosine", 0.03
+        "mlp",
+        (256, 128),
+        1e-4,
+        "cosine",
+        0.03,
     )
-    assert (s.epoch, s.batch_size, s.grad_acc, s.seed, s.loss, s.device) == (
-        10, 32, 1, 42, "standard", "auto"
-    )
+    assert (s.epoch, s.batch_size, s.grad_acc, s.seed, s.loss, s.device) == (10, 32, 1, 42, "standard", "auto")
     assert s.to_dict()["hidden"] == [256, 128]
 
 
@@ -132,7 +155,9 @@ def test_every_problem_is_reported_at_once():
     lines = str(err.value).splitlines()
     assert lines[0] == "3 problems in search:"
     assert [ln.split(":")[0] for ln in lines[1:]] == [
-        "- search.learning_rate", "- search.warmup_ratio", "- search.nope"
+        "- search.learning_rate",
+        "- search.warmup_ratio",
+        "- search.nope",
     ]
 
 
@@ -182,9 +207,7 @@ def test_same_seed_same_history_and_another_seed_differs():
 
     (h1, r1), (h2, r2), (h3, _) = run(7), run(7), run(8)
     assert h1 == h2
-    assert (r1.test_accuracy, r1.test_macro_f1, r1.best_epoch) == (
-        r2.test_accuracy, r2.test_macro_f1, r2.best_epoch
-    )
+    assert (r1.test_accuracy, r1.test_macro_f1, r1.best_epoch) == (r2.test_accuracy, r2.test_macro_f1, r2.best_epoch)
     assert h1 != h3
 
 
@@ -219,8 +242,9 @@ def test_callback_stop_after_k_epochs():
     assert [m.epoch for m in r.history] == [1, 2] == [m.epoch for m in seen]
     assert r.stopped
     m = r.history[0]
-    assert all(v is not None for v in (m.val_accuracy, m.val_macro_f1, m.val_loss,
-                                        m.learning_rate, m.train_loss, m.seconds))
+    assert all(
+        v is not None for v in (m.val_accuracy, m.val_macro_f1, m.val_loss, m.learning_rate, m.train_loss, m.seconds)
+    )
 
 
 def test_best_epoch_follows_metric():
@@ -241,8 +265,7 @@ def test_nan_loss_is_a_finetune_error():
 
 
 def test_transformer_trains_on_tiny_data():
-    s = settings(model="transformer", seq_len=8, num_bin=5, d_model=8, n_heads=2, n_layers=1,
-                 epoch=1, batch_size=64)
+    s = settings(model="transformer", seq_len=8, num_bin=5, d_model=8, n_heads=2, n_layers=1, epoch=1, batch_size=64)
     r = run_training(make_data(n_train=128), s, log=quiet)
     assert len(r.history) == 1 and 0 <= r.history[0].val_accuracy <= 1
 
@@ -277,8 +300,12 @@ def test_unavailable_cuda_is_a_finetune_error():
 def test_num_threads_is_applied_and_restored():
     torch.set_num_threads(1)
     seen = []
-    run_training(make_data(), settings(num_threads=2, epoch=1),
-                 on_epoch=lambda m: seen.append(torch.get_num_threads()), log=quiet)
+    run_training(
+        make_data(),
+        settings(num_threads=2, epoch=1),
+        on_epoch=lambda m: seen.append(torch.get_num_threads()),
+        log=quiet,
+    )
     assert seen == [2] and torch.get_num_threads() == 1
 
 
@@ -333,8 +360,7 @@ def test_cuda_mixed_precision_run():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     for model in ("mlp", "transformer"):
-        s = settings(device="cuda", model=model, seq_len=8, num_bin=5, d_model=8, n_heads=2,
-                     n_layers=1, epoch=2)
+        s = settings(device="cuda", model=model, seq_len=8, num_bin=5, d_model=8, n_heads=2, n_layers=1, epoch=2)
         r = run_training(make_data(), s, log=quiet)
         assert r.device.startswith("cuda") and r.extra["precision"] in ("bf16-mixed", "fp16-mixed")
         assert all(math.isfinite(m.val_loss) for m in r.history)

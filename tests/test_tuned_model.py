@@ -120,8 +120,7 @@ def test_predict_counts_missing_genes(results, tmp_path):
     card = read_card(results / "pbmc68k" / "model")
     drop = set(card["genes"][:10])
     keep = [g not in drop for g in query.raw.var_names]
-    smaller = anndata.AnnData(X=query.raw.X[:, keep], obs=query.obs.copy(),
-                              var=query.raw.var[keep].copy())
+    smaller = anndata.AnnData(X=query.raw.X[:, keep], obs=query.obs.copy(), var=query.raw.var[keep].copy())
     path = tmp_path / "fewer_genes.h5ad"
     smaller.write_h5ad(path)
     result = cli("predict", "pbmc68k", path, "--results-dir", results, "--out", tmp_path / "o.h5ad")
@@ -159,8 +158,9 @@ def test_predict_bad_input_is_one_line_and_changes_nothing(results, tmp_path, ar
 
 
 def test_predict_missing_query_is_one_line(results, tmp_path):
-    one_line_error(cli("predict", "pbmc68k", tmp_path / "nope.h5ad", "--results-dir", results),
-                   1, "query: file not found")
+    one_line_error(
+        cli("predict", "pbmc68k", tmp_path / "nope.h5ad", "--results-dir", results), 1, "query: file not found"
+    )
 
 
 def test_repeat_replaces_the_model_only_with_a_better_seed(results):
@@ -183,14 +183,22 @@ def _result(value: float, *, stopped: bool = False) -> FinetuneResult:
     import torch
 
     return FinetuneResult(
-        history=[EpochMetrics(epoch=1, val_accuracy=value)], best_epoch=1, stopped=stopped,
+        history=[EpochMetrics(epoch=1, val_accuracy=value)],
+        best_epoch=1,
+        stopped=stopped,
         state={"w": torch.full((2,), value)},
     )
 
 
 def _keeper(folder: Path, completed: dict[int, float]) -> ModelKeeper:
-    return ModelKeeper(folder, study_name="s", metric="val_accuracy", data=_Data(),
-                       data_settings={"normalize": "auto"}, completed=completed)
+    return ModelKeeper(
+        folder,
+        study_name="s",
+        metric="val_accuracy",
+        data=_Data(),
+        data_settings={"normalize": "auto"},
+        completed=completed,
+    )
 
 
 def test_keeper_writes_only_improvements(tmp_path):
@@ -229,8 +237,9 @@ def _needs(file: str) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "file"), [("baron", "baron_human_pancreas.h5ad"),
-                                            ("kang", "kang2018_pbmc_ifnb.h5ad")])
+@pytest.mark.parametrize(
+    ("name", "file"), [("baron", "baron_human_pancreas.h5ad"), ("kang", "kang2018_pbmc_ifnb.h5ad")]
+)
 def test_predict_on_the_held_out_donor_or_condition_matches_the_study(tmp_path, name, file):
     data = _needs(file)
     results = tmp_path / "results"
@@ -247,8 +256,9 @@ def test_predict_on_the_held_out_donor_or_condition_matches_the_study(tmp_path, 
     assert card["trial"] == best.number
     annotated = anndata.read_h5ad(results / name / "split" / "test.predicted.h5ad")
     label_key = card["data"]["label_key"]
-    accuracy = np.mean(annotated.obs[LABEL_COLUMN].astype(str).to_numpy()
-                       == annotated.obs[label_key].astype(str).to_numpy())
+    accuracy = np.mean(
+        annotated.obs[LABEL_COLUMN].astype(str).to_numpy() == annotated.obs[label_key].astype(str).to_numpy()
+    )
     assert accuracy == best.user_attrs["test_accuracy"]
     assert json.loads((results / name / "model" / CARD_FILE).read_text())["genes"] == card["genes"]
 
@@ -256,8 +266,16 @@ def test_predict_on_the_held_out_donor_or_condition_matches_the_study(tmp_path, 
 def test_transformer_model_round_trips(tmp_path):
     """The kept weights rebuild the gene-token transformer too (settings from model.json)."""
     results = tmp_path / "results"
-    tiny = ["study.n_trials=2", "finetune.epoch=2", "finetune.model=transformer", "finetune.d_model=16",
-            "finetune.n_heads=2", "finetune.n_layers=1", "finetune.seq_len=32", "finetune.num_bin=11"]
+    tiny = [
+        "study.n_trials=2",
+        "finetune.epoch=2",
+        "finetune.model=transformer",
+        "finetune.d_model=16",
+        "finetune.n_heads=2",
+        "finetune.n_layers=1",
+        "finetune.seq_len=32",
+        "finetune.num_bin=11",
+    ]
     run = cli("run", "pbmc68k", "--results-dir", results, *tiny)
     assert run.exit_code == 0, run.output
     assert cli("split", "pbmc68k", "--results-dir", results, *tiny).exit_code == 0
@@ -267,6 +285,7 @@ def test_transformer_model_round_trips(tmp_path):
     card = read_card(results / "pbmc68k" / "model")
     assert card["settings"]["model"] == "transformer"
     annotated = anndata.read_h5ad(results / "pbmc68k" / "split" / "test.predicted.h5ad")
-    accuracy = np.mean(annotated.obs[LABEL_COLUMN].astype(str).to_numpy()
-                       == annotated.obs["bulk_labels"].astype(str).to_numpy())
+    accuracy = np.mean(
+        annotated.obs[LABEL_COLUMN].astype(str).to_numpy() == annotated.obs["bulk_labels"].astype(str).to_numpy()
+    )
     assert accuracy == card["test_accuracy"]

@@ -133,8 +133,7 @@ def test_bare_postgresql_urls_use_the_installed_driver(url, expected, monkeypatc
     import importlib.util
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a))
     assert with_driver(url) == expected
 
 
@@ -167,7 +166,7 @@ class SleepyFinetuner:
         history = []
         for epoch in range(1, params["epoch"] + 1):
             time.sleep(self.epoch_seconds * random.uniform(0.5, 1.5))
-            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5 ** epoch))
+            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5**epoch))
             history.append(m)
             if on_epoch and on_epoch(m):
                 break
@@ -175,15 +174,20 @@ class SleepyFinetuner:
 
 
 def make_space(n_trials: int):
-    return build_search_space({
-        "name": "sleepy",
-        "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
-        "finetune": {"epoch": 3},
-        "search": {"learning_rate": {"low": 1e-5, "high": 1e-1, "log": True}},
-        "study": {"n_trials": n_trials, "sampler": {"type": "tpe", "seed": 0},
-                  "pruner": {"type": "median", "n_startup_trials": 4},
-                  "enqueue": [{"learning_rate": 1e-4}]},
-    })
+    return build_search_space(
+        {
+            "name": "sleepy",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {"epoch": 3},
+            "search": {"learning_rate": {"low": 1e-5, "high": 1e-1, "log": True}},
+            "study": {
+                "n_trials": n_trials,
+                "sampler": {"type": "tpe", "seed": 0},
+                "pruner": {"type": "median", "n_startup_trials": 4},
+                "enqueue": [{"learning_rate": 1e-4}],
+            },
+        }
+    )
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -274,10 +278,16 @@ def test_heartbeat_fails_and_requeues_a_silent_workers_trial(storage_url, monkey
 
 
 def start_workers(results: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir", str(results),
-           *extra]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+    cmd = [sys.executable, "-m", "deepsc_tune.cli", "run", "pbmc68k", "--results-dir", str(results), *extra]
+    return subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float) -> str:
@@ -310,7 +320,7 @@ def worker_pids(lines: list[str]) -> dict[str, int]:
     pids = {}
     for line in lines:
         if "] started: pid " in line:
-            worker = line[1:line.index("]")]
+            worker = line[1 : line.index("]")]
             pids[worker] = int(line.split("pid ")[1].split(",")[0])
     return pids
 
@@ -341,8 +351,7 @@ def test_four_workers_on_sqlite(tmp_path):
 def test_four_workers_on_postgres(tmp_path, postgres_study):
     url, name = postgres_study
     results = tmp_path / "results"
-    out = finish(start_workers(results, "--workers", "4", "--storage", url, "--study-name", name, *TINY),
-                 timeout=240)
+    out = finish(start_workers(results, "--workers", "4", "--storage", url, "--study-name", name, *TINY), timeout=240)
     check_cli_output(out, workers=4, target=24)
     password = make_url(url).password
     assert not password or f":{password}@" not in out, "the storage password was printed"
@@ -387,11 +396,15 @@ def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postg
     url = fresh_postgres_schema
     results = tmp_path / "results"
     # The data cache is prepared once, so the four start their storage at the same moment.
-    prep = subprocess.run([sys.executable, "-m", "deepsc_tune.cli", "split", "pbmc68k", "--results-dir",
-                           str(results)], cwd=REPO, capture_output=True, text=True, check=False)
+    prep = subprocess.run(
+        [sys.executable, "-m", "deepsc_tune.cli", "split", "pbmc68k", "--results-dir", str(results)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert prep.returncode == 0, prep.stderr
-    args = ["--storage", url, "--study-name", "fresh", "finetune.epoch=2", "finetune.hidden=[16]",
-            "study.n_trials=8"]
+    args = ["--storage", url, "--study-name", "fresh", "finetune.epoch=2", "finetune.hidden=[16]", "study.n_trials=8"]
     procs = [start_workers(results, "--worker-id", f"s{k}", *args) for k in range(1, 5)]
     outs = [finish(p, timeout=240) for p in procs]
     for p, out in zip(procs, outs):
@@ -404,8 +417,15 @@ def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postg
 def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     results = tmp_path / "results"
     # Longer trials without pruning, so the kill lands inside a trial.
-    args = ["--workers", "2", "-v", "finetune.epoch=30", "finetune.hidden=[16]", "study.n_trials=6",
-            "study.pruner={type: none}"]
+    args = [
+        "--workers",
+        "2",
+        "-v",
+        "finetune.epoch=30",
+        "finetune.hidden=[16]",
+        "study.n_trials=6",
+        "study.pruner={type: none}",
+    ]
     proc = start_workers(results, *args)
     lines = read_until(proc, lambda line: line.startswith("[w1]") and " epoch   2 " in line)
     pid = worker_pids(lines)["w1"]
@@ -427,8 +447,15 @@ def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
 
 def test_ctrl_c_stops_all_workers_and_requeues_their_trials(tmp_path):
     results = tmp_path / "results"
-    args = ["--workers", "2", "-v", "finetune.epoch=500", "finetune.hidden=[16]", "study.n_trials=4",
-            "study.pruner={type: none}"]
+    args = [
+        "--workers",
+        "2",
+        "-v",
+        "finetune.epoch=500",
+        "finetune.hidden=[16]",
+        "study.n_trials=4",
+        "study.pruner={type: none}",
+    ]
     proc = start_workers(results, *args)
     seen: set[str] = set()
 
@@ -455,8 +482,15 @@ def test_ctrl_c_stops_all_workers_and_requeues_their_trials(tmp_path):
 def test_killed_parent_leaves_no_running_trials(tmp_path):
     """Without a parent to forward Ctrl-C, each worker notices and interrupts itself."""
     results = tmp_path / "results"
-    args = ["--workers", "2", "-v", "finetune.epoch=500", "finetune.hidden=[16]", "study.n_trials=4",
-            "study.pruner={type: none}"]
+    args = [
+        "--workers",
+        "2",
+        "-v",
+        "finetune.epoch=500",
+        "finetune.hidden=[16]",
+        "study.n_trials=4",
+        "study.pruner={type: none}",
+    ]
     proc = start_workers(results, *args)
     lines = read_until(proc, lambda line: line.startswith("[w2]") and " epoch " in line)
     pids = worker_pids(lines)
