@@ -1,7 +1,7 @@
 """What a study stores, as Optuna's own tools see it: a named metric, short attributes (the
 search space beside the study, per-epoch details in the trial folder), readable `optuna studies`
-and `optuna trials`; old studies (space and history as attributes) still read; `status --json`;
-a time budget that stops between trials."""
+and `optuna trials`, optuna-dashboard's JSON API; old studies (space and history as attributes)
+still read; `status --json`; a time budget that stops between trials."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
@@ -77,6 +78,48 @@ def test_optuna_cli_output_is_readable(small):
     assert max(map(len, studies)) < 800, max(map(len, studies))
     assert max(map(len, trials)) < 1000, max(map(len, trials))
     assert len(trials) == 3 + 4  # three rows, a header and three rules: one line per trial
+
+
+def dashboard_get(app, path: str) -> dict:
+    """GET `path` from optuna-dashboard's WSGI app in-process (no server, no extra dependency)."""
+    environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+    setup_testing_defaults(environ)
+    status = []
+    body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+    assert status[0].startswith("200"), (path, status, body[:300])
+    return json.loads(body)
+
+
+def test_optuna_dashboard_shows_the_metric(small):
+    """What optuna-dashboard's browser page reads, from its own JSON API: the study listed, the
+    objective named, each trial's params, value and per-epoch curve, and short attributes."""
+    try:
+        import optuna_dashboard
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("optuna-dashboard is in the test extra; CI must install it")
+        pytest.skip("optuna-dashboard not installed: pip install -e '.[test]'")
+    study = load(small)
+    app = optuna_dashboard.wsgi(f"sqlite:///{small / 'pbmc68k' / 'study.db'}")
+    listed = dashboard_get(app, "/api/studies")["study_summaries"]
+    assert [(s["study_name"], s["directions"]) for s in listed] == [("pbmc68k", ["maximize"])]
+    detail = dashboard_get(app, f"/api/studies/{listed[0]['study_id']}")
+    assert detail.get("objective_names") == ["val_accuracy"]  # absent when the study has no metric name
+    assert detail["has_intermediate_values"] is True
+    served = {t["number"]: t for t in detail["trials"]}
+    assert sorted(served) == [t.number for t in study.trials]
+    for t in study.trials:
+        d = served[t.number]
+        assert d["state"] == t.state.name.capitalize()
+        assert {p["name"]: p["param_external_value"] for p in d["params"]} == {k: str(v) for k, v in t.params.items()}
+        assert d.get("values") == t.values
+        assert [(v["step"], v["value"]) for v in d["intermediate_values"]] == sorted(t.intermediate_values.items())
+        if t.state == TrialState.COMPLETE:
+            assert len(d["intermediate_values"]) == EPOCHS
+    assert [t["number"] for t in detail["best_trials"]] == [study.best_trial.number]
+    # The dashboard cuts JSON attributes at 1,024 characters but shows strings whole; all stay short.
+    attrs = detail["user_attrs"] + [a for t in detail["trials"] for a in t["user_attrs"]]
+    assert attrs and max(len(a["value"]) for a in attrs) < 300, max(attrs, key=lambda a: len(a["value"]))
 
 
 def _old_style_copy(small: Path, dest: Path) -> Path:
