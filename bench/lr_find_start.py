@@ -11,7 +11,7 @@ Writes ``results/benchmarks/lr_find_start.json`` and ``.md`` (plus one ``lr_find
 per benchmark with the full run records). A ``## Conclusion`` section already in the ``.md`` is
 kept. From the repository root::
 
-    python bench/lr_find_start.py --jobs 2                  # all four benchmarks, 5 seeds (~15 min on 2 cores)
+    python bench/lr_find_start.py --jobs 2                  # all four benchmarks, 5 seeds (~6 min on 2 shared cores)
     python bench/lr_find_start.py --benchmarks baron --seeds 2
 """
 
@@ -59,6 +59,10 @@ def lr_range(name: str) -> dict:
         "steepest_lr": result.steepest_lr,
         "min_loss_lr": result.min_loss_lr,
         "steps": len(result.learning_rates),
+        "batch_size": settings.batch_size,
+        "n_train": len(data.X_train),
+        # the pass's training cost in epochs of the training cells (reach does not include it)
+        "epochs_equivalent": len(result.learning_rates) * settings.batch_size / len(data.X_train),
         "shipped": {"low": shipped.low, "high": shipped.high},
         "fingerprint": data.fingerprint,
     }
@@ -162,9 +166,9 @@ def write_markdown(report: dict, path: Path) -> None:
         "",
         (
             "| benchmark | learning_rate range | reach, per seed | reached | median reach | best val (mean) "
-            "| grid best val (mean) | test macro-F1 (mean) | epochs (mean) |"
+            "| grid best val (mean) | test macro-F1 (mean) | epochs (mean) | lr-find pass (epochs) |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         found = r["lr_find"]
@@ -174,15 +178,18 @@ def write_markdown(report: dict, path: Path) -> None:
         ):
             reach = ", ".join(str(x) for x in side["epochs_to_reach_grid_best"])
             median = _median_reach(side["epochs_to_reach_grid_best"], float("inf"))
+            cost = f"{found['epochs_equivalent']:.1f}" if label == "lr-find" else ""
             lines.append(
                 f"| {r['benchmark']} | {label} {lo:.3g} .. {hi:.3g} | {reach} "
                 f"| {side['seeds_reached']}/{len(side['seeds'])} | {median:g} | {side['best_value_mean']:.3f} "
                 f"| {r['grid_best_value_mean']:.3f} | {side['test_macro_f1_mean']:.3f} "
-                f"| {side['total_epochs_mean']:.0f} |"
+                f"| {side['total_epochs_mean']:.0f} | {cost} |"
             )
     lines += [
         "",
         "*median reach* counts a seed that never reached the grid best as infinitely many epochs. "
+        "*lr-find pass*: the range test's training steps x batch size / training cells, in epochs; "
+        "not included in *reach*. "
         "The grid runs 8 configurations for the whole epoch budget ("
         + ", ".join(f"{r['benchmark']} {r['grid_total_epochs']}" for r in report["rows"])
         + " epochs).",
