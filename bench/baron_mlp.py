@@ -23,7 +23,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
 from deepsc_tune.builtin import BuiltinFinetuner
-from deepsc_tune.data import DataSettings, prepare_data
+from deepsc_tune.data import prepare_data
+from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.search_space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]

@@ -69,7 +69,8 @@ from selection_eval import repeat_records, variants  # noqa: E402
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
 from deepsc_tune.confirm import run_confirmation  # noqa: E402
-from deepsc_tune.data import DataSettings, PreparedData, prepare_data  # noqa: E402
+from deepsc_tune.data import PreparedData, prepare_data  # noqa: E402
+from deepsc_tune.data_settings import DataSettings  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
     DEFAULT_STUDY,
     SearchSpace,

@@ -29,7 +29,8 @@ sys.path.insert(1, str(REPO / "bench"))
 
 import compare
 
-from deepsc_tune.data import DataSettings, prepare_data
+from deepsc_tune.data import prepare_data
+from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.lr_find import run_lr_find
 from deepsc_tune.search_space import load_search_space
 from deepsc_tune.train_settings import TrainSettings

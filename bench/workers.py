@@ -50,7 +50,8 @@ import torch  # noqa: E402
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.data import DataSettings, prepare_data  # noqa: E402
+from deepsc_tune.data import prepare_data  # noqa: E402
+from deepsc_tune.data_settings import DataSettings  # noqa: E402
 from deepsc_tune.search_space import load_search_space  # noqa: E402
 from deepsc_tune.study import open_storage  # noqa: E402
 

@@ -129,7 +129,8 @@ def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
 
 def _prepare(space, results_dir: Path, *, echo: bool = True):
     """Load and preprocess the data once (disk cache under RESULTS_DIR/cache)."""
-    from deepsc_tune.data import DataSettings, prepare_data
+    from deepsc_tune.data import prepare_data
+    from deepsc_tune.data_settings import DataSettings
 
     settings = DataSettings.from_dict(space.data, source="data")
     data = prepare_data(settings, cache_dir=results_dir / "cache", hint=space.source)
@@ -370,7 +371,7 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
         return
     from optuna.trial import TrialState
 
-    from deepsc_tune.data import DataSettings
+    from deepsc_tune.data_settings import DataSettings
     from deepsc_tune.tuned_model import MODEL_DIR, ModelKeeper
 
     completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
@@ -556,7 +557,8 @@ def validate(
                 except DeepscTuneError as e:
                     raise ConfigError(f"{space.path}: {e}") from None
             else:  # the data files must exist (they are not read here)
-                from deepsc_tune.data import DataSettings, check_inputs
+                from deepsc_tune.data import check_inputs
+                from deepsc_tune.data_settings import DataSettings
 
                 try:
                     check_inputs(DataSettings.from_dict(space.data, source="data"), hint=space.source)
@@ -796,7 +798,8 @@ def split(
     (DeepSC evaluates on it), seperated_train_eval_dataset = true. Keep test.h5ad out of the
     study. With --for original the files keep the input's values and columns.
     """
-    from deepsc_tune.data import DataSettings, write_split
+    from deepsc_tune.data import write_split
+    from deepsc_tune.data_settings import DataSettings
     from deepsc_tune.search_space import load_search_space
 
     _quiet_libraries()

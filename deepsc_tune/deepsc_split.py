@@ -35,7 +35,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepsc_tune import data as _data
-from deepsc_tune.data import DataSettings
+from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.errors import DataError
 
 #: DeepSC's defaults for the label column and the gene-name column.

@@ -606,7 +606,7 @@ def _mapping(config: Mapping[str, Any], key: str, problems: list[str], *, requir
 def _check_data(data: dict, *, backend: str, problems: list[str], hint: Any) -> None:
     if not data:
         return
-    from deepsc_tune.data import DataSettings
+    from deepsc_tune.data_settings import DataSettings
 
     try:
         DataSettings.from_dict(data, source="data")

@@ -281,7 +281,8 @@ def predict_file(
     import numpy as np
     import pandas as pd
 
-    from deepsc_tune.data import DataSettings, prepare_query
+    from deepsc_tune.data import prepare_query
+    from deepsc_tune.data_settings import DataSettings
     from deepsc_tune.train import predict_logits
 
     query = Path(query)

@@ -19,8 +19,9 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from deepsc_tune import data
-from deepsc_tune.data import DataSettings, ObsSplit, prepare_data, split_cells, write_split
-from deepsc_tune.errors import ConfigError, DataError
+from deepsc_tune.data import prepare_data, split_cells, write_split
+from deepsc_tune.data_settings import DataSettings
+from deepsc_tune.errors import DataError
 
 SHARED_DATA = Path(__file__).parents[1].parent / "shared" / "data"
 BARON = SHARED_DATA / "baron_human_pancreas.h5ad"
@@ -79,89 +80,6 @@ def balanced_labels(n: int, classes=("A", "B", "C")) -> list[str]:
 
 def log_cp10k(x: np.ndarray) -> np.ndarray:
     return np.log1p(x / x.sum(axis=1, keepdims=True) * 1e4)
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def test_from_dict_defaults_and_round_trip():
-    s = settings(train="builtin:pbmc68k_reduced", label_key="bulk_labels")
-    assert (s.val_fraction, s.normalize, s.n_top_genes) == (0.1, "auto", None)
-    assert (s.min_cells_per_class, s.split_seed, s.test, s.test_split) == (5, 0, None, None)
-    full = settings(
-        train="a.h5ad",
-        label_key="y",
-        test_split={"obs_key": "donor", "values": ["human4", 3]},
-        n_top_genes=100,
-        origin="from the lab's share",
-    )
-    assert full.test_split == ObsSplit("donor", ("human4", "3"))
-    assert DataSettings.from_dict(full.to_dict()) == full
-
-
-@pytest.mark.parametrize(
-    ("key", "written", "parsed"),
-    [
-        ("val_fraction", "0.2", 0.2),
-        ("val_fraction", "1e-1", 0.1),  # PyYAML reads 1e-1 as a string
-        ("n_top_genes", "2000", 2000),
-        ("n_top_genes", "2e3", 2000),
-        ("n_top_genes", 2000.0, 2000),
-        ("min_cells_per_class", "0", 0),
-        ("split_seed", " 7 ", 7),
-    ],
-)
-def test_from_dict_accepts_clean_numbers_written_as_text(key, written, parsed):
-    s = settings(train="a.h5ad", label_key="y", **{key: written})
-    assert getattr(s, key) == parsed
-
-
-@pytest.mark.parametrize(
-    ("block", "expected"),
-    [
-        ({"val_fraction": "abc"}, "data.val_fraction: expected a number in (0, 1), got 'abc'"),
-        ({"val_fraction": 0}, "data.val_fraction: expected a number in (0, 1), got 0"),
-        ({"val_fraction": 1.0}, "data.val_fraction: expected a number in (0, 1), got 1.0"),
-        ({"val_fraction": True}, "data.val_fraction: expected a number in (0, 1), got True"),
-        ({"val_fraction": "nan"}, "data.val_fraction: expected a number in (0, 1), got 'nan'"),
-        ({"normalize": "zscore"}, "data.normalize: expected one of auto, log1p, none, got 'zscore'"),
-        ({"n_top_genes": 0}, "data.n_top_genes: expected a positive integer"),
-        ({"n_top_genes": 2.5}, "got 2.5"),
-        ({"n_top_genes": "many"}, "data.n_top_genes: expected a positive integer (or unset for all genes), got 'many'"),
-        ({"min_cells_per_class": -1}, "data.min_cells_per_class: expected an integer >= 0, got -1"),
-        ({"split_seed": "x"}, "data.split_seed: expected an integer >= 0, got 'x'"),
-        ({"foo": 1, "bar": 2}, "data: unknown key(s) 'foo', 'bar'"),
-        ({"test": "t.h5ad", "test_split": {"obs_key": "d", "values": ["x"]}}, "not both"),
-        ({"test_split": {"obs_key": "donor"}}, "data.test_split.values: expected a non-empty list"),
-        ({"test_split": {"obs_key": "donor", "values": []}}, "got []"),
-        ({"test_split": {"obs_key": "d", "values": ["x"], "by": 1}}, "data.test_split: unknown key(s) 'by'"),
-        ({"test_split": ["donor"]}, "data.test_split: expected a mapping"),
-        ({"train": None}, "data.train: required"),
-        ({"train": 3}, "data.train: expected a path to an .h5ad file or builtin:pbmc68k_reduced, got 3"),
-        ({"train": "builtin:pbmc3k"}, "data.train: unknown built-in dataset 'builtin:pbmc3k'"),
-        ({"label_key": None}, "data.label_key: required"),
-        ({"origin": 5}, "data.origin: expected text"),
-    ],
-)
-def test_from_dict_rejects_bad_values_naming_key_and_value(block, expected):
-    d = {"train": "a.h5ad", "label_key": "y", **block}
-    with pytest.raises(ConfigError) as info:
-        DataSettings.from_dict(d)
-    assert expected in str(info.value)
-
-
-def test_from_dict_reports_every_problem_with_the_given_prefix():
-    with pytest.raises(ConfigError) as info:
-        DataSettings.from_dict({"train": "a.h5ad", "val_fraction": 2, "normalize": 1}, source="cfg")
-    lines = str(info.value).splitlines()
-    assert len(lines) == 3
-    assert {line.split(":")[0] for line in lines} == {
-        "cfg.label_key",
-        "cfg.val_fraction",
-        "cfg.normalize",
-    }
-    with pytest.raises(ConfigError, match="data: expected a mapping"):
-        DataSettings.from_dict(None)
 
 
 # --------------------------------------------------------------------------- input errors

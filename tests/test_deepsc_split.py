@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 from deepsc_tune import data
 from deepsc_tune.cli import app
-from deepsc_tune.data import DataSettings, split_cells
+from deepsc_tune.data import split_cells
+from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
 from deepsc_tune.errors import DataError
 

@@ -13,7 +13,8 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from deepsc_tune.backend import EpochMetrics
-from deepsc_tune.data import DataSettings, PreparedData, prepare_data
+from deepsc_tune.data import PreparedData, prepare_data
+from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.errors import ConfigError, FinetuneError
 from deepsc_tune.model import MLPClassifier
 from deepsc_tune.train import (
