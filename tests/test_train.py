@@ -154,11 +154,11 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
         TrainSettings.from_dict({"learning_rate": 0, "warmup_ratio": -1, "nope": 1}, source="search")
     lines = str(err.value).splitlines()
-    assert lines[0] == "3 problems in search:"
+    assert lines[0] == "search: 3 problems:"
     assert [ln.split(":")[0] for ln in lines[1:]] == [
-        "- search.learning_rate",
-        "- search.warmup_ratio",
-        "- search.nope",
+        "  - search.learning_rate",
+        "  - search.warmup_ratio",
+        "  - search.nope",
     ]
 
 
