@@ -1,31 +1,29 @@
 """The ``command`` backend's settings: its ``finetune:`` block, checked and split in two.
 
-:meth:`CommandSettings.from_dict` separates the keys that configure the backend
-(:data:`COMMAND_KEYS`: program, checkout, environment, timeout, where metrics come from) from
-the fixed DeepSC settings passed to the program as Hydra overrides, and reports every problem at
-once, each naming ``finetune.<key>``, the value and what was expected. This module never imports
-Optuna.
+:class:`CommandSettings` (a pydantic dataclass of the one schema, :mod:`deepsc_tune.schema`)
+separates the keys that configure the backend (:data:`COMMAND_KEYS`: program, checkout,
+environment, timeout, where metrics come from) from the fixed DeepSC settings passed to the
+program as Hydra overrides (``fixed``), and reports every problem at once, each naming
+``finetune.<key>``, the value and what was expected. This module never imports Optuna.
 """
 
 from __future__ import annotations
 
-import numbers
+import dataclasses
 import os
 import re
 import shlex
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from deepsc_tune.errors import ConfigError
-from deepsc_tune.hydra_overrides import (
-    HYDRA_KEY,
-    YAML11_FLOAT,
-    coerce_value,
-    resolve_path,
-)
+from pydantic import PlainValidator, ValidationError, ValidationInfo, model_validator
+from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
+
+from deepsc_tune.hydra_overrides import HYDRA_KEY, coerce_value, resolve_path
 from deepsc_tune.metrics_parsing import DEFAULT_EPOCH_REGEX, DEFAULT_METRICS_REGEX
+from deepsc_tune.schema import STRICT, expected, line_errors, number_field, one_of, raise_errors, validate
 
 #: Keys of the ``finetune:`` block that configure this backend; every other key is a fixed
 #: DeepSC setting passed to the command as an override.
@@ -47,9 +45,83 @@ METRIC_SOURCES = ("deepsc", "json", "both")
 #: DeepSC's fine-tuning entry point, as its users type it (run from a DeepSC checkout).
 DEFAULT_COMMAND = ("python", "-m", "src.deepsc.finetune.finetune")
 _REGEX_KEYS = {"epoch": DEFAULT_EPOCH_REGEX, "metrics": DEFAULT_METRICS_REGEX}
+_A_HYDRA_KEY = "a Hydra config key such as 'learning_rate' or 'model.num_bins'"
+_GRACE_PERIOD = 10.0
 
 
-@dataclass
+def _command(raw: Any) -> tuple[str, ...]:
+    value = shlex.split(raw) if isinstance(raw, str) else raw
+    if (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value)
+    ):
+        return tuple(str(a) for a in value)
+    raise expected("a non-empty list of strings, e.g. [python, -m, src.deepsc.finetune.finetune]")
+
+
+def _cwd(raw: Any) -> Path | None:
+    if raw is None:
+        return None
+    if isinstance(raw, (str, os.PathLike)) and str(raw):
+        return Path(raw).expanduser().absolute()
+    raise expected("a directory path (the DeepSC checkout)")
+
+
+def _env(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    if isinstance(raw, Mapping) and all(
+        isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in raw.items()
+    ):
+        # Booleans become 1/0 and null unsets nothing: env values are always strings.
+        return {k: _env_string(v) for k, v in raw.items() if v is not None}
+    raise expected("a mapping of variable names to strings")
+
+
+def _overrides(raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise expected("a mapping of Hydra keys to values")
+    out: dict[str, Any] = {}
+    errors = []
+    for key, value in raw.items():
+        name = key[1:] if isinstance(key, str) and key.startswith("+") else key  # '+key': new to the config
+        if not isinstance(name, str) or not HYDRA_KEY.match(name):
+            errors.append(((str(key),), expected("a Hydra config key such as 'data_path' or '+new_key'"), key))
+            continue
+        try:
+            out[name] = resolve_path(name, coerce_value(value))
+        except ValueError as e:
+            errors.append(((key,), expected(str(e)), value))
+    raise_errors(errors)
+    return out
+
+
+def _new_keys(raw: Any) -> frozenset[str]:
+    if raw is None:
+        return frozenset()
+    keys = [raw] if isinstance(raw, str) else raw
+    if isinstance(keys, Sequence) and all(isinstance(k, str) and HYDRA_KEY.match(k.lstrip("+")) for k in keys):
+        return frozenset(k.lstrip("+") for k in keys)
+    raise expected("a list of Hydra keys new to the program's config")
+
+
+def _run_dir_override(raw: Any) -> str | None:
+    if raw is None or (isinstance(raw, str) and HYDRA_KEY.match(raw)):
+        return raw
+    raise expected("a Hydra key such as 'hydra.run.dir', or null")
+
+
+_SECONDS = number_field("a number of seconds >= 0", lambda x: x >= 0)
+
+
+def _grace_period(raw: Any) -> float:
+    return _GRACE_PERIOD if raw is None else _SECONDS.func(raw)
+
+
+@dataclass(config=STRICT)
 class CommandSettings:
     """How to run the fine-tuning command (the backend's keys of the ``finetune:`` block).
 
@@ -81,17 +153,72 @@ class CommandSettings:
         Seconds between SIGTERM and SIGKILL when a run is stopped.
     """
 
-    command: tuple[str, ...] = DEFAULT_COMMAND
-    cwd: Path | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    new_keys: frozenset[str] = frozenset()
-    timeout: float | None = None
-    metrics: str = "both"
+    YAML_KEYS = COMMAND_KEYS  # for the did-you-mean of an unknown key
+
+    command: Annotated[tuple[str, ...], PlainValidator(_command)] = DEFAULT_COMMAND
+    cwd: Annotated[Path | None, PlainValidator(_cwd)] = None
+    env: Annotated[dict[str, str], PlainValidator(_env)] = dataclasses.field(default_factory=dict)
+    overrides: Annotated[dict[str, Any], PlainValidator(_overrides)] = dataclasses.field(default_factory=dict)
+    new_keys: Annotated[frozenset[str], PlainValidator(_new_keys)] = frozenset()
+    timeout: Annotated[
+        float | None,
+        number_field("a positive number of seconds per run, or null for no limit", lambda x: x > 0, optional=True),
+    ] = None
+    metrics: Annotated[str, one_of(METRIC_SOURCES)] = "both"
     epoch_regex: str = DEFAULT_EPOCH_REGEX
     metrics_regex: str = DEFAULT_METRICS_REGEX
-    run_dir_override: str | None = "hydra.run.dir"
-    grace_period: float = 10.0
+    run_dir_override: Annotated[str | None, PlainValidator(_run_dir_override)] = "hydra.run.dir"
+    grace_period: Annotated[float, PlainValidator(_grace_period)] = _GRACE_PERIOD
+    #: The block's other keys: fixed DeepSC settings, passed to the program as overrides.
+    fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_block(cls, data: Any, handler: Any, info: ValidationInfo) -> CommandSettings:
+        """A ``finetune:`` block: the backend's keys to the fields, every other key to ``fixed``."""
+        if not isinstance(data, Mapping):
+            if isinstance(data, (ArgsKwargs, CommandSettings)):
+                return handler(data)  # built directly, not from YAML
+            raise expected("a mapping of settings")
+        errors: list = []
+        own: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        for key, value in data.items():
+            if not isinstance(key, str):
+                errors.append(((str(key),), expected("a string key"), key))
+            elif key == "backend":
+                if value != "command":
+                    errors.append(((key,), expected("'command'"), value))
+            elif key == "metric_regex":
+                own.update(_regexes(value, errors))
+            elif key in COMMAND_KEYS:
+                own[key] = value
+            elif not HYDRA_KEY.match(key):
+                errors.append(((key,), expected(_A_HYDRA_KEY), key))
+            else:
+                try:
+                    fixed[key] = resolve_path(key, coerce_value(value))
+                except ValueError as e:
+                    errors.append(((key,), expected(str(e)), value))
+        raw_overrides = own.get("overrides")
+        plus: set[str] = set()
+        if isinstance(raw_overrides, Mapping):
+            source = (info.context or {}).get("source", "finetune")
+            for key, value in raw_overrides.items():
+                name = key[1:] if isinstance(key, str) and key.startswith("+") else key
+                if name in fixed:
+                    what = f"each key once; '{name}' is also a fixed setting of {source}"
+                    errors.append((("overrides", key), expected(what), value))
+                elif name != key:
+                    plus.add(name)
+        try:
+            settings = handler({**own, "fixed": fixed})
+        except ValidationError as e:
+            raise_errors(line_errors(e) + errors)
+            raise
+        raise_errors(errors)
+        settings.new_keys = frozenset(settings.new_keys | plus)
+        return settings
 
     @classmethod
     def from_dict(
@@ -110,166 +237,37 @@ class CommandSettings:
         Returns
         -------
         (CommandSettings, dict)
-            The settings and the fixed hyperparameters, DeepSC's names.
+            The settings and the fixed hyperparameters (``settings.fixed``), DeepSC's names.
 
         Raises
         ------
         ConfigError
             Naming ``source.key``, the value and what was expected; all problems at once.
         """
-        if d is None:
-            d = {}
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"{source}: expected a mapping of settings, got {d!r}")
-        problems: list[str] = []
-        kw: dict[str, Any] = {}
-        fixed: dict[str, Any] = {}
-
-        def bad(key: str, value: Any, expected: str) -> None:
-            problems.append(f"{source}.{key}: expected {expected}, got {value!r}")
-
-        new_keys: set[str] = set()
-        for key, value in d.items():
-            if not isinstance(key, str):
-                bad(str(key), key, "a string key")
-                continue
-            if key in COMMAND_KEYS:
-                continue
-            if not HYDRA_KEY.match(key):
-                bad(key, key, "a Hydra config key such as 'learning_rate' or 'model.num_bins'")
-                continue
-            try:
-                fixed[key] = resolve_path(key, coerce_value(value))
-            except ValueError as e:
-                bad(key, value, str(e))
-
-        backend = d.get("backend", "command")
-        if backend != "command":
-            bad("backend", backend, "'command'")
-
-        if "command" in d:
-            value = d["command"]
-            if isinstance(value, str):
-                value = shlex.split(value)
-            if (
-                isinstance(value, Sequence)
-                and value
-                and all(isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value)
-            ):
-                kw["command"] = tuple(str(a) for a in value)
-            else:
-                bad(
-                    "command",
-                    d["command"],
-                    "a non-empty list of strings, e.g. [python, -m, src.deepsc.finetune.finetune]",
-                )
-
-        if d.get("cwd") is not None:
-            if isinstance(d["cwd"], (str, os.PathLike)) and str(d["cwd"]):
-                kw["cwd"] = Path(d["cwd"]).expanduser().absolute()
-            else:
-                bad("cwd", d["cwd"], "a directory path (the DeepSC checkout)")
-
-        if d.get("env") is not None:
-            env = d["env"]
-            if isinstance(env, Mapping) and all(
-                isinstance(k, str) and (v is None or isinstance(v, (str, int, float))) for k, v in env.items()
-            ):
-                # Booleans become 1/0 and null unsets nothing: env values are always strings.
-                kw["env"] = {k: _env_string(v) for k, v in env.items() if v is not None}
-            else:
-                bad("env", env, "a mapping of variable names to strings")
-
-        if d.get("overrides") is not None:
-            ov = d["overrides"]
-            if not isinstance(ov, Mapping):
-                bad("overrides", ov, "a mapping of Hydra keys to values")
-            else:
-                overrides: dict[str, Any] = {}
-                for key, value in ov.items():
-                    name = key[1:] if isinstance(key, str) and key.startswith("+") else key
-                    if not isinstance(name, str) or not HYDRA_KEY.match(name):
-                        bad(f"overrides.{key}", key, "a Hydra config key such as 'data_path' or '+new_key'")
-                        continue
-                    if name in fixed:
-                        bad(f"overrides.{key}", value, f"each key once; '{name}' is also a fixed setting of {source}")
-                        continue
-                    if key != name:  # '+key' in overrides marks a key new to the config
-                        new_keys.add(name)
-                    try:
-                        overrides[name] = resolve_path(name, coerce_value(value))
-                    except ValueError as e:
-                        bad(f"overrides.{key}", value, str(e))
-                kw["overrides"] = overrides
-
-        if d.get("new_keys") is not None:
-            nk = d["new_keys"]
-            if isinstance(nk, str):
-                nk = [nk]
-            if isinstance(nk, Sequence) and all(isinstance(k, str) and HYDRA_KEY.match(k.lstrip("+")) for k in nk):
-                new_keys.update(k.lstrip("+") for k in nk)
-            else:
-                bad("new_keys", d["new_keys"], "a list of Hydra keys new to the program's config")
-        kw["new_keys"] = frozenset(new_keys)
-
-        if d.get("timeout") is not None:
-            t = _as_number(d["timeout"])
-            if t is None or t <= 0:
-                bad("timeout", d["timeout"], "a positive number of seconds per run, or null for no limit")
-            else:
-                kw["timeout"] = float(t)
-
-        if "metrics" in d:
-            if d["metrics"] in METRIC_SOURCES:
-                kw["metrics"] = d["metrics"]
-            else:
-                bad("metrics", d["metrics"], "one of " + ", ".join(repr(s) for s in METRIC_SOURCES))
-
-        if d.get("metric_regex") is not None:
-            mr = d["metric_regex"]
-            if not isinstance(mr, Mapping):
-                bad("metric_regex", mr, "a mapping with 'epoch' and/or 'metrics' regular expressions")
-            else:
-                for key, pattern in mr.items():
-                    if key not in _REGEX_KEYS:
-                        bad(f"metric_regex.{key}", key, "'epoch' or 'metrics'")
-                        continue
-                    error = _check_regex(key, pattern)
-                    if error:
-                        bad(f"metric_regex.{key}", pattern, error)
-                    else:
-                        kw[f"{key}_regex"] = pattern
-
-        if "run_dir_override" in d:
-            rdo = d["run_dir_override"]
-            if rdo is None or (isinstance(rdo, str) and HYDRA_KEY.match(rdo)):
-                kw["run_dir_override"] = rdo
-            else:
-                bad("run_dir_override", rdo, "a Hydra key such as 'hydra.run.dir', or null")
-
-        if d.get("grace_period") is not None:
-            g = _as_number(d["grace_period"])
-            if g is None or g < 0:
-                bad("grace_period", d["grace_period"], "a number of seconds >= 0")
-            else:
-                kw["grace_period"] = float(g)
-
-        if problems:
-            if len(problems) == 1:
-                raise ConfigError(problems[0])
-            raise ConfigError(f"{source}: {len(problems)} problems:\n" + "\n".join(f"- {p}" for p in problems))
-        return cls(**kw), fixed
+        settings = validate(cls, {} if d is None else d, source=source, context={"source": source})
+        return settings, dict(settings.fixed)
 
 
-def _as_number(value: Any) -> float | None:
-    """``value`` as a float if it is a number (or a YAML-1.1 string like ``'1e3'``)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, str) and YAML11_FLOAT.match(value.strip()):
-        return float(value)
-    return None
+def _regexes(value: Any, errors: list) -> dict[str, str]:
+    """``metric_regex: {epoch: ..., metrics: ...}`` as the fields ``epoch_regex``/``metrics_regex``."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        errors.append(
+            (("metric_regex",), expected("a mapping with 'epoch' and/or 'metrics' regular expressions"), value)
+        )
+        return {}
+    out = {}
+    for key, pattern in value.items():
+        if key not in _REGEX_KEYS:
+            errors.append((("metric_regex", str(key)), expected("'epoch' or 'metrics'"), key))
+            continue
+        error = _check_regex(key, pattern)
+        if error:
+            errors.append((("metric_regex", key), expected(error), pattern))
+        else:
+            out[f"{key}_regex"] = pattern
+    return out
 
 
 def _env_string(value: Any) -> str:
