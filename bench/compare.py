@@ -72,7 +72,6 @@ from deepsc_tune.confirm import run_confirmation  # noqa: E402
 from deepsc_tune.data import PreparedData, prepare_data  # noqa: E402
 from deepsc_tune.data_settings import DataSettings  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
-    DEFAULT_STUDY,
     SearchSpace,
     build_search_space,
     parse_yaml,
@@ -85,6 +84,7 @@ from deepsc_tune.study import (  # noqa: E402
     run_study,
     search_trials,
 )
+from deepsc_tune.study_settings import DEFAULT_STUDY  # noqa: E402
 from deepsc_tune.train import classification_metrics  # noqa: E402
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).

@@ -214,7 +214,7 @@ class CommandSettings:
         try:
             settings = handler({**own, "fixed": fixed})
         except ValidationError as e:
-            raise_errors(line_errors(e) + errors)
+            raise_errors(line_errors(e, model=cls) + errors)
             raise
         raise_errors(errors)
         settings.new_keys = frozenset(settings.new_keys | plus)

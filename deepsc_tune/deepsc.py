@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from deepsc_tune.errors import ConfigError
+from deepsc_tune.schema import Problem
 
 #: Entry modules of DeepSC's cell-type fine-tuner at 2416d85 (root on ``PYTHONPATH``, or
 #: ``PYTHONPATH=src`` as DeepSC's own scripts launch it with torchrun).
@@ -60,21 +61,6 @@ UNREAD_OUTPUT_KEYS = ("ckpt_dir", "output_dir")
 
 _BASE_DIR = re.compile(r"^[ \t]*base_dir\s*=\s*(?P<q>[\"'])(?P<path>[^\"'\n]+)(?P=q)", re.MULTILINE)
 _T0_ERROR = "ValueError: Expected positive integer T_0"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """Something DeepSC would refuse, named by its key in the search-space file.
-
-    ``message`` holds the value, what is expected and the fix; ``str(problem)`` is the line
-    ``validate`` prints (``key: message``).
-    """
-
-    key: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
 
 
 @dataclass(frozen=True)

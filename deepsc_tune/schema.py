@@ -102,9 +102,10 @@ def problem(text: str) -> PydanticCustomError:
     return PydanticCustomError("problem", "{text}", {"text": text})
 
 
-def unknown_key() -> PydanticCustomError:
-    """The error for a key the block does not have (the message lists the keys it has)."""
-    return PydanticCustomError("extra_forbidden", UNKNOWN_KEY)
+def unknown_key(known: Sequence[str] = ()) -> PydanticCustomError:
+    """The error for a key the block does not have; the message lists ``known`` (else the
+    keys of the model at that place)."""
+    return PydanticCustomError("extra_forbidden", UNKNOWN_KEY, {"known": tuple(known)})
 
 
 def raise_errors(errors: Sequence[tuple[Loc, PydanticCustomError, Any]], *, title: str = "settings") -> None:
@@ -118,20 +119,22 @@ def raise_errors(errors: Sequence[tuple[Loc, PydanticCustomError, Any]], *, titl
         raise ValidationError.from_exception_data(title, details)
 
 
-def line_errors(error: ValidationError, *, under: Loc = ()) -> list[tuple[Loc, PydanticCustomError, Any]]:
-    """``error``'s problems as :func:`raise_errors` takes them, moved ``under`` a loc.
+def line_errors(error: ValidationError, *, model: Any = None) -> list[tuple[Loc, PydanticCustomError, Any]]:
+    """``error``'s problems as :func:`raise_errors` takes them, to raise again with others.
 
-    For a validator that checks part of its input itself and lets pydantic check the rest.
+    For a validator that checks part of its input itself and lets pydantic check the rest;
+    ``model`` (what ``error`` came from) names the keys an unknown key could have meant.
     """
     out = []
     for err in error.errors(include_url=False):
+        ctx = err.get("ctx") or {}
         if err["type"] == "expected":
-            again = expected(err["ctx"]["what"])
+            again = expected(ctx["what"])
         elif err["type"] in _UNKNOWN_TYPES:
-            again = PydanticCustomError("extra_forbidden", UNKNOWN_KEY)
+            again = unknown_key(ctx.get("known") or (known_keys(model, err["loc"][:-1]) if model else ()))
         else:
             again = problem(err["msg"] if err["type"] == "problem" else _message(err))
-        out.append(((*under, *err["loc"]), again, err["input"]))
+        out.append((err["loc"], again, err["input"]))
     return out
 
 
@@ -230,7 +233,7 @@ def problems_from(error: ValidationError, *, model: Any, prefix: str = "") -> li
         where = key_path(loc, prefix) or prefix or "(file)"
         kind = err["type"]
         if kind in _UNKNOWN_TYPES:
-            known = known_keys(model, loc[:-1])
+            known = (err.get("ctx") or {}).get("known") or known_keys(model, loc[:-1])
             out.append(Problem(where, UNKNOWN_KEY, unknown_key_hint(loc[-1], known) if known else ""))
         elif kind == "expected":
             out.append(Problem(where, f"{err['msg']}, got {err['input']!r}"))
@@ -305,13 +308,19 @@ def format_problems(problems: Sequence[Problem | str], *, where: str, name_one: 
     return f"{where}: {len(lines)} problems:\n" + "\n".join(f"  - {line}" for line in lines)
 
 
+def validate_python(model: Any, data: Any, *, context: Mapping[str, Any] | None = None) -> Any:
+    """``data`` validated as ``model`` (a pydantic model or dataclass); raises
+    ``pydantic.ValidationError`` (for a validator that validates a part of its input)."""
+    return _adapter(model).validate_python(data, context=dict(context or {}))
+
+
 def validate(model: Any, data: Any, *, source: str, context: Mapping[str, Any] | None = None) -> Any:
     """``data`` validated as ``model``; a :class:`ConfigError` with every problem otherwise.
 
     ``source`` is the key path of the block (``data``, ``finetune``) that prefixes every problem.
     """
     try:
-        return _adapter(model).validate_python(data, context=dict(context or {}))
+        return validate_python(model, data, context=context)
     except ValidationError as e:
         problems = problems_from(e, model=model, prefix=source)
         raise ConfigError(format_problems(problems, where=source, name_one=False)) from None

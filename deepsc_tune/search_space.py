@@ -12,133 +12,49 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
-import inspect
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import optuna
 import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainValidator,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from deepsc_tune.backend import METRICS
-from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.tracking import check_tracking
+from deepsc_tune.backends import BACKENDS, DEFAULT_BACKEND, FinetuneBlock
+from deepsc_tune.data_settings import DataSettings
+from deepsc_tune.errors import ConfigError
+from deepsc_tune.schema import (
+    STRICT,
+    Problem,
+    expected,
+    format_problems,
+    line_errors,
+    problem,
+    problems_from,
+    raise_errors,
+    validate_python,
+)
+from deepsc_tune.search_params import GRID_NEEDS, ParamSpec, parse_search
+from deepsc_tune.study_settings import PRUNERS, SAMPLERS, StudySettings
 
 #: Top-level keys of a search-space file.
 TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")
-#: Keys of one ``search`` entry.
-PARAM_KEYS = ("choices", "low", "high", "log", "step", "type", "when", "grid")
-#: Keys of the ``study`` block.
-STUDY_KEYS = ("metric", "n_trials", "sampler", "pruner", "enqueue", "max_failures", "confirm", "timeout", "tracking")
-#: Keys of ``study.confirm`` (re-run the ``top`` best configurations with ``seeds`` more seeds).
-CONFIRM_KEYS = ("top", "seeds")
-
-SAMPLERS = {
-    "tpe": "TPESampler",
-    "random": "RandomSampler",
-    "grid": "GridSampler",
-    "gp": "GPSampler",
-    "cmaes": "CmaEsSampler",
-    "qmc": "QMCSampler",
-    "bruteforce": "BruteForceSampler",
-}
-PRUNERS = {
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-    "median": "MedianPruner",
-    "percentile": "PercentilePruner",
-    "threshold": "ThresholdPruner",
-    "wilcoxon": "WilcoxonPruner",
-    "none": "NopPruner",
-}
-
-DEFAULT_STUDY = {
-    "metric": "val_accuracy",
-    "n_trials": 20,
-    "sampler": {"type": "tpe", "seed": 0},
-    # reduction_factor 4, not Optuna's 3: with 10 epochs, 3 puts the last rung at epoch 9, where
-    # pruning saves one epoch and discards a nearly finished trial (docs/benchmark.md).
-    "pruner": {"type": "hyperband", "min_resource": 1, "reduction_factor": 4},
-    "enqueue": [],
-    "max_failures": 3,
-    # Off by default: see docs/benchmark.md ("Confirmation") for the evidence.
-    "confirm": None,
-    "timeout": None,  # seconds for one `deepsc-tune run`; it stops between trials
-    "tracking": None,  # {mlflow: {...}} and/or {wandb: {...}}: one run per trial (tracking.py)
-}
-
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
 #: to the current directory, then the copies installed with the package.
 LOCAL_DIR = Path("search_spaces")
-
-
-# ----------------------------------------------------------------------------- parameters
-
-
-@dataclass(frozen=True)
-class ParamSpec:
-    """One searched parameter.
-
-    ``kind`` is ``categorical``, ``float`` or ``int``. ``when`` maps another parameter's name to
-    the values for which this one is active (``warmup_ratio`` only for cosine schedules).
-    """
-
-    name: str
-    kind: str
-    choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    step: float | None = None
-    when: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
-    grid: tuple[Any, ...] | None = None
-
-    def distribution(self) -> optuna.distributions.BaseDistribution:
-        """The Optuna distribution this entry stands for."""
-        if self.kind == "categorical":
-            return optuna.distributions.CategoricalDistribution(list(self.choices or ()))
-        if self.kind == "int":
-            return optuna.distributions.IntDistribution(
-                int(self.low), int(self.high), log=self.log, step=int(self.step or 1)
-            )
-        return optuna.distributions.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
-    def is_active(self, values: Mapping[str, Any]) -> bool:
-        """Whether the conditions in ``when`` hold for the values chosen so far."""
-        return all(values.get(k) in allowed for k, allowed in self.when.items())
-
-    def grid_values(self) -> list[Any]:
-        """Values a grid search visits: ``grid``, ``choices`` or the stepped range."""
-        if self.grid is not None:
-            return list(self.grid)
-        if self.kind == "categorical":
-            return list(self.choices or ())
-        if self.step is not None:
-            n = int(round((self.high - self.low) / self.step))
-            values = [self.low + i * self.step for i in range(n + 1)]
-            return [int(v) for v in values] if self.kind == "int" else values
-        if self.kind == "int" and not self.log:
-            return list(range(int(self.low), int(self.high) + 1))
-        raise ConfigError(
-            f"search.{self.name}: the grid sampler needs 'grid: [...]', 'choices' or 'step' "
-            "for every searched parameter"
-        )
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` lies in this parameter's range or choices."""
-        if self.kind == "categorical":
-            return value in (self.choices or ())
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            return False
-        return self.low <= v <= self.high
 
 
 # ----------------------------------------------------------------------------- the file
@@ -170,6 +86,10 @@ class SearchSpace:
     timeout: float | None = None
     #: ``{tracker: {key: value}}`` from ``study.tracking`` (tracking.py), or ``None``.
     tracking: dict[str, dict[str, Any]] | None = None
+    #: The ``data:`` block, typed (``None`` for a file built without one, e.g. in a test).
+    data_settings: DataSettings | None = None
+    #: The ``finetune:`` block, typed by its backend (``TrainSettings``, ``CommandSettings``).
+    settings: Any = None
 
     @property
     def data(self) -> dict[str, Any]:
@@ -414,10 +334,6 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
-_UNKNOWN_KEY = re.compile(r"^(?P<path>[\w.-]+): unknown key; expected one of (?P<choices>.+)$")
-_UNKNOWN_KEYS = re.compile(r"^(?P<path>[\w.-]+): unknown key\(s\) (?P<keys>.+?); expected some of: (?P<choices>.+)$")
-
-
 def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
     """``{full key path: override item}``, bare keys meaning ``finetune.``, as applied."""
     paths = {}
@@ -429,38 +345,116 @@ def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
     return paths
 
 
-def _did_you_mean(key: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}" if close else ""
-
-
-def _explain_problems(problems: Sequence[str], overrides: Sequence[str]) -> tuple[list[str], int]:
-    """Add a did-you-mean to unknown keys and say which problems came from the command line.
-
-    Returns the problems and how many of them an override caused.
-    """
+def _blame_overrides(problems: Sequence[Problem], overrides: Sequence[str]) -> tuple[list[Problem], int]:
+    """Say which problems an override on the command line caused; return them and how many."""
     cli = _override_paths(overrides)
-    out, from_cli = [], 0
-    for problem in problems:
-        path = problem.split(":", 1)[0]
-        where = ""
-        if item := cli.get(path):
-            where = f" (from the command line: {item})"
-        if m := _UNKNOWN_KEY.match(problem):
-            hint = _did_you_mean(path.rsplit(".", 1)[-1], [c.strip() for c in m["choices"].split(",")])
-            where = where and f" from the command line ({item})"
-            problem = f"{path}: unknown key{where}{hint}; expected one of {m['choices']}"
-        elif m := _UNKNOWN_KEYS.match(problem):
-            keys = [k.strip().strip("'") for k in m["keys"].split(",")]
-            if item := cli.get(f"{m['path']}.{keys[0]}"):
-                where = f" from the command line ({item})"
-            hint = _did_you_mean(keys[0], [c.strip() for c in m["choices"].split(",")])
-            problem = f"{m['path']}: unknown key(s) {m['keys']}{where}{hint}; expected some of: {m['choices']}"
-        else:
-            problem += where
-        from_cli += bool(where)
-        out.append(problem)
-    return out, from_cli
+    out = [p.blamed_on(cli[p.key]) if p.key in cli else p for p in problems]
+    return out, sum(p.key in cli for p in problems)
+
+
+# ----------------------------------------------------------------------------- the file model
+
+
+def _name(raw: Any, info: ValidationInfo) -> str:
+    name = raw or info.context["default_name"]
+    if not isinstance(name, str) or not name.replace("-", "_").replace(".", "_").isidentifier():
+        raise expected("a short name (letters, digits, -, _)")
+    info.context["parsed"]["name"] = name
+    return name
+
+
+def _data_block(raw: Any) -> Any:
+    if raw is None:
+        raise problem("missing; expected a mapping")
+    return raw
+
+
+class SpaceFile(BaseModel):
+    """A search-space file: the blocks, each validated by its own schema, composed.
+
+    Blocks are validated in the order below, each recording its result in the validation
+    context's ``parsed`` mapping, so that a later block is checked against the earlier ones
+    (searched keys against the backend's settings, ``study.enqueue`` against ``search``) and
+    every problem of the file is reported at once.
+    """
+
+    model_config = ConfigDict(**STRICT, validate_default=True)
+
+    name: Annotated[str, PlainValidator(_name)] = None
+    description: Any = None
+    source: Any = None
+    finetune: Any = None
+    data: Annotated[DataSettings, BeforeValidator(_data_block)] = None
+    search: Any = None
+    study: Any = None
+
+    @field_validator("finetune", mode="plain")
+    @classmethod
+    def _finetune(cls, raw: Any, info: ValidationInfo) -> FinetuneBlock:
+        name = info.context["backend"]
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, Mapping):
+            raise expected("a mapping")
+        backend = BACKENDS.get(name)
+        if backend is None:
+            what = f"unknown backend {name!r}; expected {' or '.join(repr(b) for b in BACKENDS)}"
+            raise_errors([(("backend",), problem(what), name)])
+        block = backend.parse(raw)
+        info.context["parsed"]["finetune"] = block
+        return block
+
+    @field_validator("data", mode="after")
+    @classmethod
+    def _data(cls, data: DataSettings, info: ValidationInfo) -> DataSettings:
+        info.context["parsed"]["data"] = data
+        return data
+
+    @field_validator("search", mode="plain")
+    @classmethod
+    def _search(cls, raw: Any, info: ValidationInfo) -> dict[str, ParamSpec]:
+        parsed = info.context["parsed"]
+        backend = BACKENDS.get(info.context["backend"])
+        finetune = parsed.get("finetune")
+        parsed["params"] = {}
+        return parse_search(
+            raw,
+            backend=info.context["backend"],
+            known=backend.searchable if backend else None,
+            types=backend.param_types() if backend else None,
+            fixed=finetune.fixed if finetune else None,
+            check=backend.check if backend and backend.checks_values else None,
+            valid=parsed["params"],
+        )
+
+    @field_validator("study", mode="plain")
+    @classmethod
+    def _study(cls, raw: Any, info: ValidationInfo) -> StudySettings:
+        parsed = info.context["parsed"]
+        try:
+            study = validate_python(StudySettings, {} if raw is None else raw, context={"params": parsed.get("params")})
+        except ValidationError as e:
+            raise_errors(line_errors(e, model=StudySettings))
+            raise
+        parsed["study"] = study
+        return study
+
+    @model_validator(mode="after")
+    def _grid_values(self) -> SpaceFile:
+        if self.study.sampler.get("type") == "grid" and "search_space" not in self.study.sampler:
+            errors = []
+            for spec in self.search.values():
+                try:
+                    spec.grid_values()
+                except ConfigError:
+                    errors.append((("search", spec.name), problem(GRID_NEEDS), None))
+            raise_errors(errors)
+        return self
+
+
+def _backend_name(config: Mapping[str, Any]) -> str:
+    finetune = config.get("finetune")
+    return finetune.get("backend", DEFAULT_BACKEND) if isinstance(finetune, Mapping) else DEFAULT_BACKEND
 
 
 def build_search_space(
@@ -477,475 +471,63 @@ def build_search_space(
     """
     source = str(path) if path else "<search space>"
     config = apply_overrides(dict(raw), overrides)
-    problems: list[str] = []
-
-    for key in config:
-        if key not in TOP_KEYS:
-            problems.append(f"{key}: unknown key; expected one of {', '.join(TOP_KEYS)}")
-    name = config.get("name") or (path.stem if path else "study")
-    if not isinstance(name, str) or not name.replace("-", "_").replace(".", "_").isidentifier():
-        problems.append(f"name: expected a short name (letters, digits, -, _), got {name!r}")
-
-    data = _mapping(config, "data", problems, required=True)
-    finetune = _mapping(config, "finetune", problems, required=False)
-    search = _mapping(config, "search", problems, required=False)
-    study = _mapping(config, "study", problems, required=False)
-
-    backend = finetune.get("backend", "builtin")
-    fixed, known_keys, param_types = _check_finetune(finetune, backend=backend, problems=problems)
-    _check_data(data, backend=backend, problems=problems, hint=config.get("source"))
-
-    params: dict[str, ParamSpec] = {}
-    for pname, entry in search.items():
-        if known_keys is not None and pname not in known_keys:
-            problems.append(
-                f"search.{pname}: unknown setting for the {backend} fine-tuner; "
-                f"expected one of {', '.join(sorted(known_keys))}"
-            )
-            continue  # one message for one unknown key, not a second from the settings check
-        spec = _parse_param(str(pname), entry, problems, param_types.get(str(pname)))
-        if spec is None:
-            continue
-        if pname in fixed:
-            problems.append(f"search.{pname}: also fixed as finetune.{pname}={fixed[pname]!r}; keep it in one block")
-        params[spec.name] = spec
-    params = _order_by_conditions(params, problems)
-    if backend == "builtin" and params and not any(p.startswith("finetune") for p in problems):
-        _check_extremes(fixed, params, problems)
-
-    study_cfg = _check_study(study, params, problems)
+    backend = _backend_name(config)
+    context: dict[str, Any] = {"backend": backend, "default_name": path.stem if path else "study", "parsed": {}}
+    problems: list[Problem] = []
+    try:
+        SpaceFile.model_validate(config, context=context)
+    except ValidationError as e:
+        problems = problems_from(e, model=SpaceFile)
+    parsed = context["parsed"]
+    params: dict[str, ParamSpec] = parsed.get("params", {})
     notes: list[str] = []
-    if backend == "command" and not any(p.startswith("finetune") for p in problems):
-        params = _check_deepsc(finetune, params, study_cfg["enqueue"], problems, notes, report=check_deepsc)
+    finetune = parsed.get("finetune")
+    check_space = BACKENDS[backend].check_space if backend in BACKENDS else None
+    if check_space is not None and finetune is not None:
+        # What the backend's program would refuse (DeepSC's checks, deepsc.py). A range whose
+        # low end it would refuse is clipped (the study samples from ``params``; the hash is of
+        # the file, so resuming a study is unaffected); the problems are reported on request.
+        study = parsed.get("study")
+        findings = check_space(finetune, params, study.enqueue if study else [])
+        params = {**params, **{n: dataclasses.replace(params[n], low=low) for n, low in findings.lows.items()}}
+        if check_deepsc:
+            problems.extend(findings.problems)
+            notes.extend(findings.notes)
+        else:
+            notes.extend(n for n in findings.notes if n.startswith("search."))
 
     if problems:
-        problems, from_cli = _explain_problems(problems, overrides)
+        problems, from_cli = _blame_overrides(problems, overrides)
         if from_cli == len(problems):
             source = f"command-line override(s) for {source}"
         elif from_cli:
             source = f"{source} with command-line overrides"
-        if len(problems) == 1:  # one problem, one line
-            raise ConfigError(f"{source}: {problems[0]}")
-        lines = "\n".join(f"  - {p}" for p in problems)
-        raise ConfigError(f"{source}: {len(problems)} problems:\n{lines}")
+        raise ConfigError(format_problems(problems, where=source))
 
+    study = parsed["study"]
     return SearchSpace(
-        name=name,
+        name=parsed["name"],
         description=str(config.get("description") or ""),
         path=path,
         text=text,
         config=config,
         params=params,
-        fixed=fixed,
+        fixed=finetune.fixed,
         backend=backend,
-        metric=study_cfg["metric"],
-        n_trials=study_cfg["n_trials"],
-        max_failures=study_cfg["max_failures"],
-        enqueue=study_cfg["enqueue"],
-        sampler_config=study_cfg["sampler"],
-        pruner_config=study_cfg["pruner"],
+        metric=study.metric,
+        n_trials=study.n_trials,
+        max_failures=study.max_failures,
+        enqueue=study.enqueue,
+        sampler_config=study.sampler,
+        pruner_config=study.pruner,
         source=config.get("source"),
         notes=notes,
-        confirm=study_cfg["confirm"],
-        timeout=study_cfg["timeout"],
-        tracking=study_cfg["tracking"],
+        confirm=study.confirm_dict(),
+        timeout=study.timeout,
+        tracking=study.tracking,
+        data_settings=parsed.get("data"),
+        settings=finetune.settings,
     )
-
-
-def _check_deepsc(
-    finetune: dict,
-    params: dict[str, ParamSpec],
-    enqueue: list[dict],
-    problems: list[str],
-    notes: list[str],
-    *,
-    report: bool,
-) -> dict[str, ParamSpec]:
-    """DeepSC's own checks (deepsc.py); returns ``params`` with clipped ranges applied.
-
-    The clipped range is what the study samples from (``suggest`` and the grid use
-    ``params``); the search-space hash is of the file, so resuming a study is unaffected.
-    """
-    from deepsc_tune.command import CommandSettings
-    from deepsc_tune.deepsc import check_command_space
-
-    settings, fixed = CommandSettings.from_dict(finetune, source="finetune")
-    findings = check_command_space(
-        cwd=settings.cwd or Path("."),
-        command=settings.command,
-        overrides=settings.overrides,
-        fixed=fixed,
-        new_keys=settings.new_keys,
-        search=params,
-        enqueue=enqueue,
-        run_dir_override=settings.run_dir_override,
-    )
-    params = dict(params)
-    for name, low in findings.lows.items():
-        params[name] = dataclasses.replace(params[name], low=low)
-    if report:
-        problems.extend(str(p) for p in findings.problems)
-        notes.extend(findings.notes)
-    else:
-        notes.extend(n for n in findings.notes if n.startswith("search."))
-    return params
-
-
-def _mapping(config: Mapping[str, Any], key: str, problems: list[str], *, required: bool) -> dict:
-    value = config.get(key)
-    if value is None:
-        if required:
-            problems.append(f"{key}: missing; expected a mapping")
-        return {}
-    if not isinstance(value, dict):
-        problems.append(f"{key}: expected a mapping, got {value!r}")
-        return {}
-    return value
-
-
-def _check_data(data: dict, *, backend: str, problems: list[str], hint: Any) -> None:
-    if not data:
-        return
-    from deepsc_tune.data_settings import DataSettings
-
-    try:
-        DataSettings.from_dict(data, source="data")
-    except ConfigError as e:
-        problems.extend(_split_problems(str(e)))
-
-
-def _check_finetune(
-    finetune: dict, *, backend: str, problems: list[str]
-) -> tuple[dict[str, Any], set[str] | None, dict[str, type]]:
-    """Validate fixed settings; return them, the keys a backend knows and their types."""
-    if backend == "builtin":
-        from deepsc_tune.train_settings import TRAIN_KEYS, TrainSettings
-
-        fixed = {k: v for k, v in finetune.items() if k != "backend"}
-        try:
-            TrainSettings.from_dict(fixed, source="finetune")
-        except ConfigError as e:
-            problems.extend(_split_problems(str(e)))
-        types = {
-            f.name: type(f.default)
-            for f in TrainSettings.__dataclass_fields__.values()
-            if isinstance(f.default, (int, float)) and not isinstance(f.default, bool)
-        }
-        return fixed, set(TRAIN_KEYS), types
-    if backend == "command":
-        from deepsc_tune.command import CommandSettings
-
-        try:
-            _, fixed = CommandSettings.from_dict(finetune, source="finetune")
-        except ConfigError as e:
-            problems.extend(_split_problems(str(e)))
-            fixed = {}
-        return dict(fixed), None, {}
-    problems.append(f"finetune.backend: unknown backend {backend!r}; expected 'builtin' or 'command'")
-    return {}, None, {}
-
-
-def _split_problems(message: str) -> list[str]:
-    """Flatten another module's ConfigError (one line or a list) into problem lines."""
-    lines = [ln.strip() for ln in message.splitlines() if ln.strip()]
-    items = [ln[2:] if ln.startswith("- ") else ln for ln in lines]
-    if len(items) > 1 and items[0].endswith(":") and "problem" in items[0]:
-        items = items[1:]
-    return items
-
-
-def _number(value: Any) -> float | None:
-    """A YAML number, or a string PyYAML left as text (``1e-5``) that parses as one."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
-    return None
-
-
-def _parse_param(name: str, entry: Any, problems: list[str], declared: type | None) -> ParamSpec | None:
-    where = f"search.{name}"
-    if isinstance(entry, list):
-        entry = {"choices": entry}
-    if not isinstance(entry, dict):
-        problems.append(
-            f"{where}: expected a mapping such as {{choices: [...]}} or "
-            f"{{low: ..., high: ..., log: true}}, got {entry!r}"
-        )
-        return None
-    n_before = len(problems)
-    for key in entry:
-        if key not in PARAM_KEYS:
-            problems.append(f"{where}.{key}: unknown key; expected one of {', '.join(PARAM_KEYS)}")
-
-    when = _parse_when(where, entry.get("when"), problems)
-    grid = entry.get("grid")
-    if grid is not None and not isinstance(grid, list):
-        problems.append(f"{where}.grid: expected a list of values, got {grid!r}")
-        grid = None
-
-    if "choices" in entry:
-        choices = entry["choices"]
-        if not isinstance(choices, list) or not choices:
-            problems.append(f"{where}.choices: expected a non-empty list, got {choices!r}")
-            return None
-        if any(k in entry for k in ("low", "high", "log", "step")):
-            problems.append(f"{where}: give either choices or low/high, not both")
-        choices = [_coerce_choice(c) for c in choices]
-        if len(set(map(repr, choices))) != len(choices):
-            problems.append(f"{where}.choices: duplicate values in {choices!r}")
-        if len(problems) > n_before:
-            return None
-        return ParamSpec(name, "categorical", choices=tuple(choices), when=when, grid=tuple(grid) if grid else None)
-
-    missing = [k for k in ("low", "high") if k not in entry]
-    if missing:
-        problems.append(f"{where}: missing {' and '.join(missing)}; expected choices: [...] or low/high")
-        return None
-    low, high = _number(entry["low"]), _number(entry["high"])
-    for key, raw, num in (("low", entry["low"], low), ("high", entry["high"], high)):
-        if num is None:
-            problems.append(f"{where}.{key}: expected a number, got {raw!r}")
-    log = entry.get("log", False)
-    if not isinstance(log, bool):
-        problems.append(f"{where}.log: expected true or false, got {log!r}")
-        log = False
-    step = entry.get("step")
-    if step is not None:
-        step_num = _number(step)
-        if step_num is None or step_num <= 0:
-            problems.append(f"{where}.step: expected a positive number, got {step!r}")
-            step = None
-        else:
-            step = step_num
-    kind = entry.get("type")
-    if kind is not None and kind not in ("int", "float"):
-        problems.append(f"{where}.type: expected 'int' or 'float', got {kind!r}")
-        kind = None
-    if low is None or high is None:
-        return None
-    if kind is None:
-        if declared is not None:
-            kind = "int" if declared is int else "float"
-        else:
-            ints = all(isinstance(v, int) for v in (low, high)) and (step is None or isinstance(step, int))
-            kind = "int" if ints else "float"
-    if low >= high:
-        problems.append(f"{where}: low ({low!r}) must be below high ({high!r})")
-    if log and low <= 0:
-        problems.append(f"{where}.low: log: true needs low > 0, got {low!r}")
-    if log and step is not None and kind == "float":
-        problems.append(f"{where}: log: true cannot be combined with step for floats")
-    if kind == "int":
-        for key, num in (("low", low), ("high", high)):
-            if not float(num).is_integer():
-                problems.append(f"{where}.{key}: expected an integer for an int parameter, got {num!r}")
-    if len(problems) > n_before:
-        return None
-    return ParamSpec(
-        name,
-        kind,
-        low=low if kind == "int" else float(low),
-        high=high if kind == "int" else float(high),
-        log=log,
-        step=step,
-        when=when,
-        grid=tuple(grid) if grid else None,
-    )
-
-
-def _coerce_choice(value: Any) -> Any:
-    number = _number(value) if isinstance(value, str) else None
-    return number if number is not None else value
-
-
-def _parse_when(where: str, when: Any, problems: list[str]) -> dict[str, tuple[Any, ...]]:
-    if when is None:
-        return {}
-    if not isinstance(when, dict) or not when:
-        problems.append(f"{where}.when: expected a mapping such as {{lr_scheduler_type: cosine}}, got {when!r}")
-        return {}
-    out: dict[str, tuple[Any, ...]] = {}
-    for key, allowed in when.items():
-        values = allowed if isinstance(allowed, list) else [allowed]
-        out[str(key)] = tuple(values)
-    return out
-
-
-def _order_by_conditions(params: dict[str, ParamSpec], problems: list[str]) -> dict[str, ParamSpec]:
-    """Put every parameter after the ones its ``when`` refers to; reject unknown or cyclic refs."""
-    for spec in params.values():
-        for ref, allowed in spec.when.items():
-            if ref not in params:
-                problems.append(
-                    f"search.{spec.name}.when: refers to '{ref}', which is not a searched "
-                    f"parameter; expected one of {', '.join(p for p in params if p != spec.name) or '(none)'}"
-                )
-            elif ref == spec.name:
-                problems.append(f"search.{spec.name}.when: a parameter cannot depend on itself")
-            else:
-                bad = [v for v in allowed if not params[ref].contains(v)]
-                if bad:
-                    problems.append(f"search.{spec.name}.when: {ref} can never be {bad[0]!r}")
-    ordered: dict[str, ParamSpec] = {}
-    pending = dict(params)
-    while pending:
-        ready = [n for n, s in pending.items() if all(r in ordered or r not in params for r in s.when)]
-        if not ready:
-            problems.append(f"search: conditions form a cycle among {', '.join(sorted(pending))}")
-            ordered.update(pending)
-            break
-        for n in ready:
-            ordered[n] = pending.pop(n)
-    return ordered
-
-
-def _check_extremes(fixed: dict, params: dict[str, ParamSpec], problems: list[str]) -> None:
-    """Check that the ends of every range are settings the built-in fine-tuner accepts."""
-    from deepsc_tune.train_settings import TrainSettings
-
-    seen: set[str] = set()
-    for spec in params.values():
-        values = list(spec.choices) if spec.kind == "categorical" else [spec.low, spec.high]
-        for value in values:
-            try:
-                TrainSettings.from_dict({**fixed, spec.name: value}, source="search")
-            except DeepscTuneError as e:
-                for line in _split_problems(str(e)):
-                    if line not in seen:
-                        seen.add(line)
-                        problems.append(line)
-
-
-def _check_study(study: dict, params: dict[str, ParamSpec], problems: list[str]) -> dict[str, Any]:
-    cfg = {**DEFAULT_STUDY, **study}
-    for key in study:
-        if key not in STUDY_KEYS:
-            problems.append(f"study.{key}: unknown key; expected one of {', '.join(STUDY_KEYS)}")
-    if cfg["metric"] not in METRICS:
-        problems.append(f"study.metric: unknown metric {cfg['metric']!r}; expected one of {', '.join(METRICS)}")
-    for key in ("n_trials", "max_failures"):
-        value = _number(cfg[key])
-        if not isinstance(value, int) or value < 1:
-            problems.append(f"study.{key}: expected a positive integer, got {cfg[key]!r}")
-        else:
-            cfg[key] = value
-    if cfg["timeout"] is not None:
-        value = _number(cfg["timeout"])
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            problems.append(f"study.timeout: expected seconds > 0 or null, got {cfg['timeout']!r}")
-        else:
-            cfg["timeout"] = float(value)
-    cfg["sampler"] = _check_component(
-        "study.sampler",
-        cfg["sampler"],
-        SAMPLERS,
-        optuna.samplers,
-        problems,
-        default=DEFAULT_STUDY["sampler"],
-    )
-    cfg["pruner"] = _check_component(
-        "study.pruner",
-        cfg["pruner"],
-        PRUNERS,
-        optuna.pruners,
-        problems,
-        default=DEFAULT_STUDY["pruner"],
-    )
-    if cfg["sampler"].get("type") == "grid" and "search_space" not in cfg["sampler"]:
-        for spec in params.values():
-            try:
-                spec.grid_values()
-            except ConfigError as e:
-                problems.append(str(e))
-
-    enqueue = cfg["enqueue"] or []
-    if not isinstance(enqueue, list):
-        problems.append(f"study.enqueue: expected a list of parameter mappings, got {enqueue!r}")
-        enqueue = []
-    clean: list[dict[str, Any]] = []
-    for i, item in enumerate(enqueue):
-        where = f"study.enqueue[{i}]"
-        if not isinstance(item, dict):
-            problems.append(f"{where}: expected a mapping of searched parameters, got {item!r}")
-            continue
-        entry: dict[str, Any] = {}
-        for key, value in item.items():
-            spec = params.get(key)
-            value = _coerce_choice(value)
-            if spec is None:
-                problems.append(
-                    f"{where}.{key}: not a searched parameter; expected one of {', '.join(params) or '(none)'}"
-                )
-            elif not spec.contains(value):
-                rng = spec.choices if spec.kind == "categorical" else f"[{spec.low}, {spec.high}]"
-                problems.append(f"{where}.{key}: {value!r} is outside the search range {rng}")
-            else:
-                entry[key] = value
-        clean.append(entry)
-    cfg["enqueue"] = clean
-    cfg["confirm"] = _check_confirm(cfg["confirm"], problems)
-    cfg["tracking"] = check_tracking(cfg["tracking"], problems)
-    return cfg
-
-
-def _check_confirm(value: Any, problems: list[str]) -> dict[str, int] | None:
-    """``study.confirm``: ``{top: K, seeds: N}`` (both positive integers), or null/false for off."""
-    if value is None or value is False:
-        return None
-    if not isinstance(value, dict):
-        problems.append(f"study.confirm: expected a mapping {{top: K, seeds: N}} or null, got {value!r}")
-        return None
-    out: dict[str, int] = {}
-    for key in value:
-        if key not in CONFIRM_KEYS:
-            problems.append(f"study.confirm.{key}: unknown key; expected one of {', '.join(CONFIRM_KEYS)}")
-    for key in CONFIRM_KEYS:
-        if key not in value:
-            problems.append(f"study.confirm.{key}: missing; expected a positive integer")
-            continue
-        number = _number(value[key])
-        if isinstance(value[key], bool) or not isinstance(number, int) or number < 1:
-            problems.append(f"study.confirm.{key}: expected a positive integer, got {value[key]!r}")
-        else:
-            out[key] = number
-    return out if len(out) == len(CONFIRM_KEYS) and len(value) == len(CONFIRM_KEYS) else None
-
-
-def _check_component(
-    where: str, value: Any, names: dict[str, str], module: Any, problems: list[str], *, default: dict
-) -> dict[str, Any]:
-    """Validate ``{type: NAME, **kwargs}`` against the Optuna class's signature."""
-    if isinstance(value, str):
-        value = {"type": value}
-    if not isinstance(value, dict) or "type" not in value:
-        problems.append(f"{where}: expected a mapping with 'type', got {value!r}")
-        return dict(default)
-    kind = value["type"]
-    if kind not in names:
-        problems.append(f"{where}.type: unknown {kind!r}; expected one of {', '.join(names)}")
-        return dict(default)
-    cls = getattr(module, names[kind])
-    accepted = [p for p in inspect.signature(cls).parameters if p != "self"]
-    out = {"type": kind}
-    for key, arg in value.items():
-        if key == "type":
-            continue
-        if key not in accepted:
-            problems.append(
-                f"{where}.{key}: not an argument of optuna {names[kind]}; "
-                f"expected one of {', '.join(accepted) or '(none)'}"
-            )
-            continue
-        number = _number(arg) if isinstance(arg, str) else None
-        out[key] = number if number is not None else arg
-    return out
 
 
 def dump_settings(settings: Mapping[str, Any]) -> str:

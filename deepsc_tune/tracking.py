@@ -35,6 +35,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from deepsc_tune.schema import expected, problem, raise_errors, unknown_key
+
 #: Trackers and the keys each accepts, with the expected type's description.
 TRACKER_KEYS: dict[str, dict[str, str]] = {
     "mlflow": {
@@ -95,43 +97,41 @@ class _NoRun:
         pass
 
 
-def check_tracking(value: Any, problems: list[str]) -> dict[str, dict[str, Any]] | None:
+def check_tracking(value: Any) -> dict[str, dict[str, Any]] | None:
     """Validate ``study.tracking`` into ``{tracker: {key: value}}`` (``None`` when off).
 
-    Appends one line per problem to ``problems``; never imports the tracking libraries.
+    Raises every problem at once in the schema's format (:mod:`deepsc_tune.schema`), located
+    relative to ``study.tracking``; never imports the tracking libraries.
     """
     if value is None or value is False or value == {}:
         return None
     if not isinstance(value, dict):
-        problems.append(
-            f"study.tracking: expected a mapping such as {{mlflow: {{}}}} or {{wandb: {{}}}}, got {value!r}"
-        )
-        return None
+        raise_errors([((), expected("a mapping such as {mlflow: {}} or {wandb: {}}"), value)])
+    errors: list = []
     out: dict[str, dict[str, Any]] = {}
     for name, cfg in value.items():
-        where = f"study.tracking.{name}"
         if name not in TRACKER_KEYS:
-            problems.append(f"{where}: unknown tracker; expected one of {', '.join(TRACKER_KEYS)}")
+            errors.append(((str(name),), problem(f"unknown tracker; expected one of {', '.join(TRACKER_KEYS)}"), cfg))
             continue
         if cfg is None or cfg is True:
             cfg = {}
         if not isinstance(cfg, dict):
-            problems.append(f"{where}: expected a mapping of settings (or {{}}), got {cfg!r}")
+            errors.append(((name,), expected("a mapping of settings (or {})"), cfg))
             continue
-        ok = True
+        n_before = len(errors)
         for key, item in cfg.items():
-            expected = TRACKER_KEYS[name].get(key)
-            if expected is None:
-                problems.append(f"{where}.{key}: unknown key; expected one of {', '.join(TRACKER_KEYS[name])}")
-                ok = False
+            what = TRACKER_KEYS[name].get(key)
+            if what is None:
+                errors.append(((name, str(key)), unknown_key(tuple(TRACKER_KEYS[name])), item))
             elif not _has_type(name, key, item):
-                problems.append(f"{where}.{key}: expected {expected}, got {item!r}")
-                ok = False
+                errors.append(((name, key), expected(what), item))
         if importlib.util.find_spec(PACKAGES[name]) is None:
-            problems.append(f"{where}: the {PACKAGES[name]} package is not installed; run: {INSTALL_HINT}")
-            ok = False
-        if ok:
+            errors.append(
+                ((name,), problem(f"the {PACKAGES[name]} package is not installed; run: {INSTALL_HINT}"), cfg)
+            )
+        if len(errors) == n_before:
             out[name] = dict(cfg)
+    raise_errors(errors)
     return out or None
 
 
