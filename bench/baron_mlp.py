@@ -24,7 +24,6 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from deepsc_tune.builtin import BuiltinFinetuner
 from deepsc_tune.data import prepare_data
-from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.search_space import load_search_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     space = load_search_space(str(REPO / "search_spaces" / "baron.yaml"))
-    data = prepare_data(DataSettings.from_dict(space.data), cache_dir=REPO / "results" / "cache")
+    data = prepare_data(space.data_settings, cache_dir=REPO / "results" / "cache")
     finetuner = BuiltinFinetuner(data)
     runs = []
     for seed in range(args.seeds):

@@ -70,7 +70,6 @@ from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
 from deepsc_tune.confirm import run_confirmation  # noqa: E402
 from deepsc_tune.data import PreparedData, prepare_data  # noqa: E402
-from deepsc_tune.data_settings import DataSettings  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
     SearchSpace,
     build_search_space,
@@ -399,7 +398,7 @@ def load_reusable_grid(
 def prepare(bench: Benchmark, *, cache_dir: Path) -> PreparedData:
     """Load and preprocess the benchmark's dataset once (disk cache shared with the CLI)."""
     space = strategy_space(bench, "default", seed=0)
-    settings = DataSettings.from_dict(space.data, source="data")
+    settings = space.data_settings
     return prepare_data(settings, cache_dir=cache_dir, hint=space.source)
 
 

@@ -30,7 +30,6 @@ sys.path.insert(1, str(REPO / "bench"))
 import compare
 
 from deepsc_tune.data import prepare_data
-from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.lr_find import run_lr_find
 from deepsc_tune.search_space import load_search_space
 from deepsc_tune.train_settings import TrainSettings
@@ -45,7 +44,7 @@ def lr_range(name: str) -> dict:
 
     spec = compare.BENCHMARKS[name]
     space = load_search_space(spec.space, list(spec.overrides), fixed_only=True)
-    data = prepare_data(DataSettings.from_dict(space.data), cache_dir=compare.DEFAULT_CACHE)
+    data = prepare_data(space.data_settings, cache_dir=compare.DEFAULT_CACHE)
     settings = TrainSettings.from_dict({**dict(space.fixed), "device": "cpu"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same thread count as the compared runs: reproducible

@@ -51,7 +51,6 @@ from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.data import prepare_data  # noqa: E402
-from deepsc_tune.data_settings import DataSettings  # noqa: E402
 from deepsc_tune.search_space import load_search_space  # noqa: E402
 from deepsc_tune.study import open_storage  # noqa: E402
 
@@ -244,7 +243,7 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        prepare_data(DataSettings.from_dict(space.data), cache_dir=cache)
+        prepare_data(space.data_settings, cache_dir=cache)
         for repeat in range(args.repeats):
             for workload, spec in WORKLOADS.items():
                 for config in spec["configs"]:

@@ -27,8 +27,9 @@ class FinetuneBlock(NamedTuple):
     fixed: dict[str, Any]
 
 
-def _parse_builtin(block: Mapping[str, Any]) -> FinetuneBlock:
+def _parse_builtin(block: Mapping[str, Any], fixed_so_far: dict[str, Any]) -> FinetuneBlock:
     fixed = {k: v for k, v in block.items() if k != "backend"}
+    fixed_so_far.update(fixed)
     try:
         return FinetuneBlock(validate_python(TrainSettings, fixed), fixed)
     except ValidationError as e:
@@ -36,7 +37,7 @@ def _parse_builtin(block: Mapping[str, Any]) -> FinetuneBlock:
         raise
 
 
-def _parse_command(block: Mapping[str, Any]) -> FinetuneBlock:
+def _parse_command(block: Mapping[str, Any], fixed_so_far: dict[str, Any]) -> FinetuneBlock:
     settings = validate_python(CommandSettings, block, context={"source": "finetune"})
     return FinetuneBlock(settings, dict(settings.fixed))
 
@@ -57,6 +58,29 @@ def _check_command(block: FinetuneBlock, params: Mapping[str, Any], enqueue: lis
     )
 
 
+def _builtin_finetuner(settings: Any, data: Any, *, log: Any = None, defaults: Mapping[str, Any] | None = None) -> Any:
+    from deepsc_tune.builtin import BuiltinFinetuner  # torch: only when a run starts
+
+    defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
+    return BuiltinFinetuner(data, log=log, defaults=defaults)
+
+
+def _command_finetuner(settings: Any, data: Any, *, log: Any = None, defaults: Mapping[str, Any] | None = None) -> Any:
+    from deepsc_tune.command import CommandFinetuner
+
+    return CommandFinetuner(settings, cuda_visible_devices=(defaults or {}).get("cuda_visible_devices"))
+
+
+def _builtin_files(settings: Any, data_settings: Any, *, hint: str | None = None) -> None:
+    from deepsc_tune.data import check_inputs
+
+    check_inputs(data_settings, hint=hint)
+
+
+def _command_files(settings: Any, data_settings: Any, *, hint: str | None = None) -> None:
+    _command_finetuner(settings, None)  # refuses a missing checkout (cwd) or program
+
+
 @dataclass(frozen=True)
 class Backend:
     """One backend: how its ``finetune:`` block is read and what else is checked before a run."""
@@ -64,16 +88,27 @@ class Backend:
     name: str
     #: Its schema of the ``finetune:`` block.
     settings: type
-    #: ``finetune:`` block -> :class:`FinetuneBlock` (``pydantic.ValidationError`` otherwise).
-    parse: Callable[[Mapping[str, Any]], FinetuneBlock]
+    #: ``(finetune: block, fixed_so_far) -> FinetuneBlock``; raises ``pydantic.ValidationError``
+    #: with every problem, having put into ``fixed_so_far`` the fixed settings it could tell
+    #: (a searched key repeated there is reported even when the block has other problems).
+    parse: Callable[[Mapping[str, Any], dict[str, Any]], FinetuneBlock]
     #: Settings the ``search`` block may name; ``None``: any key (a command's own config).
     searchable: frozenset[str] | None = None
     #: Whether every trial's settings are valid ``settings`` (then the ends of every searched
     #: range are checked before a run).
     checks_values: bool = False
-    #: Whether the backend trains on the ``data:`` block itself (the built-in fine-tuner); the
-    #: command backend's program reads its own files.
-    prepares_data: bool = False
+    #: Whether it trains in this process on the ``data:`` block (the built-in fine-tuner): the
+    #: data are prepared here, the best weights kept, ``lr-find`` runs it, and its settings are
+    #: translated to DeepSC's on export.
+    in_process: bool = False
+    #: Whether the ``finetune:`` block configures a program run per trial (DeepSC's fine-tuner):
+    #: its split is written for DeepSC and its export is the whole command line.
+    runs_program: bool = False
+    #: ``(settings, data, log=, defaults=) -> Finetuner`` (``data``: ``PreparedData`` or ``None``).
+    finetuner: Callable[..., Any] | None = None
+    #: ``(settings, data_settings, hint=)``: the files a run needs exist (``validate``), without
+    #: reading them; raises :class:`~deepsc_tune.errors.DeepscTuneError`.
+    check_files: Callable[..., None] | None = None
     #: What the backend's program would refuse, read from its checkout: ``(block, params,
     #: enqueue) -> deepsc.Findings``; ``None`` where nothing is checked.
     check_space: Callable[[FinetuneBlock, Mapping[str, Any], list[dict]], Any] | None = None
@@ -100,9 +135,19 @@ BACKENDS: dict[str, Backend] = {
         _parse_builtin,
         searchable=frozenset(TRAIN_KEYS),
         checks_values=True,
-        prepares_data=True,
+        in_process=True,
+        finetuner=_builtin_finetuner,
+        check_files=_builtin_files,
     ),
-    "command": Backend("command", CommandSettings, _parse_command, check_space=_check_command),
+    "command": Backend(
+        "command",
+        CommandSettings,
+        _parse_command,
+        runs_program=True,
+        finetuner=_command_finetuner,
+        check_files=_command_files,
+        check_space=_check_command,
+    ),
 }
 #: The backend of a file without ``finetune.backend``.
 DEFAULT_BACKEND = "builtin"

@@ -130,10 +130,8 @@ def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
 def _prepare(space, results_dir: Path, *, echo: bool = True):
     """Load and preprocess the data once (disk cache under RESULTS_DIR/cache)."""
     from deepsc_tune.data import prepare_data
-    from deepsc_tune.data_settings import DataSettings
 
-    settings = DataSettings.from_dict(space.data, source="data")
-    data = prepare_data(settings, cache_dir=results_dir / "cache", hint=space.source)
+    data = prepare_data(space.data_settings, cache_dir=results_dir / "cache", hint=space.source)
     if echo:
         n_test = 0 if data.X_test is None else len(data.X_test)
         _echo(
@@ -152,17 +150,13 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
 
 def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: bool = True):
     """The backend named by ``finetune.backend``, and the data fingerprint for the study."""
-    if space.backend == "command":
-        from deepsc_tune.command import CommandFinetuner, CommandSettings
+    from deepsc_tune.backends import get_backend
 
-        settings, _ = CommandSettings.from_dict(space.config.get("finetune") or {}, source="finetune")
-        gpu = (defaults or {}).get("cuda_visible_devices")
-        return CommandFinetuner(settings, cuda_visible_devices=gpu), None
-    data = _prepare(space, results_dir, echo=echo)  # a missing file is reported before torch loads
-    from deepsc_tune.builtin import BuiltinFinetuner
-
-    defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
-    return BuiltinFinetuner(data, log=log, defaults=defaults), data.fingerprint
+    backend = get_backend(space.backend)
+    # A missing data file is reported before torch loads.
+    data = _prepare(space, results_dir, echo=echo) if backend.in_process else None
+    finetuner = backend.finetuner(space.settings, data, log=log, defaults=defaults)
+    return finetuner, None if data is None else data.fingerprint
 
 
 # ----------------------------------------------------------------------------- commands
@@ -236,6 +230,7 @@ def run(
     --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
     on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).
     """
+    from deepsc_tune.backends import get_backend
     from deepsc_tune.confirm import run_confirmation
     from deepsc_tune.search_space import load_search_space
     from deepsc_tune.study import Progress, open_storage, open_study, run_study, sampler_label
@@ -261,7 +256,7 @@ def run(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them
-            data = None if space.backend == "command" else _prepare(space, results_dir)
+            data = _prepare(space, results_dir) if get_backend(space.backend).in_process else None
             fingerprint = data.fingerprint if data is not None else None
         else:
             finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults, echo=not child)
@@ -367,11 +362,12 @@ def _record_chance_levels(study, data) -> None:
 
 def _keep_models(finetuner, space, study, folder: Path) -> None:
     """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py)."""
-    if space.backend != "builtin":
+    from deepsc_tune.backends import get_backend
+
+    if not get_backend(space.backend).in_process:
         return
     from optuna.trial import TrialState
 
-    from deepsc_tune.data_settings import DataSettings
     from deepsc_tune.tuned_model import MODEL_DIR, ModelKeeper
 
     completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
@@ -380,7 +376,7 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
         study_name=study.study_name,
         metric=space.metric,
         data=finetuner.data,
-        data_settings=DataSettings.from_dict(space.data, source="data").to_dict(),
+        data_settings=space.data_settings.to_dict(),
         completed=completed,
     )
 
@@ -548,22 +544,14 @@ def validate(
     for item in files:
         try:
             space = load_search_space(item, overrides or [], check_deepsc=True)
-            if space.backend == "command":
-                from deepsc_tune.command import CommandFinetuner, CommandSettings
+            from deepsc_tune.backends import get_backend
 
-                # Refuses a missing checkout (cwd) or program before any trial would run.
-                try:
-                    CommandFinetuner(CommandSettings.from_dict(space.config["finetune"])[0])
-                except DeepscTuneError as e:
-                    raise ConfigError(f"{space.path}: {e}") from None
-            else:  # the data files must exist (they are not read here)
-                from deepsc_tune.data import check_inputs
-                from deepsc_tune.data_settings import DataSettings
-
-                try:
-                    check_inputs(DataSettings.from_dict(space.data, source="data"), hint=space.source)
-                except DeepscTuneError as e:
-                    raise ConfigError(f"{space.path}: {e}") from None
+            # The files a run needs (data files; a command's checkout and program) must exist;
+            # they are not read here.
+            try:
+                get_backend(space.backend).check_files(space.settings, space.data_settings, hint=space.source)
+            except DeepscTuneError as e:
+                raise ConfigError(f"{space.path}: {e}") from None
         except DeepscTuneError as e:
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
             bad += 1
@@ -798,8 +786,8 @@ def split(
     (DeepSC evaluates on it), seperated_train_eval_dataset = true. Keep test.h5ad out of the
     study. With --for original the files keep the input's values and columns.
     """
+    from deepsc_tune.backends import get_backend
     from deepsc_tune.data import write_split
-    from deepsc_tune.data_settings import DataSettings
     from deepsc_tune.search_space import load_search_space
 
     _quiet_libraries()
@@ -807,16 +795,12 @@ def split(
         if for_ not in (None, "deepsc", "original"):
             raise ConfigError(f"--for: unknown {for_!r}; expected deepsc or original")
         space = load_search_space(name, overrides or [])
-        settings = DataSettings.from_dict(space.data, source="data")
+        settings = space.data_settings
         folder = out or results_dir / space.name / "split"
-        finetune_block = space.config.get("finetune") or {}
         if for_ is None:
-            from deepsc_tune.command import CommandSettings
             from deepsc_tune.deepsc import is_deepsc_command
 
-            runs_deepsc = space.backend == "command" and is_deepsc_command(
-                CommandSettings.from_dict(finetune_block)[0].command
-            )
+            runs_deepsc = get_backend(space.backend).runs_program and is_deepsc_command(space.settings.command)
             for_ = "deepsc" if runs_deepsc else "original"
         if for_ == "original":
             paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
@@ -827,10 +811,11 @@ def split(
 
 
 def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -> None:
+    from deepsc_tune.backends import get_backend
     from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
     from deepsc_tune.search_space import dump_settings
 
-    options = deepsc_options(space.config.get("finetune") if space.backend == "command" else None)
+    options = deepsc_options(space.config.get("finetune") if get_backend(space.backend).runs_program else None)
     if gene_map is not None:
         options["gene_map"] = gene_map
     result = write_deepsc_split(settings, folder, hint=space.source, **options)
@@ -1091,7 +1076,9 @@ def lr_find(
     with user_errors():
         check_bounds(min_lr, max_lr, steps)
         space = load_search_space(name, overrides or [], fixed_only=True)
-        if space.backend != "builtin":
+        from deepsc_tune.backends import get_backend
+
+        if not get_backend(space.backend).in_process:
             raise ConfigError(
                 f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, got {space.backend!r}"
             )

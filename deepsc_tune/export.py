@@ -22,6 +22,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
+from deepsc_tune.backends import get_backend
 from deepsc_tune.command import (
     DEFAULT_COMMAND,
     RUN_DIR_PLACEHOLDER,
@@ -48,26 +49,27 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     The built-in ``cosine`` is warmup + one cosine decay; DeepSC's ``cosine`` is warmup + warm
     restarts (``cosine_restarts`` here), so a built-in result names the shape it used.
     """
+    builtin = get_backend(backend).in_process  # the built-in fine-tuner, not DeepSC itself
     settings = dict(trial.user_attrs.get("settings") or trial.params)
     keys = list(trial.params) + [k for k in DEEPSC_KEYS if k in settings and k not in trial.params]
-    if backend == "builtin":
+    if builtin:
         keys = [k for k in keys if k in trial.params or k == "epoch"]
     else:
         keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
-    if backend == "builtin" and kind == "cosine_restarts":
+    if builtin and kind == "cosine_restarts":
         out["lr_scheduler_type"] = "cosine"
         notes.append("schedule: DeepSC's 'cosine' (warmup + warm restarts), tuned here as 'cosine_restarts'")
-    elif backend == "builtin" and kind == "cosine":
+    elif builtin and kind == "cosine":
         notes.append(
             "schedule: tuned as warmup + one cosine decay; DeepSC's 'cosine' adds warm restarts "
             "(search 'cosine_restarts' to tune that exact shape)"
         )
     if out.get("lr_scheduler_type") == "constant":
         out.pop("warmup_ratio", None)
-    if backend == "builtin":
+    if builtin:
         notes.append("tuned on deepsc-tune's built-in fine-tuner; batch size and epochs may need scaling for DeepSC")
     return out, notes
 
@@ -156,7 +158,7 @@ def best_notes(
             + " (reported only, never used for selection)"
         )
     notes += deepsc_settings(trial, backend=backend)[1]
-    if backend == "command":
+    if get_backend(backend).runs_program:
         notes.append(
             "the command re-runs this trial as it ran (same data files, validation file included); "
             "DeepSC writes its checkpoints to its own hard-coded, timestamped folder"
@@ -183,7 +185,7 @@ def format_best(
         selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
     notes = best_notes(study, trial, backend=backend, selection=selection)
-    run = deepsc_run(study, trial, folder=folder) if backend == "command" else None
+    run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
     if fmt == "json":
         return json.dumps(

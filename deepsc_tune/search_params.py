@@ -111,11 +111,10 @@ def parse_search(
         Declared ``int``/``float`` types of numeric settings (a range of ints for a float
         setting is a float range).
     fixed
-        The ``finetune`` block's settings, which a searched key must not repeat. ``None`` when
-        that block is invalid (nothing is compared then).
+        The ``finetune`` block's settings, which a searched key must not repeat.
     check
         Validates a full settings mapping (the fine-tuner's schema); every end of every range is
-        checked with it.
+        checked with it (given only when the ``finetune`` block is valid).
     valid
         Filled with the entries that are valid, also when others are not (so that the study
         block's ``enqueue`` is checked against them).
@@ -145,8 +144,8 @@ def parse_search(
             errors.append(((name,), problem(what), entry))
         params[name] = spec
     params = _order_by_conditions(params, errors)
-    if check is not None and fixed is not None and params and not errors:
-        _check_extremes(dict(fixed), params, errors, check)
+    if check is not None and params and not errors:
+        _check_extremes(dict(fixed or {}), params, errors, check)
     if valid is not None:
         valid.update(params)
     raise_errors(errors)

@@ -400,7 +400,7 @@ class SpaceFile(BaseModel):
         if backend is None:
             what = f"unknown backend {name!r}; expected {' or '.join(repr(b) for b in BACKENDS)}"
             raise_errors([(("backend",), problem(what), name)])
-        block = backend.parse(raw)
+        block = backend.parse(raw, info.context["parsed"].setdefault("fixed", {}))
         info.context["parsed"]["finetune"] = block
         return block
 
@@ -422,8 +422,8 @@ class SpaceFile(BaseModel):
             backend=info.context["backend"],
             known=backend.searchable if backend else None,
             types=backend.param_types() if backend else None,
-            fixed=finetune.fixed if finetune else None,
-            check=backend.check if backend and backend.checks_values else None,
+            fixed=finetune.fixed if finetune else parsed.get("fixed"),
+            check=backend.check if finetune and backend.checks_values else None,
             valid=parsed["params"],
         )
 
