@@ -1,4 +1,5 @@
-"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``.
+"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``; the report tests' studies
+(``report_studies.py``).
 
 ``.ci/run`` starts PostgreSQL on 127.0.0.1 and exports ``DEEPSC_TUNE_TEST_POSTGRES_URL``. In CI
 (``CI=true``) a missing or unreachable server fails those tests; elsewhere they are skipped
@@ -12,6 +13,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
+# The report tests' studies: the real search (real_results) runs once per session.
+from report_studies import real_copy, real_results, real_study, synthetic  # noqa: F401
 
 POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
 
