@@ -1,6 +1,6 @@
 """``report.html`` and ``index.html``: the report's figures and tables in the page templates.
 
-The pages are :mod:`string.Template` files in ``deepsc_tune/templates/`` (installed with the
+The pages are :class:`string.Template` files in ``deepsc_tune/templates/`` (installed with the
 package): ``page.html`` (the HTML shell and its style, shared by both pages), ``report.html`` (the
 sections of a study with finished trials), ``report_unfinished.html`` (a study with none yet) and
 ``index.html``. Every value put into a page is HTML-escaped here; the tables are built here from
