@@ -1,4 +1,4 @@
-"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``.
+"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``; DeepSC's checkout.
 
 ``.ci/run`` starts PostgreSQL on 127.0.0.1 and exports ``DEEPSC_TUNE_TEST_POSTGRES_URL``. In CI
 (``CI=true``) a missing or unreachable server fails those tests; elsewhere they are skipped
@@ -8,12 +8,16 @@ with the reason, so a laptop without PostgreSQL still runs the rest of the suite
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
+#: DeepSC at 2416d85, read only (the shared folder beside the repository).
+CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
 
 
 def in_ci() -> bool:
@@ -59,3 +63,24 @@ def postgres_study(postgres_url: str) -> Iterator[tuple[str, str]]:
         pass
     finally:
         storage.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def checkout() -> Path:
+    """DeepSC's real checkout at 2416d85 (tests/test_deepsc*.py); fails in CI when it is missing."""
+    from deepsc_tune.deepsc_checkout import ENTRY_FILE
+
+    if not (CHECKOUT / ENTRY_FILE).is_file():
+        reason = f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    return CHECKOUT
+
+
+@pytest.fixture
+def copy(checkout, tmp_path) -> Path:
+    """A writable copy of the checkout, for simulating other commits."""
+    dest = tmp_path / "DeepSC"
+    shutil.copytree(checkout, dest)
+    return dest
