@@ -1,4 +1,5 @@
-"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``; DeepSC's checkout.
+"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``; DeepSC's checkout;
+Baron pancreas and a fresh prepare_data memo for the data tests.
 
 ``.ci/run`` starts PostgreSQL on 127.0.0.1 and exports ``DEEPSC_TUNE_TEST_POSTGRES_URL``. In CI
 (``CI=true``) a missing or unreachable server fails those tests; elsewhere they are skipped
@@ -18,6 +19,7 @@ import pytest
 POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
 #: DeepSC at 2416d85, read only (the shared folder beside the repository).
 CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
+BARON = Path(__file__).parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
 
 
 def in_ci() -> bool:
@@ -84,3 +86,24 @@ def copy(checkout, tmp_path) -> Path:
     dest = tmp_path / "DeepSC"
     shutil.copytree(checkout, dest)
     return dest
+
+
+@pytest.fixture
+def baron() -> Path:
+    """Baron pancreas (../shared/data); fails in CI when it is missing."""
+    if not BARON.is_file():
+        reason = f"real data not found: {BARON} (the shared data folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    return BARON
+
+
+@pytest.fixture
+def fresh_data_memo() -> Iterator[None]:
+    """Each test sees prepare_data as a new process would (its own disk cache, if any, survives)."""
+    from deepsc_tune.data_cache import clear_memo
+
+    clear_memo()
+    yield
+    clear_memo()
