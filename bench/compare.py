@@ -70,6 +70,7 @@ from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
 from deepsc_tune.confirm import run_confirmation  # noqa: E402
 from deepsc_tune.data import DataSettings, PreparedData, prepare_data  # noqa: E402
+from deepsc_tune.evaluation import classification_metrics  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
     DEFAULT_STUDY,
     SearchSpace,
@@ -84,7 +85,6 @@ from deepsc_tune.study import (  # noqa: E402
     run_study,
     search_trials,
 )
-from deepsc_tune.train import classification_metrics  # noqa: E402
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).
 GRID_LEARNING_RATES = (1e-5, 5e-5, 1e-4, 5e-4)
@@ -409,7 +409,7 @@ def logistic_regression(data: PreparedData) -> dict[str, Any]:
     """scikit-learn's LogisticRegression on the prepared training cells, scored on the test cells.
 
     Same features and split as the fine-tuner (the validation cells are not used for fitting),
-    scored with :func:`deepsc_tune.train.classification_metrics`, the fine-tuner's own metrics.
+    scored with :func:`deepsc_tune.evaluation.classification_metrics`, the fine-tuner's own metrics.
     """
     from sklearn.linear_model import LogisticRegression
 

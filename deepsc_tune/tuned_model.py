@@ -282,8 +282,8 @@ def predict_file(
     import pandas as pd
 
     from deepsc_tune.data import DataSettings
+    from deepsc_tune.evaluation import predict_logits
     from deepsc_tune.preprocess import prepare_query
-    from deepsc_tune.train import predict_logits
 
     query = Path(query)
     out = Path(out) if out is not None else default_output(query)
