@@ -27,9 +27,10 @@ from optuna.trial import TrialState
 
 from deepsc_tune.backend import Finetuner
 from deepsc_tune.objective import build_objective
+from deepsc_tune.progress import Progress
 from deepsc_tune.repeat import enqueue_repeats, is_repeat, plan_repeats, waiting_repeats
 from deepsc_tune.search_space import SearchSpace
-from deepsc_tune.study import Progress, start_lock
+from deepsc_tune.start_lock import start_lock
 
 
 class ConfirmSummary(NamedTuple):

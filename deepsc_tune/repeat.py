@@ -29,9 +29,11 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.backend import Finetuner
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
+from deepsc_tune.progress import Progress
 from deepsc_tune.search_space import SearchSpace, build_search_space
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
-from deepsc_tune.study import Progress, load_existing_study, open_storage
+from deepsc_tune.storage import open_storage
+from deepsc_tune.study import load_existing_study
 
 #: States in which a planned repeat counts as done or under way.
 DONE_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)

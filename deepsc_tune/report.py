@@ -45,7 +45,18 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.export import format_best
 from deepsc_tune.selection import configurations, format_reported, select
 from deepsc_tune.space_record import config_value
-from deepsc_tune.study import failure_reason
+from deepsc_tune.trial_record import (
+    RETRY_OF,
+    complete_repeats,
+    failure_reason,
+    is_repeat,
+    metric_value,
+    ranked_search_trials,
+    search_only,
+    state_counts,
+    study_backend,
+    study_metric,
+)
 
 #: Default number of best configurations shown in the stability section.
 TOP_CONFIGS = 5
@@ -85,28 +96,6 @@ TEMPLATE = "plotly_white"
 
 
 # ============================================================================ plot data
-
-
-def is_repeat(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` is a repeat made by ``deepsc-tune repeat`` (not part of the search)."""
-    return "repeat_of" in trial.user_attrs
-
-
-def search_only(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The search trials among ``trials`` (repeats left out)."""
-    return [t for t in trials if not is_repeat(t)]
-
-
-def metric_value(trial: FrozenTrial) -> float | None:
-    """``trial.value`` when COMPLETE, the last reported intermediate value when PRUNED or RUNNING.
-
-    ``None`` for FAIL and WAITING trials and trials that reported nothing.
-    """
-    if trial.state == TrialState.COMPLETE:
-        return trial.value
-    if trial.state in (TrialState.FAIL, TrialState.WAITING) or not trial.intermediate_values:
-        return None
-    return trial.intermediate_values[max(trial.intermediate_values)]
 
 
 def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
@@ -362,14 +351,8 @@ def stability_data(
     the best validation metric across the original trial and its COMPLETE repeats
     (``repeat_of`` = its number), ``None`` until a repeat has completed.
     """
-    ranked = sorted(
-        (t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-t.value, t.number),
-    )[:top]
-    repeats: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None:
-            repeats.setdefault(int(t.user_attrs["repeat_of"]), []).append(t)
+    ranked = ranked_search_trials(trials)[:top]
+    repeats = complete_repeats(trials)
     rows = []
     for t in ranked:
         epochs = sorted(t.intermediate_values)[-last:]
@@ -572,10 +555,7 @@ def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 
 
 def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        counts[t.state.name] += 1
-    return counts
+    return {s.name: n for s, n in state_counts(trials).items()}
 
 
 def summary_data(
@@ -590,7 +570,7 @@ def summary_data(
     ``record_dir``: the study's results folder (a DeepSC study's export reads its search space and
     trial records there)."""
     search = search_only(trials)
-    retries = {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
+    retries = {int(t.user_attrs[RETRY_OF]): t.number for t in trials if RETRY_OF in t.user_attrs}
     failed = [
         FailedTrial(t.number, (failure_reason(t) or "").strip(), retries.get(t.number))
         for t in trials
@@ -599,7 +579,7 @@ def summary_data(
     default_epochs = config_value(study.user_attrs, "epoch")
     summary = Summary(
         study_name=study.study_name,
-        metric=study.user_attrs.get("metric", "val_accuracy"),
+        metric=study_metric(study.user_attrs),
         counts=_counts(search),
         repeat_counts=_counts([t for t in trials if is_repeat(t)]),
         budget=epoch_budget(trials, default_epochs=default_epochs),
@@ -1439,7 +1419,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
     ``RESULTS_DIR/F/``; other studies in that database to ``RESULTS_DIR/F/<study name>/``. A
     database that cannot be read is listed with the reason instead of stopping the others.
     """
-    from deepsc_tune.study import open_storage
+    from deepsc_tune.storage import open_storage
 
     results_dir = Path(results_dir)
     rows, reports, errors = [], [], []
@@ -1455,7 +1435,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             # the folder's own study (or its only one) reports next to study.db; others below it
             folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
             files = write_report(
-                study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top, record_dir=db.parent
+                study, folder=folder, backend=study_backend(study.user_attrs), top=top, record_dir=db.parent
             )
             reports.append(files)
             rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))

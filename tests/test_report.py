@@ -42,7 +42,8 @@ from deepsc_tune.report import (
     write_index,
     write_report,
 )
-from deepsc_tune.study import best_search_trial, open_storage, search_trials
+from deepsc_tune.storage import open_storage
+from deepsc_tune.trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -13,17 +13,11 @@ from optuna.trial import TrialState
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import epoch_history
+from deepsc_tune.recovery import recover_orphaned_trials
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import (
-    TooManyFailures,
-    best_search_trial,
-    default_storage_url,
-    open_storage,
-    open_study,
-    recover_orphaned_trials,
-    run_study,
-    search_trials,
-)
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import TooManyFailures, open_study, run_study
+from deepsc_tune.trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -177,7 +171,7 @@ def test_orphaned_running_trial_is_failed_and_requeued(storage):
 
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": "1"})
     number = trial.number
-    assert recover_orphaned_trials(study) == [number]
+    assert recover_orphaned_trials(study, storage) == [number]
     frozen = study.get_trials()[number]
     assert frozen.state == TrialState.FAIL
     assert "died while the trial ran" in frozen.user_attrs["fail_reason"]
@@ -195,7 +189,7 @@ def test_live_workers_trials_are_left_alone(storage):
     from deepsc_tune.objective import worker_identity
 
     trial.set_user_attr("worker", worker_identity())
-    assert recover_orphaned_trials(study) == []
+    assert recover_orphaned_trials(study, storage) == []
     assert study.get_trials()[trial.number].state == TrialState.RUNNING
 
 

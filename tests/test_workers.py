@@ -21,19 +21,11 @@ from sqlalchemy.engine import make_url
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.objective import epoch_history
+from deepsc_tune.recovery import trial_id
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import (
-    STALE_REASON,
-    default_storage_url,
-    failure_reason,
-    heartbeat_settings,
-    open_storage,
-    open_study,
-    run_study,
-    sampler_label,
-    with_driver,
-    worker_seed,
-)
+from deepsc_tune.storage import default_storage_url, heartbeat_settings, open_storage, with_driver
+from deepsc_tune.study import open_study, run_study, sampler_label, worker_seed
+from deepsc_tune.trial_record import STALE_REASON, failure_reason
 from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers, sigterm_as_interrupt
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -258,11 +250,12 @@ def test_heartbeat_fails_and_requeues_a_silent_workers_trial(storage_url, monkey
     monkeypatch.setenv("DEEPSC_TUNE_GRACE", "3")
     url, name = storage_url
     space = make_space(n_trials=2)
-    study = open_study(space, storage=open_storage(url), study_name=name)
+    storage = open_storage(url)
+    study = open_study(space, storage=storage, study_name=name)
     lost = study.ask()  # takes the enqueued learning_rate=1e-4
     lost.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
     lost.set_user_attr("worker", {"host": "elsewhere", "pid": 12345, "started": "1"})
-    study._storage.record_heartbeat(lost._trial_id)  # one beat, then silence
+    storage.record_heartbeat(trial_id(storage, study, lost.number))  # one beat, then silence
     started = time.monotonic()
     run_study(space, SleepyFinetuner(), study=study)
     assert time.monotonic() - started >= 3  # not before the grace period
