@@ -141,7 +141,7 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
         )
         for note in data.notes:
             _echo(f"data: {note}")
-        from deepsc_tune.data import validation_warning
+        from deepsc_tune.data_split import validation_warning
 
         warning = validation_warning(data.y_val, data.classes)
         if warning:
@@ -558,7 +558,8 @@ def validate(
                 except DeepscTuneError as e:
                     raise ConfigError(f"{space.path}: {e}") from None
             else:  # the data files must exist (they are not read here)
-                from deepsc_tune.data import DataSettings, check_inputs
+                from deepsc_tune.data import DataSettings
+                from deepsc_tune.data_loading import check_inputs
 
                 try:
                     check_inputs(DataSettings.from_dict(space.data, source="data"), hint=space.source)
@@ -806,7 +807,8 @@ def split(
     (DeepSC evaluates on it), seperated_train_eval_dataset = true. Keep test.h5ad out of the
     study. With --for original the files keep the input's values and columns.
     """
-    from deepsc_tune.data import DataSettings, write_split
+    from deepsc_tune.data import DataSettings
+    from deepsc_tune.deepsc_split import write_split
     from deepsc_tune.search_space import load_search_space
 
     _quiet_libraries()
@@ -819,7 +821,7 @@ def split(
         finetune_block = space.config.get("finetune") or {}
         if for_ is None:
             from deepsc_tune.command import CommandSettings
-            from deepsc_tune.deepsc import is_deepsc_command
+            from deepsc_tune.deepsc_checkout import is_deepsc_command
 
             runs_deepsc = space.backend == "command" and is_deepsc_command(
                 CommandSettings.from_dict(finetune_block)[0].command

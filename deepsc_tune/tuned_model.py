@@ -14,7 +14,7 @@ Repeats (``deepsc-tune repeat``) offer their weights too, so a seed that beats t
 replaces it. Writers on one machine serialise on a lock file; the folder is swapped in whole.
 
 :func:`predict_file` annotates a query ``.h5ad`` with the kept model. Its input goes through
-:func:`deepsc_tune.data.prepare_query`, the same code as the test split, so predicting the test
+:func:`deepsc_tune.preprocess.prepare_query`, the same code as the test split, so predicting the test
 cells reproduces the test metrics the study recorded.
 """
 
@@ -281,7 +281,8 @@ def predict_file(
     import numpy as np
     import pandas as pd
 
-    from deepsc_tune.data import DataSettings, prepare_query
+    from deepsc_tune.data import DataSettings
+    from deepsc_tune.preprocess import prepare_query
     from deepsc_tune.train import predict_logits
 
     query = Path(query)

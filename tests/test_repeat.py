@@ -23,7 +23,7 @@ from deepsc_tune.repeat import (
     top_trials,
     waiting_repeats,
 )
-from deepsc_tune.report import stability_data
+from deepsc_tune.report_data import stability_data
 from deepsc_tune.search_space import build_search_space
 from deepsc_tune.storage import default_storage_url, open_storage
 from deepsc_tune.study import open_study, run_study
