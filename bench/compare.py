@@ -71,6 +71,7 @@ from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
 from deepsc_tune.confirm import run_confirmation  # noqa: E402
 from deepsc_tune.data import DataSettings, PreparedData, prepare_data  # noqa: E402
 from deepsc_tune.evaluation import classification_metrics  # noqa: E402
+from deepsc_tune.progress import Progress  # noqa: E402
 from deepsc_tune.search_space import (  # noqa: E402
     DEFAULT_STUDY,
     SearchSpace,
@@ -78,13 +79,8 @@ from deepsc_tune.search_space import (  # noqa: E402
     parse_yaml,
     resolve_search_space_path,
 )
-from deepsc_tune.study import (  # noqa: E402
-    Progress,
-    best_search_trial,
-    open_study,
-    run_study,
-    search_trials,
-)
+from deepsc_tune.study import open_study, run_study  # noqa: E402
+from deepsc_tune.trial_record import best_search_trial, search_trials  # noqa: E402
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).
 GRID_LEARNING_RATES = (1e-5, 5e-5, 1e-4, 5e-4)

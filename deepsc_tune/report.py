@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.report_data import TOP_CONFIGS, epochs_run, epochs_set, metric_value
 from deepsc_tune.report_page import render_index, render_report
 from deepsc_tune.report_summary import IndexRow, ReportData, build_report_data, index_row
-from deepsc_tune.study import failure_reason
+from deepsc_tune.trial_record import failure_reason, study_backend
 
 #: Columns of ``trials.csv`` after ``number``, ``state`` and the searched parameters.
 CSV_COLUMNS = (
@@ -179,7 +179,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
     ``RESULTS_DIR/F/``; other studies in that database to ``RESULTS_DIR/F/<study name>/``. A
     database that cannot be read is listed with the reason instead of stopping the others.
     """
-    from deepsc_tune.study import open_storage
+    from deepsc_tune.storage import open_storage
 
     results_dir = Path(results_dir)
     rows, reports, errors = [], [], []
@@ -195,7 +195,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             # the folder's own study (or its only one) reports next to study.db; others below it
             folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
             files = write_report(
-                study, folder=folder, backend=study.user_attrs.get("backend", "builtin"), top=top, record_dir=db.parent
+                study, folder=folder, backend=study_backend(study.user_attrs), top=top, record_dir=db.parent
             )
             reports.append(files)
             rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))

@@ -34,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.selection import configurations, select
+from deepsc_tune.trial_record import complete_repeats, is_repeat, metric_value, ranked_search_trials, search_only
 
 #: Default number of best configurations shown in the stability section.
 TOP_CONFIGS = 5
@@ -45,28 +46,6 @@ NO_SCHEDULER = "(fixed)"
 #: of points paints the whole plane with values no trial measured.
 MIN_CONTOUR_SHADING = 8
 _CONTOUR_GRID = 60
-
-
-def is_repeat(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` is a repeat made by ``deepsc-tune repeat`` (not part of the search)."""
-    return "repeat_of" in trial.user_attrs
-
-
-def search_only(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The search trials among ``trials`` (repeats left out)."""
-    return [t for t in trials if not is_repeat(t)]
-
-
-def metric_value(trial: FrozenTrial) -> float | None:
-    """``trial.value`` when COMPLETE, the last reported intermediate value when PRUNED or RUNNING.
-
-    ``None`` for FAIL and WAITING trials and trials that reported nothing.
-    """
-    if trial.state == TrialState.COMPLETE:
-        return trial.value
-    if trial.state in (TrialState.FAIL, TrialState.WAITING) or not trial.intermediate_values:
-        return None
-    return trial.intermediate_values[max(trial.intermediate_values)]
 
 
 def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
@@ -322,14 +301,8 @@ def stability_data(
     the best validation metric across the original trial and its COMPLETE repeats
     (``repeat_of`` = its number), ``None`` until a repeat has completed.
     """
-    ranked = sorted(
-        (t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-t.value, t.number),
-    )[:top]
-    repeats: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None:
-            repeats.setdefault(int(t.user_attrs["repeat_of"]), []).append(t)
+    ranked = ranked_search_trials(trials)[:top]
+    repeats = complete_repeats(trials)
     rows = []
     for t in ranked:
         epochs = sorted(t.intermediate_values)[-last:]

@@ -41,7 +41,7 @@ from deepsc_tune.report_data import (
 )
 from deepsc_tune.selection import format_reported, select
 from deepsc_tune.space_record import config_value
-from deepsc_tune.study import failure_reason
+from deepsc_tune.trial_record import RETRY_OF, failure_reason, state_counts, study_metric
 
 
 class FailedTrial(NamedTuple):
@@ -84,10 +84,7 @@ class Summary:
 
 
 def _counts(trials: Sequence[FrozenTrial]) -> dict[str, int]:
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        counts[t.state.name] += 1
-    return counts
+    return {s.name: n for s, n in state_counts(trials).items()}
 
 
 def summary_data(
@@ -102,7 +99,7 @@ def summary_data(
     ``record_dir``: the study's results folder (a DeepSC study's export reads its search space and
     trial records there)."""
     search = search_only(trials)
-    retries = {int(t.user_attrs["retry_of"]): t.number for t in trials if "retry_of" in t.user_attrs}
+    retries = {int(t.user_attrs[RETRY_OF]): t.number for t in trials if RETRY_OF in t.user_attrs}
     failed = [
         FailedTrial(t.number, (failure_reason(t) or "").strip(), retries.get(t.number))
         for t in trials
@@ -111,7 +108,7 @@ def summary_data(
     default_epochs = config_value(study.user_attrs, "epoch")
     summary = Summary(
         study_name=study.study_name,
-        metric=study.user_attrs.get("metric", "val_accuracy"),
+        metric=study_metric(study.user_attrs),
         counts=_counts(search),
         repeat_counts=_counts([t for t in trials if is_repeat(t)]),
         budget=epoch_budget(trials, default_epochs=default_epochs),

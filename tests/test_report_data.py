@@ -25,7 +25,7 @@ from deepsc_tune.report_data import (
     param_importances,
     stability_data,
 )
-from deepsc_tune.study import best_search_trial, search_trials
+from deepsc_tune.trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -9,7 +9,7 @@ from report_studies import REAL_EPOCHS, add, cos
 
 from deepsc_tune.export import format_best
 from deepsc_tune.report_summary import summary_data
-from deepsc_tune.study import best_search_trial
+from deepsc_tune.trial_record import best_search_trial
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
