@@ -46,15 +46,16 @@ MLP_TARGET_CELLS_PER_S = 15_000
 
 def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dict]:
     from deepsc_tune import data as data_mod
+    from deepsc_tune import data_cache
     from deepsc_tune.data_settings import DataSettings
 
     settings = DataSettings.from_dict({"train": str(data_path), "label_key": "cell_type", "n_top_genes": 2000})
-    data_mod.clear_memo()
+    data_cache.clear_memo()
     load0 = load_average()
     t0 = time.perf_counter()
     prepared = data_mod.prepare_data(settings, cache_dir=cache_dir)
     cold = time.perf_counter() - t0
-    data_mod.clear_memo()
+    data_cache.clear_memo()
     t0 = time.perf_counter()
     reloaded = data_mod.prepare_data(settings, cache_dir=cache_dir)
     warm = time.perf_counter() - t0

@@ -39,7 +39,8 @@ from benchinfo import cpu_model, git_commit, load_average
 
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import open_storage, open_study, run_study
+from deepsc_tune.storage import open_storage
+from deepsc_tune.study import open_study, run_study
 
 OUT = REPO / "results" / "benchmarks"
 

@@ -72,7 +72,7 @@ def _command_finetuner(settings: Any, data: Any, *, log: Any = None, defaults: M
 
 
 def _builtin_files(settings: Any, data_settings: Any, *, hint: str | None = None) -> None:
-    from deepsc_tune.data import check_inputs
+    from deepsc_tune.data_loading import check_inputs
 
     check_inputs(data_settings, hint=hint)
 

@@ -122,7 +122,7 @@ def _echo(line: str) -> None:
 
 
 def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
-    from deepsc_tune.study import default_storage_url
+    from deepsc_tune.storage import default_storage_url
 
     return storage or default_storage_url(name, results_dir)
 
@@ -140,7 +140,7 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
         )
         for note in data.notes:
             _echo(f"data: {note}")
-        from deepsc_tune.data import validation_warning
+        from deepsc_tune.data_split import validation_warning
 
         warning = validation_warning(data.y_val, data.classes)
         if warning:
@@ -232,8 +232,10 @@ def run(
     """
     from deepsc_tune.backends import get_backend
     from deepsc_tune.confirm import run_confirmation
+    from deepsc_tune.progress import Progress
     from deepsc_tune.search_space import load_search_space
-    from deepsc_tune.study import Progress, open_storage, open_study, run_study, sampler_label
+    from deepsc_tune.storage import open_storage
+    from deepsc_tune.study import open_study, run_study, sampler_label
     from deepsc_tune.workers import parse_gpus, plan_workers, sigterm_as_interrupt, watch_parent
 
     _quiet_libraries()
@@ -339,12 +341,14 @@ def _describe_trials(study) -> str:
     """``new study, 2 queued`` / ``5 finished, 1 failed, 2 queued`` (queued: not run yet)."""
     from optuna.trial import TrialState
 
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    from deepsc_tune.trial_record import n_finished, state_counts
+
+    counts = state_counts(study.get_trials(deepcopy=False))
     parts = [
-        (sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states), "finished"),
-        (states.count(TrialState.FAIL), "failed"),
-        (states.count(TrialState.RUNNING), "running"),
-        (states.count(TrialState.WAITING), "queued"),
+        (n_finished(counts), "finished"),
+        (counts[TrialState.FAIL], "failed"),
+        (counts[TrialState.RUNNING], "running"),
+        (counts[TrialState.WAITING], "queued"),
     ]
     text = ", ".join(f"{n} {what}" for n, what in parts if n)
     if not any(n for n, what in parts[:3]):
@@ -448,12 +452,10 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
 def _summarise(study, space, *, budget=None):
     """Counts after the workers stopped; an error when they stopped short of the target
     (unless the time budget stopped them)."""
-    from optuna.trial import TrialState
+    from deepsc_tune.study import RunSummary
+    from deepsc_tune.trial_record import count_states, n_finished
 
-    from deepsc_tune.study import RunSummary, count_states
-
-    counts = count_states(study)
-    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    finished = n_finished(count_states(study))
     if finished < space.n_trials and not (budget is not None and budget.spent()):
         raise DeepscTuneError(
             f"the workers stopped with {finished}/{space.n_trials} finished trials "
@@ -463,7 +465,7 @@ def _summarise(study, space, *, budget=None):
 
 
 def _short_url(url: str) -> str:
-    from deepsc_tune.study import redact
+    from deepsc_tune.storage import redact
 
     return redact(url)
 
@@ -473,7 +475,7 @@ def _print_best(study, backend: str, *, fmt: str, folder: Path | None = None) ->
     search space and trial records)."""
     from deepsc_tune.export import best_notes, format_best
     from deepsc_tune.selection import select
-    from deepsc_tune.study import best_search_trial
+    from deepsc_tune.trial_record import best_search_trial
 
     try:
         best_search_trial(study)  # the clear error when nothing has completed
@@ -587,7 +589,7 @@ def best(
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend = _load_study(name, results_dir, storage, study_name)
-        from deepsc_tune.study import best_search_trial
+        from deepsc_tune.trial_record import best_search_trial
 
         best_search_trial(study)  # no completed trial: the error, on stderr, exit 1
         _print_best(study, backend, fmt=fmt, folder=Path(results_dir) / _space_name(name))
@@ -610,7 +612,9 @@ def _space_name(name: str) -> str:
 
 def _load_study(name: str, results_dir: Path, storage: str | None, study_name: str | None):
     """Open an existing study for reading (the search-space file itself is not needed)."""
-    from deepsc_tune.study import load_existing_study, open_storage
+    from deepsc_tune.storage import open_storage
+    from deepsc_tune.study import load_existing_study
+    from deepsc_tune.trial_record import study_backend
 
     _quiet_libraries()
     folder = _space_name(name)
@@ -622,7 +626,7 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
         )
     url = storage or f"sqlite:///{db}"
     study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
-    return study, study.user_attrs.get("backend", "builtin")
+    return study, study_backend(study.user_attrs)
 
 
 @app.command()
@@ -637,12 +641,22 @@ def status(
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
     from deepsc_tune.chance import chance_note, chance_trials
-    from deepsc_tune.study import failure_reason, format_params
+    from deepsc_tune.progress import format_params
+    from deepsc_tune.trial_record import (
+        ENQUEUED,
+        REPEAT_OF,
+        RETRY_OF,
+        TEST_ACCURACY,
+        failure_reason,
+        last_reported,
+        state_counts,
+        study_metric,
+    )
 
     with user_errors():
         study, _ = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
-        metric = study.user_attrs.get("metric", "val_accuracy")
+        metric = study_metric(study.user_attrs)
         if as_json:
             _echo(_status_json(study, trials, metric))
             return
@@ -650,13 +664,10 @@ def status(
         _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
         for t in trials:
             u = t.user_attrs
-            value = (
-                f"{t.value:.4f}"
-                if t.value is not None
-                else (f"{t.intermediate_values[max(t.intermediate_values)]:.4f}" if t.intermediate_values else "-")
-            )
-            test = f"{u['test_accuracy']:.4f}" if u.get("test_accuracy") is not None else "-"
-            tags = [f"{k}={u[k]}" for k in ("enqueued", "repeat_of", "retry_of") if k in u]
+            shown = t.value if t.value is not None else last_reported(t)
+            value = f"{shown:.4f}" if shown is not None else "-"
+            test = f"{u[TEST_ACCURACY]:.4f}" if u.get(TEST_ACCURACY) is not None else "-"
+            tags = [f"{k}={u[k]}" for k in (ENQUEUED, REPEAT_OF, RETRY_OF) if k in u]
             if t.number in at_chance:
                 tags.append("chance level")
             extra = f"  [{', '.join(tags)}]" if tags else ""
@@ -667,9 +678,8 @@ def status(
             reason = failure_reason(t)
             if reason:
                 _echo(f"{'':>6}reason: {reason.splitlines()[0][:200]}")
-        counts = {}
-        for t in trials:
-            counts[t.state.name] = counts.get(t.state.name, 0) + 1
+        by_state = state_counts(trials)
+        counts = {t.state.name: by_state[t.state] for t in trials}
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
         note = chance_note(study, trials)
         if note:
@@ -679,8 +689,8 @@ def status(
 
 def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
     """`status`: the best configurations by their mean over seeds, once any has repeats."""
+    from deepsc_tune.progress import format_params
     from deepsc_tune.selection import format_mean_sd, format_reported, select
-    from deepsc_tune.study import format_params
 
     selection = select(trials)
     if not any(c.confirmed for c in selection.ranking):
@@ -697,19 +707,20 @@ def _status_json(study, trials, metric: str) -> str:
     """``status --json``: the study, its counts and every trial, as one JSON document."""
     import json
 
-    from deepsc_tune.study import failure_reason
+    from deepsc_tune import trial_record as tr
+    from deepsc_tune.trial_record import failure_reason, state_counts
 
     keys = (
-        "test_accuracy",
-        "test_macro_f1",
-        "best_epoch",
-        "epochs_run",
-        "duration_s",
-        "seed",
-        "enqueued",
-        "repeat_of",
-        "retry_of",
-        "device",
+        tr.TEST_ACCURACY,
+        tr.TEST_MACRO_F1,
+        tr.BEST_EPOCH,
+        tr.EPOCHS_RUN,
+        tr.DURATION_S,
+        tr.SEED,
+        tr.ENQUEUED,
+        tr.REPEAT_OF,
+        tr.RETRY_OF,
+        tr.DEVICE,
     )
     rows = []
     for t in trials:
@@ -727,14 +738,13 @@ def _status_json(study, trials, metric: str) -> str:
                 "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,
             }
         )
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    by_state = state_counts(trials)
+    counts = {t.state.name: by_state[t.state] for t in trials}  # in the order states first occur
     doc = {
         "study": study.study_name,
         "metric": metric,
         "direction": "maximize",
-        "n_trials_target": study.user_attrs.get("n_trials"),
+        "n_trials_target": study.user_attrs.get(tr.N_TRIALS),
         "counts": counts,
         "trials": rows,
     }
@@ -787,7 +797,7 @@ def split(
     study. With --for original the files keep the input's values and columns.
     """
     from deepsc_tune.backends import get_backend
-    from deepsc_tune.data import write_split
+    from deepsc_tune.deepsc_split import write_split
     from deepsc_tune.search_space import load_search_space
 
     _quiet_libraries()
@@ -798,7 +808,7 @@ def split(
         settings = space.data_settings
         folder = out or results_dir / space.name / "split"
         if for_ is None:
-            from deepsc_tune.deepsc import is_deepsc_command
+            from deepsc_tune.deepsc_checkout import is_deepsc_command
 
             runs_deepsc = get_backend(space.backend).runs_program and is_deepsc_command(space.settings.command)
             for_ = "deepsc" if runs_deepsc else "original"
@@ -943,6 +953,7 @@ def repeat(
     `report` then rank configurations by their mean over seeds (study.confirm does this after a run). A configuration that ran with seed s gets seeds s+1 ... s+SEEDS.
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
+    from deepsc_tune.progress import Progress
     from deepsc_tune.repeat import (
         check_same_data,
         enqueue_repeats,
@@ -951,7 +962,6 @@ def repeat(
         run_repeats,
         waiting_repeats,
     )
-    from deepsc_tune.study import Progress
 
     _quiet_libraries()
     with user_errors():

@@ -27,9 +27,11 @@ from optuna.trial import TrialState
 
 from deepsc_tune.backend import Finetuner
 from deepsc_tune.objective import build_objective
-from deepsc_tune.repeat import enqueue_repeats, is_repeat, plan_repeats, waiting_repeats
+from deepsc_tune.progress import Progress
+from deepsc_tune.repeat import enqueue_repeats, plan_repeats, waiting_repeats
 from deepsc_tune.search_space import SearchSpace
-from deepsc_tune.study import Progress, start_lock
+from deepsc_tune.start_lock import start_lock
+from deepsc_tune.trial_record import ranked_search_trials
 
 
 class ConfirmSummary(NamedTuple):
@@ -66,7 +68,7 @@ def run_confirmation(
     try:
         trials = study.get_trials(deepcopy=False)
         queued = 0
-        if any(t.state == TrialState.COMPLETE and not is_repeat(t) for t in trials):
+        if ranked_search_trials(trials):
             plan = plan_repeats(trials, top=space.confirm["top"], seeds=space.confirm["seeds"])
             enqueue_repeats(study, plan)
             queued = len(plan)

@@ -1,4 +1,5 @@
-"""Train / validation / test files that DeepSC's own fine-tuner reads as they are.
+"""Train / validation / test files that DeepSC's own fine-tuner reads as they are
+(:func:`write_deepsc_split`), or with the input's own values (:func:`write_split`).
 
 What DeepSC 2416d85 does with an ``.h5ad`` (``deepsc/data/dataset.py``,
 ``deepsc/data/data_collator.py``, ``finetune/cell_type_annotation.py``):
@@ -18,7 +19,7 @@ already log-normalised are kept as they are. The decision is data.py's own (the 
 built-in fine-tuner uses, ``data.normalize``); it is stated in the notes. All genes are kept
 (no highly variable genes: DeepSC maps genes through its own vocabulary), as a sparse matrix,
 with ``var[gene_col]``, and the label column under DeepSC's ``obs_celltype_col`` name. The
-cells are those of :func:`deepsc_tune.data.split_cells`, the same split as the built-in
+cells are those of :func:`deepsc_tune.data_split.split_cells`, the same split as the built-in
 fine-tuner's.
 """
 
@@ -28,15 +29,21 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from deepsc_tune import data as _data
+from deepsc_tune.data import prepare_data
+from deepsc_tune.data_loading import read_input, resolve_inputs, with_hint
 from deepsc_tune.data_settings import DataSettings
+from deepsc_tune.data_split import split_adata
 from deepsc_tune.errors import DataError
+from deepsc_tune.preprocess import prepare_expression
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 #: DeepSC's defaults for the label column and the gene-name column.
 DEFAULT_LABEL_COL = "celltype"
@@ -173,17 +180,17 @@ def write_deepsc_split(
     Raises
     ------
     DataError
-        Input problems (as :func:`deepsc_tune.data.split_cells`), an unreadable gene map, or a
+        Input problems (as :func:`deepsc_tune.data_split.split_cells`), an unreadable gene map, or a
         gene map that matches none of the data's genes; nothing is written then.
     """
     names = read_gene_map(gene_map) if gene_map is not None else None
-    settings = _data._with_hint(settings, hint)
+    settings = with_hint(settings, hint)
     # data.py's own reading, splitting and normalisation, so both backends see the same cells
     # on the same scale.
-    train_inp, test_inp = _data._inputs(settings)
-    train_ad = _data._read(train_inp)
-    test_ad = _data._read(test_inp) if test_inp else None
-    cells = _data._split(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
+    train_inp, test_inp = resolve_inputs(settings)
+    train_ad = read_input(train_inp)
+    test_ad = read_input(test_inp) if test_inp else None
+    cells = split_adata(settings, train_ad=train_ad, test_ad=test_ad, train_inp=train_inp, test_inp=test_inp)
     classes = np.asarray(cells.classes, dtype=object)
     parts = {
         "train": (train_ad, train_inp, cells.train, cells.y_train),
@@ -207,7 +214,7 @@ def write_deepsc_split(
     built: dict[str, Any] = {}
     matched: dict[str, tuple[int, int]] = {}
     for name, (adata, inp, rows, y) in parts.items():
-        x, genes, how = _data._expression(adata, rows, settings=settings, inp=inp)
+        x, genes, how = prepare_expression(adata, rows, settings=settings, inp=inp)
         if how not in notes:
             notes.append(how)
         x = sp.csr_matrix(x, dtype=np.float32)
@@ -282,3 +289,77 @@ def _deepsc_anndata(adata, rows, *, x, genes: pd.Index, labels, classes, label_c
     obs[label_col] = pd.Categorical(np.asarray(labels, dtype=str), categories=list(classes))
     var = pd.DataFrame({gene_col: np.asarray(genes, dtype=str)}, index=pd.Index(genes, dtype=str))
     return anndata.AnnData(X=x, obs=obs, var=var)
+
+
+# ----------------------------------------------------------------------------- original files
+
+
+def write_split(
+    settings: DataSettings,
+    out_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    hint: str | None = None,
+) -> dict[str, Path]:
+    """Write the split's cells, unprocessed, as ``train.h5ad``, ``val.h5ad`` and ``test.h5ad``.
+
+    The cells are exactly those of :func:`~deepsc_tune.data.prepare_data` (same call, same
+    cache), so DeepSC's fine-tuner can be run on the split deepsc-tune tuned on. Each file
+    keeps the input's original ``X``, ``layers``, ``.raw``, ``var`` and all ``obs`` columns
+    (the label column included); embeddings and graphs (``obsm``, ``obsp``, ``varm``, ``uns``)
+    are left out because they were computed on all cells. Cells of dropped classes are not
+    written, and the label column is categorical with exactly the kept classes
+    (``PreparedData.classes``, same order in every file), so category codes agree across the
+    three files.
+
+    Parameters
+    ----------
+    settings
+        Validated data settings.
+    out_dir
+        Folder to write to (created if needed); existing files are replaced.
+    cache_dir, hint
+        Passed to :func:`~deepsc_tune.data.prepare_data`.
+
+    Returns
+    -------
+    dict[str, Path]
+        ``{"train": ..., "val": ..., "test": ...}`` (no ``"test"`` without a test split).
+    """
+    settings = with_hint(settings, hint)
+    prepared = prepare_data(settings, cache_dir=cache_dir)
+    train_inp, test_inp = resolve_inputs(settings)
+    train_ad = read_input(train_inp)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for name in ("train", "val", "test"):
+        rows = prepared.indices.get(name)
+        if rows is None:
+            continue
+        adata = train_ad
+        if name == "test" and prepared.source.get("test_source") == "test":
+            adata = read_input(test_inp)
+        part = _original_subset(adata, rows)
+        part.obs[settings.label_key] = pd.Categorical(
+            part.obs[settings.label_key].astype(str), categories=prepared.classes
+        )
+        path = out_dir / f"{name}.h5ad"
+        part.write_h5ad(path)
+        written[name] = path
+    return written
+
+
+def _original_subset(adata: AnnData, rows: np.ndarray) -> AnnData:
+    import anndata
+
+    view = adata[rows]
+    out = anndata.AnnData(
+        X=view.X.copy(),
+        obs=view.obs.copy(),
+        var=view.var.copy(),
+        layers={k: v.copy() for k, v in view.layers.items()},
+    )
+    if adata.raw is not None:
+        out.raw = anndata.AnnData(X=adata.raw.X[rows], var=adata.raw.var.copy(), obs=out.obs)
+    return out

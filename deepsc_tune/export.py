@@ -35,6 +35,15 @@ from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.objective import read_trial_file, trial_dir
 from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 from deepsc_tune.space_record import read_record
+from deepsc_tune.trial_record import (
+    BEST_EPOCH,
+    EPOCHS_RUN,
+    OLD_ARGV,
+    SETTINGS,
+    TEST_ACCURACY,
+    TEST_MACRO_F1,
+    study_metric,
+)
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = shlex.join(DEFAULT_COMMAND)
@@ -50,7 +59,7 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     restarts (``cosine_restarts`` here), so a built-in result names the shape it used.
     """
     builtin = get_backend(backend).in_process  # the built-in fine-tuner, not DeepSC itself
-    settings = dict(trial.user_attrs.get("settings") or trial.params)
+    settings = dict(trial.user_attrs.get(SETTINGS) or trial.params)
     keys = list(trial.params) + [k for k in DEEPSC_KEYS if k in settings and k not in trial.params]
     if builtin:
         keys = [k for k in keys if k in trial.params or k == "epoch"]
@@ -101,12 +110,12 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None =
     details = read_trial_file(trials_dir, trial.number) or {}
     run_dir = str(trial_dir(trials_dir, trial.number)) if trials_dir is not None else "."
     checkout = str(details.get("checkout") or settings.cwd or ".")
-    argv = details.get("argv") or trial.user_attrs.get("argv")  # older studies kept it there
+    argv = details.get("argv") or trial.user_attrs.get(OLD_ARGV)  # older studies kept it there
     if argv:
         program = list(argv[: len(settings.command)])
         args = list(argv[len(settings.command) :])
     else:
-        merged = {**fixed, **(trial.user_attrs.get("settings") or trial.params)}
+        merged = {**fixed, **(trial.user_attrs.get(SETTINGS) or trial.params)}
         full = build_argv(settings, merged, run_dir=run_dir)
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
@@ -141,19 +150,19 @@ def best_notes(
     ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
     """
-    metric = study.user_attrs.get("metric", "val_accuracy")
+    metric = study_metric(study.user_attrs)
     u = trial.user_attrs
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     notes = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
-        f"{metric} {trial.value:.4f} (best epoch {u.get('best_epoch')} of {u.get('epochs_run')})",
+        f"{metric} {trial.value:.4f} (best epoch {u.get(BEST_EPOCH)} of {u.get(EPOCHS_RUN)})",
     ]
     notes += pick_notes(selection, trial.number, metric=metric)
-    if u.get("test_accuracy") is not None:
-        f1 = u.get("test_macro_f1")
+    if u.get(TEST_ACCURACY) is not None:
+        f1 = u.get(TEST_MACRO_F1)
         notes.append(
-            f"test accuracy {u['test_accuracy']:.4f}"
+            f"test accuracy {u[TEST_ACCURACY]:.4f}"
             + (f" / macro-F1 {f1:.4f}" if f1 is not None else "")
             + " (reported only, never used for selection)"
         )
@@ -192,15 +201,15 @@ def format_best(
             {
                 "study": study.study_name,
                 "trial": trial.number,
-                "metric": study.user_attrs.get("metric", "val_accuracy"),
+                "metric": study_metric(study.user_attrs),
                 "value": trial.value,
                 "deepsc": settings,
                 "deepsc_run": run,
                 "command": deepsc_shell_command(run) if run else None,
-                "settings": u.get("settings"),
-                "best_epoch": u.get("best_epoch"),
-                "test_accuracy": u.get("test_accuracy"),
-                "test_macro_f1": u.get("test_macro_f1"),
+                "settings": u.get(SETTINGS),
+                "best_epoch": u.get(BEST_EPOCH),
+                "test_accuracy": u.get(TEST_ACCURACY),
+                "test_macro_f1": u.get(TEST_MACRO_F1),
                 **pick_record(selection, trial.number),
                 "notes": notes,
             },

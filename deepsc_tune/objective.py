@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from deepsc_tune import trial_record as tr
 from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.processes import process_start_time
@@ -67,13 +68,13 @@ def build_objective(
         params = space.suggest(trial)
         settings = space.settings_for(params)
         # `deepsc-tune repeat` enqueues a known configuration with another seed.
-        seed = trial.user_attrs.get("repeat_seed")
+        seed = trial.user_attrs.get(tr.REPEAT_SEED)
         if seed is not None:
             settings["seed"] = seed
-        trial.set_user_attr("settings", settings)
-        trial.set_user_attr("seed", settings.get("seed"))
-        trial.set_user_attr("worker", worker_identity())
-        attrs = {"seed": settings.get("seed"), "repeat_of": trial.user_attrs.get("repeat_of")}
+        trial.set_user_attr(tr.SETTINGS, settings)
+        trial.set_user_attr(tr.SEED, settings.get("seed"))
+        trial.set_user_attr(tr.WORKER, worker_identity())
+        attrs = {tr.SEED: settings.get("seed"), tr.REPEAT_OF: trial.user_attrs.get(tr.REPEAT_OF)}
         tracked = (
             tracker.start_trial(
                 study_name=trial.study.study_name,
@@ -88,6 +89,7 @@ def build_objective(
         pruned_at: list[int] = []
         last_epoch = settings.get("epoch")
         last_epoch = int(last_epoch) if isinstance(last_epoch, (int, float)) else None
+        prunable = tr.prunable(trial)
 
         def report(m: EpochMetrics) -> bool:
             value = m.metric(metric)
@@ -104,7 +106,7 @@ def build_objective(
                 on_epoch(trial.number, m)
             # Pruning after the last epoch would save nothing and hide a finished result; a
             # repeat exists to measure the full curve of a known configuration, so it runs on.
-            may_prune = seed is None and (last_epoch is None or m.epoch < last_epoch)
+            may_prune = prunable and (last_epoch is None or m.epoch < last_epoch)
             if may_prune and trial.should_prune():
                 pruned_at.append(m.epoch)
                 return True
@@ -158,25 +160,25 @@ def _end_tracking(
 
 
 def _record_failure(trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]) -> None:
-    trial.set_user_attr("fail_reason", reason.strip()[:2000])
-    trial.set_user_attr("epochs_run", len(history))
-    trial.set_user_attr("duration_s", round(time.perf_counter() - started, 3))
+    trial.set_user_attr(tr.FAIL_REASON, reason.strip()[:2000])
+    trial.set_user_attr(tr.EPOCHS_RUN, len(history))
+    trial.set_user_attr(tr.DURATION_S, round(time.perf_counter() - started, 3))
 
 
 def _record_result(trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float) -> None:
     last = result.history[-1] if result.history else None
     best = result.best()
     attrs = {
-        "val_accuracy": last.val_accuracy if last else None,
-        "val_macro_f1": last.val_macro_f1 if last else None,
-        "best_epoch": result.best_epoch,
-        "best_val_accuracy": best.val_accuracy if best else None,
-        "best_val_macro_f1": best.val_macro_f1 if best else None,
-        "test_accuracy": result.test_accuracy,
-        "test_macro_f1": result.test_macro_f1,
-        "epochs_run": len(result.history),
-        "duration_s": round(time.perf_counter() - started, 3),
-        "device": result.device,
+        tr.VAL_ACCURACY: last.val_accuracy if last else None,
+        tr.VAL_MACRO_F1: last.val_macro_f1 if last else None,
+        tr.BEST_EPOCH: result.best_epoch,
+        tr.BEST_VAL_ACCURACY: best.val_accuracy if best else None,
+        tr.BEST_VAL_MACRO_F1: best.val_macro_f1 if best else None,
+        tr.TEST_ACCURACY: result.test_accuracy,
+        tr.TEST_MACRO_F1: result.test_macro_f1,
+        tr.EPOCHS_RUN: len(result.history),
+        tr.DURATION_S: round(time.perf_counter() - started, 3),
+        tr.DEVICE: result.device,
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
@@ -231,7 +233,7 @@ def read_trial_file(trials_dir: Path | None, number: int) -> dict[str, Any] | No
 def epoch_history(trial: FrozenTrial, *, metric: str = "val_accuracy") -> list[dict[str, Any]]:
     """Per-epoch records of a trial: ``{"epoch": e, metric: value}`` from its intermediate values,
     or the full ``history`` attribute of studies written before it moved out of the study."""
-    old = trial.user_attrs.get("history")
+    old = trial.user_attrs.get(tr.OLD_HISTORY)
     if isinstance(old, list):
         return old
     return [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())]

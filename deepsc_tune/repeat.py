@@ -29,9 +29,22 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.backend import Finetuner
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
+from deepsc_tune.progress import Progress
 from deepsc_tune.search_space import SearchSpace, build_search_space
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
-from deepsc_tune.study import Progress, load_existing_study, open_storage
+from deepsc_tune.storage import open_storage
+from deepsc_tune.study import load_existing_study
+from deepsc_tune.trial_record import (
+    REPEAT_OF,
+    REPEAT_SEED,
+    SEARCH_SPACE_SHA256,
+    SEED,
+    SETTINGS,
+    is_repeat,
+    other_data,
+    prunable,
+    ranked_search_trials,
+)
 
 #: States in which a planned repeat counts as done or under way.
 DONE_STATES = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
@@ -56,25 +69,17 @@ class RepeatSummary(NamedTuple):
     failed: list[int]  # repeats that ended FAIL
 
 
-def is_repeat(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` was queued by ``deepsc-tune repeat``."""
-    return "repeat_of" in trial.user_attrs
-
-
 def trial_seed(trial: FrozenTrial) -> int:
     """The seed ``trial`` ran with (recorded ``seed``, else its settings', else the default)."""
-    seed = trial.user_attrs.get("seed")
+    seed = trial.user_attrs.get(SEED)
     if seed is None:
-        seed = (trial.user_attrs.get("settings") or {}).get("seed", DEFAULT_SEED)
+        seed = (trial.user_attrs.get(SETTINGS) or {}).get("seed", DEFAULT_SEED)
     return int(seed)
 
 
 def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
     """The ``top`` best COMPLETE search trials with distinct parameters (best first)."""
-    ranked = sorted(
-        (t for t in trials if not is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-t.value, t.number),
-    )
+    ranked = ranked_search_trials(trials)
     chosen: list[FrozenTrial] = []
     seen: list[dict[str, Any]] = []
     for t in ranked:
@@ -110,9 +115,9 @@ def plan_repeats(trials: Sequence[FrozenTrial], *, top: int, seeds: int) -> list
             "let `deepsc-tune run` complete some first"
         )
     done = {
-        (int(t.user_attrs["repeat_of"]), int(t.user_attrs["repeat_seed"]))
+        (int(t.user_attrs[REPEAT_OF]), int(t.user_attrs[REPEAT_SEED]))
         for t in trials
-        if is_repeat(t) and t.state in DONE_STATES and t.user_attrs.get("repeat_seed") is not None
+        if is_repeat(t) and t.state in DONE_STATES and t.user_attrs.get(REPEAT_SEED) is not None
     }
     plan = []
     for t in chosen:
@@ -128,7 +133,7 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
     for item in plan:
         study.enqueue_trial(
             item.params,
-            user_attrs={"repeat_of": item.repeat_of, "repeat_seed": item.seed},
+            user_attrs={REPEAT_OF: item.repeat_of, REPEAT_SEED: item.seed},
             skip_if_exists=False,  # same parameters as the original on purpose
         )
 
@@ -140,9 +145,7 @@ class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
         self.pruner = pruner
 
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if is_repeat(trial):
-            return False
-        return self.pruner.prune(study, trial)
+        return prunable(trial) and self.pruner.prune(study, trial)
 
 
 def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
@@ -155,7 +158,7 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
     """
     record = read_record(study.user_attrs, record_dir)
     if record is None:
-        sha = study.user_attrs.get("search_space_sha256")
+        sha = study.user_attrs.get(SEARCH_SPACE_SHA256)
         where = (
             f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
             "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
@@ -202,8 +205,8 @@ def check_same_data(study: optuna.Study, fingerprint: str | None) -> None:
     ConfigError
         When both fingerprints are known and differ.
     """
-    stored = study.user_attrs.get("data_fingerprint")
-    if stored and fingerprint and stored != fingerprint:
+    stored = other_data(study.user_attrs, fingerprint)
+    if stored:
         raise ConfigError(
             f"study '{study.study_name}' was run on different data "
             f"(fingerprint {stored[:12]} vs {fingerprint[:12]} now): repeats would not be comparable"

@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 from optuna.trial import FrozenTrial, TrialState
 
+from deepsc_tune.trial_record import TEST_ACCURACY, TEST_MACRO_F1, complete_repeats, is_repeat
+
 #: Selection rules (how one trial's validation curve becomes one number).
 RULES = ("best_epoch", "last_epoch", "last3")
 DEFAULT_RULE = "best_epoch"
@@ -92,11 +94,6 @@ class Selection(NamedTuple):
         return self.ranking[0] if self.ranking else None
 
 
-def is_repeat(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` re-runs another trial's configuration with another seed."""
-    return "repeat_of" in trial.user_attrs
-
-
 def trial_score(trial: FrozenTrial, *, rule: str = DEFAULT_RULE) -> float | None:
     """The validation number ``rule`` makes of one COMPLETE trial (``None`` when it has none)."""
     if rule not in RULES:
@@ -118,15 +115,12 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
 
 def configurations(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -> list[ConfigScore]:
     """Every COMPLETE search trial with its COMPLETE repeats, scored by ``rule`` (unsorted)."""
-    repeats: dict[int, list[FrozenTrial]] = {}
-    for t in trials:
-        if is_repeat(t) and t.state == TrialState.COMPLETE and trial_score(t, rule=rule) is not None:
-            repeats.setdefault(int(t.user_attrs["repeat_of"]), []).append(t)
+    repeats = complete_repeats(trials)
     out = []
     for t in trials:
         if is_repeat(t) or t.state != TrialState.COMPLETE or trial_score(t, rule=rule) is None:
             continue
-        runs = (t, *sorted(repeats.get(t.number, []), key=lambda r: r.number))
+        runs = (t, *repeats.get(t.number, []))
         values = tuple(float(trial_score(r, rule=rule)) for r in runs)
         mean, sd = mean_sd(values)
         out.append(
@@ -137,8 +131,8 @@ def configurations(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -
                 values=values,
                 mean=mean,
                 sd=sd,
-                test_accuracy=_reported(runs, "test_accuracy"),
-                test_macro_f1=_reported(runs, "test_macro_f1"),
+                test_accuracy=_reported(runs, TEST_ACCURACY),
+                test_macro_f1=_reported(runs, TEST_MACRO_F1),
             )
         )
     return out

@@ -13,8 +13,8 @@ Why not optuna-integration's ``MLflowCallback`` / ``WeightsAndBiasesCallback``: 
 callbacks, called once a trial has ended, and log the final value, parameters and user attributes
 only, so the per-epoch curve (the point of watching a fine-tuning search) would be lost. Their
 ``track_in_mlflow`` / ``track_in_wandb`` decorators do open the trial's run around the objective,
-but the MLflow one records the run id through ``trial._trial_id`` in the study storage (one more
-write per trial, a private attribute) and holds its lock for the whole trial; the W&B one uses the
+but the MLflow one records the run id in the study storage under the trial's internal storage
+id (one more write per trial, through Optuna's private API) and holds its lock for the whole trial; the W&B one uses the
 process's global ``wandb.run`` and its callback then logs at ``step=trial.number``, behind the
 epochs' steps, which W&B drops. Both would have to be wired into every ``study.optimize`` loop
 (run, repeat, confirm) next to the objective. So

@@ -35,21 +35,20 @@ only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
 import time
-import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import precision_recall_fscore_support
 
 from deepsc_tune.backend import METRICS, EpochCallback, EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError, FinetuneError
+from deepsc_tune.evaluation import as_tensor, autocast_for, classification_metrics, evaluate, format_epoch_lines
 from deepsc_tune.model import (
     CellClassifier,
     GeneTransformerClassifier,
@@ -128,39 +127,6 @@ def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return weights
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, *, n_classes: int) -> dict[str, float]:
-    """Accuracy and macro precision / recall / F1 (scikit-learn's definitions).
-
-    The macro average runs over every class that occurs in ``y_true`` or ``y_pred`` (scikit-learn's
-    default): a class the split holds no cell of and that is never predicted has no F1 at all,
-    and counting it as 0 would punish every model for the split (a donor without mast cells).
-    A class present but never predicted, or predicted but absent, still counts as 0.
-    """
-    labels = np.union1d(np.asarray(y_true), np.asarray(y_pred)).tolist()
-    if not labels:
-        labels = list(range(n_classes))
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
-    )
-    return {
-        "accuracy": float(np.mean(y_true == y_pred)) if len(y_true) else float("nan"),
-        "precision": float(precision),
-        "recall": float(recall),
-        "macro_f1": float(f1),
-    }
-
-
-def format_epoch_lines(epoch: int, *, loss: float, metrics: Mapping[str, float]) -> str:
-    """DeepSC's two per-epoch lines."""
-    acc = metrics["accuracy"]
-    return (
-        f"Epoch {epoch} [Finetune Cell Type Annotation]\n"
-        f"Evaluation Loss: {loss:.4f}, Error Rate: {1 - acc:.4f}, Accuracy: {acc:.4f}, "
-        f"Precision: {metrics['precision']:.4f}, Recall: {metrics['recall']:.4f}, "
-        f"Macro F1: {metrics['macro_f1']:.4f}"
-    )
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's (all devices) global generators."""
     random.seed(seed)
@@ -179,19 +145,6 @@ def _build_optimizer(
         except (RuntimeError, TypeError, ValueError):
             pass
     return torch.optim.AdamW(params, **kwargs)
-
-
-def _autocast(device: torch.device) -> tuple[Callable[[], Any], torch.amp.GradScaler | None, str]:
-    """Autocast context factory, optional GradScaler and a name for the record."""
-    if device.type != "cuda":
-        return contextlib.nullcontext, None, "float32"
-    if torch.cuda.is_bf16_supported():
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16), None, "bf16-mixed"
-    return (
-        lambda: torch.autocast("cuda", dtype=torch.float16),
-        torch.amp.GradScaler("cuda"),
-        "fp16-mixed",
-    )
 
 
 def _clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
@@ -226,57 +179,6 @@ def _flush_tiny_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             for value in state.values():
                 if isinstance(value, torch.Tensor) and value.dim() and value.is_floating_point():
                     value.masked_fill_(value.abs() < TINY_STATE, 0.0)
-
-
-def _tensor(a: np.ndarray, dtype: np.dtype) -> torch.Tensor:
-    """A tensor sharing ``a``'s memory when possible (training never writes to it)."""
-    arr = np.ascontiguousarray(a, dtype=dtype)
-    with warnings.catch_warnings():
-        # Read-only arrays (memory-mapped caches) are fine: nothing here writes to them.
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(arr)
-
-
-@torch.inference_mode()
-def _predict(
-    model: torch.nn.Module,
-    X: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    batch_size: int,
-    device: torch.device,
-    autocast: Callable[[], Any],
-) -> tuple[float, np.ndarray]:
-    """Mean unweighted cross-entropy and predicted classes."""
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    preds = []
-    for start in range(0, X.shape[0], batch_size):
-        xb = X[start : start + batch_size].to(device, non_blocking=True)
-        yb = y[start : start + batch_size].to(device, non_blocking=True)
-        with autocast():
-            logits = model(xb)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, yb, reduction="sum")
-        preds.append(logits.argmax(dim=1))
-    return float(loss_sum) / max(1, X.shape[0]), torch.cat(preds).cpu().numpy()
-
-
-@torch.inference_mode()
-def predict_logits(model: torch.nn.Module, X: np.ndarray, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """Float32 logits of ``X`` (cells x genes), batched and cast exactly as the test evaluation."""
-    autocast, _, _ = _autocast(device)
-    model.eval()
-    Xt = _tensor(X, np.float32)
-    out = []
-    for start in range(0, Xt.shape[0], batch_size):
-        xb = Xt[start : start + batch_size].to(device, non_blocking=True)
-        with autocast():
-            logits = model(xb)
-        out.append(logits.float().cpu())
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -334,15 +236,26 @@ def run_training(
         torch.set_num_threads(threads_before)
 
 
-def _train(
-    data: Any,
-    settings: TrainSettings,
-    *,
-    metric: str,
-    on_epoch: EpochCallback | None,
-    log: Callable[[str], None],
-    device: torch.device,
-) -> FinetuneResult:
+@dataclass
+class _Setup:
+    """Everything a run needs before its first epoch (built in one fixed order: same seed, same run)."""
+
+    model: CellClassifier
+    trainable: list[torch.nn.Parameter]
+    schedule: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    autocast: Callable[[], Any]
+    scaler: torch.amp.GradScaler | None
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    class_weight: torch.Tensor | None
+    shuffle_gen: torch.Generator
+    extra: dict[str, Any]
+
+
+def _set_up(data: Any, settings: TrainSettings, *, device: torch.device, log: Callable[[str], None]) -> _Setup:
+    """Seed, build the model, optimizer, schedule and tensors; log the run's banner."""
     n_classes = len(data.classes)
     n_train, n_genes = data.X_train.shape
     if n_train == 0 or len(data.y_val) == 0:
@@ -373,15 +286,14 @@ def _train(
     )
     optimizer = _build_optimizer(trainable, settings, device)
     scheduler = build_lr_scheduler(optimizer, schedule)
-    autocast, scaler, precision = _autocast(device)
+    autocast, scaler, precision = autocast_for(device)
 
-    X_train = _tensor(data.X_train, np.float32)
-    y_train = _tensor(data.y_train, np.int64)
+    X_train = as_tensor(data.X_train, np.float32)
+    y_train = as_tensor(data.y_train, np.int64)
     if device.type != "cpu" and X_train.element_size() * X_train.nelement() <= MAX_DEVICE_COPY_BYTES:
         X_train, y_train = X_train.to(device), y_train.to(device)
     elif device.type == "cuda":
         X_train, y_train = X_train.pin_memory(), y_train.pin_memory()
-    X_val, y_val = _tensor(data.X_val, np.float32), _tensor(data.y_val, np.int64)
 
     class_weight = None
     if settings.loss == "balanced":
@@ -407,48 +319,99 @@ def _train(
         n_trainable=sum(p.numel() for p in trainable),
         train_seconds=[],
     )
+    return _Setup(
+        model=model,
+        trainable=trainable,
+        schedule=schedule,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        autocast=autocast,
+        scaler=scaler,
+        X_train=X_train,
+        y_train=y_train,
+        class_weight=class_weight,
+        shuffle_gen=shuffle_gen,
+        extra=extra,
+    )
 
+
+def _train_epoch(run: _Setup, settings: TrainSettings, *, device: torch.device, step: int) -> tuple[float, int]:
+    """One pass over the training cells; returns the mean training loss and the step count."""
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    n_train = run.X_train.shape[0]
+    flush_state = device.type == "cpu"
+    model.train()
+    perm = torch.randperm(n_train, generator=run.shuffle_gen).to(run.X_train.device)
+    batches = perm.split(settings.batch_size)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    for g in range(0, len(batches), settings.grad_acc):
+        group = batches[g : g + settings.grad_acc]
+        group_cells = sum(len(b) for b in group)
+        for idx in group:
+            xb = run.X_train.index_select(0, idx).to(device, non_blocking=True)
+            yb = run.y_train.index_select(0, idx).to(device, non_blocking=True)
+            with run.autocast():
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb, weight=run.class_weight, reduction="sum")
+            loss_sum += loss.detach()
+            scaled = loss / group_cells
+            (scaler.scale(scaled) if scaler else scaled).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
+        _clip_gradients(run.trainable, GRAD_CLIP_NORM)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        run.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if flush_state and step % FLUSH_EVERY == 0:
+            _flush_tiny_optimizer_state(optimizer)
+    return float(loss_sum) / n_train, step
+
+
+def _test_metrics(
+    run: _Setup, data: Any, settings: TrainSettings, *, best_state: dict[str, torch.Tensor] | None, device: torch.device
+) -> dict[str, float] | None:
+    """The test split's metrics with the best epoch's weights; ``None`` without a test split."""
+    if getattr(data, "X_test", None) is None or data.y_test is None or not len(data.y_test):
+        return None
+    if best_state is not None:
+        run.model.load_state_dict(best_state)
+    _, test_pred = evaluate(
+        run.model,
+        as_tensor(data.X_test, np.float32),
+        as_tensor(data.y_test, np.int64),
+        batch_size=settings.eval_batch_size,
+        device=device,
+        autocast=run.autocast,
+    )
+    return classification_metrics(np.asarray(data.y_test), test_pred, n_classes=len(data.classes))
+
+
+def _train(
+    data: Any,
+    settings: TrainSettings,
+    *,
+    metric: str,
+    on_epoch: EpochCallback | None,
+    log: Callable[[str], None],
+    device: torch.device,
+) -> FinetuneResult:
+    run = _set_up(data, settings, device=device, log=log)
+    X_val, y_val = as_tensor(data.X_val, np.float32), as_tensor(data.y_val, np.int64)
     history: list[EpochMetrics] = []
     best_epoch: int | None = None
     best_value = -math.inf
     best_state: dict[str, torch.Tensor] | None = None
     stopped = False
     step = 0
-    bs, acc = settings.batch_size, settings.grad_acc
-    flush_state = device.type == "cpu"
 
     for epoch in range(1, settings.epoch + 1):
         t0 = time.perf_counter()
-        model.train()
-        perm = torch.randperm(n_train, generator=shuffle_gen).to(X_train.device)
-        batches = perm.split(bs)
-        loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-        for g in range(0, len(batches), acc):
-            group = batches[g : g + acc]
-            group_cells = sum(len(b) for b in group)
-            for idx in group:
-                xb = X_train.index_select(0, idx).to(device, non_blocking=True)
-                yb = y_train.index_select(0, idx).to(device, non_blocking=True)
-                with autocast():
-                    logits = model(xb)
-                loss = F.cross_entropy(logits.float(), yb, weight=class_weight, reduction="sum")
-                loss_sum += loss.detach()
-                scaled = loss / group_cells
-                (scaler.scale(scaled) if scaler else scaled).backward()
-            if scaler:
-                scaler.unscale_(optimizer)
-            _clip_gradients(trainable, GRAD_CLIP_NORM)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if flush_state and step % FLUSH_EVERY == 0:
-                _flush_tiny_optimizer_state(optimizer)
-        train_loss = float(loss_sum) / n_train
+        train_loss, step = _train_epoch(run, settings, device=device, step=step)
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(train_loss):
             kind = "NaN" if math.isnan(train_loss) else "infinite"
@@ -456,54 +419,41 @@ def _train(
                 f"training diverged: loss is {kind} at epoch {epoch} (learning_rate={settings.learning_rate})"
             )
 
-        val_loss, val_pred = _predict(
-            model, X_val, y_val, batch_size=settings.eval_batch_size, device=device, autocast=autocast
+        val_loss, val_pred = evaluate(
+            run.model, X_val, y_val, batch_size=settings.eval_batch_size, device=device, autocast=run.autocast
         )
-        m = classification_metrics(np.asarray(data.y_val), val_pred, n_classes=n_classes)
+        m = classification_metrics(np.asarray(data.y_val), val_pred, n_classes=len(data.classes))
         em = EpochMetrics(
             epoch=epoch,
             val_accuracy=m["accuracy"],
             val_macro_f1=m["macro_f1"],
             val_loss=val_loss,
-            learning_rate=schedule.lr(step - 1),
+            learning_rate=run.schedule.lr(step - 1),
             train_loss=train_loss,
             seconds=time.perf_counter() - t0,
         )
         history.append(em)
-        extra["train_seconds"].append(train_seconds)
+        run.extra["train_seconds"].append(train_seconds)
         log(format_epoch_lines(epoch, loss=val_loss, metrics=m))
 
         value = em.metric(metric)
         if value is not None and value > best_value:
             best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
         if on_epoch is not None and on_epoch(em):
             stopped = True
             break
 
-    test_accuracy = test_macro_f1 = None
-    if getattr(data, "X_test", None) is not None and data.y_test is not None and len(data.y_test):
-        if best_state is not None:
-            model.load_state_dict(best_state)
-        _, test_pred = _predict(
-            model,
-            _tensor(data.X_test, np.float32),
-            _tensor(data.y_test, np.int64),
-            batch_size=settings.eval_batch_size,
-            device=device,
-            autocast=autocast,
-        )
-        tm = classification_metrics(np.asarray(data.y_test), test_pred, n_classes=n_classes)
-        test_accuracy, test_macro_f1 = tm["accuracy"], tm["macro_f1"]
-        extra["test_precision"], extra["test_recall"] = tm["precision"], tm["recall"]
-
+    tm = _test_metrics(run, data, settings, best_state=best_state, device=device)
+    if tm is not None:
+        run.extra["test_precision"], run.extra["test_recall"] = tm["precision"], tm["recall"]
     return FinetuneResult(
         history=history,
         best_epoch=best_epoch,
-        test_accuracy=test_accuracy,
-        test_macro_f1=test_macro_f1,
+        test_accuracy=tm["accuracy"] if tm else None,
+        test_macro_f1=tm["macro_f1"] if tm else None,
         stopped=stopped,
         device=str(device),
-        extra=extra,
+        extra=run.extra,
         state=best_state,
     )

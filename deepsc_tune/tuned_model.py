@@ -3,7 +3,7 @@
 Only the built-in fine-tuner has weights to keep. While a study runs, every finished (not pruned)
 run offers its best epoch's weights to a :class:`ModelKeeper`; they are written only when the run
 beats every completed trial so far (ties: the earlier trial stays, as in
-:func:`deepsc_tune.study.best_search_trial`), so the folder only ever holds one model:
+:func:`deepsc_tune.trial_record.best_search_trial`), so the folder only ever holds one model:
 
 - ``weights.pt``: ``torch.save`` of the model's ``state_dict`` (CPU tensors);
 - ``model.json``: what is needed to use it: the trial, its metrics, the training settings
@@ -14,7 +14,7 @@ Repeats (``deepsc-tune repeat``) offer their weights too, so a seed that beats t
 replaces it. Writers on one machine serialise on a lock file; the folder is swapped in whole.
 
 :func:`predict_file` annotates a query ``.h5ad`` with the kept model. Its input goes through
-:func:`deepsc_tune.data.prepare_query`, the same code as the test split, so predicting the test
+:func:`deepsc_tune.preprocess.prepare_query`, the same code as the test split, so predicting the test
 cells reproduces the test metrics the study recorded.
 """
 
@@ -281,9 +281,9 @@ def predict_file(
     import numpy as np
     import pandas as pd
 
-    from deepsc_tune.data import prepare_query
     from deepsc_tune.data_settings import DataSettings
-    from deepsc_tune.train import predict_logits
+    from deepsc_tune.evaluation import predict_logits
+    from deepsc_tune.preprocess import prepare_query
 
     query = Path(query)
     out = Path(out) if out is not None else default_output(query)

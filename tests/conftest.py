@@ -1,4 +1,6 @@
-"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``.
+"""Shared fixtures: a PostgreSQL server for the tests marked ``postgres``; DeepSC's checkout;
+Baron pancreas and a fresh prepare_data memo for the data tests; the report tests' studies
+(``report_studies.py``).
 
 ``.ci/run`` starts PostgreSQL on 127.0.0.1 and exports ``DEEPSC_TUNE_TEST_POSTGRES_URL``. In CI
 (``CI=true``) a missing or unreachable server fails those tests; elsewhere they are skipped
@@ -8,12 +10,20 @@ with the reason, so a laptop without PostgreSQL still runs the rest of the suite
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+# The report tests' studies: the real search (real_results) runs once per session.
+from report_studies import real_copy, real_results, real_study, synthetic  # noqa: F401
+
 POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
+#: DeepSC at 2416d85, read only (the shared folder beside the repository).
+CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
+BARON = Path(__file__).parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
 
 
 def in_ci() -> bool:
@@ -59,3 +69,45 @@ def postgres_study(postgres_url: str) -> Iterator[tuple[str, str]]:
         pass
     finally:
         storage.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def checkout() -> Path:
+    """DeepSC's real checkout at 2416d85 (tests/test_deepsc*.py); fails in CI when it is missing."""
+    from deepsc_tune.deepsc_checkout import ENTRY_FILE
+
+    if not (CHECKOUT / ENTRY_FILE).is_file():
+        reason = f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    return CHECKOUT
+
+
+@pytest.fixture
+def copy(checkout, tmp_path) -> Path:
+    """A writable copy of the checkout, for simulating other commits."""
+    dest = tmp_path / "DeepSC"
+    shutil.copytree(checkout, dest)
+    return dest
+
+
+@pytest.fixture
+def baron() -> Path:
+    """Baron pancreas (../shared/data); fails in CI when it is missing."""
+    if not BARON.is_file():
+        reason = f"real data not found: {BARON} (the shared data folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    return BARON
+
+
+@pytest.fixture
+def fresh_data_memo() -> Iterator[None]:
+    """Each test sees prepare_data as a new process would (its own disk cache, if any, survives)."""
+    from deepsc_tune.data_cache import clear_memo
+
+    clear_memo()
+    yield
+    clear_memo()

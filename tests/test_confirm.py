@@ -18,13 +18,9 @@ from deepsc_tune.confirm import run_confirmation
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.repeat import top_trials
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import (
-    count_states,
-    default_storage_url,
-    open_storage,
-    open_study,
-    run_study,
-)
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import open_study, run_study
+from deepsc_tune.trial_record import count_states
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

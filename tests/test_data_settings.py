@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from data_helpers import settings
 
 from deepsc_tune.data_settings import DataSettings, ObsSplit
 from deepsc_tune.errors import ConfigError
-
-
-def settings(**kw) -> DataSettings:
-    return DataSettings.from_dict(kw)
 
 
 def test_from_dict_defaults_and_round_trip():

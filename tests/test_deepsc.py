@@ -1,17 +1,14 @@
-"""What deepsc-tune knows about a DeepSC checkout (deepsc_tune/deepsc.py), and `validate`/`run`
-refusing what DeepSC would refuse.
+"""What a DeepSC checkout accepts, checked on a search space (deepsc_tune/deepsc.py), and
+`validate`/`run` refusing what DeepSC would refuse.
 
-Against DeepSC's real code at 2416d85 (../shared/deepsc/DeepSC-2416d85, read only). Other
-commits are simulated in temporary copies: finetune.py deleted and run_cta.py added (b3348a3),
-cell_type_annotation.py deleted too (2227f88), the output-folder line patched.
+Against DeepSC's real code at 2416d85 (../shared/deepsc/DeepSC-2416d85, read only; the
+fixtures ``checkout`` and ``copy`` are in conftest.py). What is read from the checkout itself
+(entry module, config, output folder) is tested in test_deepsc_checkout.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,142 +19,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from deepsc_tune import deepsc
+from deepsc_tune import deepsc, deepsc_checkout
 from deepsc_tune.cli import app
 from deepsc_tune.deepsc import Setting
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.search_space import ParamSpec, build_search_space, load_search_space
 
-CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
 MODULE = "src.deepsc.finetune.finetune"
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def checkout() -> Path:
-    if not (CHECKOUT / deepsc.ENTRY_FILE).is_file():
-        reason = f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
-    return CHECKOUT
-
-
-@pytest.fixture
-def copy(checkout, tmp_path) -> Path:
-    """A writable copy of the checkout, for simulating other commits."""
-    dest = tmp_path / "DeepSC"
-    shutil.copytree(checkout, dest)
-    return dest
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-@pytest.mark.parametrize(
-    ("command", "expected"),
-    [
-        (["python", "-m", MODULE, "epoch=1"], True),
-        (["/opt/env/bin/python", "-u", "-m", "deepsc.finetune.finetune"], True),
-        (["torchrun", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
-        (["python", "-msrc.deepsc.finetune.finetune"], True),
-        (["python", "src/deepsc/finetune/finetune.py"], True),
-        (["python", "-m", "src.deepsc.finetune.run_cta"], True),
-        (["python", "-m", "torch.distributed.run", "--nproc_per_node=1", "-m", "deepsc.finetune.finetune"], True),
-        (["python", "tests/fake_deepsc.py"], False),
-        (["python", "-m", "mypackage.train"], False),
-        (["python", "-c", "print(1)"], False),
-    ],
-)
-def test_is_deepsc_command(command, expected):
-    assert deepsc.is_deepsc_command(command) is expected
-
-
-def test_entry_module_of_the_real_checkout(checkout):
-    assert deepsc.entry_module_problems(checkout, ["python", "-m", MODULE]) == []
-    assert deepsc.entry_module_problems(checkout, ["torchrun", "-m", "deepsc.finetune.finetune"]) == []
-    assert deepsc.entry_module_problems(checkout, ["python", "train.py"]) == []  # not DeepSC
-
-
-def test_entry_module_says_what_was_found_instead(copy):
-    (copy / deepsc.ENTRY_FILE).unlink()
-    (copy / deepsc.RUN_CTA_FILE).write_text("from deepsc.finetune.cell_type_annotation import x\n")
-    [problem] = deepsc.entry_module_problems(copy, ["python", "-m", MODULE])
-    assert problem.key == "finetune.command"
-    text = str(problem)
-    assert "run_cta.py" in text and "b3348a3" in text and "not supported" in text
-    assert f"git -C {copy} checkout 2416d85" in text and "\n" not in text
-
-    # Running run_cta itself is refused the same way.
-    [problem] = deepsc.entry_module_problems(copy, ["python", "-m", "src.deepsc.finetune.run_cta"])
-    assert "does not support" in problem.message and "2416d85" in problem.message
-
-    (copy / deepsc.TRAINER_FILE).unlink()  # DeepSC's newest commit: run_cta imports a deleted module
-    [problem] = deepsc.entry_module_problems(copy, ["python", "-m", MODULE])
-    assert "2227f88" in problem.message and "cannot run cell-type fine-tuning" in problem.message
-
-    (copy / deepsc.RUN_CTA_FILE).unlink()
-    [problem] = deepsc.entry_module_problems(copy, ["python", "-m", MODULE])
-    assert "neither" in problem.message and "checkout 2416d85" in problem.message
-
-
-def test_entry_module_outside_a_checkout(tmp_path):
-    [problem] = deepsc.entry_module_problems(tmp_path, ["python", "-m", MODULE])
-    assert problem.key == "finetune.cwd" and "not a DeepSC checkout" in problem.message
-
-
-# ----------------------------------------------------------------------------- config and keys
-
-
-def test_load_deepsc_config_merges_the_model_group(checkout):
-    config = deepsc.load_deepsc_config(checkout)
-    assert "defaults" not in config
-    assert config["model"]["num_layers"] == 10 and config["model"]["moe"]["n_moe_layers"] == 4
-    assert config["model"]["num_bins"] == "${num_bin}"  # interpolations stay text
-    assert config["obs_celltype_col"] == "celltype" and config["epoch"] == 10
-    assert config["lr_scheduler_type"] == "constant"
-
-
-def test_load_deepsc_config_errors_name_the_file(tmp_path, copy):
-    with pytest.raises(ConfigError, match="finetune.yaml: cannot read"):
-        deepsc.load_deepsc_config(tmp_path)
-    (copy / "configs/finetune/model/deepsc.yaml").unlink()
-    with pytest.raises(ConfigError, match="model/deepsc.yaml"):
-        deepsc.load_deepsc_config(copy)
-
-
-@pytest.mark.parametrize(
-    ("key", "suggestion"),
-    [
-        ("learning_rate", None),
-        ("model.num_layers", None),
-        ("model.moe.dim", None),
-        ("hydra.run.dir", None),
-        ("hydra.job.chdir", None),
-        ("+my_key", None),
-        ("new_one", None),
-        ("learnig_rate", "learning_rate"),
-        ("model.num_layer", "model.num_layers"),
-        ("embedding_dim", "model.embedding_dim"),
-        ("data_pth", "data_path"),
-        ("model.num_layers.extra", "model.num_layers"),
-        ("zzzz", ""),
-    ],
-)
-def test_unknown_keys(checkout, key, suggestion):
-    config = deepsc.load_deepsc_config(checkout)
-    problems = deepsc.unknown_keys(config, {key: f"finetune.overrides.{key}"}, new_keys=["new_one"])
-    if suggestion is None:
-        assert problems == []
-        return
-    [problem] = problems
-    assert problem.key == f"finetune.overrides.{key}"
-    assert f"'{key}' is not a key of DeepSC's config" in problem.message
-    assert "finetune.new_keys" in problem.message
-    if suggestion:
-        assert f"did you mean '{suggestion}'?" in problem.message
-    else:
-        assert "did you mean" not in problem.message
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -292,45 +161,6 @@ def test_input_problems(tmp_path):
     assert problem.key == "finetune.data_path" and "no such file" in problem.message
     [problem] = deepsc.input_problems({**ok, "seperated_train_eval_dataset": False})
     assert problem.key == "finetune.data_path_eval" and "is ignored" in problem.message
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def test_output_notes_of_the_real_checkout(checkout):
-    found = deepsc.output_notes(checkout)
-    base = "/home/angli/DeepSC/results/cell_type_annotation"
-    # Read from DeepSC's source, not assumed: the line holds the same folder.
-    line = (checkout / deepsc.TRAINER_FILE).read_text().splitlines()[69]
-    assert base in line
-    assert any(f"{base}/<YYYYmmdd_HHMMSS>/" in n and "cell_type_annotation.py:70" in n for n in found.notes)
-    assert any("two full checkpoints" in n for n in found.notes)
-    assert any("same second" in n for n in found.notes)
-
-
-def _patch_base_dir(copy: Path, value: str) -> None:
-    path = copy / deepsc.TRAINER_FILE
-    text, n = re.subn(r'base_dir = "[^"]*"', f'base_dir = "{value}"', path.read_text())
-    assert n == 1
-    path.write_text(text)
-
-
-def test_output_folder_that_cannot_be_created_is_a_problem(copy, tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    _patch_base_dir(copy, f"{blocker}/results")  # even root cannot create a folder under a file
-    found = deepsc.output_notes(copy)
-    [problem] = found.problems
-    assert problem.key == "finetune.cwd" and "PermissionError" in problem.message
-    assert f"{blocker}/results" in problem.message and "change that line" in problem.message
-
-
-def test_patched_output_folder_is_reported_as_patched(copy, tmp_path):
-    _patch_base_dir(copy, str(tmp_path / "outs"))
-    found = deepsc.output_notes(copy)
-    assert found.problems == [] and any(str(tmp_path / "outs") in n for n in found.notes)
-    _patch_base_dir(copy, "results/cta")  # relative: lands where DeepSC runs
-    assert any("relative to the directory it runs in" in n for n in deepsc.output_notes(copy).notes)
 
 
 # ----------------------------------------------------------------------------- search spaces
@@ -504,8 +334,8 @@ def test_validate_ok_prints_notes(checkout, tmp_path):
 
 
 def test_validate_names_the_wrong_checkout(copy, tmp_path):
-    (copy / deepsc.ENTRY_FILE).unlink()
-    (copy / deepsc.RUN_CTA_FILE).write_text("")
+    (copy / deepsc_checkout.ENTRY_FILE).unlink()
+    (copy / deepsc_checkout.RUN_CTA_FILE).write_text("")
     result = cli("validate", str(deepsc_space(copy, tmp_path)))
     assert result.exit_code == 2 and "Traceback" not in result.output
     # One problem: one line, naming the file, the key and what was found instead.

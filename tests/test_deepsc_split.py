@@ -1,5 +1,6 @@
-"""`deepsc-tune split` for DeepSC (deepsc_tune/deepsc_split.py): the files are read back and
-compared with the original counts of a Baron pancreas subsample (../shared/data)."""
+"""`deepsc-tune split` (deepsc_tune/deepsc_split.py): the files are read back and compared with
+the original counts of a Baron pancreas subsample (../shared/data); with --for original
+(write_split) they keep the input's own values and columns."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 import yaml
+from data_helpers import balanced_labels, counts, settings, write_h5ad
 from typer.testing import CliRunner
 
-from deepsc_tune import data
+from deepsc_tune import data_cache
 from deepsc_tune.cli import app
-from deepsc_tune.data import split_cells
+from deepsc_tune.data import prepare_data
 from deepsc_tune.data_settings import DataSettings
-from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
+from deepsc_tune.data_split import split_cells
+from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split, write_split
 from deepsc_tune.errors import DataError
 
 BARON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
@@ -29,9 +33,9 @@ runner = CliRunner()
 
 @pytest.fixture(autouse=True)
 def _fresh_memo():
-    data.clear_memo()
+    data_cache.clear_memo()
     yield
-    data.clear_memo()
+    data_cache.clear_memo()
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +219,47 @@ def test_cli_split_original_for_builtin_spaces(baron_small, tmp_path):
 
     bad = runner.invoke(app, ["split", str(path), "--for", "scgpt"])
     assert bad.exit_code == 2 and bad.output.strip() == "error: --for: unknown 'scgpt'; expected deepsc or original"
+
+
+# --------------------------------------------------------------------------- split --for original
+
+
+def test_write_split_round_trip(baron, tmp_path):
+    s = settings(
+        train=str(baron),
+        label_key="cell_type1",
+        test_split={"obs_key": "donor", "values": ["human4"]},
+        n_top_genes=300,
+    )
+    paths = write_split(s, tmp_path / "split", cache_dir=tmp_path / "cache")
+    assert sorted(paths) == ["test", "train", "val"]
+    p = prepare_data(s, cache_dir=tmp_path / "cache")
+    original = ad.read_h5ad(baron)
+    for name, path in paths.items():
+        part = ad.read_h5ad(path)
+        rows = p.indices[name]
+        assert list(part.obs_names) == list(original.obs_names[rows])
+        assert (part.X != original.X[rows]).nnz == 0  # unprocessed counts
+        assert list(part.var_names) == list(original.var_names)
+        labels = part.obs["cell_type1"]
+        assert list(labels.cat.categories) == p.classes  # same codes in every file
+        np.testing.assert_array_equal(labels.cat.codes, getattr(p, f"y_{name}"))
+    assert set(ad.read_h5ad(paths["test"]).obs["donor"].astype(str)) == {"human4"}
+
+
+def test_write_split_keeps_raw_and_separate_test_file(tmp_path):
+    s = settings(train="builtin:pbmc68k_reduced", label_key="bulk_labels")
+    paths = write_split(s, tmp_path / "pbmc")
+    assert sorted(paths) == ["train", "val"]
+    val = ad.read_h5ad(paths["val"])
+    adata = sc.datasets.pbmc68k_reduced()
+    rows = prepare_data(s).indices["val"]
+    np.testing.assert_array_equal(val.X, adata.X[rows])
+    np.testing.assert_array_equal(val.raw.X.toarray(), adata.raw.X[rows].toarray())
+
+    train = write_h5ad(tmp_path / "ref.h5ad", counts(30, 4), balanced_labels(30))
+    query = write_h5ad(tmp_path / "query.h5ad", counts(8, 3), ["A", "Z"] * 4, genes=["G0", "G1", "X"])
+    paths = write_split(settings(train=str(train), test=str(query), label_key="cell_type"), tmp_path / "out")
+    test = ad.read_h5ad(paths["test"])
+    assert list(test.var_names) == ["G0", "G1", "X"]  # the file's own genes, not aligned
+    assert list(test.obs["cell_type"].astype(str)) == ["A"] * 4

@@ -608,7 +608,7 @@ def test_two_processes_started_together_on_one_sqlite_study(prepared: Path, tmp_
 
 
 def _open_at_once(url: str, barrier, results) -> None:
-    from deepsc_tune.study import open_storage
+    from deepsc_tune.storage import open_storage
 
     barrier.wait()
     try:

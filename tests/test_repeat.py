@@ -23,9 +23,11 @@ from deepsc_tune.repeat import (
     top_trials,
     waiting_repeats,
 )
-from deepsc_tune.report import stability_data
+from deepsc_tune.report_data import stability_data
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import count_states, default_storage_url, open_storage, open_study, run_study, search_trials
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import open_study, run_study
+from deepsc_tune.trial_record import count_states, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -31,7 +31,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.report import MIN_CONTOUR_SHADING, build_report_data
+from deepsc_tune.report import build_report_data
+from deepsc_tune.report_data import MIN_CONTOUR_SHADING
 
 pytestmark = pytest.mark.browser
 

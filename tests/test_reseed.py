@@ -10,13 +10,8 @@ import pytest
 from test_study import CurveFinetuner, make_space
 
 from deepsc_tune.reseed import PerTrialSeedSampler, trial_seed
-from deepsc_tune.study import (
-    build_study_sampler,
-    default_storage_url,
-    open_storage,
-    open_study,
-    run_study,
-)
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import build_study_sampler, open_study, run_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import optuna
 import pytest
@@ -14,16 +12,9 @@ from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import epoch_history
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import (
-    TooManyFailures,
-    best_search_trial,
-    default_storage_url,
-    open_storage,
-    open_study,
-    recover_orphaned_trials,
-    run_study,
-    search_trials,
-)
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import TooManyFailures, open_study, run_study
+from deepsc_tune.trial_record import best_search_trial
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -160,51 +151,7 @@ def test_consecutive_failures_stop_the_run(storage):
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
 
 
-def test_orphaned_running_trial_is_failed_and_requeued(storage):
-    space = make_space(n_trials=2)
-    study = open_study(space, storage=storage, study_name="curve")
-    # a trial left RUNNING by a process that no longer exists
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    trial = study.ask(
-        {
-            "lr_scheduler_type": optuna.distributions.CategoricalDistribution(["constant", "cosine"]),
-            "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True),
-        }
-    )
-    # the enqueued trial was taken by ask(); give it a dead worker
-    import socket
-
-    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": dead.pid, "started": "1"})
-    number = trial.number
-    assert recover_orphaned_trials(study) == [number]
-    frozen = study.get_trials()[number]
-    assert frozen.state == TrialState.FAIL
-    assert "died while the trial ran" in frozen.user_attrs["fail_reason"]
-    waiting = study.get_trials(states=(TrialState.WAITING,))
-    assert waiting and waiting[0].user_attrs["retry_of"] == number
-    assert waiting[0].system_attrs["fixed_params"] == frozen.params  # Optuna's enqueue record
-    run_study(space, CurveFinetuner(), study=study)
-    assert len(search_trials(study, states=(TrialState.COMPLETE,))) == 2
-
-
-def test_live_workers_trials_are_left_alone(storage):
-    space = make_space(n_trials=2)
-    study = open_study(space, storage=storage, study_name="curve")
-    trial = study.ask()
-    from deepsc_tune.objective import worker_identity
-
-    trial.set_user_attr("worker", worker_identity())
-    assert recover_orphaned_trials(study) == []
-    assert study.get_trials()[trial.number].state == TrialState.RUNNING
-
-
 def test_best_on_empty_study_is_a_clear_error(storage):
     study = open_study(make_space(), storage=storage, study_name="curve")
     with pytest.raises(DeepscTuneError, match="no completed trial yet"):
         best_search_trial(study)
-
-
-def test_storage_errors_are_clear(tmp_path):
-    with pytest.raises(DeepscTuneError, match="--storage"):
-        open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")

@@ -21,7 +21,6 @@ from deepsc_tune.train import (
     TRAIN_KEYS,
     TrainSettings,
     balanced_class_weights,
-    classification_metrics,
     run_training,
 )
 
@@ -325,23 +324,6 @@ def test_balanced_loss_runs_and_records_weights():
     data = make_data()
     r = run_training(data, settings(loss="balanced", epoch=1), log=quiet)
     np.testing.assert_allclose(r.extra["class_weights"], balanced_class_weights(data.y_train, 3))
-
-
-def test_macro_metrics_over_classes_present_or_predicted():
-    y_true = np.array([0, 0, 1, 1])
-    y_pred = np.array([0, 0, 1, 0])
-    m = classification_metrics(y_true, y_pred, n_classes=3)  # class 2: no cell, never predicted
-    assert m["accuracy"] == 0.75
-    f1_0, f1_1 = 2 * (2 / 3 * 1) / (2 / 3 + 1), 2 * (1 * 0.5) / 1.5
-    assert m["macro_f1"] == pytest.approx((f1_0 + f1_1) / 2)
-    assert m["precision"] == pytest.approx((2 / 3 + 1) / 2)
-    assert m["recall"] == pytest.approx((1 + 0.5) / 2)
-    # a class predicted but absent, or present but never predicted, counts as 0
-    wrong = classification_metrics(np.array([0, 0, 1]), np.array([0, 2, 1]), n_classes=3)
-    assert wrong["macro_f1"] == pytest.approx((2 * 1 * 0.5 / 1.5 + 1 + 0) / 3)
-    from sklearn.metrics import f1_score
-
-    assert wrong["macro_f1"] == pytest.approx(f1_score([0, 0, 1], [0, 2, 1], average="macro"))
 
 
 # ---------------------------------------------------------------- real data

@@ -21,19 +21,11 @@ from sqlalchemy.engine import make_url
 from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.objective import epoch_history
+from deepsc_tune.recovery import trial_id
 from deepsc_tune.search_space import build_search_space
-from deepsc_tune.study import (
-    STALE_REASON,
-    default_storage_url,
-    failure_reason,
-    heartbeat_settings,
-    open_storage,
-    open_study,
-    run_study,
-    sampler_label,
-    with_driver,
-    worker_seed,
-)
+from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study import open_study, run_study, sampler_label, worker_seed
+from deepsc_tune.trial_record import STALE_REASON, failure_reason
 from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers, sigterm_as_interrupt
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -118,38 +110,6 @@ def test_worker_seeds_differ_but_a_lone_worker_keeps_the_study_seed():
     assert sampler_label("sqlite:///x/study.db", None) is None
     assert sampler_label("sqlite:///x/study.db", "w3") == "w3"
     assert sampler_label("postgresql://u@h/db", None)  # many machines, one command: distinct
-
-
-@pytest.mark.parametrize(
-    ("url", "expected"),
-    [
-        ("postgresql://u:pw@db:5432/study", "postgresql+psycopg://u:pw@db:5432/study"),
-        ("postgres://u@db/study", "postgresql+psycopg://u@db/study"),
-        ("postgresql+psycopg2://u@db/study", "postgresql+psycopg2://u@db/study"),
-        ("sqlite:///results/x/study.db", "sqlite:///results/x/study.db"),
-    ],
-)
-def test_bare_postgresql_urls_use_the_installed_driver(url, expected, monkeypatch):
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a))
-    assert with_driver(url) == expected
-
-
-def test_heartbeat_settings_from_environment(monkeypatch):
-    monkeypatch.delenv("DEEPSC_TUNE_HEARTBEAT", raising=False)
-    monkeypatch.delenv("DEEPSC_TUNE_GRACE", raising=False)
-    assert heartbeat_settings() == (10, 30)
-    monkeypatch.setenv("DEEPSC_TUNE_HEARTBEAT", "1")
-    monkeypatch.setenv("DEEPSC_TUNE_GRACE", "3")
-    assert heartbeat_settings() == (1, 3)
-    monkeypatch.setenv("DEEPSC_TUNE_GRACE", "1")
-    with pytest.raises(ConfigError, match="DEEPSC_TUNE_GRACE=1 must be longer"):
-        heartbeat_settings()
-    monkeypatch.setenv("DEEPSC_TUNE_HEARTBEAT", "0.5")
-    with pytest.raises(ConfigError, match="DEEPSC_TUNE_HEARTBEAT='0.5'"):
-        heartbeat_settings()
 
 
 # ----------------------------------------------------------------------------- in-process workers
@@ -258,11 +218,12 @@ def test_heartbeat_fails_and_requeues_a_silent_workers_trial(storage_url, monkey
     monkeypatch.setenv("DEEPSC_TUNE_GRACE", "3")
     url, name = storage_url
     space = make_space(n_trials=2)
-    study = open_study(space, storage=open_storage(url), study_name=name)
+    storage = open_storage(url)
+    study = open_study(space, storage=storage, study_name=name)
     lost = study.ask()  # takes the enqueued learning_rate=1e-4
     lost.suggest_float("learning_rate", 1e-5, 1e-1, log=True)
     lost.set_user_attr("worker", {"host": "elsewhere", "pid": 12345, "started": "1"})
-    study._storage.record_heartbeat(lost._trial_id)  # one beat, then silence
+    storage.record_heartbeat(trial_id(storage, study, lost.number))  # one beat, then silence
     started = time.monotonic()
     run_study(space, SleepyFinetuner(), study=study)
     assert time.monotonic() - started >= 3  # not before the grace period

@@ -1,0 +1,79 @@
+"""What a worker prints: one line per finished trial, and a live epoch line on a terminal."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune.backend import EpochMetrics
+from deepsc_tune.trial_record import DURATION_S, failure_reason
+
+
+@dataclass
+class Progress:
+    """Prints one line per trial (and a live epoch line on a terminal)."""
+
+    metric: str
+    stream: TextIO = field(default_factory=lambda: sys.stdout)
+    verbose: bool = False
+    prefix: str = ""
+    _live: bool = False
+
+    def __post_init__(self) -> None:
+        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def epoch(self, number: int, m: EpochMetrics) -> None:
+        value = m.metric(self.metric)
+        text = f"{self.prefix}  trial {number:>3} epoch {m.epoch:>3}  {self.metric} {value:.4f}"
+        if self.verbose:
+            print(text, file=self.stream, flush=True)
+        elif self._live:
+            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
+
+    def recovered(self, numbers: list[int]) -> None:
+        """Said when it happens, before the trials that follow (not in the final summary)."""
+        print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}", file=self.stream, flush=True)
+
+    def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self._live and not self.verbose:
+            print("\r\033[K", end="", file=self.stream)
+        print(self.prefix + format_trial_line(study, trial, self.metric), file=self.stream, flush=True)
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def format_trial_line(study: optuna.Study, trial: FrozenTrial, metric: str) -> str:
+    """``#  3 COMPLETE  params | metric per epoch | time | best so far``."""
+    curve = " ".join(f"{trial.intermediate_values[e]:.3f}" for e in sorted(trial.intermediate_values))
+    if len(trial.intermediate_values) > 12:
+        values = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
+        curve = " ".join(f"{v:.3f}" for v in values[:4]) + " ... " + " ".join(f"{v:.3f}" for v in values[-4:])
+    state = trial.state.name
+    duration = trial.user_attrs.get(DURATION_S)
+    parts = [f"#{trial.number:>3} {state:<8}", format_params(trial.params)]
+    if curve:
+        parts.append(f"{metric} {curve}")
+    if duration is not None:
+        parts.append(f"{duration:.1f}s")
+    if trial.state == TrialState.FAIL:
+        reason = (failure_reason(trial) or "").splitlines()[0][:160]
+        parts.append(f"reason: {reason}")
+    try:
+        best = study.best_trial
+        parts.append(f"best {best.value:.4f} (#{best.number})")
+    except ValueError:
+        pass
+    return " | ".join(parts)

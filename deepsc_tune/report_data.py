@@ -1,0 +1,524 @@
+"""The data of every report plot, computed from a study's trials: plain NamedTuples, no plotly.
+
+As in Optuna's own plots (``optuna/visualization/_contour.py``: ``_get_contour_info`` computes,
+``_get_contour_plot`` draws), each figure of the report has a function here that computes its data
+(``frontier_data``, ``learning_curves``, ``optimization_history``, ``epoch_budget``,
+``stability_data``, ``param_importances``, ``contour_data`` and ``contour_grid``), and one in
+:mod:`deepsc_tune.report_figures` that draws it. Tests check the data; the figures are only drawing.
+
+Definitions used throughout:
+
+- A trial's *metric value* is ``trial.value`` (the best validation metric over the epochs run)
+  for a COMPLETE trial, and the last reported intermediate value for a PRUNED (or RUNNING) one;
+  failed trials have none.
+- The *envelope* of one scheduler type is the best metric value reached at or below each learning
+  rate: its points sorted by learning rate, one step per distinct learning rate, each step the
+  maximum over all points with a learning rate lower than or equal to it (a cumulative maximum,
+  so it never decreases from left to right).
+- *Epochs saved* by pruning: for each PRUNED trial, the epochs it was set to run (its ``epoch``
+  setting) minus the epochs it ran.
+- *Search trials* leave out the repeats made by ``deepsc-tune repeat`` or ``study.confirm``
+  (``repeat_of``); repeats appear in the summary (the chosen configuration's mean ± sd over seeds,
+  :mod:`deepsc_tune.selection`), as rings on the frontier, in the stability section, the counts
+  and ``trials.csv``.
+"""
+
+from __future__ import annotations
+
+import statistics
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune.selection import configurations, select
+from deepsc_tune.trial_record import complete_repeats, is_repeat, metric_value, ranked_search_trials, search_only
+
+#: Default number of best configurations shown in the stability section.
+TOP_CONFIGS = 5
+#: Epochs at the end of a learning curve whose spread measures epoch-to-epoch stability.
+LAST_EPOCHS = 3
+#: Label of trials whose learning-rate schedule is not a searched or fixed setting.
+NO_SCHEDULER = "(fixed)"
+#: Below this many points the contour shows the trials only: shading interpolated from a handful
+#: of points paints the whole plane with values no trial measured.
+MIN_CONTOUR_SHADING = 8
+_CONTOUR_GRID = 60
+
+
+def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
+    """A searched or fixed setting of ``trial`` (searched value first)."""
+    if key in trial.params:
+        return trial.params[key]
+    return (trial.user_attrs.get("settings") or {}).get(key, default)
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    """Epochs the trial trained (``epochs_run``; else the epochs it reported)."""
+    n = trial.user_attrs.get("epochs_run")
+    if n is None:
+        return len(trial.intermediate_values)
+    return int(n)
+
+
+def epochs_set(trial: FrozenTrial, default: int | None = None) -> int | None:
+    """Epochs the trial was set to run (its ``epoch`` setting)."""
+    n = setting(trial, "epoch", default)
+    return None if n is None else int(n)
+
+
+def format_number(x: float | None) -> str:
+    """Short text for learning rates and ratios: ``1e-4``, ``3.6e-3``, ``0.03``."""
+    if x is None:
+        return "-"
+    if x != 0 and abs(x) < 1e-2:
+        mantissa, exponent = f"{x:.1e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{x:.3g}"
+
+
+def config_label(params: Mapping[str, Any]) -> str:
+    """``constant 1e-4`` / ``cosine 1e-4 warmup 0.03`` (other searched values appended)."""
+    parts = []
+    if "lr_scheduler_type" in params:
+        parts.append(str(params["lr_scheduler_type"]))
+    if "learning_rate" in params:
+        parts.append(format_number(params["learning_rate"]))
+    if "warmup_ratio" in params:
+        parts.append(f"warmup {format_number(params['warmup_ratio'])}")
+    for key, value in params.items():
+        if key not in ("lr_scheduler_type", "learning_rate", "warmup_ratio"):
+            parts.append(f"{key} {format_number(value) if isinstance(value, float) else value}")
+    return " ".join(parts)
+
+
+class FrontierPoint(NamedTuple):
+    """One finished search trial on the learning-rate frontier."""
+
+    number: int
+    scheduler: str
+    learning_rate: float
+    value: float
+    state: str  # "COMPLETE" or "PRUNED"
+    label: str | None  # "guide: constant 1e-4" for the usage guide's enqueued configs
+    params: dict[str, Any]
+    seeds: int = 1  # COMPLETE runs of this configuration (search trial + repeats); > 1: confirmed
+
+
+class EnvelopeStep(NamedTuple):
+    """Best metric value reached at or below ``learning_rate`` (by trial ``number``)."""
+
+    learning_rate: float
+    value: float
+    number: int
+
+
+class Frontier(NamedTuple):
+    """Points per scheduler type and their envelopes (both keyed by scheduler, in LR order)."""
+
+    points: dict[str, list[FrontierPoint]]
+    envelopes: dict[str, list[EnvelopeStep]]
+
+
+def envelope(points: Sequence[FrontierPoint]) -> list[EnvelopeStep]:
+    """Cumulative maximum of ``points`` over increasing learning rate, one step per distinct LR.
+
+    Step ``i`` holds ``max(value of p for p in points if p.learning_rate <= lr_i)``, so the values
+    never decrease; ``number`` names the trial that reached it (the earliest on ties).
+    """
+    steps: list[EnvelopeStep] = []
+    best: tuple[float, int] | None = None
+    for p in sorted(points, key=lambda p: (p.learning_rate, p.number)):
+        if best is None or p.value > best[0]:
+            best = (p.value, p.number)
+        if steps and steps[-1].learning_rate == p.learning_rate:
+            steps[-1] = EnvelopeStep(p.learning_rate, best[0], best[1])
+        else:
+            steps.append(EnvelopeStep(p.learning_rate, best[0], best[1]))
+    return steps
+
+
+def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
+    """Learning rate against metric value for finished search trials, grouped by scheduler type.
+
+    COMPLETE trials at ``trial.value``, PRUNED ones at their last intermediate value; trials with
+    no learning rate or no value are left out. The usage guide's configs (``enqueued``) get a
+    ``label`` such as ``guide: cosine 1e-4 warmup 0.03``.
+    """
+    points: dict[str, list[FrontierPoint]] = {}
+    seeds = {c.number: c.n for c in configurations(trials)}
+    for t in search_only(trials):
+        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        lr, value = setting(t, "learning_rate"), metric_value(t)
+        if lr is None or value is None:
+            continue
+        scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
+        label = f"guide: {config_label(t.params)}" if t.user_attrs.get("enqueued") else None
+        points.setdefault(scheduler, []).append(
+            FrontierPoint(
+                t.number,
+                scheduler,
+                float(lr),
+                float(value),
+                t.state.name,
+                label,
+                dict(t.params),
+                seeds.get(t.number, 1),
+            )
+        )
+    points = {k: sorted(v, key=lambda p: (p.learning_rate, p.number)) for k, v in sorted(points.items())}
+    return Frontier(points=points, envelopes={k: envelope(v) for k, v in points.items()})
+
+
+class Curve(NamedTuple):
+    """Validation metric per epoch of one search trial."""
+
+    number: int
+    state: str
+    scheduler: str
+    epochs: tuple[int, ...]
+    values: tuple[float, ...]
+    is_best: bool
+
+
+def learning_curves(trials: Sequence[FrozenTrial]) -> list[Curve]:
+    """Intermediate values of every search trial that reported any (running ones included)."""
+    best = best_trial(trials)
+    curves = []
+    for t in search_only(trials):
+        if not t.intermediate_values:
+            continue
+        epochs = tuple(sorted(t.intermediate_values))
+        curves.append(
+            Curve(
+                number=t.number,
+                state=t.state.name,
+                scheduler=str(setting(t, "lr_scheduler_type", NO_SCHEDULER)),
+                epochs=epochs,
+                values=tuple(float(t.intermediate_values[e]) for e in epochs),
+                is_best=best is not None and t.number == best.number,
+            )
+        )
+    return curves
+
+
+class HistoryPoint(NamedTuple):
+    """One finished or failed search trial, in trial-number order."""
+
+    number: int
+    state: str
+    value: float | None  # metric value (None for FAIL)
+    best_so_far: float | None  # best COMPLETE value among trials up to this one
+    epochs: int  # epochs this trial ran
+    cumulative_epochs: int  # epochs run by this and all earlier trials
+
+
+def optimization_history(trials: Sequence[FrozenTrial]) -> list[HistoryPoint]:
+    """Best-so-far against trial number and against epochs spent (COMPLETE, PRUNED, FAIL).
+
+    The best so far counts COMPLETE trials only, like ``study.best_trial``; pruned and failed
+    trials add their epochs to the total spent.
+    """
+    out: list[HistoryPoint] = []
+    best: float | None = None
+    spent = 0
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    for t in sorted(search_only(trials), key=lambda t: t.number):
+        if t.state not in done:
+            continue
+        n = epochs_run(t)
+        spent += n
+        if t.state == TrialState.COMPLETE and t.value is not None and (best is None or t.value > best):
+            best = t.value
+        out.append(HistoryPoint(t.number, t.state.name, metric_value(t), best, n, spent))
+    return out
+
+
+class EpochBudget(NamedTuple):
+    """Epochs trained, and epochs pruning saved against running every pruned trial to the end."""
+
+    trained: int  # all trials, any state, repeats included
+    saved: int  # sum over PRUNED trials of (epochs set - epochs run)
+    without_pruning: int  # trained + saved
+    pruned_trials: int
+
+
+def epoch_budget(trials: Sequence[FrozenTrial], *, default_epochs: int | None = None) -> EpochBudget:
+    """Count epochs trained and saved; ``default_epochs`` for trials that recorded no settings."""
+    trained = sum(epochs_run(t) for t in trials)
+    saved = pruned = 0
+    for t in trials:
+        if t.state != TrialState.PRUNED:
+            continue
+        pruned += 1
+        total = epochs_set(t, default_epochs)
+        if total is not None:
+            saved += max(0, total - epochs_run(t))
+    return EpochBudget(trained=trained, saved=saved, without_pruning=trained + saved, pruned_trials=pruned)
+
+
+class SeedRun(NamedTuple):
+    """One run of a configuration: the original search trial or a repeat with another seed."""
+
+    number: int
+    seed: int | None
+    value: float
+    test_accuracy: float | None
+    test_macro_f1: float | None
+
+
+class StabilityRow(NamedTuple):
+    """Spread of one top configuration over its last epochs and across seeds."""
+
+    number: int
+    label: str
+    value: float
+    last_values: tuple[float, ...]  # the metric over the last epochs of the original trial
+    last_epochs_std: float | None  # population std (ddof=0) of last_values
+    runs: tuple[SeedRun, ...]  # the original first, then COMPLETE repeats by seed
+    seed_mean: float | None
+    seed_std: float | None  # sample std (ddof=1) of the runs' values; None with one run
+    test_accuracy_mean: float | None
+    test_accuracy_std: float | None  # sample std across runs with a test accuracy
+
+
+def _std(values: Sequence[float], *, ddof: int) -> float | None:
+    if len(values) <= ddof or not values:
+        return None
+    return statistics.stdev(values) if ddof == 1 else statistics.pstdev(values)
+
+
+def stability_data(
+    trials: Sequence[FrozenTrial], *, top: int = TOP_CONFIGS, last: int = LAST_EPOCHS
+) -> list[StabilityRow]:
+    """The ``top`` best COMPLETE search trials, with their epoch-to-epoch and seed-to-seed spread.
+
+    ``last_epochs_std`` is the population standard deviation of the metric over the last ``last``
+    epochs the trial ran (fewer if it ran fewer). ``seed_std`` is the sample standard deviation of
+    the best validation metric across the original trial and its COMPLETE repeats
+    (``repeat_of`` = its number), ``None`` until a repeat has completed.
+    """
+    ranked = ranked_search_trials(trials)[:top]
+    repeats = complete_repeats(trials)
+    rows = []
+    for t in ranked:
+        epochs = sorted(t.intermediate_values)[-last:]
+        last_values = tuple(float(t.intermediate_values[e]) for e in epochs)
+        runs = [_seed_run(t)] + [
+            _seed_run(r) for r in sorted(repeats.get(t.number, []), key=lambda r: (_seed(r) or 0, r.number))
+        ]
+        values = [r.value for r in runs]
+        tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
+        rows.append(
+            StabilityRow(
+                number=t.number,
+                label=config_label(t.params),
+                value=float(t.value),
+                last_values=last_values,
+                last_epochs_std=_std(last_values, ddof=0),
+                runs=tuple(runs),
+                seed_mean=statistics.fmean(values),
+                seed_std=_std(values, ddof=1),
+                test_accuracy_mean=statistics.fmean(tests) if tests else None,
+                test_accuracy_std=_std(tests, ddof=1),
+            )
+        )
+    return rows
+
+
+def _seed(t: FrozenTrial) -> int | None:
+    seed = t.user_attrs.get("repeat_seed", t.user_attrs.get("seed"))
+    return None if seed is None else int(seed)
+
+
+def _seed_run(t: FrozenTrial) -> SeedRun:
+    return SeedRun(
+        t.number, _seed(t), float(t.value), t.user_attrs.get("test_accuracy"), t.user_attrs.get("test_macro_f1")
+    )
+
+
+class Importances(NamedTuple):
+    """Parameter importances (name -> share, summing to 1), or why there are none."""
+
+    values: dict[str, float]
+    note: str | None
+    #: What a share does not say: parameters left out or never varied (conditional ones).
+    explanations: tuple[str, ...] = ()
+
+
+def _study_of(trials: Sequence[FrozenTrial]) -> optuna.Study:
+    """An in-memory study holding ``trials`` (Optuna's analysis functions take a study)."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(direction="maximize", storage=optuna.storages.InMemoryStorage())
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    study.add_trials(trials)
+    return study
+
+
+def param_importances(trials: Sequence[FrozenTrial]) -> Importances:
+    """Optuna's importances (its default evaluator) over COMPLETE search trials.
+
+    None when fewer than 2 trials completed, fewer than 2 parameters were searched, or the
+    values do not vary.
+    """
+    complete = [t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None]
+    names = sorted({name for t in complete for name in t.params})
+    if len(complete) < 2:
+        return Importances({}, f"importances need 2 or more complete trials ({len(complete)} so far)")
+    if len(names) < 2:
+        return Importances({}, f"only {', '.join(names) or 'no parameter'} searched: nothing to compare")
+    if len({t.value for t in complete}) < 2:
+        return Importances({}, "every complete trial reached the same value: nothing to attribute")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(_study_of(complete))
+    except Exception as e:  # Optuna's evaluators refuse some degenerate studies
+        return Importances({}, f"importances could not be computed: {type(e).__name__}: {e}")
+    return Importances(
+        {k: float(v) for k, v in values.items()}, None, _importance_explanations(values, complete, search_only(trials))
+    )
+
+
+def _importance_explanations(
+    values: Mapping[str, float], complete: Sequence[FrozenTrial], searched: Sequence[FrozenTrial]
+) -> tuple[str, ...]:
+    """What a share does not say: which trials Optuna used (only those with every parameter, so
+    a conditional parameter narrows them), and that 0.00 can mean "never varied among them"."""
+    lines = []
+    n = len(complete)
+    used = [t for t in complete if set(values) <= set(t.params)]
+    for name in sorted({p for t in complete for p in t.params} - set(values)):
+        k = sum(name in t.params for t in complete)
+        lines.append(
+            f"{name} is left out: only {k} of the {n} complete trials have it (it is searched under a condition)"
+        )
+    conditional = sorted(name for name in values if any(name not in t.params for t in searched))
+    if conditional:
+        where = (
+            f"the {len(used)} of the {n} complete trials"
+            if len(used) < n
+            else f"all {n} complete trials, the only ones"
+        )
+        lines.append(
+            f"Optuna weighs only trials that have every parameter: {where} that have "
+            f"{', '.join(conditional)} (searched under a condition)"
+        )
+    for name, share in values.items():
+        seen = {repr(t.params[name]) for t in used}
+        if len(seen) == 1:
+            lines.append(
+                f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
+                "means it never varied there, not that it does not matter (the learning-rate "
+                "frontier compares its values, pruned trials included)"
+            )
+    return tuple(lines)
+
+
+class ContourData(NamedTuple):
+    """COMPLETE cosine search trials: learning_rate, warmup_ratio and metric value."""
+
+    numbers: tuple[int, ...]
+    learning_rate: tuple[float, ...]
+    warmup_ratio: tuple[float, ...]
+    values: tuple[float, ...]
+    note: str | None
+
+
+def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") -> ContourData:
+    """Points for the learning_rate x warmup_ratio contour of ``scheduler`` trials.
+
+    COMPLETE search trials that searched both parameters; a note instead of a contour when
+    fewer than 3 (a contour needs 3 points).
+    """
+    rows = [
+        (t.number, float(t.params["learning_rate"]), float(t.params["warmup_ratio"]), float(t.value))
+        for t in search_only(trials)
+        if t.state == TrialState.COMPLETE
+        and t.value is not None
+        and setting(t, "lr_scheduler_type") == scheduler
+        and "learning_rate" in t.params
+        and "warmup_ratio" in t.params
+    ]
+    note = None
+    if len(rows) < 3:
+        note = f"the contour needs 3 or more complete {scheduler} trials ({len(rows)} so far)"
+    if not rows:
+        return ContourData((), (), (), (), note)
+    numbers, lrs, warmups, values = zip(*rows)
+    return ContourData(numbers, lrs, warmups, values, note)
+
+
+def contour_grid(contour: ContourData) -> tuple[Any, Any, Any] | None:
+    """Linear interpolation of the values over (log10 learning_rate, warmup_ratio), NaN outside
+    the convex hull of the trials, so only the region the trials span is shaded; ``None`` with
+    fewer than :data:`MIN_CONTOUR_SHADING` points or when they lie on a line."""
+    import numpy as np
+    from scipy.interpolate import griddata
+    from scipy.spatial import QhullError
+
+    if len(contour.values) < MIN_CONTOUR_SHADING:
+        return None
+    x = np.log10(np.asarray(contour.learning_rate))
+    y = np.asarray(contour.warmup_ratio)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    gx = np.linspace(x.min(), x.max(), _CONTOUR_GRID)
+    gy = np.linspace(y.min(), y.max(), _CONTOUR_GRID)
+    try:
+        z = griddata((x, y), np.asarray(contour.values), tuple(np.meshgrid(gx, gy)), method="linear")
+    except (QhullError, ValueError):  # degenerate (e.g. collinear) point sets
+        return None
+    return 10**gx, gy, z
+
+
+def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
+    """The chosen configuration's search trial: by the mean over seeds (:mod:`deepsc_tune.selection`).
+
+    Without repeats, the best COMPLETE search trial (lowest number on ties), as
+    ``study.best_search_trial``.
+    """
+    best = select(trials).best
+    return best.trial if best is not None else None
+
+
+__all__ = [
+    "LAST_EPOCHS",
+    "MIN_CONTOUR_SHADING",
+    "NO_SCHEDULER",
+    "TOP_CONFIGS",
+    "ContourData",
+    "Curve",
+    "EnvelopeStep",
+    "EpochBudget",
+    "Frontier",
+    "FrontierPoint",
+    "HistoryPoint",
+    "Importances",
+    "SeedRun",
+    "StabilityRow",
+    "best_trial",
+    "config_label",
+    "contour_data",
+    "contour_grid",
+    "envelope",
+    "epoch_budget",
+    "epochs_run",
+    "epochs_set",
+    "format_number",
+    "frontier_data",
+    "is_repeat",
+    "learning_curves",
+    "metric_value",
+    "optimization_history",
+    "param_importances",
+    "search_only",
+    "setting",
+    "stability_data",
+]

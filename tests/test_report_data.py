@@ -1,0 +1,303 @@
+"""report_data.py: the data each figure is drawn from, on a real small study and on synthetic
+studies with known numbers (the figures themselves: test_report_figures.py)."""
+
+from __future__ import annotations
+
+import statistics
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+from report_studies import REAL_EPOCHS, add, const, cos
+
+from deepsc_tune.report_data import (
+    FrontierPoint,
+    config_label,
+    contour_data,
+    envelope,
+    epoch_budget,
+    format_number,
+    frontier_data,
+    learning_curves,
+    metric_value,
+    optimization_history,
+    param_importances,
+    stability_data,
+)
+from deepsc_tune.trial_record import best_search_trial, search_trials
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+LR = FloatDistribution(1e-4, 1e-2, log=True)
+WARMUP = FloatDistribution(0.0, 0.2)
+SCHED = CategoricalDistribution(["constant", "cosine"])
+
+
+# ----------------------------------------------------------------------------- frontier
+
+
+def test_frontier_points_on_real_study(real_study):
+    """Every finished search trial once, under its scheduler, at trial.value or its last epoch."""
+    trials = real_study.get_trials()
+    frontier = frontier_data(trials)
+    finished = search_trials(real_study, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    points = {p.number: p for ps in frontier.points.values() for p in ps}
+    assert sorted(points) == sorted(t.number for t in finished)
+    assert set(frontier.points) == {"constant", "cosine"}
+    pruned = [t for t in finished if t.state == TrialState.PRUNED]
+    assert pruned, "the real study should prune at least one trial (hyperband, 8 trials)"
+    for t in finished:
+        p = points[t.number]
+        assert p.scheduler == t.params["lr_scheduler_type"]
+        assert p.learning_rate == t.params["learning_rate"]
+        if t.state == TrialState.COMPLETE:
+            assert p.value == t.value and p.state == "COMPLETE"
+        else:
+            assert p.value == t.intermediate_values[max(t.intermediate_values)] and p.state == "PRUNED"
+    for scheduler, ps in frontier.points.items():
+        assert all(p.scheduler == scheduler for p in ps)
+        assert [p.learning_rate for p in ps] == sorted(p.learning_rate for p in ps)
+
+
+def test_envelope_is_the_best_value_at_or_below_each_learning_rate(real_study):
+    frontier = frontier_data(real_study.get_trials())
+    for scheduler, steps in frontier.envelopes.items():
+        points = frontier.points[scheduler]
+        lrs = [s.learning_rate for s in steps]
+        assert lrs == sorted(set(p.learning_rate for p in points))  # one step per distinct LR
+        values = [s.value for s in steps]
+        assert values == sorted(values)  # never decreases with the learning rate
+        for s in steps:
+            below = [p for p in points if p.learning_rate <= s.learning_rate]
+            assert s.value == max(p.value for p in below)
+            assert s.number in {p.number for p in below if p.value == s.value}
+        assert steps[-1].value == max(p.value for p in points)
+
+
+def point(number, lr, value, state="COMPLETE"):
+    return FrontierPoint(number, "constant", lr, value, state, None, {})
+
+
+def test_envelope_exact_steps_ties_and_duplicate_learning_rates():
+    points = [
+        point(0, 1e-3, 0.5),
+        point(1, 1e-4, 0.6),
+        point(2, 1e-2, 0.55),
+        point(3, 1e-3, 0.7, "PRUNED"),
+        point(4, 5e-2, 0.7),
+        point(5, 1e-1, 0.2),
+    ]
+    steps = envelope(points)
+    assert [(s.learning_rate, s.value, s.number) for s in steps] == [
+        (1e-4, 0.6, 1),
+        (1e-3, 0.7, 3),
+        (1e-2, 0.7, 3),
+        (5e-2, 0.7, 3),
+        (1e-1, 0.7, 3),
+    ]
+    assert envelope([]) == []
+
+
+def test_guide_configs_are_labelled(real_study, synthetic):
+    labels = {p.number: p.label for ps in frontier_data(real_study.get_trials()).points.values() for p in ps}
+    enqueued = {t.number for t in real_study.get_trials() if t.user_attrs.get("enqueued")}
+    assert enqueued == {0, 1}  # pbmc68k.yaml's two `study.enqueue` entries run first
+    assert labels[0] == "guide: constant 1e-4"
+    assert labels[1] == "guide: cosine 1e-4 warmup 0.03"
+    assert all(label is None for n, label in labels.items() if n not in enqueued)
+    synthetic_labels = [p.label for ps in frontier_data(synthetic.trials).points.values() for p in ps if p.label]
+    assert sorted(synthetic_labels) == ["guide: constant 1e-4", "guide: cosine 1e-4 warmup 0.03"]
+
+
+def test_frontier_leaves_out_repeats_failed_and_running(synthetic):
+    add(synthetic, TrialState.RUNNING, cos(3e-3), [0.9])
+    numbers = {p.number for ps in frontier_data(synthetic.trials).points.values() for p in ps}
+    assert numbers == {0, 1, 2, 3, 4, 5, 7, 8}
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        (1e-4, "1e-4"),
+        (3.6037e-3, "3.6e-3"),
+        (2.26e-5, "2.3e-5"),
+        (0.03, "0.03"),
+        (0.0135288, "0.0135"),
+        (0.1, "0.1"),
+        (None, "-"),
+        (0.0, "0"),
+    ],
+)
+def test_format_number(value, text):
+    assert format_number(value) == text
+
+
+def test_config_label():
+    assert config_label(const(1e-4)) == "constant 1e-4"
+    assert config_label({**cos(1e-4, 0.03), "batch_size": 64}) == "cosine 1e-4 warmup 0.03 batch_size 64"
+
+
+# ----------------------------------------------------------------------------- curves, history, epochs
+
+
+def test_learning_curves(real_study, synthetic):
+    trials = real_study.get_trials()
+    curves = learning_curves(trials)
+    assert [c.number for c in curves] == [t.number for t in search_trials(real_study) if t.intermediate_values]
+    best = best_search_trial(real_study)
+    assert [c.number for c in curves if c.is_best] == [best.number]
+    for c, t in zip(curves, search_trials(real_study)):
+        assert c.state == t.state.name
+        assert c.values == tuple(t.intermediate_values[e] for e in sorted(t.intermediate_values))
+        assert c.epochs == tuple(range(1, len(c.values) + 1))
+    states = {c.number: c.state for c in learning_curves(synthetic.trials)}
+    assert states[6] == "FAIL" and states[2] == "PRUNED" and 9 not in states  # repeats left out
+
+
+def test_optimization_history(real_study):
+    history = optimization_history(real_study.get_trials())
+    trials = search_trials(real_study, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+    assert [h.number for h in history] == [t.number for t in trials]
+    best, spent = None, 0
+    for h, t in zip(history, trials):
+        spent += len(t.intermediate_values)
+        if t.state == TrialState.COMPLETE:
+            best = t.value if best is None else max(best, t.value)
+        assert h.best_so_far == best and h.cumulative_epochs == spent and h.epochs == len(t.intermediate_values)
+        assert h.value == metric_value(t)
+    assert history[-1].best_so_far == best_search_trial(real_study).value
+
+
+def test_history_exact(synthetic):
+    history = optimization_history(synthetic.trials)
+    assert [h.number for h in history] == [0, 1, 2, 3, 4, 5, 6, 7, 8]
+    assert [h.best_so_far for h in history] == [0.7, 0.7, 0.7, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+    assert [h.cumulative_epochs for h in history] == [4, 8, 10, 14, 15, 19, 22, 26, 29]
+    assert history[6].value is None  # FAIL
+
+
+def test_epochs_saved_exact(synthetic):
+    budget = epoch_budget(synthetic.trials)
+    # pruned: #2 ran 2 of 4, #4 ran 1 of 4, #8 ran 3 of 10
+    assert budget.saved == 2 + 3 + 7
+    assert budget.pruned_trials == 3
+    # every trial, repeats and failures included: 29 search epochs + 4 + 4 + 1 of repeats
+    assert budget.trained == 29 + 9
+    assert budget.without_pruning == budget.trained + budget.saved
+
+
+def test_epochs_saved_uses_the_default_when_a_trial_recorded_no_settings():
+    study = optuna.create_study(direction="maximize")
+    add(study, TrialState.PRUNED, const(1e-3), [0.3])
+    assert epoch_budget(study.trials).saved == 0
+    assert epoch_budget(study.trials, default_epochs=10).saved == 9
+
+
+def test_epochs_saved_on_real_study(real_study):
+    trials = real_study.get_trials()
+    budget = epoch_budget(trials)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert budget.saved == sum(REAL_EPOCHS - len(t.intermediate_values) for t in pruned) > 0
+    assert budget.trained == sum(len(t.intermediate_values) for t in trials)
+    assert budget.without_pruning <= REAL_EPOCHS * len(trials)
+
+
+# ----------------------------------------------------------------------------- stability, importances
+
+
+def test_stability_exact(synthetic):
+    rows = stability_data(synthetic.trials, top=3, last=3)
+    assert [r.number for r in rows] == [3, 5, 7]  # by value: 0.9, 0.88, 0.8
+    five = rows[1]
+    assert five.label == "cosine 5e-3 warmup 0.02"
+    assert five.last_values == (0.8, 0.88, 0.86)
+    assert five.last_epochs_std == pytest.approx(statistics.pstdev([0.8, 0.88, 0.86]))
+    assert [(r.number, r.seed, r.value) for r in five.runs] == [(5, 0, 0.88), (9, 1, 0.84), (10, 2, 0.8)]
+    assert five.seed_mean == pytest.approx(0.84)
+    assert five.seed_std == pytest.approx(0.04)  # sample std of 0.88, 0.84, 0.80
+    assert five.test_accuracy_mean == pytest.approx(0.8133333)
+    assert five.test_accuracy_std == pytest.approx(statistics.stdev([0.83, 0.81, 0.80]))
+    three = rows[0]
+    assert len(three.runs) == 1 and three.seed_std is None and three.test_accuracy_mean is None
+
+
+def test_stability_on_real_study(real_study):
+    rows = stability_data(real_study.get_trials(), top=3)
+    complete = sorted(search_trials(real_study, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
+    assert [r.number for r in rows] == [t.number for t in complete[:3]]
+    for r, t in zip(rows, complete):
+        values = [t.intermediate_values[e] for e in sorted(t.intermediate_values)][-3:]
+        assert r.last_values == tuple(values)
+        assert r.last_epochs_std == pytest.approx(statistics.pstdev(values))
+        assert r.seed_std is None and len(r.runs) == 1 and r.runs[0].seed == 0
+
+
+def test_importances_on_real_study(real_study):
+    importances = param_importances(real_study.get_trials())
+    assert importances.note is None
+    assert set(importances.values) == {"lr_scheduler_type", "learning_rate", "warmup_ratio"}
+    assert sum(importances.values.values()) == pytest.approx(1.0)
+
+
+def test_importances_guards():
+    study = optuna.create_study(direction="maximize")
+    assert "2 or more complete trials (0 so far)" in param_importances(study.trials).note
+    add(study, TrialState.COMPLETE, const(1e-3), [0.5])
+    assert "(1 so far)" in param_importances(study.trials).note
+    one_param = optuna.create_study(direction="maximize")
+    for lr, v in ((1e-4, 0.5), (1e-3, 0.7), (1e-2, 0.6)):
+        add(one_param, TrialState.COMPLETE, {"learning_rate": lr}, [v])
+    assert param_importances(one_param.trials).note == "only learning_rate searched: nothing to compare"
+    flat = optuna.create_study(direction="maximize")
+    add(flat, TrialState.COMPLETE, const(1e-4), [0.5])
+    add(flat, TrialState.COMPLETE, cos(1e-3), [0.5])
+    assert "same value" in param_importances(flat.trials).note
+
+
+def test_contour_data_uses_complete_cosine_trials_only(synthetic):
+    contour = contour_data(synthetic.trials)
+    assert contour.numbers == (1, 5, 7)  # not pruned #4, failed #6, repeats #9-#11, constant ones
+    assert contour.learning_rate == (1e-4, 5e-3, 1e-2) and contour.warmup_ratio == (0.03, 0.02, 0.15)
+    assert contour.note is None
+    few = optuna.create_study(direction="maximize")
+    add(few, TrialState.COMPLETE, cos(1e-3), [0.5])
+    assert contour_data(few.trials).note == "the contour needs 3 or more complete cosine trials (1 so far)"
+
+
+def _trial(number, params, value, state=TrialState.COMPLETE):
+    dists = {"lr_scheduler_type": SCHED, "learning_rate": LR, "warmup_ratio": WARMUP}
+    t = create_trial(
+        params=params,
+        distributions={k: dists[k] for k in params},
+        value=value if state == TrialState.COMPLETE else None,
+        state=state,
+    )
+    t.number = number
+    return t
+
+
+@pytest.mark.parametrize("constant_state", [TrialState.PRUNED, TrialState.COMPLETE])
+def test_importances_explain_conditional_and_constant_parameters(constant_state):
+    cosine = [
+        _trial(
+            i,
+            {"lr_scheduler_type": "cosine", "learning_rate": 10 ** (-4 + i / 3), "warmup_ratio": 0.02 * i},
+            0.5 + 0.03 * i,
+        )
+        for i in range(6)
+    ]
+    constant = [
+        _trial(6 + i, {"lr_scheduler_type": "constant", "learning_rate": 1e-3 * (i + 1)}, 0.6, constant_state)
+        for i in range(2)
+    ]
+    result = param_importances(cosine + constant)
+    text = " ".join(result.explanations)
+    # Optuna uses only the trials with every parameter: the cosine ones, where the scheduler never
+    # varies; its share is ~0 either way, and the page says why.
+    assert result.values["lr_scheduler_type"] < 0.01
+    assert "lr_scheduler_type is 'cosine' in all 6 of those trials" in text
+    if constant_state == TrialState.PRUNED:
+        assert "all 6 complete trials, the only ones that have warmup_ratio" in text
+    else:
+        assert "the 6 of the 8 complete trials that have warmup_ratio" in text

@@ -1,0 +1,74 @@
+"""storage.py: storage URLs, opening the study database, heartbeat settings."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.storage import (
+    default_storage_url,
+    heartbeat_settings,
+    open_storage,
+    redact,
+    remember,
+    storage_of,
+    with_driver,
+)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:pw@db:5432/study", "postgresql+psycopg://u:pw@db:5432/study"),
+        ("postgres://u@db/study", "postgresql+psycopg://u@db/study"),
+        ("postgresql+psycopg2://u@db/study", "postgresql+psycopg2://u@db/study"),
+        ("sqlite:///results/x/study.db", "sqlite:///results/x/study.db"),
+    ],
+)
+def test_bare_postgresql_urls_use_the_installed_driver(url, expected, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "psycopg2" else real(name, *a))
+    assert with_driver(url) == expected
+
+
+def test_heartbeat_settings_from_environment(monkeypatch):
+    monkeypatch.delenv("DEEPSC_TUNE_HEARTBEAT", raising=False)
+    monkeypatch.delenv("DEEPSC_TUNE_GRACE", raising=False)
+    assert heartbeat_settings() == (10, 30)
+    monkeypatch.setenv("DEEPSC_TUNE_HEARTBEAT", "1")
+    monkeypatch.setenv("DEEPSC_TUNE_GRACE", "3")
+    assert heartbeat_settings() == (1, 3)
+    monkeypatch.setenv("DEEPSC_TUNE_GRACE", "1")
+    with pytest.raises(ConfigError, match="DEEPSC_TUNE_GRACE=1 must be longer"):
+        heartbeat_settings()
+    monkeypatch.setenv("DEEPSC_TUNE_HEARTBEAT", "0.5")
+    with pytest.raises(ConfigError, match="DEEPSC_TUNE_HEARTBEAT='0.5'"):
+        heartbeat_settings()
+
+
+def test_storage_errors_are_clear(tmp_path):
+    with pytest.raises(DeepscTuneError, match="--storage"):
+        open_storage(f"sqlite:///{tmp_path}/no/such/dir/study.db")
+
+
+def test_default_storage_url_creates_the_folder_or_says_why_not(tmp_path):
+    assert default_storage_url("curve", tmp_path) == f"sqlite:///{tmp_path / 'curve' / 'study.db'}"
+    assert (tmp_path / "curve").is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DeepscTuneError, match="--results-dir .*is a file, not a folder"):
+        default_storage_url("curve", tmp_path / "file")
+
+
+def test_redact_hides_the_password():
+    assert redact("postgresql://user:secret@db:5432/study") == "postgresql://user:***@db:5432/study"
+    assert redact("sqlite:///results/x/study.db") == "sqlite:///results/x/study.db"
+
+
+def test_a_study_remembers_the_storage_it_was_opened_on(tmp_path):
+    storage = open_storage(default_storage_url("curve", tmp_path), heartbeat=False)
+    study = optuna.create_study(study_name="curve", storage=storage)
+    assert storage_of(study) is None
+    assert remember(study, storage) is study and storage_of(study) is storage

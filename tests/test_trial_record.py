@@ -1,0 +1,135 @@
+"""trial_record.py: the views every reader of a study derives from its trials' attributes."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.trial_record import (
+    STALE_REASON,
+    best_search_trial,
+    complete_repeats,
+    count_states,
+    failure_reason,
+    is_repeat,
+    last_reported,
+    metric_value,
+    n_finished,
+    other_data,
+    prunable,
+    ranked_search_trials,
+    search_trials,
+    state_counts,
+    study_backend,
+    study_metric,
+)
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+LR = {"learning_rate": FloatDistribution(1e-5, 1e-1, log=True)}
+
+
+def make(state=TrialState.COMPLETE, curve=(), *, number=0, value=None, system_attrs=None, **user_attrs):
+    trial = create_trial(
+        state=state,
+        value=value if value is not None else (max(curve) if state == TrialState.COMPLETE and curve else None),
+        params={"learning_rate": 1e-3},
+        distributions=LR,
+        intermediate_values={i + 1: v for i, v in enumerate(curve)},
+        user_attrs=user_attrs,
+        system_attrs=system_attrs or {},
+    )
+    trial.number = number
+    return trial
+
+
+@pytest.fixture
+def study():
+    s = optuna.create_study(direction="maximize")
+    for kwargs in (
+        {"curve": (0.5, 0.7)},  # 0
+        {"curve": (0.6, 0.9)},  # 1: best search trial
+        {"curve": (0.9, 0.95), "repeat_of": 0, "repeat_seed": 1},  # 2: a better repeat, not a search trial
+        {"curve": (0.9,), "state": TrialState.PRUNED},  # 3
+        {"curve": (0.6, 0.9)},  # 4: ties with 1, the later one loses
+        {"state": TrialState.FAIL, "fail_reason": "NaN"},  # 5
+    ):
+        state = kwargs.pop("state", TrialState.COMPLETE)
+        curve = kwargs.pop("curve", ())
+        s.add_trial(make(state, curve, **kwargs))
+    return s
+
+
+def test_repeats_are_not_search_trials_and_are_never_pruned(study):
+    trials = study.get_trials()
+    assert [t.number for t in trials if is_repeat(t)] == [2]
+    assert [prunable(t) for t in trials] == [True, True, False, True, True, True]
+    assert [t.number for t in search_trials(study)] == [0, 1, 3, 4, 5]
+    assert [t.number for t in search_trials(study, states=(TrialState.COMPLETE,))] == [0, 1, 4]
+    assert {k: [t.number for t in v] for k, v in complete_repeats(trials).items()} == {0: [2]}
+
+
+def test_best_search_trial_ignores_repeats_and_breaks_ties_by_number(study):
+    assert [t.number for t in ranked_search_trials(study.get_trials())] == [1, 4, 0]
+    assert best_search_trial(study).number == 1
+
+
+def test_best_search_trial_of_an_empty_study_is_a_clear_error():
+    study = optuna.create_study(study_name="empty", direction="maximize")
+    with pytest.raises(DeepscTuneError, match="study 'empty' has no completed trial yet \\(0 trials in all\\)"):
+        best_search_trial(study)
+
+
+def test_state_counts(study):
+    counts = state_counts(study.get_trials())
+    assert set(counts) == set(TrialState)
+    assert (counts[TrialState.COMPLETE], counts[TrialState.PRUNED], counts[TrialState.FAIL]) == (4, 1, 1)
+    assert counts[TrialState.WAITING] == 0
+    assert n_finished(counts) == 5
+    assert count_states(study)[TrialState.COMPLETE] == 3  # the repeat is left out
+
+
+@pytest.mark.parametrize(
+    ("state", "curve", "value", "expected", "last"),
+    [
+        (TrialState.COMPLETE, (0.5, 0.7, 0.6), 0.7, 0.7, 0.6),
+        (TrialState.PRUNED, (0.5, 0.4), None, 0.4, 0.4),
+        (TrialState.RUNNING, (0.3,), None, 0.3, 0.3),
+        (TrialState.PRUNED, (), None, None, None),
+        (TrialState.FAIL, (0.5,), None, None, 0.5),
+        (TrialState.WAITING, (), None, None, None),
+    ],
+)
+def test_metric_value_and_last_reported(state, curve, value, expected, last):
+    trial = make(state, curve, value=value)
+    assert metric_value(trial) == expected
+    assert last_reported(trial) == last
+
+
+@pytest.mark.parametrize(
+    ("state", "user_attrs", "system_attrs", "expected"),
+    [
+        (TrialState.FAIL, {"fail_reason": "diverged"}, {}, "diverged"),
+        (TrialState.FAIL, {}, {"fail_reason": "old study"}, "old study"),
+        (TrialState.FAIL, {}, {}, STALE_REASON),  # Optuna failed it: heartbeats stopped
+        (TrialState.COMPLETE, {"fail_reason": "of an earlier attempt"}, {}, None),
+    ],
+)
+def test_failure_reason(state, user_attrs, system_attrs, expected):
+    trial = make(state, (0.5,), system_attrs=system_attrs, **user_attrs)
+    assert failure_reason(trial) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "now", "expected"),
+    [("abc", "abc", None), ("abc", "def", "abc"), (None, "def", None), ("abc", None, None)],
+)
+def test_other_data(stored, now, expected):
+    assert other_data({"data_fingerprint": stored}, now) == expected
+
+
+def test_study_attributes_with_defaults():
+    assert study_metric({}) == "val_accuracy" and study_metric({"metric": "val_macro_f1"}) == "val_macro_f1"
+    assert study_backend({}) == "builtin" and study_backend({"backend": "command"}) == "command"
