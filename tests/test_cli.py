@@ -328,6 +328,7 @@ def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[
     raise AssertionError(f"never saw {needle!r}; output:\n{''.join(lines)}")
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_sigint_fails_running_trial_then_resume_completes(tmp_path):
     results = tmp_path / "results"
     args = ["study.n_trials=5", "finetune.epoch=10"]
@@ -355,6 +356,7 @@ def test_sigint_fails_running_trial_then_resume_completes(tmp_path):
         assert study.trials[number].value == value
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     results = tmp_path / "results"
     args = ["study.n_trials=4", "finetune.epoch=10"]
@@ -379,6 +381,7 @@ def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     assert study.trials[0].state == TrialState.COMPLETE
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_pruner_prunes_in_a_real_study(tmp_path):
     results = tmp_path / "results"
     # Median pruning from the 3rd trial: over a wide LR range some trials must fall behind.
