@@ -82,6 +82,7 @@ def status(
 ) -> None:
     """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
     from deepsc_tune.chance import chance_note, chance_trials
+    from deepsc_tune.console_table import Column, print_table
     from deepsc_tune.progress import format_params
     from deepsc_tune.trial_record import (
         ENQUEUED,
@@ -102,7 +103,7 @@ def status(
             _echo(_status_json(study, trials, metric))
             return
         at_chance = set(chance_trials(study, trials))
-        _echo(f"{'#':>4}  {'state':<8} {metric:>12} {'epochs':>6} {'test acc':>8}  settings / reason")
+        rows = []
         for t in trials:
             u = t.user_attrs
             shown = t.value if t.value is not None else last_reported(t)
@@ -112,13 +113,22 @@ def status(
             if t.number in at_chance:
                 tags.append("chance level")
             extra = f"  [{', '.join(tags)}]" if tags else ""
-            _echo(
-                f"{t.number:>4}  {t.state.name:<8} {value:>12} {len(t.intermediate_values):>6} {test:>8}  "
-                f"{format_params(t.params)}{extra}"
-            )
+            last = f"{format_params(t.params)}{extra}"
             reason = failure_reason(t)
             if reason:
-                _echo(f"{'':>6}reason: {reason.splitlines()[0][:200]}")
+                last += f"\nreason: {reason.splitlines()[0][:200]}"
+            rows.append([str(t.number), t.state.name, value, str(len(t.intermediate_values)), test, last])
+        print_table(
+            [
+                Column("#", "right", min_width=4),
+                Column("state", min_width=8),
+                Column(metric, "right"),
+                Column("epochs", "right"),
+                Column("test acc", "right"),
+                Column("settings / reason"),
+            ],
+            rows,
+        )
         by_state = state_counts(trials)
         counts = {t.state.name: by_state[t.state] for t in trials}
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
@@ -130,6 +140,7 @@ def status(
 
 def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
     """`status`: the best configurations by their mean over seeds, once any has repeats."""
+    from deepsc_tune.console_table import Column, print_table
     from deepsc_tune.progress import format_params
     from deepsc_tune.selection import format_mean_sd, format_reported, select
 
@@ -137,9 +148,18 @@ def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
     if not any(c.confirmed for c in selection.ranking):
         return
     _echo(f"\nranking by mean {metric} over seeds (search trial + repeats):")
-    for c in selection.ranking[:top]:
-        test = format_reported(c.test_accuracy) or "-"
-        _echo(f"{c.number:>4}  {format_mean_sd(c):<26} test acc {test:<16} {format_params(c.params)}")
+    rows = [
+        [
+            str(c.number),
+            format_mean_sd(c),
+            f"test acc {format_reported(c.test_accuracy) or '-'}",
+            format_params(c.params),
+        ]
+        for c in selection.ranking[:top]
+    ]
+    print_table(
+        [Column("#", "right", min_width=4), Column("mean"), Column("test"), Column("settings")], rows, header=False
+    )
     if selection.leader_test is not None:
         _echo(f"trial {selection.best.number}: {selection.leader_test.reason}")
 
