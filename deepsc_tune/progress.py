@@ -1,4 +1,9 @@
-"""What a worker prints: one line per finished trial, and a live epoch line on a terminal."""
+"""What a worker prints: one line per finished trial, and a live epoch line on a terminal.
+
+The live line is a transient :class:`rich.live.Live` (rich ships with typer): it redraws in place
+on a terminal and leaves nothing behind; trial lines print above it. Off a terminal (a pipe, a
+log file, a worker under ``run --workers``) only the trial lines are written.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,9 @@ from typing import Any, TextIO
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from deepsc_tune.backend import EpochMetrics
 from deepsc_tune.trial_record import DURATION_S, failure_reason
@@ -22,26 +30,43 @@ class Progress:
     stream: TextIO = field(default_factory=lambda: sys.stdout)
     verbose: bool = False
     prefix: str = ""
-    _live: bool = False
+    _console: Console | None = None
+    _line: Live | None = None
 
     def __post_init__(self) -> None:
-        self._live = bool(getattr(self.stream, "isatty", lambda: False)())
+        # Plain text: no markup, highlighting or wrapping; the terminal check is rich's own.
+        self._console = Console(file=self.stream, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+    @property
+    def live(self) -> bool:
+        """Whether epochs are shown on a live line (a terminal, and not ``--verbose``)."""
+        return not self.verbose and self._console.is_terminal
 
     def epoch(self, number: int, m: EpochMetrics) -> None:
         value = m.metric(self.metric)
         text = f"{self.prefix}  trial {number:>3} epoch {m.epoch:>3}  {self.metric} {value:.4f}"
         if self.verbose:
             print(text, file=self.stream, flush=True)
-        elif self._live:
-            print(f"\r{text}\033[K", end="", file=self.stream, flush=True)
+        elif self.live:
+            if self._line is None:
+                self._line = Live(Text(text), console=self._console, transient=True, auto_refresh=False)
+                self._line.start(refresh=True)
+            else:
+                self._line.update(Text(text), refresh=True)
+
+    def close(self) -> None:
+        """Erase the live line, if one is shown."""
+        if self._line is not None:
+            self._line.stop()
+            self._line = None
 
     def recovered(self, numbers: list[int]) -> None:
         """Said when it happens, before the trials that follow (not in the final summary)."""
+        self.close()
         print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}", file=self.stream, flush=True)
 
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self._live and not self.verbose:
-            print("\r\033[K", end="", file=self.stream)
+        self.close()
         print(self.prefix + format_trial_line(study, trial, self.metric), file=self.stream, flush=True)
 
 

@@ -23,10 +23,11 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.report_data import TOP_CONFIGS, epochs_run, epochs_set, metric_value
+from deepsc_tune import trial_record as tr
+from deepsc_tune.report_data import TOP_CONFIGS, epochs_set
 from deepsc_tune.report_page import render_index, render_report
 from deepsc_tune.report_summary import IndexRow, ReportData, build_report_data, index_row
-from deepsc_tune.trial_record import failure_reason, study_backend
+from deepsc_tune.trial_record import epochs_run, failure_reason, metric_value, study_backend
 
 #: Columns of ``trials.csv`` after ``number``, ``state`` and the searched parameters.
 CSV_COLUMNS = (
@@ -63,22 +64,22 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
         row.update(
             {
                 "value": metric_value(t),
-                "best_val_accuracy": u.get("best_val_accuracy"),
-                "best_val_macro_f1": u.get("best_val_macro_f1"),
-                "val_accuracy": u.get("val_accuracy"),
-                "val_macro_f1": u.get("val_macro_f1"),
-                "best_epoch": u.get("best_epoch"),
-                "test_accuracy": u.get("test_accuracy"),
-                "test_macro_f1": u.get("test_macro_f1"),
+                "best_val_accuracy": u.get(tr.BEST_VAL_ACCURACY),
+                "best_val_macro_f1": u.get(tr.BEST_VAL_MACRO_F1),
+                "val_accuracy": u.get(tr.VAL_ACCURACY),
+                "val_macro_f1": u.get(tr.VAL_MACRO_F1),
+                "best_epoch": u.get(tr.BEST_EPOCH),
+                "test_accuracy": u.get(tr.TEST_ACCURACY),
+                "test_macro_f1": u.get(tr.TEST_MACRO_F1),
                 "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
                 "epochs_set": epochs_set(t),
-                "duration_s": u.get("duration_s"),
-                "seed": u.get("seed"),
+                "duration_s": u.get(tr.DURATION_S),
+                "seed": u.get(tr.SEED),
                 "fail_reason": (failure_reason(t) or "").strip() or None,
-                "enqueued": bool(u.get("enqueued")) or None,
-                "repeat_of": u.get("repeat_of"),
-                "repeat_seed": u.get("repeat_seed"),
-                "retry_of": u.get("retry_of"),
+                "enqueued": bool(u.get(tr.ENQUEUED)) or None,
+                "repeat_of": u.get(tr.REPEAT_OF),
+                "repeat_seed": u.get(tr.REPEAT_SEED),
+                "retry_of": u.get(tr.RETRY_OF),
                 "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                 "datetime_complete": (
                     t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None

@@ -34,7 +34,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.selection import configurations, select
-from deepsc_tune.trial_record import complete_repeats, is_repeat, metric_value, ranked_search_trials, search_only
+from deepsc_tune.trial_record import (
+    ENQUEUED,
+    REPEAT_SEED,
+    SEED,
+    TEST_ACCURACY,
+    TEST_MACRO_F1,
+    complete_repeats,
+    epochs_run,
+    is_repeat,
+    metric_value,
+    ranked_search_trials,
+    search_only,
+    setting,
+)
 
 #: Default number of best configurations shown in the stability section.
 TOP_CONFIGS = 5
@@ -46,21 +59,6 @@ NO_SCHEDULER = "(fixed)"
 #: of points paints the whole plane with values no trial measured.
 MIN_CONTOUR_SHADING = 8
 _CONTOUR_GRID = 60
-
-
-def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
-    """A searched or fixed setting of ``trial`` (searched value first)."""
-    if key in trial.params:
-        return trial.params[key]
-    return (trial.user_attrs.get("settings") or {}).get(key, default)
-
-
-def epochs_run(trial: FrozenTrial) -> int:
-    """Epochs the trial trained (``epochs_run``; else the epochs it reported)."""
-    n = trial.user_attrs.get("epochs_run")
-    if n is None:
-        return len(trial.intermediate_values)
-    return int(n)
 
 
 def epochs_set(trial: FrozenTrial, default: int | None = None) -> int | None:
@@ -156,7 +154,7 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
         if lr is None or value is None:
             continue
         scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
-        label = f"guide: {config_label(t.params)}" if t.user_attrs.get("enqueued") else None
+        label = f"guide: {config_label(t.params)}" if t.user_attrs.get(ENQUEUED) else None
         points.setdefault(scheduler, []).append(
             FrontierPoint(
                 t.number,
@@ -330,14 +328,12 @@ def stability_data(
 
 
 def _seed(t: FrozenTrial) -> int | None:
-    seed = t.user_attrs.get("repeat_seed", t.user_attrs.get("seed"))
+    seed = t.user_attrs.get(REPEAT_SEED, t.user_attrs.get(SEED))
     return None if seed is None else int(seed)
 
 
 def _seed_run(t: FrozenTrial) -> SeedRun:
-    return SeedRun(
-        t.number, _seed(t), float(t.value), t.user_attrs.get("test_accuracy"), t.user_attrs.get("test_macro_f1")
-    )
+    return SeedRun(t.number, _seed(t), float(t.value), t.user_attrs.get(TEST_ACCURACY), t.user_attrs.get(TEST_MACRO_F1))
 
 
 class Importances(NamedTuple):
@@ -509,7 +505,6 @@ __all__ = [
     "contour_grid",
     "envelope",
     "epoch_budget",
-    "epochs_run",
     "epochs_set",
     "format_number",
     "frontier_data",
@@ -519,6 +514,5 @@ __all__ = [
     "optimization_history",
     "param_importances",
     "search_only",
-    "setting",
     "stability_data",
 ]

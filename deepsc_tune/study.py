@@ -316,6 +316,8 @@ def run_study(
             try:
                 study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
             except KeyboardInterrupt:
+                if progress is not None:
+                    progress.close()
                 lock.release()
                 if current:
                     requeue_interrupted(study, current[0])

@@ -180,6 +180,21 @@ def metric_value(trial: FrozenTrial) -> float | None:
     return last_reported(trial)
 
 
+def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
+    """A searched or fixed setting of ``trial`` (searched value first)."""
+    if key in trial.params:
+        return trial.params[key]
+    return (trial.user_attrs.get(SETTINGS) or {}).get(key, default)
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    """Epochs the trial trained (``epochs_run``; else the epochs it reported)."""
+    n = trial.user_attrs.get(EPOCHS_RUN)
+    if n is None:
+        return len(trial.intermediate_values)
+    return int(n)
+
+
 def failure_reason(trial: FrozenTrial) -> str | None:
     """Why a trial failed, as recorded in the study (``None`` unless it is FAIL)."""
     if trial.state != TrialState.FAIL:

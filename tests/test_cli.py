@@ -63,6 +63,61 @@ def test_help_explains_commands():
     assert "resume" in run_help and "--storage" in run_help and "--results-dir" in run_help
 
 
+INTERFACE = REPO / "tests" / "data" / "cli_interface.json"
+
+
+def cli_interface() -> dict:
+    """Every command in --help order, with its help text and each argument/option (names,
+    default, help, envvar): what users and scripts rely on, independent of how rich draws it."""
+    import typer
+
+    group = typer.main.get_command(app)
+    ctx = typer.Context(group, info_name="deepsc-tune")
+
+    def params(command) -> list[dict]:
+        return [
+            {
+                "name": p.name,
+                "kind": p.param_type_name,
+                "opts": [*p.opts, *p.secondary_opts],
+                "required": p.required,
+                "default": None if p.default is None else str(p.default),
+                "help": getattr(p, "help", None),
+                "hidden": getattr(p, "hidden", False),
+                "envvar": p.envvar,
+                "nargs": p.nargs,
+            }
+            for p in command.params
+        ]
+
+    commands = [group.commands[name] for name in group.list_commands(ctx)]
+    return {
+        "help": group.help,
+        "options": params(group),
+        "commands": [{"name": c.name, "help": c.help, "hidden": c.hidden, "params": params(c)} for c in commands],
+    }
+
+
+def test_cli_interface_is_unchanged():
+    """A change to a command, option, default or help text is deliberate: regenerate the file with
+    DEEPSC_TUNE_WRITE_CLI_INTERFACE=1 python -m pytest tests/test_cli.py -k interface, and review its diff."""
+    import json
+
+    current = cli_interface()
+    if os.environ.get("DEEPSC_TUNE_WRITE_CLI_INTERFACE"):
+        INTERFACE.write_text(json.dumps(current, indent=1) + "\n")
+    assert current == json.loads(INTERFACE.read_text())
+
+
+@pytest.mark.parametrize("command", [c["name"] for c in cli_interface()["commands"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    assert f"Usage: deepsc-tune {command} " in result.output
+    first_line = next(c for c in cli_interface()["commands"] if c["name"] == command)["help"].splitlines()[0]
+    assert " ".join(first_line.split()) in " ".join(result.output.split())
+
+
 def test_run_output_and_study(small_study):
     study = load(small_study)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
@@ -273,6 +328,7 @@ def wait_for(proc: subprocess.Popen, needle: str, timeout: float = 120) -> list[
     raise AssertionError(f"never saw {needle!r}; output:\n{''.join(lines)}")
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_sigint_fails_running_trial_then_resume_completes(tmp_path):
     results = tmp_path / "results"
     args = ["study.n_trials=5", "finetune.epoch=10"]
@@ -300,6 +356,7 @@ def test_sigint_fails_running_trial_then_resume_completes(tmp_path):
         assert study.trials[number].value == value
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     results = tmp_path / "results"
     args = ["study.n_trials=4", "finetune.epoch=10"]
@@ -324,6 +381,7 @@ def test_sigkill_leaves_running_trial_which_resume_recovers(tmp_path):
     assert study.trials[0].state == TrialState.COMPLETE
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_pruner_prunes_in_a_real_study(tmp_path):
     results = tmp_path / "results"
     # Median pruning from the 3rd trial: over a wide LR range some trials must fall behind.

@@ -13,6 +13,7 @@ from deepsc_tune.trial_record import (
     best_search_trial,
     complete_repeats,
     count_states,
+    epochs_run,
     failure_reason,
     is_repeat,
     last_reported,
@@ -22,6 +23,7 @@ from deepsc_tune.trial_record import (
     prunable,
     ranked_search_trials,
     search_trials,
+    setting,
     state_counts,
     study_backend,
     study_metric,
@@ -133,3 +135,15 @@ def test_other_data(stored, now, expected):
 def test_study_attributes_with_defaults():
     assert study_metric({}) == "val_accuracy" and study_metric({"metric": "val_macro_f1"}) == "val_macro_f1"
     assert study_backend({}) == "builtin" and study_backend({"backend": "command"}) == "command"
+
+
+def test_setting_prefers_the_searched_value_then_the_recorded_settings():
+    t = make(curve=(0.5,), settings={"learning_rate": 9.0, "epoch": 7})
+    assert setting(t, "learning_rate") == 1e-3  # searched
+    assert setting(t, "epoch") == 7  # fixed, from the record
+    assert setting(t, "warmup_ratio", 0.0) == 0.0 and setting(make(curve=(0.5,)), "epoch") is None
+
+
+def test_epochs_run_is_recorded_else_the_epochs_reported():
+    assert epochs_run(make(curve=(0.1, 0.2, 0.3))) == 3
+    assert epochs_run(make(curve=(0.1,), epochs_run=4)) == 4

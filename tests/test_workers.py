@@ -298,6 +298,7 @@ def check_cli_output(out: str, workers: int, target: int) -> None:
     assert f"{target}/{target} finished trials" in out
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_four_workers_on_sqlite(tmp_path):
     results = tmp_path / "results"
     out = finish(start_workers(results, "--workers", "4", *TINY), timeout=240)
@@ -375,6 +376,7 @@ def test_four_workers_started_together_on_a_fresh_database(tmp_path, fresh_postg
     storage.engine.dispose()
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     results = tmp_path / "results"
     # Longer trials without pruning, so the kill lands inside a trial.
@@ -406,6 +408,7 @@ def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     check_study(study, target=6, epochs=30)
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_ctrl_c_stops_all_workers_and_requeues_their_trials(tmp_path):
     results = tmp_path / "results"
     args = [
@@ -440,6 +443,7 @@ def test_ctrl_c_stops_all_workers_and_requeues_their_trials(tmp_path):
     assert sorted(t.user_attrs["retry_of"] for t in waiting) == sorted(t.number for t in interrupted)
 
 
+@pytest.mark.slow  # 30-55 s of real training and process supervision; CI runs it
 def test_killed_parent_leaves_no_running_trials(tmp_path):
     """Without a parent to forward Ctrl-C, each worker notices and interrupts itself."""
     results = tmp_path / "results"
