@@ -139,11 +139,8 @@ def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: 
 
 def _space_name(name: str) -> str:
     """The ``name:`` of a search space (its results folder), without validating the file."""
-    from deepsc_tune.search_space import (
-        parse_yaml,
-        read_yaml_text,
-        resolve_search_space_path,
-    )
+    from deepsc_tune.search_space import parse_yaml, resolve_search_space_path
+    from deepsc_tune.yaml_file import read_yaml_text
 
     try:
         path = resolve_search_space_path(name)

@@ -56,7 +56,8 @@ def validate(
 
 def list_spaces() -> None:
     """List the search spaces found in ./search_spaces/ and installed with the package."""
-    from deepsc_tune.search_space import list_search_spaces, parse_yaml, read_yaml_text
+    from deepsc_tune.search_space import list_search_spaces, parse_yaml
+    from deepsc_tune.yaml_file import read_yaml_text
 
     for name, path in list_search_spaces().items():
         try:

@@ -49,6 +49,7 @@ from deepsc_tune.schema import (
 )
 from deepsc_tune.search_params import GRID_NEEDS, ParamSpec, parse_search
 from deepsc_tune.study_settings import PRUNERS, SAMPLERS, StudySettings
+from deepsc_tune.yaml_file import load_mapping, read_yaml_text
 
 #: Top-level keys of a search-space file.
 TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")
@@ -233,78 +234,9 @@ def load_search_space(
     return build_search_space(raw, text=text, path=path, overrides=overrides, check_deepsc=check_deepsc)
 
 
-def read_yaml_text(path: Path) -> str:
-    """The text of a search-space file, which must be UTF-8 (YAML's own rule).
-
-    Raises
-    ------
-    ConfigError
-        When the file cannot be read or is not UTF-8 (naming the line of the first bad byte).
-    """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
-        ) from None
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: Any, first: int, second: int) -> None:
-        super().__init__(key)
-        self.key, self.first, self.second = key, first, second
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, but a key given twice in one mapping is an error, not "last wins"."""
-
-
-def _construct_unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:  # an unhashable key: PyYAML reports it itself
-            continue
-        if first is not None:
-            raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
-
-
 def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
-    """Parse YAML text into a mapping, with a one-line error naming the line.
-
-    A key repeated in one mapping is refused, naming both lines (PyYAML keeps the last).
-    """
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except _DuplicateKey as e:
-        raise ConfigError(
-            f"{source}: duplicate key {e.key!r} on line {e.first} and line {e.second}; "
-            "keep one (YAML would silently use the last)"
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{source}:{where}: malformed YAML: {problem}") from None
-    if raw is None:
-        raise ConfigError(f"{source}: the file is empty; expected a mapping with {TOP_KEYS}")
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping with keys {', '.join(TOP_KEYS)}, got {type(raw).__name__}")
-    return raw
+    """A search-space file's text as a mapping (duplicate keys refused; one-line errors naming the line)."""
+    return load_mapping(text, source=source, keys=TOP_KEYS)
 
 
 def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
