@@ -11,20 +11,21 @@ Definitions used throughout:
 - A trial's *metric value* is ``trial.value`` (the best validation metric over the epochs run)
   for a COMPLETE trial, and the last reported intermediate value for a PRUNED (or RUNNING) one;
   failed trials have none.
-- The *envelope* of one scheduler type is the best metric value reached at or below each learning
-  rate: its points sorted by learning rate, one step per distinct learning rate, each step the
-  maximum over all points with a learning rate lower than or equal to it (a cumulative maximum,
-  so it never decreases from left to right).
+- The *frontier line* of one scheduler type joins the best COMPLETE trial of each log-spaced
+  learning-rate bin (a third of a decade wide), at that trial's learning rate: it follows the data
+  up and down, so a learning rate that is too high shows as a drop. PRUNED trials are drawn
+  hollow at the epoch they reached and never shape the line.
 - *Epochs saved* by pruning: for each PRUNED trial, the epochs it was set to run (its ``epoch``
   setting) minus the epochs it ran.
 - *Search trials* leave out the repeats made by ``deepsc-tune repeat`` or ``study.confirm``
   (``repeat_of``); repeats appear in the summary (the chosen configuration's mean ± sd over seeds,
-  :mod:`deepsc_tune.selection`), as rings on the frontier, in the stability section, the counts
+  :mod:`deepsc_tune.selection`), as rings on the frontier (moved to their mean over seeds), in the stability section, the counts
   and ``trials.csv``.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from collections.abc import Mapping, Sequence
@@ -98,15 +99,17 @@ class FrontierPoint(NamedTuple):
     number: int
     scheduler: str
     learning_rate: float
-    value: float
+    value: float  # COMPLETE: the mean over seeds when repeated; PRUNED: the last epoch's value
     state: str  # "COMPLETE" or "PRUNED"
     label: str | None  # "guide: constant 1e-4" for the usage guide's enqueued configs
     params: dict[str, Any]
     seeds: int = 1  # COMPLETE runs of this configuration (search trial + repeats); > 1: confirmed
+    sd: float | None = None  # sample sd over seeds (``seeds`` > 1)
+    epochs: int | None = None  # epochs run (a PRUNED trial: the epoch it reached)
 
 
-class EnvelopeStep(NamedTuple):
-    """Best metric value reached at or below ``learning_rate`` (by trial ``number``)."""
+class LineStep(NamedTuple):
+    """One vertex of a frontier line: the best COMPLETE trial of one learning-rate bin."""
 
     learning_rate: float
     value: float
@@ -114,39 +117,59 @@ class EnvelopeStep(NamedTuple):
 
 
 class Frontier(NamedTuple):
-    """Points per scheduler type and their envelopes (both keyed by scheduler, in LR order)."""
+    """Points per scheduler type, their lines (both keyed by scheduler, in LR order), the chosen
+    configuration and the reference levels (``None`` where the study has none)."""
 
     points: dict[str, list[FrontierPoint]]
-    envelopes: dict[str, list[EnvelopeStep]]
+    lines: dict[str, list[LineStep]]
+    chosen: int | None = None  # the selected configuration's search trial
+    chance: float | None = None  # the study metric of always predicting the majority class
+    baseline: float | None = None  # logistic regression on the same cells (study attr ``baseline``)
 
 
-def envelope(points: Sequence[FrontierPoint]) -> list[EnvelopeStep]:
-    """Cumulative maximum of ``points`` over increasing learning rate, one step per distinct LR.
+#: Study user attribute holding a baseline's validation metrics under bare names (``accuracy``,
+#: ``macro_f1``); the frontier draws it as a line when a study has one.
+BASELINE_ATTR = "baseline"
+#: Bins per decade of learning rate for the frontier line (a third of a decade each).
+BINS_PER_DECADE = 3
 
-    Step ``i`` holds ``max(value of p for p in points if p.learning_rate <= lr_i)``, so the values
-    never decrease; ``number`` names the trial that reached it (the earliest on ties).
+
+def frontier_line(points: Sequence[FrontierPoint], *, bins_per_decade: int = BINS_PER_DECADE) -> list[LineStep]:
+    """The best COMPLETE point of each log-spaced learning-rate bin, in LR order.
+
+    Bins are ``1 / bins_per_decade`` of a decade wide (edges at ``10 ** (k / bins_per_decade)``).
+    Each bin contributes its best point (the lowest trial number on ties) at that point's own
+    learning rate, so the line goes down where higher learning rates did worse. PRUNED points
+    never shape it: their values are from fewer epochs.
     """
-    steps: list[EnvelopeStep] = []
-    best: tuple[float, int] | None = None
-    for p in sorted(points, key=lambda p: (p.learning_rate, p.number)):
-        if best is None or p.value > best[0]:
-            best = (p.value, p.number)
-        if steps and steps[-1].learning_rate == p.learning_rate:
-            steps[-1] = EnvelopeStep(p.learning_rate, best[0], best[1])
-        else:
-            steps.append(EnvelopeStep(p.learning_rate, best[0], best[1]))
-    return steps
+    best: dict[int, FrontierPoint] = {}
+    for p in points:
+        if p.state != "COMPLETE" or p.learning_rate <= 0:
+            continue
+        k = math.floor(math.log10(p.learning_rate) * bins_per_decade + 1e-9)
+        q = best.get(k)
+        if q is None or (p.value, -p.number) > (q.value, -q.number):
+            best[k] = p
+    return [LineStep(p.learning_rate, p.value, p.number) for _, p in sorted(best.items())]
 
 
-def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
+def frontier_data(
+    trials: Sequence[FrozenTrial],
+    *,
+    metric: str | None = None,
+    chance: Mapping[str, Any] | None = None,
+    baseline: Mapping[str, Any] | None = None,
+) -> Frontier:
     """Learning rate against metric value for finished search trials, grouped by scheduler type.
 
-    COMPLETE trials at ``trial.value``, PRUNED ones at their last intermediate value; trials with
-    no learning rate or no value are left out. The usage guide's configs (``enqueued``) get a
-    ``label`` such as ``guide: cosine 1e-4 warmup 0.03``.
+    COMPLETE trials at ``trial.value`` (at the mean over seeds when the configuration has COMPLETE
+    repeats), PRUNED ones at their last intermediate value with the epoch reached; trials with no
+    learning rate or no value are left out. The usage guide's configs (``enqueued``) get a
+    ``label`` such as ``guide: cosine 1e-4 warmup 0.03``. ``chance`` (the study's ``val_chance``)
+    and ``baseline`` (its ``baseline``) give the reference levels of ``metric``.
     """
     points: dict[str, list[FrontierPoint]] = {}
-    seeds = {c.number: c.n for c in configurations(trials)}
+    configs = {c.number: c for c in configurations(trials)}
     for t in search_only(trials):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
@@ -155,6 +178,10 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
             continue
         scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
         label = f"guide: {config_label(t.params)}" if t.user_attrs.get(ENQUEUED) else None
+        c = configs.get(t.number)
+        seeds, sd = (c.n, c.sd) if c is not None and c.n > 1 else (1, None)
+        if seeds > 1:
+            value = c.mean  # a confirmed configuration stands at its mean over seeds
         points.setdefault(scheduler, []).append(
             FrontierPoint(
                 t.number,
@@ -164,11 +191,32 @@ def frontier_data(trials: Sequence[FrozenTrial]) -> Frontier:
                 t.state.name,
                 label,
                 dict(t.params),
-                seeds.get(t.number, 1),
+                seeds,
+                sd,
+                epochs_run(t),
             )
         )
     points = {k: sorted(v, key=lambda p: (p.learning_rate, p.number)) for k, v in sorted(points.items())}
-    return Frontier(points=points, envelopes={k: envelope(v) for k, v in points.items()})
+    chosen = select(trials).best
+    return Frontier(
+        points=points,
+        lines={k: frontier_line(v) for k, v in points.items()},
+        chosen=None if chosen is None else chosen.number,
+        chance=_level(chance, metric),
+        baseline=_level(baseline, _bare(metric)),
+    )
+
+
+def _bare(metric: str | None) -> str | None:
+    """``macro_f1`` for ``val_macro_f1``: the baseline's validation values use the bare names."""
+    return None if metric is None else metric.removeprefix("val_")
+
+
+def _level(levels: Mapping[str, Any] | None, key: str | None) -> float | None:
+    if not isinstance(levels, Mapping) or key is None:
+        return None
+    value = levels.get(key)
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
 
 class Curve(NamedTuple):
@@ -491,11 +539,12 @@ __all__ = [
     "TOP_CONFIGS",
     "ContourData",
     "Curve",
-    "EnvelopeStep",
+    "BASELINE_ATTR",
     "EpochBudget",
     "Frontier",
     "FrontierPoint",
     "HistoryPoint",
+    "LineStep",
     "Importances",
     "SeedRun",
     "StabilityRow",
@@ -503,7 +552,7 @@ __all__ = [
     "config_label",
     "contour_data",
     "contour_grid",
-    "envelope",
+    "frontier_line",
     "epoch_budget",
     "epochs_set",
     "format_number",

@@ -32,6 +32,8 @@ EXTRA_COLOURS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 PRUNED_COLOUR = "#b0b0b0"
 BEST_COLOUR = "#d62728"
 TEMPLATE = "plotly_white"
+#: One tick notation for every log axis of the page (1e-4, not 100µ or 10^-4).
+EXPONENT_FORMAT = "e"
 
 
 def scheduler_colour(name: str, order: Sequence[str] = ()) -> str:
@@ -56,21 +58,36 @@ def _layout(fig, *, title: str, height: int = 420, **kwargs) -> Any:
 
 
 def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
-    """Scatter of metric against learning rate (log x), envelopes as steps, guide configs labelled."""
+    """Metric against learning rate (log x) per scheduler: COMPLETE trials filled, PRUNED hollow,
+    the best COMPLETE trial per LR bin joined as a line, the chosen configuration starred, chance
+    and the baseline as horizontal lines, the usage guide's configs labelled."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
     order = list(frontier.points)
     for scheduler, points in frontier.points.items():
         colour = scheduler_colour(scheduler, order)
-        for state, symbol, opacity in (("COMPLETE", "circle", 0.95), ("PRUNED", "x-thin-open", 0.6)):
-            chosen = [p for p in points if p.state == state]
-            if not chosen:
+        line = frontier.lines.get(scheduler) or []
+        if line:
+            fig.add_trace(
+                go.Scatter(
+                    x=[s.learning_rate for s in line],
+                    y=[s.value for s in line],
+                    mode="lines",
+                    line={"color": colour, "width": 2},
+                    name=f"{scheduler}: best complete per LR bin",
+                    legendgroup=scheduler,
+                    hoverinfo="skip",
+                )
+            )
+        for state, symbol, opacity in (("COMPLETE", "circle", 0.95), ("PRUNED", "circle-open", 0.7)):
+            shown = [p for p in points if p.state == state]
+            if not shown:
                 continue
             fig.add_trace(
                 go.Scatter(
-                    x=[p.learning_rate for p in chosen],
-                    y=[p.value for p in chosen],
+                    x=[p.learning_rate for p in shown],
+                    y=[p.value for p in shown],
                     mode="markers",
                     name=f"{scheduler} ({state.lower()})",
                     legendgroup=scheduler,
@@ -84,40 +101,53 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
                             "color": colour if state == "PRUNED" else "white",
                         },
                     },
-                    customdata=[[p.number, config_label(p.params)] for p in chosen],
+                    customdata=[[p.number, config_label(p.params), _point_note(p)] for p in shown],
                     hovertemplate="trial %{customdata[0]}: %{customdata[1]}<br>"
                     + metric
-                    + " %{y:.4f}<extra>"
+                    + " %{y:.4f}%{customdata[2]}<extra>"
                     + state.lower()
                     + "</extra>",
                 )
             )
-        steps = frontier.envelopes.get(scheduler) or []
-        if steps:
-            fig.add_trace(
-                go.Scatter(
-                    x=[s.learning_rate for s in steps],
-                    y=[s.value for s in steps],
-                    mode="lines",
-                    line={"color": colour, "shape": "hv", "width": 2},
-                    name=f"{scheduler} envelope",
-                    legendgroup=scheduler,
-                    hoverinfo="skip",
-                )
-            )
     confirmed = [p for ps in frontier.points.values() for p in ps if p.seeds > 1]
-    if confirmed:  # a ring around configurations re-run with other seeds (study.confirm, repeat)
+    if confirmed:  # a ring around configurations re-run with other seeds, at their mean
         fig.add_trace(
             go.Scatter(
                 x=[p.learning_rate for p in confirmed],
                 y=[p.value for p in confirmed],
                 mode="markers",
-                name="confirmed (several seeds)",
+                name="confirmed (mean over seeds)",
                 marker={"symbol": "circle-open", "size": 18, "color": "#222", "line": {"width": 2}},
-                customdata=[[p.number, p.seeds] for p in confirmed],
-                hovertemplate="trial %{customdata[0]}: confirmed, %{customdata[1]} seeds<extra></extra>",
+                customdata=[[p.number, p.seeds, _sd_text(p)] for p in confirmed],
+                hovertemplate="trial %{customdata[0]}: mean of %{customdata[1]} seeds%{customdata[2]}<extra></extra>",
             )
         )
+    chosen = next((p for ps in frontier.points.values() for p in ps if p.number == frontier.chosen), None)
+    if chosen is not None:
+        text = f"chosen: {config_label(chosen.params)}"
+        if chosen.seeds > 1:
+            text += f" ({chosen.value:.3f}{_sd_text(chosen)}, n={chosen.seeds})"
+        fig.add_trace(
+            go.Scatter(
+                x=[chosen.learning_rate],
+                y=[chosen.value],
+                mode="markers",
+                name=text,
+                marker={"symbol": "star", "size": 20, "color": BEST_COLOUR, "line": {"width": 1, "color": "#222"}},
+                hovertemplate=text + "<br>" + metric + " %{y:.4f}<extra></extra>",
+            )
+        )
+    for level, name, dash in (
+        (frontier.chance, "chance (majority class)", "dot"),
+        (frontier.baseline, "logistic regression", "dash"),
+    ):
+        if level is not None:
+            fig.add_hline(
+                y=level,
+                line={"color": "#555", "dash": dash, "width": 1.5},
+                annotation_text=f"{name} {level:.3f}",
+                annotation_position="bottom right",
+            )
     labelled = sorted((p for ps in frontier.points.values() for p in ps if p.label), key=lambda p: p.number)
     for i, p in enumerate(labelled):
         fig.add_annotation(  # up-left, down-right, ...: the guide's configs often share an LR
@@ -133,9 +163,21 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
             bordercolor="#555",
             borderwidth=1,
         )
-    fig.update_xaxes(type="log", title="learning_rate", exponentformat="power")
-    fig.update_yaxes(title=f"best {metric} (pruned: last epoch reached)")
+    fig.update_xaxes(type="log", title="learning_rate", exponentformat=EXPONENT_FORMAT)
+    fig.update_yaxes(title=f"best {metric} (hollow: pruned, at the last epoch reached)")
     return _layout(fig, title="Learning rate frontier", height=480)
+
+
+def _sd_text(p) -> str:
+    return "" if p.sd is None else f" ± {p.sd:.3f}"
+
+
+def _point_note(p) -> str:
+    if p.state == "PRUNED":
+        return f"<br>pruned after epoch {p.epochs}"
+    if p.seeds > 1:
+        return f"<br>mean of {p.seeds} seeds{_sd_text(p)}"
+    return ""
 
 
 def plot_curves(curves: Sequence[Curve], *, metric: str = "val_accuracy"):
@@ -287,7 +329,7 @@ def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), me
             f"<br>{metric} %{{marker.color:.4f}}<extra></extra>",
         )
     )
-    fig.update_xaxes(type="log", title="learning_rate")
+    fig.update_xaxes(type="log", title="learning_rate", exponentformat=EXPONENT_FORMAT)
     fig.update_yaxes(title="warmup_ratio")
     title = "Cosine trials: learning_rate x warmup_ratio"
     if grid is None:

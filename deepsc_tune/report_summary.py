@@ -17,8 +17,10 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deepsc_tune.chance import CHANCE_ATTR
 from deepsc_tune.export import format_best
 from deepsc_tune.report_data import (
+    BASELINE_ATTR,
     TOP_CONFIGS,
     ContourData,
     Curve,
@@ -192,7 +194,12 @@ def build_report_data(
             notes.append(chance)
     return ReportData(
         summary=summary,
-        frontier=frontier_data(trials),
+        frontier=frontier_data(
+            trials,
+            metric=summary.metric,
+            chance=study.user_attrs.get(CHANCE_ATTR),
+            baseline=study.user_attrs.get(BASELINE_ATTR),
+        ),
         curves=learning_curves(trials),
         history=optimization_history(trials),
         importances=importances,

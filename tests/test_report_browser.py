@@ -189,8 +189,10 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
     # the usage guide's two configs labelled
     rings = sum(p.seeds > 1 for ps in data.frontier.points.values() for p in ps)
     assert rings == 1
-    assert figures["fig-frontier"]["points"] == len(finished) + rings
-    assert figures["fig-frontier"]["annotations"] == 2
+    star = int(data.frontier.chosen is not None)  # the chosen configuration, drawn once more
+    assert figures["fig-frontier"]["points"] == len(finished) + rings + star
+    levels = sum(x is not None for x in (data.frontier.chance, data.frontier.baseline))
+    assert figures["fig-frontier"]["annotations"] == 2 + levels  # the guide's two, chance, baseline
     assert figures["fig-curves"]["points"] == sum(len(c.values) for c in data.curves)
     assert figures["fig-curves"]["traces"] == len(data.curves)
     assert figures["fig-history"]["points"] == 2 * len([h for h in data.history if h.value is not None])

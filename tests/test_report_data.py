@@ -3,6 +3,7 @@ studies with known numbers (the figures themselves: test_report_figures.py)."""
 
 from __future__ import annotations
 
+import math
 import statistics
 
 import optuna
@@ -15,16 +16,18 @@ from deepsc_tune.report_data import (
     FrontierPoint,
     config_label,
     contour_data,
-    envelope,
     epoch_budget,
+    epochs_set,
     format_number,
     frontier_data,
+    frontier_line,
     learning_curves,
     metric_value,
     optimization_history,
     param_importances,
     stability_data,
 )
+from deepsc_tune.selection import select
 from deepsc_tune.trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -60,43 +63,67 @@ def test_frontier_points_on_real_study(real_study):
         assert [p.learning_rate for p in ps] == sorted(p.learning_rate for p in ps)
 
 
-def test_envelope_is_the_best_value_at_or_below_each_learning_rate(real_study):
+def test_frontier_line_is_the_best_complete_trial_per_learning_rate_bin(real_study):
     frontier = frontier_data(real_study.get_trials())
-    for scheduler, steps in frontier.envelopes.items():
+    for scheduler, line in frontier.lines.items():
         points = frontier.points[scheduler]
-        lrs = [s.learning_rate for s in steps]
-        assert lrs == sorted(set(p.learning_rate for p in points))  # one step per distinct LR
-        values = [s.value for s in steps]
-        assert values == sorted(values)  # never decreases with the learning rate
-        for s in steps:
-            below = [p for p in points if p.learning_rate <= s.learning_rate]
-            assert s.value == max(p.value for p in below)
-            assert s.number in {p.number for p in below if p.value == s.value}
-        assert steps[-1].value == max(p.value for p in points)
+        complete = [p for p in points if p.state == "COMPLETE"]
+        assert [s.learning_rate for s in line] == sorted(s.learning_rate for s in line)
+        by_number = {p.number: p for p in points}
+        for s in line:
+            vertex = by_number[s.number]
+            assert vertex.state == "COMPLETE" and vertex.value == s.value  # pruned never shape it
+            same_bin = [
+                p
+                for p in complete
+                if math.floor(math.log10(p.learning_rate) * 3 + 1e-9)
+                == math.floor(math.log10(s.learning_rate) * 3 + 1e-9)
+            ]
+            assert s.value == max(p.value for p in same_bin)
+        if complete:
+            assert max(s.value for s in line) == max(p.value for p in complete)
 
 
 def point(number, lr, value, state="COMPLETE"):
     return FrontierPoint(number, "constant", lr, value, state, None, {})
 
 
-def test_envelope_exact_steps_ties_and_duplicate_learning_rates():
+def test_frontier_line_comes_back_down_at_high_learning_rates_and_skips_pruned():
     points = [
-        point(0, 1e-3, 0.5),
-        point(1, 1e-4, 0.6),
-        point(2, 1e-2, 0.55),
-        point(3, 1e-3, 0.7, "PRUNED"),
-        point(4, 5e-2, 0.7),
-        point(5, 1e-1, 0.2),
+        point(0, 1e-4, 0.60),
+        point(1, 1.1e-4, 0.65),  # same bin as trial 0: the better one is the vertex
+        point(2, 1e-3, 0.86),
+        point(3, 1.2e-3, 0.99, "PRUNED"),  # pruned: never a vertex, even when higher
+        point(4, 1e-2, 0.68),  # too high a learning rate: the line drops
+        point(5, 5e-2, 0.20, "PRUNED"),  # a bin with only a pruned trial: no vertex
     ]
-    steps = envelope(points)
-    assert [(s.learning_rate, s.value, s.number) for s in steps] == [
-        (1e-4, 0.6, 1),
-        (1e-3, 0.7, 3),
-        (1e-2, 0.7, 3),
-        (5e-2, 0.7, 3),
-        (1e-1, 0.7, 3),
+    line = frontier_line(points)
+    assert [(s.learning_rate, s.value, s.number) for s in line] == [
+        (1.1e-4, 0.65, 1),
+        (1e-3, 0.86, 2),
+        (1e-2, 0.68, 4),
     ]
-    assert envelope([]) == []
+    assert frontier_line([]) == []
+
+
+def test_frontier_marks_chosen_and_reference_levels(real_study):
+    trials = real_study.get_trials()
+    chance = {"val_accuracy": 0.339, "val_macro_f1": 0.05}
+    frontier = frontier_data(trials, metric="val_accuracy", chance=chance, baseline={"accuracy": 0.9})
+    assert frontier.chosen == select(trials).best.number
+    assert frontier.chance == 0.339 and frontier.baseline == 0.9
+    f1 = frontier_data(trials, metric="val_macro_f1", chance=chance, baseline={"macro_f1": 0.7})
+    assert f1.chance == 0.05 and f1.baseline == 0.7
+    bare = frontier_data(trials)
+    assert bare.chance is None and bare.baseline is None
+
+
+def test_pruned_points_carry_the_epoch_they_reached(real_study):
+    trials = {t.number: t for t in real_study.get_trials()}
+    pruned = [p for ps in frontier_data(list(trials.values())).points.values() for p in ps if p.state == "PRUNED"]
+    for p in pruned:
+        assert p.epochs == len(trials[p.number].intermediate_values)
+        assert p.epochs < epochs_set(trials[p.number])
 
 
 def test_guide_configs_are_labelled(real_study, synthetic):

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import optuna
+import pytest
 
 from deepsc_tune.report_data import MIN_CONTOUR_SHADING, ContourData, contour_grid, frontier_data
 from deepsc_tune.report_figures import plot_contour, plot_frontier
@@ -19,9 +20,30 @@ def test_frontier_marks_confirmed_configurations(synthetic):
     points = {p.number: p for ps in frontier_data(synthetic.trials).points.values() for p in ps}
     assert points[5].seeds == 3
     assert all(p.seeds == 1 for n, p in points.items() if n != 5)
+    from deepsc_tune.selection import configurations
+
+    config = next(c for c in configurations(synthetic.trials) if c.number == 5)
+    assert points[5].value == pytest.approx(config.mean)  # moved to the mean over seeds
+    assert points[5].sd == pytest.approx(config.sd)
     fig = plot_frontier(frontier_data(synthetic.trials))
-    ring = [tr for tr in fig.data if tr.name == "confirmed (several seeds)"]
-    assert len(ring) == 1 and list(ring[0].customdata[0]) == [5, 3]
+    ring = [tr for tr in fig.data if tr.name == "confirmed (mean over seeds)"]
+    assert len(ring) == 1 and list(ring[0].customdata[0])[:2] == [5, 3]
+    assert ring[0].y[0] == pytest.approx(config.mean)
+
+
+def test_frontier_figure_draws_pruned_hollow_the_chosen_star_and_reference_lines(synthetic):
+    frontier = frontier_data(
+        synthetic.trials, metric="val_accuracy", chance={"val_accuracy": 0.3}, baseline={"accuracy": 0.8}
+    )
+    fig = plot_frontier(frontier)
+    pruned = [tr for tr in fig.data if tr.name and tr.name.endswith("(pruned)")]
+    assert pruned and all(tr.marker.symbol == "circle-open" for tr in pruned)
+    stars = [tr for tr in fig.data if tr.marker is not None and tr.marker.symbol == "star"]
+    chosen = next(p for ps in frontier.points.values() for p in ps if p.number == frontier.chosen)
+    assert len(stars) == 1 and stars[0].x[0] == chosen.learning_rate and stars[0].y[0] == chosen.value
+    levels = sorted(shape.y0 for shape in fig.layout.shapes)
+    assert levels == [0.3, 0.8]
+    assert fig.layout.xaxis.exponentformat == "e"
 
 
 def _contour(n: int) -> ContourData:
