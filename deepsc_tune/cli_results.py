@@ -79,8 +79,19 @@ def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON document (for scripts and dashboards) instead of the table.")
     ] = False,
+    all_test_metrics: Annotated[
+        bool,
+        typer.Option(
+            "--all-test-metrics",
+            help="Show every trial's test accuracy. Off by default: test metrics are shown for the chosen "
+            "configuration only, so that nobody chooses on the test set.",
+        ),
+    ] = False,
 ) -> None:
-    """Print a table of the study's trials (state, settings, metrics, reason for failures)."""
+    """Print a table of the study's trials (state, settings, validation metrics, reason for failures).
+
+    Test metrics appear for the chosen configuration only (selected on validation), or for every
+    trial with --all-test-metrics."""
     from deepsc_tune.chance import chance_note, chance_trials
     from deepsc_tune.console_table import Column, print_table
     from deepsc_tune.progress import format_params
@@ -117,28 +128,44 @@ def status(
             reason = failure_reason(t)
             if reason:
                 last += f"\nreason: {reason.splitlines()[0][:200]}"
-            rows.append([str(t.number), t.state.name, value, str(len(t.intermediate_values)), test, last])
-        print_table(
-            [
-                Column("#", "right", min_width=4),
-                Column("state", min_width=8),
-                Column(metric, "right"),
-                Column("epochs", "right"),
-                Column("test acc", "right"),
-                Column("settings / reason"),
-            ],
-            rows,
-        )
+            row = [str(t.number), t.state.name, value, str(len(t.intermediate_values)), test, last]
+            rows.append(row if all_test_metrics else row[:4] + row[5:])
+        columns = [
+            Column("#", "right", min_width=4),
+            Column("state", min_width=8),
+            Column(metric, "right"),
+            Column("epochs", "right"),
+            Column("test acc", "right"),
+            Column("settings / reason"),
+        ]
+        print_table(columns if all_test_metrics else columns[:4] + columns[5:], rows)
         by_state = state_counts(trials)
         counts = {t.state.name: by_state[t.state] for t in trials}
         _echo(", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) or "no trials")
         note = chance_note(study, trials)
         if note:
             _echo(f"note: {note}")
-        _echo_ranking(trials, metric)
+        _echo_ranking(trials, metric, test_metrics=all_test_metrics)
+        _echo_chosen_test(trials)
 
 
-def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
+def _echo_chosen_test(trials) -> None:
+    """`status`: the test metrics of the chosen configuration, the one place they are shown."""
+    from deepsc_tune.selection import format_reported, select
+
+    best = select(trials).best
+    if best is None:
+        return
+    acc, f1 = format_reported(best.test_accuracy), format_reported(best.test_macro_f1)
+    if acc is None and f1 is None:
+        return
+    _echo(
+        f"chosen: trial {best.number} (on validation); test accuracy {acc or '-'}, test macro-F1 {f1 or '-'}"
+        " (reported only, never used to choose)"
+    )
+
+
+def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = False) -> None:
     """`status`: the best configurations by their mean over seeds, once any has repeats."""
     from deepsc_tune.console_table import Column, print_table
     from deepsc_tune.progress import format_params
@@ -149,17 +176,14 @@ def _echo_ranking(trials, metric: str, *, top: int = 5) -> None:
         return
     _echo(f"\nranking by mean {metric} over seeds (search trial + repeats):")
     rows = [
-        [
-            str(c.number),
-            format_mean_sd(c),
-            f"test acc {format_reported(c.test_accuracy) or '-'}",
-            format_params(c.params),
-        ]
+        [str(c.number), format_mean_sd(c)]
+        + ([f"test acc {format_reported(c.test_accuracy) or '-'}"] if test_metrics else [])
+        + [format_params(c.params)]
         for c in selection.ranking[:top]
     ]
-    print_table(
-        [Column("#", "right", min_width=4), Column("mean"), Column("test"), Column("settings")], rows, header=False
-    )
+    columns = [Column("#", "right", min_width=4), Column("mean")]
+    columns += [Column("test")] if test_metrics else []
+    print_table(columns + [Column("settings")], rows, header=False)
     if selection.leader_test is not None:
         _echo(f"trial {selection.best.number}: {selection.leader_test.reason}")
 

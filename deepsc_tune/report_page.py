@@ -130,14 +130,12 @@ def _summary_html(s: Summary) -> str:
 def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
     head = (
         "<tr><th>trial</th><th>configuration</th><th>value</th>"
-        f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th>"
-        "<th>test accuracy across seeds</th></tr>"
+        f"<th>std over last {LAST_EPOCHS} epochs</th><th>seeds</th><th>mean ± std across seeds</th></tr>"
     )
     body = "".join(
         f"<tr><td class=n>#{r.number}</td><td>{_e(r.label)}</td><td class=n>{_f(r.value)}</td>"
         f"<td class=n>{_f(r.last_epochs_std)}</td><td class=n>{len(r.runs)}</td>"
-        f"<td class=n>{_pm(r.seed_mean, r.seed_std) if len(r.runs) > 1 else '-'}</td>"
-        f"<td class=n>{_pm(r.test_accuracy_mean, r.test_accuracy_std)}</td></tr>"
+        f"<td class=n>{_pm(r.seed_mean, r.seed_std) if len(r.runs) > 1 else '-'}</td></tr>"
         for r in rows
     )
     hint = ""
@@ -146,7 +144,8 @@ def _stability_html(rows: Sequence[StabilityRow], *, name: str = "NAME") -> str:
             f"<p class=muted>No repeats yet: <code>deepsc-tune repeat {_e(name)} --top 3 --seeds 3</code> "
             "re-runs the best configurations with other seeds.</p>"
         )
-    return f"<table>{head}{body}</table>{hint}"
+    note = "<p class=muted>Validation only: candidates are compared on validation; test metrics are in the summary, for the chosen configuration.</p>"
+    return f"<table>{head}{body}</table>{note}{hint}"
 
 
 def _html_page(title: str, body: str) -> str:

@@ -159,6 +159,24 @@ def test_status_table(results):
     assert "lr_scheduler_type=constant learning_rate=0.0001" in out
 
 
+def test_status_shows_test_metrics_for_the_chosen_configuration_only(results):
+    from deepsc_tune.selection import select
+
+    study = load(results)
+    best = select(study.trials).best
+    out = cli("status", "pbmc68k", "--results-dir", str(results)).output
+    assert "test acc " not in out.splitlines()[0]  # no test column beside the candidates
+    chosen = [line for line in out.splitlines() if line.startswith("chosen: trial")]
+    assert chosen == [
+        f"chosen: trial {best.number} (on validation); test accuracy {best.test_accuracy[0]:.4f}, "
+        f"test macro-F1 {best.test_macro_f1[0]:.4f} (reported only, never used to choose)"
+    ]
+    every = cli("status", "pbmc68k", "--results-dir", str(results), "--all-test-metrics").output
+    assert "test acc " in every.splitlines()[0]
+    tested = [t for t in study.trials if t.user_attrs.get("test_accuracy") is not None]
+    assert tested and all(f"{t.user_attrs['test_accuracy']:.4f}" in every for t in tested)
+
+
 def test_changed_search_space_is_refused_and_study_untouched(results):
     before = len(load(results).trials)
     result = cli("run", "pbmc68k", "--results-dir", str(results), *SMALL, "finetune.dropout=0.5")
