@@ -147,6 +147,7 @@ def status(
             _echo(f"note: {note}")
         _echo_ranking(trials, metric, test_metrics=all_test_metrics)
         _echo_chosen_test(trials)
+        _echo_references(study, trials, metric)
 
 
 def _echo_chosen_test(trials) -> None:
@@ -163,6 +164,17 @@ def _echo_chosen_test(trials) -> None:
         f"chosen: trial {best.number} (on validation); test accuracy {acc or '-'}, test macro-F1 {f1 or '-'}"
         " (reported only, never used to choose)"
     )
+
+
+def _echo_references(study, trials, metric: str) -> None:
+    """`status`: the chosen configuration against chance and the logistic-regression baseline."""
+    from deepsc_tune.export import reference_notes
+    from deepsc_tune.selection import select
+
+    selection = select(trials)
+    if selection.best is not None:
+        for line in reference_notes(study, selection, selection.best.number, metric=metric):
+            _echo(line)
 
 
 def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = False) -> None:
@@ -193,6 +205,8 @@ def _status_json(study, trials, metric: str) -> str:
     import json
 
     from deepsc_tune import trial_record as tr
+    from deepsc_tune.baseline import BASELINE_ATTR
+    from deepsc_tune.chance import CHANCE_ATTR
     from deepsc_tune.trial_record import failure_reason, state_counts
 
     keys = (
@@ -231,6 +245,8 @@ def _status_json(study, trials, metric: str) -> str:
         "direction": "maximize",
         "n_trials_target": study.user_attrs.get(tr.N_TRIALS),
         "counts": counts,
+        "chance": study.user_attrs.get(CHANCE_ATTR),
+        "baseline": study.user_attrs.get(BASELINE_ATTR),
         "trials": rows,
     }
     return json.dumps(doc, default=str)

@@ -138,6 +138,7 @@ def run(
             record_dir=results_dir / space.name,
         )
         _record_chance_levels(study, data)
+        _record_baseline(study, data, results_dir / "cache", echo=not child)
         if not child:
             _echo(
                 f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
@@ -228,6 +229,21 @@ def _record_chance_levels(study, data) -> None:
 
     if data is not None and CHANCE_ATTR not in study.user_attrs:
         study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
+
+
+def _record_baseline(study, data, cache_dir: Path, *, echo: bool) -> None:
+    """Fit logistic regression on the study's own prepared cells once (cached), store it in the study."""
+    from deepsc_tune.baseline import BASELINE_ATTR, baseline_for, record_baseline
+
+    if data is None or BASELINE_ATTR in study.user_attrs:
+        return
+    record = baseline_for(data, cache_dir)
+    record_baseline(study, record)
+    if echo:
+        _echo(
+            f"baseline: logistic regression on the same cells, validation accuracy {record['accuracy']:.4f}, "
+            f"macro-F1 {record['macro_f1']:.4f} (the score to beat)"
+        )
 
 
 def _keep_models(finetuner, space, study, folder: Path) -> None:

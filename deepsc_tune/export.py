@@ -138,6 +138,26 @@ def _shell_env_value(value: str) -> str:
     return shlex.quote(value)
 
 
+def reference_notes(study: optuna.Study, selection: Selection, number: int, *, metric: str) -> list[str]:
+    """Chance and the logistic-regression baseline, against configuration ``number`` (validation)."""
+    from deepsc_tune.baseline import BASELINE_ATTR, baseline_line
+    from deepsc_tune.chance import CHANCE_ATTR, TOLERANCE
+
+    config = next((c for c in selection.ranking if c.number == number), None)
+    if config is None:
+        return []
+    notes = []
+    levels = study.user_attrs.get(CHANCE_ATTR)
+    if isinstance(levels, dict) and isinstance(levels.get(metric), (int, float)):
+        level = float(levels[metric])
+        verdict = "AT CHANCE: it learned nothing" if config.mean <= level + TOLERANCE else "above chance"
+        notes.append(f"chance (always the majority class of the validation cells): {metric} {level:.4f}; {verdict}")
+    line = baseline_line(study.user_attrs.get(BASELINE_ATTR), metric, config.values)
+    if line is not None:
+        notes.append(line)
+    return notes
+
+
 def best_notes(
     study: optuna.Study,
     trial: FrozenTrial,
@@ -159,6 +179,7 @@ def best_notes(
         f"{metric} {trial.value:.4f} (best epoch {u.get(BEST_EPOCH)} of {u.get(EPOCHS_RUN)})",
     ]
     notes += pick_notes(selection, trial.number, metric=metric)
+    notes += reference_notes(study, selection, trial.number, metric=metric)
     if u.get(TEST_ACCURACY) is not None:
         f1 = u.get(TEST_MACRO_F1)
         notes.append(

@@ -127,9 +127,6 @@ class Frontier(NamedTuple):
     baseline: float | None = None  # logistic regression on the same cells (study attr ``baseline``)
 
 
-#: Study user attribute holding a baseline's validation metrics under bare names (``accuracy``,
-#: ``macro_f1``); the frontier draws it as a line when a study has one.
-BASELINE_ATTR = "baseline"
 #: Bins per decade of learning rate for the frontier line (a third of a decade each).
 BINS_PER_DECADE = 3
 
@@ -539,7 +536,6 @@ __all__ = [
     "TOP_CONFIGS",
     "ContourData",
     "Curve",
-    "BASELINE_ATTR",
     "EpochBudget",
     "Frontier",
     "FrontierPoint",
