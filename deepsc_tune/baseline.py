@@ -98,6 +98,83 @@ def baseline_for(data: Any, cache_dir: Path | None = None) -> dict[str, Any]:
     return record
 
 
+#: Genes the baseline of a DeepSC study keeps: the most variable of the training file's.
+FILE_TOP_GENES = 2000
+
+
+def baseline_for_files(inputs: Any, cache_dir: Path | None = None) -> dict[str, Any] | None:
+    """The baseline of a DeepSC study, from the files DeepSC reads
+    (:class:`~deepsc_tune.deepsc_inputs.DeepscInputs`); ``None`` when DeepSC splits off its own
+    validation cells (no ``data_path_eval`` read), as those cells are not known here.
+
+    X is used as DeepSC uses it (log1p-scale values, as is), restricted to the genes both files
+    have and to the :data:`FILE_TOP_GENES` most variable genes of the training file; labels are
+    the classes both files hold (DeepSC intersects them).
+    """
+    if inputs.val is None:
+        return None
+    key = _file_key(inputs)
+    path = None if cache_dir is None else Path(cache_dir) / f"baseline-{key[:20]}.json"
+    if path is not None and (cached := _read(path, key)) is not None:
+        return cached
+    train, val = _read_h5ad(inputs.train, inputs), _read_h5ad(inputs.val, inputs)
+    genes = [g for g in dict.fromkeys(train[1]) if g in set(val[1])]
+    classes = sorted(set(train[2]) & set(val[2]))
+    if not genes or len(classes) < 2:
+        return None  # DeepSC itself would have nothing to learn; validate and the trials say why
+    x_train, y_train = _subset(train, genes, classes)
+    x_val, y_val = _subset(val, genes, classes)
+    import pandas as pd
+
+    from .preprocess import dense, select_genes
+
+    keep, _ = select_genes(x_train, pd.Index(genes), n_top_genes=FILE_TOP_GENES)
+    record = fit_baseline(dense(x_train, keep), y_train, dense(x_val, keep), y_val, n_classes=len(classes))
+    record.update(
+        model=f"{MODEL}, on the {len(keep)} most variable genes of data_path",
+        fingerprint=key,
+        files={"data_path": str(inputs.train), "data_path_eval": str(inputs.val)},
+    )
+    if path is not None:
+        _write(path, record)
+    return record
+
+
+def _file_key(inputs: Any) -> str:
+    import hashlib
+
+    parts = [BASELINE_FORMAT, inputs.label_col, inputs.gene_col, FILE_TOP_GENES]
+    for p in (inputs.train, inputs.val):
+        st = Path(p).stat()
+        parts += [str(Path(p).absolute()), st.st_size, st.st_mtime_ns]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def _read_h5ad(path: Path, inputs: Any) -> tuple[Any, list[str], np.ndarray]:
+    import anndata
+
+    from .errors import DataError
+
+    adata = anndata.read_h5ad(path)
+    if inputs.label_col not in adata.obs:
+        raise DataError(
+            f"{path}: obs has no column {inputs.label_col!r} (obs_celltype_col); it has {list(adata.obs)[:10]}"
+        )
+    genes = adata.var[inputs.gene_col] if inputs.gene_col in adata.var else adata.var_names
+    return adata.X, [str(g) for g in genes], adata.obs[inputs.label_col].astype(str).to_numpy()
+
+
+def _subset(part: tuple[Any, list[str], np.ndarray], genes: list[str], classes: list[str]) -> tuple[Any, np.ndarray]:
+    x, names, labels = part
+    first = {}
+    for i, g in enumerate(names):
+        first.setdefault(g, i)
+    rows = np.flatnonzero(np.isin(labels, classes))
+    cols = np.array([first[g] for g in genes])
+    y = np.searchsorted(np.array(classes), labels[rows])
+    return x[rows][:, cols], y
+
+
 def record_baseline(study: Any, record: dict[str, Any] | None) -> None:
     """Store ``record`` in ``study`` once (a study keeps the baseline of its own data)."""
     if record is not None and BASELINE_ATTR not in study.user_attrs:

@@ -138,7 +138,7 @@ def run(
             record_dir=results_dir / space.name,
         )
         _record_chance_levels(study, data)
-        _record_baseline(study, data, results_dir / "cache", echo=not child)
+        _record_baseline(study, data, space, results_dir / "cache", echo=not child)
         if not child:
             _echo(
                 f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
@@ -231,17 +231,26 @@ def _record_chance_levels(study, data) -> None:
         study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
 
 
-def _record_baseline(study, data, cache_dir: Path, *, echo: bool) -> None:
-    """Fit logistic regression on the study's own prepared cells once (cached), store it in the study."""
-    from deepsc_tune.baseline import BASELINE_ATTR, baseline_for, record_baseline
+def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None:
+    """Fit logistic regression once on the study's own training cells (cached), store it in the study:
+    the built-in fine-tuner's prepared data, or the files a DeepSC study's trials read."""
+    from deepsc_tune.baseline import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
+    from deepsc_tune.deepsc_inputs import deepsc_inputs
 
-    if data is None or BASELINE_ATTR in study.user_attrs:
+    if BASELINE_ATTR in study.user_attrs:
         return
-    record = baseline_for(data, cache_dir)
+    if data is not None:
+        record, cells = baseline_for(data, cache_dir), "the same cells"
+    elif (inputs := deepsc_inputs(space.settings) if space.backend == "command" else None) is not None:
+        record, cells = baseline_for_files(inputs, cache_dir), "DeepSC's data_path / data_path_eval"
+        if record is None and echo:
+            _echo("baseline: none: DeepSC splits its validation cells off data_path itself (no data_path_eval read)")
+    else:
+        return
     record_baseline(study, record)
-    if echo:
+    if echo and record is not None:
         _echo(
-            f"baseline: logistic regression on the same cells, validation accuracy {record['accuracy']:.4f}, "
+            f"baseline: logistic regression on {cells}, validation accuracy {record['accuracy']:.4f}, "
             f"macro-F1 {record['macro_f1']:.4f} (the score to beat)"
         )
 

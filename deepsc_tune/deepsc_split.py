@@ -39,15 +39,13 @@ from deepsc_tune.data import prepare_data
 from deepsc_tune.data_loading import read_input, resolve_inputs, with_hint
 from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.data_split import split_adata
+from deepsc_tune.deepsc_inputs import DEFAULT_GENE_COL, DEFAULT_LABEL_COL
 from deepsc_tune.errors import DataError
 from deepsc_tune.preprocess import prepare_expression
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
-#: DeepSC's defaults for the label column and the gene-name column.
-DEFAULT_LABEL_COL = "celltype"
-DEFAULT_GENE_COL = "gene_name"
 #: Columns of DeepSC's gene map (``csv_path``).
 GENE_MAP_COLUMNS = ("feature_name", "id")
 

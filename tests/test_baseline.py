@@ -106,3 +106,41 @@ def test_every_view_of_a_study_shows_the_gain(tmp_path):
     # Run again: the baseline is kept, not refitted into a different record.
     again = runner.invoke(app, ["run", "pbmc68k", "study.n_trials=3", "finetune.epoch=2", "--results-dir", results])
     assert again.exit_code == 0 and "baseline: logistic regression on the same cells" not in again.output
+
+
+@pytest.mark.skipif(not __import__("deepsc_setup").BARON.is_file(), reason="needs ../shared/data (Baron)")
+def test_deepsc_study_baseline_from_the_files_deepsc_reads(tmp_path, monkeypatch):
+    """A DeepSC study's baseline: trained on data_path, scored on data_path_eval, as DeepSC splits."""
+    import deepsc_setup
+    import yaml
+    from sklearn.linear_model import LogisticRegression
+
+    from deepsc_tune.deepsc_inputs import deepsc_inputs
+
+    monkeypatch.chdir(tmp_path)
+    data = deepsc_setup.write_data(tmp_path / "data", n_cells=300)
+    space = deepsc_setup.tiny_space(deepsc_setup.CHECKOUT, "python", data, split_dir=str(tmp_path / "split"))
+    files = deepsc_setup.split(space, tmp_path / "split")
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(space))
+    inputs = deepsc_inputs(load_search_space(str(tmp_path / "tiny.yaml")).settings)
+    assert inputs is not None
+    assert (inputs.train, inputs.val, inputs.label_col) == (files["train"], files["val"], "celltype")
+
+    record = bl.baseline_for_files(inputs, tmp_path / "cache")
+    import anndata
+
+    train, val = anndata.read_h5ad(files["train"]), anndata.read_h5ad(files["val"])
+    assert record["n_train"] == train.n_obs and record["n_val"] == val.n_obs
+    # Independently: the same model on the same genes gives the same validation accuracy.
+    import pandas as pd
+
+    from deepsc_tune.preprocess import dense, select_genes
+
+    keep, _ = select_genes(train.X, pd.Index(train.var_names), n_top_genes=bl.FILE_TOP_GENES)
+    classes = sorted(set(train.obs["celltype"].astype(str)))
+    y = lambda a: np.searchsorted(classes, a.obs["celltype"].astype(str).to_numpy())  # noqa: E731
+    model = LogisticRegression(C=1.0, max_iter=1000).fit(dense(train.X, keep), y(train))
+    assert record["accuracy"] == pytest.approx(float(np.mean(model.predict(dense(val.X, keep)) == y(val))), abs=1e-6)
+    assert list((tmp_path / "cache").glob("baseline-*.json"))
+    # Without a validation file DeepSC splits its own cells: no baseline rather than a wrong one.
+    assert bl.baseline_for_files(inputs._replace(val=None)) is None
