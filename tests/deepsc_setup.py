@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHECKOUT = SHARED / "deepsc" / "DeepSC-2416d85"
 BARON = SHARED / "data" / "baron_human_pancreas.h5ad"
-#: Environment variable naming the Python of DeepSC's environment (.ci/deepsc-env.sh makes one).
+#: Environment variable naming the Python of DeepSC's environment (scripts/deepsc-env.sh makes one).
 PYTHON_ENV = "DEEPSC_TUNE_TEST_DEEPSC_PYTHON"
 #: A tiny random-init DeepSC (DeepSC's own keys): 32-dim embeddings, 2 layers, 128 genes a cell.
 TINY_MODEL = {

@@ -8,7 +8,7 @@ its schedules, its printed metrics and errors.
 The model is a tiny random-init one (``load_pretrained_model=false``) on 300 + 100 cells of real
 Baron pancreas data, 1-3 epochs a trial.
 
-DeepSC runs in its own environment, as its users run it: ``.ci/deepsc-env.sh`` makes one and
+DeepSC runs in its own environment, as its users run it: ``scripts/deepsc-env.sh`` makes one and
 ``.ci/run`` exports its Python as ``DEEPSC_TUNE_TEST_DEEPSC_PYTHON``. Without it these tests are
 skipped with that reason; in CI (``CI=true``) they fail instead.
 """
@@ -62,7 +62,7 @@ def deepsc_python() -> str:
     python = os.environ.get(PYTHON_ENV, "").strip()
     if not python:
         _need(
-            f"{PYTHON_ENV} is not set; `.ci/deepsc-env.sh VENV` makes DeepSC's environment and "
+            f"{PYTHON_ENV} is not set; `scripts/deepsc-env.sh VENV` makes DeepSC's environment and "
             ".ci/run exports VENV/bin/python"
         )
     if not CHECKOUT.is_dir() or not BARON.is_file():
