@@ -333,6 +333,13 @@ def output_notes(cwd: Path | str) -> Findings:
         "two trials that start in the same second (parallel workers, run --gpus) "
         "share one timestamped folder and overwrite each other's checkpoints"
     )
+    if os.path.isabs(base) and (owner := _other_users_home(Path(base))) is not None:
+        out.notes.append(
+            f"DeepSC would write every trial's checkpoints under another user's home: {base} "
+            f"(home of {owner!r}, hard-coded at {cwd / where}); you can write there only as root or "
+            f"if that folder is shared. Change that line to a folder you own, or check out abcf2be, "
+            "which writes into each trial's own folder"
+        )
     if os.path.isabs(base):
         blocked = _unwritable(Path(base))
         if blocked:
@@ -348,6 +355,19 @@ def output_notes(cwd: Path | str) -> Findings:
                 )
             )
     return out
+
+
+def _other_users_home(folder: Path) -> str | None:
+    """The user whose home ``folder`` is under (``/home/NAME/...``, ``/Users/NAME/...``), when it is
+    not the current user's; ``None`` otherwise."""
+    parts = folder.parts
+    if len(parts) < 3 or parts[1] not in ("home", "Users"):
+        return None
+    owner = parts[2]
+    mine = Path.home().resolve()
+    if owner == _user() or folder.resolve().is_relative_to(mine):
+        return None
+    return owner
 
 
 def _unwritable(folder: Path) -> str | None:
