@@ -189,6 +189,7 @@ def run(
                         err=True,
                     )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
+            _prune_checkpoints(finetuner, echo=not child)
             if confirmed is not None and not child:
                 _echo(
                     f"confirmation (study.confirm top {space.confirm['top']}, seeds "
@@ -256,9 +257,15 @@ def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None
 
 
 def _keep_models(finetuner, space, study, folder: Path) -> None:
-    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py)."""
+    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py);
+    let DeepSC's keep only the chosen configuration's checkpoints (finetune.keep_checkpoints)."""
     from deepsc_tune.backends import get_backend
 
+    if get_backend(space.backend).runs_program:
+        from deepsc_tune.checkpoints import CheckpointKeeper
+
+        finetuner.checkpoint_keeper = CheckpointKeeper(study, folder / "trials", space.settings.keep_checkpoints)
+        return
     if not get_backend(space.backend).in_process:
         return
     from optuna.trial import TrialState
@@ -274,6 +281,24 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
         data_settings=space.data_settings.to_dict(),
         completed=completed,
     )
+
+
+def _prune_checkpoints(finetuner, *, echo: bool) -> None:
+    """After the last trial: remove the checkpoints the trials' own pruning could not yet."""
+    keeper = getattr(finetuner, "checkpoint_keeper", None)
+    if keeper is None:
+        return
+    from deepsc_tune.checkpoints import disk_usage, format_bytes
+    from deepsc_tune.objective import trial_dir
+
+    keeper.prune()
+    trials = keeper.study.get_trials(deepcopy=False)
+    files, size = disk_usage(trial_dir(keeper.trials_dir, t.number) for t in trials)
+    if echo:
+        _echo(
+            f"DeepSC checkpoints kept: {files} files, {format_bytes(size)} "
+            f"(finetune.keep_checkpoints: {keeper.policy}; the others are removed as trials end)"
+        )
 
 
 class _Budget:
@@ -428,6 +453,7 @@ def repeat(
                 err=True,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        _prune_checkpoints(finetuner, echo=True)
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
             + (f" and {len(summary.search)} queued search trials" if summary.search else "")

@@ -82,6 +82,8 @@ class CommandFinetuner:
     def __init__(self, settings: CommandSettings, *, cuda_visible_devices: str | None = None) -> None:
         self.settings = settings
         self.cuda_visible_devices = None if cuda_visible_devices is None else str(cuda_visible_devices)
+        #: A :class:`~deepsc_tune.checkpoints.CheckpointKeeper` (set by the caller that owns the study).
+        self.checkpoint_keeper = None
         cwd = settings.cwd
         if cwd is not None and not cwd.is_dir():
             raise ConfigError(f"finetune.cwd: no such directory {str(cwd)!r} (expected the DeepSC checkout)")
@@ -170,8 +172,12 @@ class CommandFinetuner:
         env = self.build_env(run_dir, cuda_visible_devices=gpu)
         gpu = env.get("CUDA_VISIBLE_DEVICES") if gpu is None else gpu
         child = ChildRun(self.settings, argv=argv, env=env, run_dir=run_dir, on_epoch=on_epoch)
-        outcome = child.execute()
-        return child.result(outcome, metric=metric, device=f"cuda:{gpu}" if gpu else "subprocess")
+        try:
+            outcome = child.execute()
+            return child.result(outcome, metric=metric, device=f"cuda:{gpu}" if gpu else "subprocess")
+        finally:
+            if self.checkpoint_keeper is not None:  # finished trials that cannot be the best lose their checkpoints
+                self.checkpoint_keeper.prune()
 
 
 __all__ = [

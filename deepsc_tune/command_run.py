@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from deepsc_tune.backend import EpochCallback, EpochMetrics, FinetuneResult
+from deepsc_tune.checkpoints import record_checkpoint, saved_path
 from deepsc_tune.command_settings import CommandSettings
 from deepsc_tune.errors import FinetuneError
 from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
@@ -78,6 +79,7 @@ class ChildRun:
         self.cause: str | None = None
         self.last_exception: str | None = None
         self.output_dir: str | None = None  # where DeepSC says it writes checkpoints
+        self.checkpoints: list[str] = []  # the checkpoint files DeepSC said it saved
         self.history: list[EpochMetrics] = []
         self.counts = {"stdout": 0, "json": 0}
         self.base: dict[str, int] = {}
@@ -249,6 +251,13 @@ class ChildRun:
                 f"DeepSC writes this run's checkpoints (two full ones per epoch), logs and plots to "
                 f"{self.output_dir} (hard-coded in DeepSC, not in this folder; see docs/deepsc.md)"
             )
+        saved = saved_path(line)
+        if saved is not None and saved not in self.checkpoints:
+            self.checkpoints.append(saved)
+            try:  # as they are printed: a trial that fails later still has its files recorded
+                record_checkpoint(self.run_dir, self.checkpoints)
+            except OSError:
+                pass
         if parser is not None:
             m = parser.feed(line)
             if m is not None:
@@ -310,6 +319,7 @@ class ChildRun:
                 "duration_s": round(time.monotonic() - self.start, 3),
                 "metric_sources": dict(self.counts),
                 "program_output_dir": self.output_dir,
+                "checkpoints": list(self.checkpoints),
                 "checkout": str(Path(self.settings.cwd or Path.cwd()).absolute()),
                 "warnings": list(self.warnings),
             },

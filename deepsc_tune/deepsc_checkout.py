@@ -326,8 +326,8 @@ def output_notes(cwd: Path | str) -> Findings:
     out.notes.append(
         "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
         "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
-        "epochs leaves E + 1 on disk and nothing deletes them: plan disk space and "
-        f"clear {base} between studies"
+        "epochs leaves E + 1; deepsc-tune removes those of trials that cannot be the best "
+        "(finetune.keep_checkpoints: best, the default; all keeps every one)"
     )
     out.notes.append(
         "two trials that start in the same second (parallel workers, run --gpus) "

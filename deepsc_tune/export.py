@@ -164,8 +164,12 @@ def best_notes(
     *,
     backend: str = "builtin",
     selection: Selection | None = None,
+    folder: Path | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
+
+    ``folder``: the study's results folder; for a DeepSC study the best epoch's checkpoint there
+    (the tuned DeepSC model) is named.
 
     ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
@@ -188,6 +192,12 @@ def best_notes(
             + " (reported only, never used for selection)"
         )
     notes += deepsc_settings(trial, backend=backend)[1]
+    if get_backend(backend).runs_program and folder is not None:
+        from deepsc_tune.checkpoints import best_epoch_checkpoint
+
+        ckpt = best_epoch_checkpoint(trial_dir(Path(folder) / "trials", trial.number), u.get(BEST_EPOCH))
+        if ckpt is not None:
+            notes.append(f"tuned DeepSC model: {ckpt} (its best epoch's checkpoint, as DeepSC saved it)")
     if get_backend(backend).runs_program:
         notes.append(
             "the command re-runs this trial as it ran (same data files, validation file included); "
@@ -214,7 +224,7 @@ def format_best(
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
-    notes = best_notes(study, trial, backend=backend, selection=selection)
+    notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
     if fmt == "json":

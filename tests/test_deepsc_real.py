@@ -219,6 +219,23 @@ def test_every_epoch_reaches_the_study(search, deepsc):
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
 
 
+def test_only_the_best_trials_checkpoints_stay(search):
+    """keep_checkpoints: best (the default): of DeepSC's two full checkpoints per epoch, only the
+    chosen trial's remain after the search; the files are those DeepSC printed it saved."""
+    from deepsc_tune.checkpoints import recorded
+
+    work, _, result, _ = search
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(work / "results")
+    best = study.best_trial.number
+    for t in study.trials:
+        run_dir, _ = trial_record(work / "results", t.number)
+        files = recorded(run_dir)
+        assert files, f"trial {t.number}: DeepSC's saved checkpoints were not recorded"
+        assert all(p.exists() == (t.number == best) for p in files), (t.number, best, files)
+    assert "DeepSC checkpoints kept:" in result.stdout
+
+
 def test_best_command_runs_again_in_deepsc(search, deepsc):
     work, space, result, _ = search
     assert result.returncode == 0, result.stdout + result.stderr
