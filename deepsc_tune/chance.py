@@ -32,8 +32,8 @@ def chance_levels(y_val: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     return {
         "n_classes": len(classes),
         "n_cells": n,
-        "val_accuracy": p,
-        "val_macro_f1": (2 * p / (1 + p)) / k if p else 0.0,
+        "val_accuracy": round(p, 6),
+        "val_macro_f1": round((2 * p / (1 + p)) / k, 6) if p else 0.0,
     }
 
 

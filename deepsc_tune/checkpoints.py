@@ -24,11 +24,12 @@ are never touched. This module knows no Optuna API beyond reading trials.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from deepsc_tune.atomic import write_text
 
 #: Values of ``finetune.keep_checkpoints``.
 KEEP_POLICIES = ("best", "all", "none")
@@ -50,10 +51,7 @@ def saved_path(line: str) -> str | None:
 
 def record_checkpoint(run_dir: Path, paths: Sequence[str]) -> None:
     """Write the trial's list of checkpoint files (private name, then rename: whole or none)."""
-    target = Path(run_dir) / CHECKPOINTS_FILE
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(list(dict.fromkeys(paths)), indent=1))
-    os.replace(tmp, target)
+    write_text(Path(run_dir) / CHECKPOINTS_FILE, json.dumps(list(dict.fromkeys(paths)), indent=1))
 
 
 def recorded(run_dir: Path) -> list[Path]:
