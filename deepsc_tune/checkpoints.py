@@ -24,6 +24,7 @@ are never touched. This module knows no Optuna API beyond reading trials.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -38,8 +39,9 @@ DEFAULT_KEEP = "best"
 CHECKPOINTS_FILE = "checkpoints.json"
 #: DeepSC's checkpoint file names; nothing else is ever removed.
 CHECKPOINT_NAME = re.compile(r"^(?:epoch_(?P<epoch>\d+)|latest_checkpoint)\.ckpt$")
-#: DeepSC's lines naming a checkpoint it saved.
+#: DeepSC's lines naming a checkpoint it saved, and the folder it saves them in.
 SAVED_LINE = re.compile(r"^Saved (?:latest )?checkpoint:\s*(?P<path>\S.*?)\s*$")
+FOLDER_LINE = re.compile(r"^-\s*Checkpoints:\s*(?P<path>/\S.*?)\s*$")
 _FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
@@ -49,20 +51,33 @@ def saved_path(line: str) -> str | None:
     return match.group("path") if match else None
 
 
-def record_checkpoint(run_dir: Path, paths: Sequence[str]) -> None:
-    """Write the trial's list of checkpoint files (private name, then rename: whole or none)."""
-    write_text(Path(run_dir) / CHECKPOINTS_FILE, json.dumps(list(dict.fromkeys(paths)), indent=1))
+def checkpoint_folder(line: str) -> str | None:
+    """The folder of DeepSC's ``  - Checkpoints: DIR`` line (stripped), else ``None``."""
+    match = FOLDER_LINE.match(line)
+    return match.group("path") if match else None
+
+
+def record_checkpoint(run_dir: Path, paths: Sequence[str], folder: str | None = None) -> None:
+    """Write the trial's record: the checkpoint folder DeepSC reported and the files it said it
+    saved (private name, then rename: whole or none)."""
+    record = {"folder": folder, "files": list(dict.fromkeys(paths))}
+    write_text(Path(run_dir) / CHECKPOINTS_FILE, json.dumps(record, indent=1))
 
 
 def recorded(run_dir: Path) -> list[Path]:
-    """The checkpoint files a trial's DeepSC named, DeepSC's names only (missing files included)."""
+    """The trial's checkpoint files, DeepSC's names only: those it said it saved, and those in the
+    folder it reported (a run stopped while saving leaves a file it never announced)."""
     try:
-        paths = json.loads((Path(run_dir) / CHECKPOINTS_FILE).read_text())
+        record = json.loads((Path(run_dir) / CHECKPOINTS_FILE).read_text())
     except (OSError, ValueError):
         return []
-    if not isinstance(paths, list):
+    if not isinstance(record, dict):
         return []
-    return [Path(p) for p in paths if isinstance(p, str) and CHECKPOINT_NAME.match(Path(p).name)]
+    paths = [Path(p) for p in record.get("files") or [] if isinstance(p, str)]
+    folder = record.get("folder")
+    if isinstance(folder, str) and os.path.isabs(folder) and Path(folder).is_dir():
+        paths += sorted(Path(folder).iterdir())
+    return [p for p in dict.fromkeys(paths) if CHECKPOINT_NAME.match(p.name)]
 
 
 def best_epoch_checkpoint(run_dir: Path, epoch: int | None) -> Path | None:

@@ -24,7 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from deepsc_tune.backend import EpochCallback, EpochMetrics, FinetuneResult
-from deepsc_tune.checkpoints import record_checkpoint, saved_path
+from deepsc_tune.checkpoints import checkpoint_folder, record_checkpoint, saved_path
 from deepsc_tune.command_settings import CommandSettings
 from deepsc_tune.errors import FinetuneError
 from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
@@ -80,6 +80,7 @@ class ChildRun:
         self.last_exception: str | None = None
         self.output_dir: str | None = None  # where DeepSC says it writes checkpoints
         self.checkpoints: list[str] = []  # the checkpoint files DeepSC said it saved
+        self.checkpoint_dir: str | None = None  # and the folder it said it saves them in
         self.history: list[EpochMetrics] = []
         self.counts = {"stdout": 0, "json": 0}
         self.base: dict[str, int] = {}
@@ -251,11 +252,13 @@ class ChildRun:
                 f"DeepSC writes this run's checkpoints (two full ones per epoch), logs and plots to "
                 f"{self.output_dir} (hard-coded in DeepSC, not in this folder; see docs/deepsc.md)"
             )
-        saved = saved_path(line)
-        if saved is not None and saved not in self.checkpoints:
-            self.checkpoints.append(saved)
+        saved, folder = saved_path(line), checkpoint_folder(line)
+        if (saved is not None and saved not in self.checkpoints) or (folder and self.checkpoint_dir is None):
+            if saved is not None:
+                self.checkpoints.append(saved)
+            self.checkpoint_dir = self.checkpoint_dir or folder
             try:  # as they are printed: a trial that fails later still has its files recorded
-                record_checkpoint(self.run_dir, self.checkpoints)
+                record_checkpoint(self.run_dir, self.checkpoints, self.checkpoint_dir)
             except OSError:
                 pass
         if parser is not None:

@@ -267,7 +267,9 @@ def main(args: list[str]) -> None:
         f1 = macro_f1(acc)
         loss = -math.log(acc)
         ckpts = (run_dir / "checkpoints").resolve()
-        ckpts.mkdir(exist_ok=True)
+        if not ckpts.exists():
+            ckpts.mkdir()
+            print(f"  - Checkpoints: {ckpts}")  # as DeepSC's setup_output_directory says it
         if mode in ("normal", "both", "crash", "hang"):
             # DeepSC prints the header twice (two fabric.print calls), then evaluates.
             print(f"Epoch {epoch} [Finetune Cell Type Annotation]")

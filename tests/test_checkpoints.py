@@ -50,7 +50,7 @@ def _study_with_files(tmp_path, states_values):
         for path in [*named, ckpts / "training_log.txt"]:
             path.write_text("x" * 100)
         run.mkdir(parents=True)
-        (run / CHECKPOINTS_FILE).write_text(json.dumps([str(p) for p in named]))
+        (run / CHECKPOINTS_FILE).write_text(json.dumps({"folder": None, "files": [str(p) for p in named]}))
         files[number] = named
     return study, files
 
@@ -68,6 +68,18 @@ def test_best_keeps_only_the_chosen_configuration(tmp_path):
         assert (epoch1.parent / "training_log.txt").exists()  # never named: never removed
     assert best_epoch_checkpoint(trial_dir(tmp_path / "trials", 1), 1) == files[1][0]
     assert CheckpointKeeper(study, tmp_path / "trials", "best").prune().files == 0  # idempotent
+
+
+def test_a_file_never_announced_in_the_reported_folder_is_removed_too(tmp_path):
+    """A run stopped while saving (pruned right after its evaluation line) leaves epoch_N.ckpt it
+    never announced: it is in the folder DeepSC reported, with DeepSC's name, so it goes too."""
+    C, P = TrialState.COMPLETE, TrialState.PRUNED
+    study, files = _study_with_files(tmp_path, [(C, 0.9), (P, 0.2)])
+    folder = files[1][0].parent
+    (folder / "epoch_2.ckpt").write_text("half")
+    (trial_dir(tmp_path / "trials", 1) / CHECKPOINTS_FILE).write_text(json.dumps({"folder": str(folder), "files": []}))
+    CheckpointKeeper(study, tmp_path / "trials", "best").prune()
+    assert sorted(p.name for p in folder.iterdir()) == ["training_log.txt", "weights.pt"]
 
 
 def test_all_and_none(tmp_path):
