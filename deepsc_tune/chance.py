@@ -5,8 +5,10 @@ trial COMPLETEs with the validation accuracy of "always the majority class" (0.3
 balanced classes). Such trials are kept (they are the sampler's evidence that the region is
 bad) but flagged in ``status`` and the report, so nobody mistakes them for results.
 
-The chance levels of the validation set are stored in the study (``val_chance``) by ``run``
-for the built-in fine-tuner; studies without them (DeepSC as a subprocess, older studies) are
+The chance levels of the validation set are stored in the study (``val_chance``) by ``run``:
+for the built-in fine-tuner from its prepared validation cells, for DeepSC from the labels of
+``data_path_eval`` (:func:`deepsc_tune.deepsc_data.deepsc_chance`, the classes DeepSC keeps).
+Studies without them (another program, DeepSC splitting its data itself, older studies) are
 never flagged.
 """
 
@@ -67,3 +69,18 @@ def chance_note(study: Any, trials: Iterable[Any] | None = None) -> str | None:
         f"({metric} within {TOLERANCE} of {levels[metric]:.3f}, always predicting the majority "
         f"class): {shown}; they learned nothing (learning rate too high or too low?)"
     )
+
+
+def chance_line(study: Any, trial: Any) -> str | None:
+    """One line for ``best``: the chance level, and whether ``trial`` is no better than it."""
+    levels = study.user_attrs.get(CHANCE_ATTR)
+    metric = study.user_attrs.get("metric", "val_accuracy")
+    if not levels or metric not in levels:
+        return None
+    line = (
+        f"chance level: {metric} {levels[metric]:.4f} (always the majority class of the "
+        f"{levels.get('n_cells', '?')} validation cells)"
+    )
+    if at_chance(trial, levels, metric):
+        line += f"; this trial is within {TOLERANCE} of it: it learned nothing"
+    return line
