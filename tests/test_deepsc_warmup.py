@@ -276,3 +276,22 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     [steps] = re.findall(r"^  - Warmup steps: (\d+)$", rerun.stdout, re.MULTILINE)
     assert int(steps) == chosen.user_attrs[DEEPSC_WARMUP]["warmup_steps"]
+
+
+def test_status_and_best_flag_a_deepsc_trial_at_chance(fake_checkout, files, tmp_path, monkeypatch):
+    # An evaluation file of 95 % one class: always predicting it scores macro-F1 0.487, and the
+    # fake at learning rate 1e-2 (far from its 1e-4 optimum) scores 0.3725 after 2 epochs.
+    write_labels(files["data_path_eval"], ["a"] * 95 + ["b"] * 5)
+    monkeypatch.chdir(tmp_path)
+    search = {"lr_scheduler_type": {"choices": ["constant"]}, "learning_rate": {"choices": [1e-2]}}
+    path = space_file(tmp_path, fake_checkout, files, search=search)
+    results = tmp_path / "results"
+    assert runner.invoke(app, ["run", str(path), "--results-dir", str(results)]).exit_code == 0
+    study = optuna.load_study(study_name="fake", storage=f"sqlite:///{results / 'fake' / 'study.db'}")
+    p = 95 / 100
+    assert study.user_attrs[CHANCE_ATTR]["val_macro_f1"] == pytest.approx((2 * p / (1 + p)) / 2)
+    status = runner.invoke(app, ["status", str(path), "--results-dir", str(results)])
+    assert status.exit_code == 0, status.output
+    assert "[chance level]" in status.output and "completed at chance level (val_macro_f1" in status.output
+    best = runner.invoke(app, ["best", str(path), "--results-dir", str(results)])
+    assert "chance level: val_macro_f1 0.4872" in best.output and "it learned nothing" in best.output
