@@ -11,6 +11,13 @@ alike (``src/deepsc/finetune/cell_type_annotation.py``, ``create_scheduler``):
   joined by ``SequentialLR(milestones=[warmup_steps])`` (line 239); line 244 prints
   ``  - Warmup steps: N``.
 
+Stepped through DeepSC's own scheduler (tests/test_deepsc_warmup.py), the rate of update
+``k`` (from 1) rises from 0.01 x the peak (``k = 1``) to 0.9966 x at ``k = w + 1``; the peak itself
+is the rate of update ``w + 2`` (``SequentialLR`` hands over at step ``w`` and DeepSC's cosine
+class starts its cycle one step later), and the first restart (0.9 x the peak) is update
+``4w + 2``, then every ``3w``. So the warmup has finished within a run of ``R`` updates when
+``w + 2 <= R``.
+
 The scheduler steps once per optimizer step (lines 446-448), and the optimizer steps once every
 ``grad_acc`` batches: ``is_accumulating = (i + 1) % grad_acc != 0`` with ``i`` counting the
 epoch's batches from 0 (line 764). The training loader (lines 381-383) is a ``DataLoader`` over a
@@ -116,11 +123,11 @@ class WarmupPlan:
             )
         if self.warmup_steps < 1:
             return "0 warmup steps: DeepSC then fails with ValueError: Expected positive integer T_0"
-        if self.warmup_steps >= self.real_steps:
+        if self.warmup_steps + 2 > self.real_steps:
             return (
                 f"{self.warmup_steps} warmup steps do not finish within the run's {self.real_steps} optimizer "
-                f"steps (warmup_ratio is a fraction of the real run; at most {max_fraction(self.real_steps):.4g} "
-                "reaches the peak learning rate)"
+                f"steps (DeepSC's peak is the rate of update warmup + 2; warmup_ratio is a fraction of the "
+                f"real run, and at most {max_fraction(self.real_steps):.4g} reaches the peak)"
             )
         return None
 
@@ -129,7 +136,8 @@ class WarmupPlan:
         per = self.steps_per_epoch
         return (
             f"warmup {self.warmup_steps} of {self.real_steps} optimizer steps ({_epochs(self.warmup_steps, per)} "
-            f"epochs of {per} steps; warmup_ratio {self.fraction:.4g} of the real run), then cosine restarts "
+            f"epochs of {per} steps; warmup_ratio {self.fraction:.4g} of the real run; the peak at update "
+            f"{self.warmup_steps + 2}), then cosine restarts "
             f"every {self.restart_steps} steps ({_epochs(self.restart_steps, per)} epochs), peak x{RESTART_DECAY} "
             f"each; DeepSC is passed warmup_ratio={self.deepsc_ratio!r} because it plans {self.planned_steps} "
             f"steps (for {SCHEDULE_CELLS:,} cells): ceil({self.planned_steps} x {self.deepsc_ratio!r}) = "
@@ -142,8 +150,9 @@ class WarmupPlan:
 
 
 def max_fraction(real: int) -> float:
-    """The largest fraction of ``real`` steps whose warmup ends before the last step."""
-    return (real - 1) / real if real > 0 else 0.0
+    """The largest fraction of ``real`` steps whose warmup finishes within them: ``w + 2 <= real``
+    (DeepSC's peak is the rate of update ``w + 2``, module docstring)."""
+    return (real - 2) / real if real > 2 else 0.0
 
 
 def plan_warmup(

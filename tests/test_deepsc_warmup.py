@@ -70,7 +70,7 @@ def test_plan_of_the_issue_run():
     assert math.ceil(6250 * plan.deepsc_ratio) == 9 and plan.restart_steps == 27
     assert plan.problem() is None
     text = plan.describe()
-    assert "warmup 9 of 64 optimizer steps (0.281 epochs of 32 steps" in text
+    assert "warmup 9 of 64 optimizer steps (0.281 epochs of 32 steps" in text and "peak at update 11" in text
     assert "restarts every 27 steps (0.844 epochs)" in text
     assert f"warmup_ratio={plan.deepsc_ratio!r}" in text and "6250" in text
 
@@ -79,10 +79,11 @@ def test_plan_problems():
     assert (
         "never steps the optimizer" in ds.plan_warmup(0.1, n_train=300, epoch=2, batch_size=32, grad_acc=20).problem()
     )
-    late = ds.plan_warmup(1.0, n_train=320, epoch=2, batch_size=32, grad_acc=1)
-    assert late.warmup_steps == late.real_steps == 20 and "do not finish" in late.problem()
+    # DeepSC's peak is the rate of update warmup + 2 (its own scheduler, test at the end).
+    late = ds.plan_warmup(0.95, n_train=320, epoch=2, batch_size=32, grad_acc=1)
+    assert (late.warmup_steps, late.real_steps) == (19, 20) and "do not finish" in late.problem()
     edge = ds.plan_warmup(ds.max_fraction(20), n_train=320, epoch=2, batch_size=32, grad_acc=1)
-    assert edge.warmup_steps == 19 and edge.problem() is None
+    assert edge.warmup_steps == 18 and edge.problem() is None
 
 
 # ----------------------------------------------------------------------------- the files' labels
@@ -223,10 +224,10 @@ def test_validate_states_the_warmup_in_real_steps_and_clips_the_high_end(fake_ch
     result = runner.invoke(app, ["validate", str(space_file(tmp_path, fake_checkout, files))])
     assert result.exit_code == 0, result.output
     out = result.output
-    assert "note: search.warmup_ratio: high end 1.5 clipped to 0.9545" in out  # 21/22: finishes at step 21
+    assert "note: search.warmup_ratio: high end 1.5 clipped to 0.9091" in out  # 20/22: peak at update 22
     assert "note: search.warmup_ratio: low end 0 clipped to 0.04545" in out  # 1/22: one warmup step
     [line] = [line for line in out.splitlines() if "is a fraction of the real run (22 optimizer steps" in line]
-    assert "680 training cells" in line and "warmup 1-21 steps" in line and "restarts every 3-63 steps" in line
+    assert "680 training cells" in line and "warmup 1-20 steps" in line and "restarts every 3-60 steps" in line
 
 
 @pytest.mark.parametrize(
@@ -295,3 +296,67 @@ def test_status_and_best_flag_a_deepsc_trial_at_chance(fake_checkout, files, tmp
     assert "[chance level]" in status.output and "completed at chance level (val_macro_f1" in status.output
     best = runner.invoke(app, ["best", str(path), "--results-dir", str(results)])
     assert "chance level: val_macro_f1 0.4872" in best.output and "it learned nothing" in best.output
+
+
+# ----------------------------------------------------------------------------- DeepSC's own scheduler
+
+_STEPPING_PROBE = """
+import json, sys, types
+from types import SimpleNamespace
+root, ratio, epoch, batch_size, grad_acc, steps = sys.argv[1], float(sys.argv[2]), *map(int, sys.argv[3:])
+sys.path[:0] = [root, root + "/src"]
+try:
+    import wandb  # noqa: F401  (imported by DeepSC's utils, unused by its scheduler)
+except ImportError:
+    sys.modules["wandb"] = types.ModuleType("wandb")
+import torch
+from deepsc.finetune.cell_type_annotation import CellTypeAnnotation
+
+args = SimpleNamespace(lr_scheduler_type="cosine", epoch=epoch, batch_size=batch_size, grad_acc=grad_acc,
+                       warmup_ratio=ratio, learning_rate=1e-4)
+optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+scheduler = CellTypeAnnotation.create_scheduler(
+    SimpleNamespace(world_size=1, is_master=True, args=args), optimizer, args)
+lrs = []
+for _ in range(steps):  # the run's real optimizer steps: the rate each update used
+    lrs.append(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    scheduler.step()
+print("LRS " + json.dumps(lrs))
+"""
+
+
+@pytest.mark.slow  # one import of DeepSC's trainer per commit, ~10 s each
+@pytest.mark.parametrize("commit", ["DeepSC-2416d85", "DeepSC-abcf2be"])
+def test_deepscs_own_scheduler_reaches_the_peak_within_the_real_run(commit, tmp_path):
+    """DeepSC's real create_scheduler, given the ratio deepsc-tune passes, warms up for the
+    searched fraction of the real run, reaches the peak, and restarts 3 x warmup steps later."""
+    pytest.importorskip("torch")
+    root = Path(__file__).resolve().parents[2] / "shared" / "deepsc" / commit
+    if not (root / "src" / "deepsc" / "finetune" / "cell_type_annotation.py").is_file():
+        pytest.skip(f"DeepSC checkout not found: {root}")
+    n_train, epoch, batch_size, grad_acc = 1000, 2, 32, 1
+    real = deepsc_loop_steps(n_train, epoch=epoch, batch_size=batch_size, grad_acc=grad_acc)
+    plan = ds.plan_warmup(0.138, n_train=n_train, epoch=epoch, batch_size=batch_size, grad_acc=grad_acc)
+    assert (real, plan.warmup_steps) == (64, 9)
+    probe = tmp_path / "probe.py"
+    probe.write_text(_STEPPING_PROBE)
+    args = [str(root), repr(plan.deepsc_ratio), str(epoch), str(batch_size), str(grad_acc), str(real)]
+    done = subprocess.run([sys.executable, str(probe), *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"  - Warmup steps: {plan.warmup_steps}\n" in done.stdout
+    assert f"  - Total steps: {plan.planned_steps}\n" in done.stdout
+    [lrs] = [json.loads(line[4:]) for line in done.stdout.splitlines() if line.startswith("LRS ")]
+    w = plan.warmup_steps
+    assert lrs[0] == pytest.approx(1e-6)  # LinearLR's start factor 0.01
+    assert all(a < b for a, b in zip(lrs[: w + 1], lrs[1 : w + 2]))  # rising through the warmup
+    assert max(lrs) == lrs[w + 1] == pytest.approx(1e-4)  # the peak: update w + 2 (of 64)
+    restart = w + 1 + plan.restart_steps  # T_0 = 3 x warmup after the peak, decayed by 0.9
+    assert lrs[restart] == pytest.approx(0.9e-4) and lrs[restart - 1] < 0.1e-4
+    assert plan.problem() is None and w + 2 <= real
+    # DeepSC's own ratio, 0.138 of its 6,250 planned steps, is still warming up at the end.
+    unchanged = subprocess.run(
+        [sys.executable, str(probe), *args[:1], "0.138", *args[2:]], capture_output=True, text=True, timeout=300
+    )
+    [raw] = [json.loads(line[4:]) for line in unchanged.stdout.splitlines() if line.startswith("LRS ")]
+    assert max(raw) < 0.1e-4  # under 10 % of the peak (8.2 %: 63 of its 863 warmup steps)
