@@ -460,9 +460,14 @@ def real_step_findings(
             f"warmup_ratio {first.deepsc_ratio!r}-{last.deepsc_ratio!r}"
         )
     for i, entry in enumerate(enqueue):
-        lr = entry.get("lr_scheduler_type", getattr(settings.get("lr_scheduler_type"), "value", None))
+        # Without its own lr_scheduler_type an enqueued trial samples it (or takes the fixed one).
+        lr = (
+            [entry["lr_scheduler_type"]]
+            if "lr_scheduler_type" in entry
+            else _candidates("lr_scheduler_type", settings, search)
+        )
         value = _num(entry.get("warmup_ratio", getattr(fixed, "value", fixed)))
-        if lr != "cosine" or value is None or value <= 0:
+        if "cosine" not in (lr or ()) or value is None or value <= 0:
             continue
         corner = {k: int(_num(entry[k]) or 0) if k in entry else short[k] for k in _STEP_KEYS}
         if min(corner.values()) < 1:

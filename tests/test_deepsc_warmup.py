@@ -245,6 +245,25 @@ def test_validate_refuses_what_cannot_run_as_meant(fake_checkout, files, tmp_pat
     assert expected in line
 
 
+def test_validate_refuses_enqueued_and_listed_warmups_that_cannot_finish(fake_checkout, files, tmp_path):
+    listed = {"lr_scheduler_type": {"choices": ["cosine"]}, "warmup_ratio": {"choices": [0.1, 0.95]}}
+    result = runner.invoke(app, ["validate", str(space_file(tmp_path, fake_checkout, files, search=listed))])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if "search.warmup_ratio.choices" in line]
+    assert "fake.yaml: search.warmup_ratio.choices: 0.95 (680 training cells" in line and "<= 0.9091" in line
+
+    ranged = {"lr_scheduler_type": {"choices": ["cosine"]}, "warmup_ratio": {"low": 0.01, "high": 0.99}}
+    path = space_file(tmp_path, fake_checkout, files, search=ranged)
+    raw = yaml.safe_load(path.read_text())
+    raw["study"]["enqueue"] = [{"lr_scheduler_type": "cosine", "warmup_ratio": 0.5}, {"warmup_ratio": 0.99}]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    result = runner.invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if "study.enqueue" in line]
+    assert "study.enqueue[1].warmup_ratio: cosine with warmup_ratio 0.99: 22 warmup steps do not finish" in line
+    assert "study.enqueue[0]" not in result.output  # 0.5: 11 of 22 steps, the peak at update 13
+
+
 def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = space_file(tmp_path, fake_checkout, files)
