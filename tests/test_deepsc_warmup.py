@@ -315,6 +315,10 @@ def test_status_and_best_flag_a_deepsc_trial_at_chance(fake_checkout, files, tmp
     assert "[chance level]" in status.output and "completed at chance level (val_macro_f1" in status.output
     best = runner.invoke(app, ["best", str(path), "--results-dir", str(results)])
     assert "chance level: val_macro_f1 0.4872" in best.output and "it learned nothing" in best.output
+    report = runner.invoke(app, ["report", str(path), "--results-dir", str(results)])
+    assert report.exit_code == 0, report.output
+    [page] = (results / "fake").glob("*.html")
+    assert "completed at chance level (val_macro_f1 within 0.02 of 0.487" in page.read_text()
 
 
 # ----------------------------------------------------------------------------- DeepSC's own scheduler
