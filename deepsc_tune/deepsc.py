@@ -98,7 +98,8 @@ def total_steps(*, epoch: float, batch_size: float, grad_acc: float, world_size:
 def _max_total_steps(
     settings: Mapping[str, Setting], search: Mapping[str, Any], *, n_train: int | None = None
 ) -> int | None:
-    """The most steps a trial can have: DeepSC's planned ones, or real ones with ``n_train``."""
+    """The most steps a trial can have: DeepSC's planned ones, or real ones with ``n_train``
+    (``None`` when a setting is not a number)."""
     ext: dict[str, float] = {}
     for name, pick in (("epoch", max), ("batch_size", min), ("grad_acc", min), ("num_device", min), ("num_nodes", min)):
         values = _candidates(name, settings, search)
@@ -117,7 +118,7 @@ def _max_total_steps(
             grad_acc=int(ext["grad_acc"]),
             world_size=int(world),
         )
-        return steps or None
+        return steps  # 0: no optimizer step at all (real_step_findings says so)
     return total_steps(epoch=ext["epoch"], batch_size=ext["batch_size"], grad_acc=ext["grad_acc"], world_size=world)
 
 
@@ -236,6 +237,8 @@ def _check_warmup_range(
     if spec.kind == "categorical" or spec.low > 0:
         return
     total = _max_total_steps(settings, search, n_train=n_train)
+    if total == 0:
+        return  # the run never steps the optimizer: a problem of its own
     if total is None:
         out.problems.append(
             Problem(
