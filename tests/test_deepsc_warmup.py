@@ -245,6 +245,15 @@ def test_validate_refuses_what_cannot_run_as_meant(fake_checkout, files, tmp_pat
     assert expected in line
 
 
+def test_validate_names_an_unreadable_training_file(fake_checkout, files, tmp_path):
+    files["data_path"].write_text("")  # not an .h5ad: its cells cannot be counted
+    result = runner.invoke(app, ["validate", str(space_file(tmp_path, fake_checkout, files))])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    [line] = result.output.strip().splitlines()
+    assert f"finetune.overrides.data_path: '{files['data_path']}' cannot be read as an .h5ad file" in line
+    assert "expected the AnnData file DeepSC reads" in line
+
+
 def test_validate_refuses_enqueued_and_listed_warmups_that_cannot_finish(fake_checkout, files, tmp_path):
     listed = {"lr_scheduler_type": {"choices": ["cosine"]}, "warmup_ratio": {"choices": [0.1, 0.95]}}
     result = runner.invoke(app, ["validate", str(space_file(tmp_path, fake_checkout, files, search=listed))])
