@@ -298,6 +298,7 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     command = best.stdout.strip()
     chosen = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
     ratio = chosen.user_attrs[DEEPSC_WARMUP]["deepsc_ratio"]
+    fraction = chosen.params["warmup_ratio"]
     assert f"warmup_ratio={ratio!r}" in command
     assert "chance level: val_macro_f1" in best.stderr and "searched as" in best.stderr
     # The printed command runs the trial again: the same warmup steps.
@@ -305,6 +306,17 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     [steps] = re.findall(r"^  - Warmup steps: (\d+)$", rerun.stdout, re.MULTILINE)
     assert int(steps) == chosen.user_attrs[DEEPSC_WARMUP]["warmup_steps"]
+    # Without the trial's record (a study run on another machine) the command is rebuilt from
+    # the study: still DeepSC's ratio, not the searched fraction.
+    (results / "fake" / "trials" / f"{chosen.number:05d}" / "trial.json").unlink()
+    rebuilt = runner.invoke(app, ["best", str(path), "--results-dir", str(results), "--format", "hydra"])
+    assert f"warmup_ratio={ratio!r}" in rebuilt.stdout and f"warmup_ratio={fraction!r}" not in rebuilt.stdout
+    assert (
+        json.loads(runner.invoke(app, ["best", str(path), "--results-dir", str(results), "--format", "json"]).stdout)[
+            "deepsc"
+        ]["warmup_ratio"]
+        == ratio
+    )
 
 
 def test_status_and_best_flag_a_deepsc_trial_at_chance(fake_checkout, files, tmp_path, monkeypatch):
