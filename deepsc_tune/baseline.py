@@ -105,7 +105,7 @@ FILE_TOP_GENES = 2000
 
 def baseline_for_files(inputs: Any, cache_dir: Path | None = None) -> dict[str, Any] | None:
     """The baseline of a DeepSC study, from the files DeepSC reads
-    (:class:`~deepsc_tune.deepsc_inputs.DeepscInputs`); ``None`` when DeepSC splits off its own
+    (:class:`~deepsc_tune.deepsc_data.DeepscInputs`); ``None`` when DeepSC splits off its own
     validation cells (no ``data_path_eval`` read), as those cells are not known here.
 
     X is used as DeepSC uses it (log1p-scale values, as is), restricted to the genes both files

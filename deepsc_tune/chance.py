@@ -5,8 +5,10 @@ trial COMPLETEs with the validation accuracy of "always the majority class" (0.3
 balanced classes). Such trials are kept (they are the sampler's evidence that the region is
 bad) but flagged in ``status`` and the report, so nobody mistakes them for results.
 
-The chance levels of the validation set are stored in the study (``val_chance``) by ``run``
-for the built-in fine-tuner; studies without them (DeepSC as a subprocess, older studies) are
+The chance levels of the validation set are stored in the study (``val_chance``) by ``run``:
+for the built-in fine-tuner from its prepared validation cells, for DeepSC from the labels of
+``data_path_eval`` (:func:`deepsc_tune.deepsc_data.deepsc_chance`, the classes DeepSC keeps).
+Studies without them (another program, DeepSC splitting its data itself, older studies) are
 never flagged.
 """
 

@@ -137,7 +137,7 @@ def run(
             worker=sampler_label(url, worker_id),
             record_dir=results_dir / space.name,
         )
-        _record_chance_levels(study, data)
+        _record_chance_levels(study, data, space)
         _record_baseline(study, data, space, results_dir / "cache", echo=not child)
         if not child:
             _echo(
@@ -224,19 +224,40 @@ def _describe_trials(study) -> str:
     return text
 
 
-def _record_chance_levels(study, data) -> None:
-    """Store the validation set's chance levels once, so trials that learned nothing get flagged."""
+def _record_chance_levels(study, data, space) -> None:
+    """Store the validation set's chance levels once, so trials that learned nothing get flagged:
+    the built-in fine-tuner's prepared validation cells, or for DeepSC the labels of the
+    ``data_path_eval`` it evaluates on (obs only, the classes it keeps)."""
     from deepsc_tune.chance import CHANCE_ATTR, chance_levels
 
-    if data is not None and CHANCE_ATTR not in study.user_attrs:
-        study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
+    if CHANCE_ATTR in study.user_attrs:
+        return
+    if data is not None:
+        levels = chance_levels(data.y_val, data.classes)
+    else:
+        levels = _program_chance(space)
+    if levels is not None:
+        study.set_user_attr(CHANCE_ATTR, levels)
+
+
+def _program_chance(space):
+    """Chance levels of DeepSC's evaluation file, or ``None`` (another program, no such file)."""
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.deepsc_checkout import is_deepsc_command
+
+    if not get_backend(space.backend).runs_program or not is_deepsc_command(space.settings.command):
+        return None
+    from deepsc_tune.deepsc_data import deepsc_chance
+    from deepsc_tune.deepsc_schedule import deepsc_values
+
+    return deepsc_chance(deepsc_values(space.settings, space.fixed))
 
 
 def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None:
     """Fit logistic regression once on the study's own training cells (cached), store it in the study:
     the built-in fine-tuner's prepared data, or the files a DeepSC study's trials read."""
     from deepsc_tune.baseline import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
-    from deepsc_tune.deepsc_inputs import deepsc_inputs
+    from deepsc_tune.deepsc_data import deepsc_inputs
 
     if BASELINE_ATTR in study.user_attrs:
         return

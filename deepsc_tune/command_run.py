@@ -41,6 +41,8 @@ METRICS_FILE = "metrics.jsonl"
 TAIL_LINES = 10
 #: DeepSC 2416d85 prints where it writes checkpoints, logs and plots (a hard-coded folder).
 _OUTPUT_DIR_LINE = re.compile(r"^Output directory created:\s*(?P<path>\S.*)$")
+#: DeepSC's cosine banner (cell_type_annotation.py:244): the warmup steps it computed.
+_WARMUP_LINE = re.compile(r"^-\s*Warmup steps:\s*(?P<steps>\d+)\s*$")
 
 # Lines that explain a failure better than the last line of a traceback, first match wins.
 _CAUSE_PATTERNS = (
@@ -66,8 +68,13 @@ class ChildRun:
         env: dict[str, str],
         run_dir: Path,
         on_epoch: EpochCallback | None,
+        notes: list[str] | tuple[str, ...] = (),
+        warmup_steps: int | None = None,
     ) -> None:
         self.settings = settings
+        self.notes = list(notes)  # lines of our own for the top of the log (the warmup plan)
+        self.warmup_steps = warmup_steps  # what DeepSC's "Warmup steps:" line must say
+        self.printed_warmup: int | None = None
         self.argv = argv
         self.env = env
         self.run_dir = run_dir
@@ -104,6 +111,8 @@ class ChildRun:
         try:
             self._note(f"command: {shlex.join(self.argv)}")
             self._note(f"checkout: {s.cwd or Path.cwd()} (on PYTHONPATH); working directory: {self.run_dir}")
+            for note in self.notes:
+                self._note(note)
             self.start = self.last_report = time.monotonic()
             try:
                 # In its own process group, so that stopping it reaches DataLoader workers,
@@ -261,6 +270,16 @@ class ChildRun:
                 record_checkpoint(self.run_dir, self.checkpoints, self.checkpoint_dir)
             except OSError:
                 pass
+        warmup = _WARMUP_LINE.match(line)
+        if warmup and self.printed_warmup is None:
+            self.printed_warmup = int(warmup.group("steps"))
+            if self.warmup_steps is not None and self.printed_warmup != self.warmup_steps:
+                warning = (
+                    f"DeepSC printed Warmup steps: {self.printed_warmup}, but deepsc-tune planned "
+                    f"{self.warmup_steps} (docs/deepsc.md, 'Warmup in real steps')"
+                )
+                self.warnings.append(warning)
+                self._note(warning)
         if parser is not None:
             m = parser.feed(line)
             if m is not None:
@@ -323,6 +342,7 @@ class ChildRun:
                 "metric_sources": dict(self.counts),
                 "program_output_dir": self.output_dir,
                 "checkpoints": list(self.checkpoints),
+                "deepsc_warmup_steps": self.printed_warmup,
                 "checkout": str(Path(self.settings.cwd or Path.cwd()).absolute()),
                 "warnings": list(self.warnings),
             },

@@ -43,18 +43,22 @@ _BASE_DIR = re.compile(r"^[ \t]*base_dir\s*=\s*(?P<q>[\"'])(?P<path>[^\"'\n]+)(?
 
 @dataclass
 class Findings:
-    """Problems (refuse), notes (print) and searched ranges whose low end must move up."""
+    """Problems (refuse), notes (print) and searched ranges whose ends must move in."""
 
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: ``{param: new_low}``: the search range is clipped there (see :func:`deepsc_tune.deepsc.schedule_problems`).
     lows: dict[str, float] = field(default_factory=dict)
+    #: ``{param: new_high}``: the search range is clipped there (see
+    #: :func:`deepsc_tune.deepsc_schedule.real_step_findings`).
+    highs: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Findings) -> Findings:
         """Append ``other``'s findings to these; returns ``self``."""
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
         self.lows.update(other.lows)
+        self.highs.update(other.highs)
         return self
 
 

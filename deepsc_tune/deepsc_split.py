@@ -39,7 +39,7 @@ from deepsc_tune.data import prepare_data
 from deepsc_tune.data_loading import read_input, resolve_inputs, with_hint
 from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.data_split import split_adata
-from deepsc_tune.deepsc_inputs import DEFAULT_GENE_COL, DEFAULT_LABEL_COL
+from deepsc_tune.deepsc_data import DEFAULT_GENE_COLUMN, DEFAULT_LABEL_COLUMN
 from deepsc_tune.errors import DataError
 from deepsc_tune.preprocess import prepare_expression
 
@@ -81,8 +81,8 @@ def deepsc_options(finetune: Mapping[str, Any] | None) -> dict[str, Any]:
     given.update({k: v for k, v in block.items() if k != "overrides"})
     gene_map = given.get("csv_path")
     return {
-        "label_col": str(given.get("obs_celltype_col") or DEFAULT_LABEL_COL),
-        "gene_col": str(given.get("var_name_in_h5ad") or DEFAULT_GENE_COL),
+        "label_col": str(given.get("obs_celltype_col") or DEFAULT_LABEL_COLUMN),
+        "gene_col": str(given.get("var_name_in_h5ad") or DEFAULT_GENE_COLUMN),
         "gene_map": Path(str(gene_map)).expanduser() if gene_map else None,
     }
 
@@ -148,8 +148,8 @@ def write_deepsc_split(
     settings: DataSettings,
     out_dir: Path,
     *,
-    label_col: str = DEFAULT_LABEL_COL,
-    gene_col: str = DEFAULT_GENE_COL,
+    label_col: str = DEFAULT_LABEL_COLUMN,
+    gene_col: str = DEFAULT_GENE_COLUMN,
     gene_map: Path | None = None,
     write_gene_map: bool = False,
     hint: str | None = None,
@@ -275,7 +275,7 @@ def write_deepsc_split(
         "seperated_train_eval_dataset": True,
         "obs_celltype_col": label_col,
     }
-    if gene_col != DEFAULT_GENE_COL:
+    if gene_col != DEFAULT_GENE_COLUMN:
         overrides["var_name_in_h5ad"] = gene_col
     if gene_map is not None:
         overrides["csv_path"] = str(Path(gene_map).resolve())

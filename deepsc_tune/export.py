@@ -37,6 +37,7 @@ from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 from deepsc_tune.space_record import read_record
 from deepsc_tune.trial_record import (
     BEST_EPOCH,
+    DEEPSC_WARMUP,
     EPOCHS_RUN,
     OLD_ARGV,
     SETTINGS,
@@ -66,6 +67,9 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     else:
         keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
+    warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+    if not builtin and "warmup_ratio" in out and isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        out["warmup_ratio"] = warmup["deepsc_ratio"]  # DeepSC's value; the searched fraction is in settings
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
     if builtin and kind == "cosine_restarts":
@@ -116,6 +120,9 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None =
         args = list(argv[len(settings.command) :])
     else:
         merged = {**fixed, **(trial.user_attrs.get(SETTINGS) or trial.params)}
+        warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+        if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+            merged["warmup_ratio"] = warmup["deepsc_ratio"]  # what DeepSC was given, not the fraction
         full = build_argv(settings, merged, run_dir=run_dir)
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
@@ -192,6 +199,14 @@ def best_notes(
             + " (reported only, never used for selection)"
         )
     notes += deepsc_settings(trial, backend=backend)[1]
+    warmup = u.get(DEEPSC_WARMUP)
+    if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        notes.append(
+            f"warmup_ratio: searched as {warmup['fraction']:.4g} of the run's {warmup['real_steps']} real "
+            f"optimizer steps ({warmup['warmup_steps']} warmup steps, restarts every {warmup['restart_steps']}); "
+            f"the command passes DeepSC warmup_ratio={warmup['deepsc_ratio']!r}, which gives those steps in "
+            f"its schedule planned for 100,000 cells ({warmup['planned_steps']} steps)"
+        )
     if get_backend(backend).runs_program and folder is not None:
         from deepsc_tune.checkpoints import best_epoch_checkpoint
 

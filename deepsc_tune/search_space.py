@@ -435,6 +435,7 @@ def build_search_space(
         study = parsed.get("study")
         findings = check_space(finetune, params, study.enqueue if study else [])
         params = {**params, **{n: dataclasses.replace(params[n], low=low) for n, low in findings.lows.items()}}
+        params = {**params, **{n: dataclasses.replace(params[n], high=hi) for n, hi in findings.highs.items()}}
         if check_deepsc:
             problems.extend(findings.problems)
             notes.extend(findings.notes)

@@ -16,6 +16,7 @@ skipped with that reason; in CI (``CI=true``) they fail instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from deepsc_setup import (
     PYTHON_ENV,
     SHARED,
     copy_for_cpu,
+    deepsc_loop_steps,
     tiny_space,
     write_data,
 )
@@ -201,6 +203,7 @@ def test_every_epoch_reaches_the_study(search, deepsc):
     study = load(work / "results")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3
+    cosine: list[int] = []
     for t in finished:
         run_dir, record = trial_record(work / "results", t.number)
         log = run_dir / "log.txt"
@@ -216,6 +219,10 @@ def test_every_epoch_reaches_the_study(search, deepsc):
         assert list(run_dir.glob("finetune_*.log")), f"DeepSC's log file is not in {run_dir}"
         assert record["program_output_dir"].startswith("/home/angli/DeepSC/results/cell_type_annotation/")
         assert "DeepSC writes this run's checkpoints" in log.read_text()
+        if t.params.get("lr_scheduler_type") == "cosine":
+            cosine.append(t.number)
+            check_warmup(t, log.read_text(), record)
+    assert cosine, "no cosine trial ran: the warmup was not checked against DeepSC"
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
 
 
@@ -237,6 +244,16 @@ def test_only_the_best_trials_checkpoints_stay(search):
         else:  # a pruned trial may have been stopped before its first save
             assert not any(p.exists() for p in files), (t.number, files)
     assert "DeepSC checkpoints kept:" in result.stdout
+
+
+def check_warmup(t, log: str, record: dict) -> None:
+    """DeepSC's own ``Warmup steps:`` line is the searched fraction of the optimizer steps its
+    loop really takes over the cells it says it trains on (``train_loader:  N``)."""
+    [n_train] = [int(n) for n in re.findall(r"^train_loader:\s+(\d+)$", log, re.MULTILINE)]
+    [printed] = [int(n) for n in re.findall(r"^\s*- Warmup steps: (\d+)$", log, re.MULTILINE)]
+    real = deepsc_loop_steps(n_train, epoch=2, batch_size=32, grad_acc=1)
+    assert printed == math.ceil(t.params["warmup_ratio"] * real) == record["deepsc_warmup_steps"]
+    assert t.user_attrs["deepsc_warmup"]["n_train"] == n_train and t.user_attrs["deepsc_warmup"]["real_steps"] == real
 
 
 def test_best_command_runs_again_in_deepsc(search, deepsc):
