@@ -42,7 +42,6 @@ from deepsc_tune.trial_record import (
     SETTINGS,
     is_repeat,
     other_data,
-    prunable,
     ranked_search_trials,
 )
 
@@ -138,16 +137,6 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
         )
 
 
-class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
-    """The study's pruner for search trials; never prunes a repeat (its full curve is the point)."""
-
-    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
-        self.pruner = pruner
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return prunable(trial) and self.pruner.prune(study, trial)
-
-
 def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
@@ -175,7 +164,8 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
 def open_for_repeats(
     *, storage: str, study_name: str, record_dir: Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
-    """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
+    """Open the study for writing: heartbeats on, its sampler and pruner (the objective never
+    lets the pruner stop a repeat: :func:`deepsc_tune.trial_record.prunable`).
 
     Raises
     ------
@@ -192,7 +182,7 @@ def open_for_repeats(
             study_name=study_name,
             storage=rdb,
             sampler=space.build_sampler(),
-            pruner=RepeatsRunToTheEnd(space.build_pruner()),
+            pruner=space.build_pruner(),
         )
     return study, space
 

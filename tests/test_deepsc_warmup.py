@@ -300,7 +300,10 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     ratio = chosen.user_attrs[DEEPSC_WARMUP]["deepsc_ratio"]
     fraction = chosen.params["warmup_ratio"]
     assert f"warmup_ratio={ratio!r}" in command
-    assert "chance (always the majority class of the validation cells): val_macro_f1" in best.stderr and "searched as" in best.stderr
+    assert (
+        "chance (always the majority class of the validation cells): val_macro_f1" in best.stderr
+        and "searched as" in best.stderr
+    )
     # The printed command runs the trial again: the same warmup steps.
     rerun = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
