@@ -31,6 +31,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
 from deepsc_tune.search_space import SearchSpace, build_search_space
+from deepsc_tune.selection import rank_configurations
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.storage import open_storage
 from deepsc_tune.study import load_existing_study
@@ -42,7 +43,6 @@ from deepsc_tune.trial_record import (
     SETTINGS,
     is_repeat,
     other_data,
-    ranked_search_trials,
 )
 
 #: States in which a planned repeat counts as done or under way.
@@ -77,8 +77,9 @@ def trial_seed(trial: FrozenTrial) -> int:
 
 
 def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
-    """The ``top`` best COMPLETE search trials with distinct parameters (best first)."""
-    ranked = ranked_search_trials(trials)
+    """The ``top`` best configurations' search trials with distinct parameters (best first, in
+    the selection's ranking)."""
+    ranked = [c.trial for c in rank_configurations(trials)]
     chosen: list[FrozenTrial] = []
     seen: list[dict[str, Any]] = []
     for t in ranked:
