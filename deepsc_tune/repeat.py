@@ -34,6 +34,7 @@ from deepsc_tune.search_space import SearchSpace, build_search_space
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.storage import open_storage
 from deepsc_tune.study import load_existing_study
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
@@ -148,7 +149,7 @@ class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
         return prunable(trial) and self.pruner.prune(study, trial)
 
 
-def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
+def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
     Raises
@@ -173,7 +174,7 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
 
 
 def open_for_repeats(
-    *, storage: str, study_name: str, record_dir: Path | None = None
+    *, storage: str, study_name: str, record_dir: StudyFolder | Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
     """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
 

@@ -36,6 +36,7 @@ from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
 from deepsc_tune.start_lock import start_lock
 from deepsc_tune.storage import redact, remember, storage_of
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     BACKEND,
     CREATED_ON,
@@ -109,7 +110,7 @@ def open_study(
     study_name: str,
     data_fingerprint: str | None = None,
     worker: str | None = None,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check it was made from the same search space.
 
@@ -192,7 +193,7 @@ def _check_same_study(
     study_name: str,
     data_fingerprint: str | None,
     *,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> None:
     stored = study.user_attrs
     how = f"start a new study with --study-name {study_name}-2 (or another name), or restore the original settings"
