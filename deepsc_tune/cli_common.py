@@ -52,6 +52,14 @@ StudyNameOpt = Annotated[
         show_default=False,
     ),
 ]
+StudyFolderOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--study-name",
+        help="The study whose folder, RESULTS_DIR/STUDY, gets the files. Default: the search space's name.",
+        show_default=False,
+    ),
+]
 
 
 def _fail(message: str, code: int) -> None:

@@ -11,7 +11,7 @@ from deepsc_tune.cli_common import (
     NameArg,
     OverridesArg,
     ResultsDirOpt,
-    StudyNameOpt,
+    StudyFolderOpt,
     _echo,
     _quiet_libraries,
     _study_folder,
@@ -32,7 +32,7 @@ def split(
         ),
     ] = None,
     results_dir: ResultsDirOpt = Path("results"),
-    study_name: StudyNameOpt = None,
+    study_name: StudyFolderOpt = None,
     for_: Annotated[
         Optional[str],
         typer.Option(

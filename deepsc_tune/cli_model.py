@@ -13,7 +13,7 @@ from deepsc_tune.cli_common import (
     NameArg,
     OverridesArg,
     ResultsDirOpt,
-    StudyNameOpt,
+    StudyFolderOpt,
     _echo,
     _make_finetuner,
     _prepare,
@@ -29,7 +29,7 @@ def finetune(
     name: NameArg,
     overrides: OverridesArg = None,
     results_dir: ResultsDirOpt = Path("results"),
-    study_name: StudyNameOpt = None,
+    study_name: StudyFolderOpt = None,
 ) -> None:
     """Run one fine-tune with fixed settings, the way DeepSC users run theirs (its run folder:
     RESULTS_DIR/STUDY/finetune).
@@ -72,7 +72,14 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     results_dir: ResultsDirOpt = Path("results"),
-    study_name: StudyNameOpt = None,
+    study_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--study-name",
+            help="The study whose model to use (RESULTS_DIR/STUDY/model). Default: the search space's name.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Annotate QUERY's cells with the tuned model of NAME's study (RESULTS_DIR/STUDY/model).
 
@@ -131,7 +138,7 @@ def lr_find(
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (one batch each).")] = 100,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)] = None,
     results_dir: ResultsDirOpt = Path("results"),
-    study_name: StudyNameOpt = None,
+    study_name: StudyFolderOpt = None,
 ) -> None:
     """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
 
