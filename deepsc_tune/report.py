@@ -182,9 +182,10 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
 
     Each database is opened read only (no heartbeats), like ``deepsc-tune report NAME``. The
     report of study ``S`` goes to its folder, ``RESULTS_DIR/S/`` (:class:`StudyFolder`), also for a
-    study kept as before in the database of another folder; one whose own folder holds a
-    database of another study of that name is listed as skipped. A database that cannot be read
-    is listed with the reason instead of stopping the others.
+    study kept as before in the database of another folder ``F`` (said in ``notes``), unless its
+    own folder holds another study of that name: then it stays beside its database, in ``F/``
+    (the only study there) or ``F/S/``, so equal names never overwrite each other. A database
+    that cannot be read is listed with the reason instead of stopping the others.
     """
     from deepsc_tune.storage import open_storage
 
@@ -199,17 +200,16 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             continue
         for name in sorted(names, key=lambda n: (n != db.parent.name, n)):
             folder = StudyFolder(results_dir, name, old=None if name == db.parent.name else db.parent)
+            out = folder.path
             if folder.old is not None and (folder.path / DB_FILE).is_file():
-                errors.append((name, f"study '{name}' in {db}: {folder.path} holds another study of that name"))
-                continue
-            if folder.note:
+                # its own folder holds another study of that name: its report stays beside its database
+                out = db.parent if len(names) == 1 else db.parent / name
+            elif folder.note:
                 notes.append(folder.note)
             study = optuna.load_study(study_name=name, storage=storage)
-            files = write_report(
-                study, folder=folder.path, backend=study_backend(study.user_attrs), top=top, record_dir=folder
-            )
+            files = write_report(study, folder=out, backend=study_backend(study.user_attrs), top=top, record_dir=folder)
             reports.append(files)
-            report = folder.report_html.relative_to(results_dir).as_posix()
+            report = files.html.relative_to(results_dir).as_posix()
             rows.append(index_row(files.data, report=report))
     results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / INDEX_HTML
