@@ -183,12 +183,11 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
     _quiet_libraries()
     space_name = _space_name(name)
     folder = _study_folder(results_dir, space_name=space_name, study_name=study_name, storage=storage)
+    run_args = command_args(name, study_name, space_name)
     if storage is None and not folder.db.is_file():
         raise DeepscTuneError(
-            f"no study found at {folder.db}; run `deepsc-tune run {command_args(name, study_name, space_name)}` "
-            "first (or give --results-dir / --storage)"
+            f"no study found at {folder.db}; run `deepsc-tune run {run_args}` first (or give --results-dir / --storage)"
         )
-    study = load_existing_study(
-        storage=open_storage(folder.storage_url(storage), heartbeat=False), study_name=folder.name
-    )
+    opened = open_storage(folder.storage_url(storage), heartbeat=False)
+    study = load_existing_study(storage=opened, study_name=folder.name, run_args=run_args)
     return study, study_backend(study.user_attrs), folder

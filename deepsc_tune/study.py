@@ -346,13 +346,14 @@ def run_study(
     )
 
 
-def load_existing_study(*, storage: RDBStorage, study_name: str) -> optuna.Study:
-    """Load a study for reading, with a clear error when it does not exist."""
+def load_existing_study(*, storage: RDBStorage, study_name: str, run_args: str | None = None) -> optuna.Study:
+    """Load a study for reading, with a clear error when it does not exist (``run_args``: what
+    names it on the command line, e.g. ``pbmc68k --study-name pbmc68k-lr``; default the study's name)."""
     try:
         return remember(optuna.load_study(study_name=study_name, storage=storage), storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
         raise DeepscTuneError(
             f"no study '{study_name}' in {redact(storage.url)}; "
-            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {study_name}` first"
+            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {run_args or study_name}` first"
         ) from None

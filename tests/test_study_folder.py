@@ -162,6 +162,36 @@ def test_the_record_of_a_study_kept_as_before_is_read_from_the_old_folder(tmp_pa
     assert record_path(folder, sha) == tmp_path / B / f"search_space-{sha[:12]}.json"  # written: its own
 
 
+# ----------------------------------------------------------------------------- hints name the study
+
+
+def test_a_missing_study_names_its_run_command(tmp_path):
+    missing = cli("status", A, "--results-dir", tmp_path, "--study-name", "nope")
+    assert missing.exit_code == 1 and "Traceback" not in missing.output
+    assert "run `deepsc-tune run pbmc68k --study-name nope` first" in missing.output
+    assert str(tmp_path / "nope" / "study.db") in missing.output
+    _old_db(tmp_path, "shared", ["other"])
+    url = f"sqlite:///{tmp_path / 'shared' / 'study.db'}"
+    elsewhere = cli("best", A, "--results-dir", tmp_path, "--storage", url, "--study-name", "nope")
+    assert elsewhere.exit_code == 1 and "run `deepsc-tune run pbmc68k --study-name nope` first" in elsewhere.output
+
+
+def test_the_reports_repeat_hint_names_the_study():
+    from report_studies import add, const
+
+    from deepsc_tune.report import build_report_data
+    from deepsc_tune.report_page import render_report
+    from deepsc_tune.trial_record import SEARCH_SPACE_NAME
+
+    study = optuna.create_study(direction="maximize", study_name=B)
+    study.set_user_attr(SEARCH_SPACE_NAME, A)
+    add(study, optuna.trial.TrialState.COMPLETE, const(1e-4), [0.4, 0.6], epochs=2)
+    page = render_report(build_report_data(study))
+    assert "deepsc-tune repeat pbmc68k --study-name pbmc68k-lr --top 3" in page
+    study.set_user_attr(SEARCH_SPACE_NAME, B)  # the space's own study
+    assert "deepsc-tune repeat pbmc68k-lr --top 3" in render_report(build_report_data(study))
+
+
 # ----------------------------------------------------------------------------- two studies, one results folder
 
 
