@@ -2,7 +2,7 @@
 
 A study's user attributes stay short (what `optuna studies`, `optuna trials` and
 optuna-dashboard print): the search-space hash, name, metric, dataset, description. The YAML text
-and the effective configuration (overrides applied) go to ``RESULTS_DIR/NAME/search_space-<first
+and the effective configuration (overrides applied) go to ``RESULTS_DIR/STUDY/search_space-<first
 12 hex digits of the hash>.json``, written by every ``deepsc-tune run`` that opens the study (so
 each machine of a shared PostgreSQL study has its copy).
 

@@ -39,7 +39,7 @@ SQLITE_TIMEOUT = 120
 
 
 def default_storage_url(name: str, results_dir: Path) -> str:
-    """``sqlite:///results/NAME/study.db`` (the folder is created): :func:`folder_storage_url`."""
+    """``sqlite:///RESULTS_DIR/NAME/study.db``, study NAME's own (the folder is created): :func:`folder_storage_url`."""
     return folder_storage_url(StudyFolder(Path(results_dir), name))
 
 
