@@ -280,7 +280,7 @@ def report(
                 )
             if not find_databases(results_dir):
                 raise DeepscTuneError(
-                    f"no studies under {results_dir} (no {results_dir}/NAME/study.db); start one with "
+                    f"no studies under {results_dir} (no {results_dir}/STUDY/study.db); start one with "
                     "`deepsc-tune run pbmc68k` (the demo, no download) or give --results-dir"
                 )
             index = write_index(results_dir, top=top)
