@@ -185,8 +185,13 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
     folder = _study_folder(results_dir, space_name=space_name, study_name=study_name, storage=storage)
     run_args = command_args(name, study_name, space_name)
     if storage is None and not folder.db.is_file():
+        from deepsc_tune.study_file import study_names
+        from deepsc_tune.study_folder import find_databases
+
+        there = sorted({n for db in find_databases(results_dir) for n in study_names(db)})
         raise DeepscTuneError(
-            f"no study found at {folder.db}; run `deepsc-tune run {run_args}` first (or give --results-dir / --storage)"
+            f"no study found at {folder.db} (no study '{folder.name}' under {results_dir}; studies there: "
+            f"{', '.join(there) or '(none)'}); run `deepsc-tune run {run_args}` first (or give --results-dir / --storage)"
         )
     opened = open_storage(folder.storage_url(storage), heartbeat=False)
     study = load_existing_study(storage=opened, study_name=folder.name, run_args=run_args)
