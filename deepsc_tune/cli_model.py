@@ -135,15 +135,18 @@ def lr_find(
     max_lr: Annotated[
         float, typer.Option("--max-lr", help="Last learning rate (if the loss has not diverged before).")
     ] = 1.0,
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps (one batch each).")] = 100,
+    steps: Annotated[
+        int, typer.Option("--steps", help="Optimizer steps (grad_acc batches each, as in a trial).")
+    ] = 100,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)] = None,
     results_dir: ResultsDirOpt = Path("results"),
     study_name: StudyFolderOpt = None,
 ) -> None:
     """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
 
-    Raises the learning rate exponentially from --min-lr to --max-lr over --steps batches of
-    training cells, plots the training loss against it (RESULTS_DIR/STUDY/lr_find.html) and
+    Runs the trials' own training step (every finetune setting applies: model, loss, grad_acc,
+    precision, init_checkpoint, finetune_mode) while the learning rate rises exponentially from
+    --min-lr to --max-lr over --steps optimizer steps on the training cells, plots the training loss against it (RESULTS_DIR/STUDY/lr_find.html) and
     suggests a learning_rate range for the search space, as overrides for `deepsc-tune run`.
     """
     from deepsc_tune.lr_find import check_bounds, override_line, run_lr_find, write_lr_find

@@ -37,7 +37,7 @@ def _print_best(study, backend: str, *, fmt: str, folder=None) -> None:
     trial = selection.best.trial
     if fmt == "hydra":
         # Only the command on stdout, so that `$(deepsc-tune best NAME --format hydra)` runs it.
-        for line in best_notes(study, trial, backend=backend, selection=selection):
+        for line in best_notes(study, trial, backend=backend, selection=selection, folder=folder):
             typer.echo(f"# {line}", err=True)
     _echo(format_best(study, trial, fmt=fmt, backend=backend, selection=selection, folder=folder))
 
@@ -106,7 +106,7 @@ def status(
     )
 
     with user_errors():
-        study, _, _ = _load_study(name, results_dir, storage, study_name)
+        study, backend, folder = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study_metric(study.user_attrs)
         if as_json:
@@ -146,6 +146,8 @@ def status(
             _echo(f"note: {note}")
         _echo_ranking(trials, metric, test_metrics=all_test_metrics)
         _echo_chosen_test(trials)
+        _echo_references(study, trials, metric)
+        _echo_checkpoint_disk(trials, backend, folder)
 
 
 def _echo_chosen_test(trials) -> None:
@@ -162,6 +164,30 @@ def _echo_chosen_test(trials) -> None:
         f"chosen: trial {best.number} (on validation); test accuracy {acc or '-'}, test macro-F1 {f1 or '-'}"
         " (reported only, never used to choose)"
     )
+
+
+def _echo_references(study, trials, metric: str) -> None:
+    """`status`: the chosen configuration against chance and the logistic-regression baseline."""
+    from deepsc_tune.export import reference_notes
+    from deepsc_tune.selection import select
+
+    selection = select(trials)
+    if selection.best is not None:
+        for line in reference_notes(study, selection, selection.best.number, metric=metric):
+            _echo(line)
+
+
+def _echo_checkpoint_disk(trials, backend: str, folder) -> None:
+    """`status` of a DeepSC study: the disk its trials' checkpoints take (``folder``: its
+    :class:`~deepsc_tune.study_folder.StudyFolder`)."""
+    from deepsc_tune.backends import get_backend
+
+    if not get_backend(backend).runs_program:
+        return
+    from deepsc_tune.checkpoints import disk_usage, format_bytes
+
+    files, size = disk_usage(folder.trial(t.number) for t in trials)
+    _echo(f"DeepSC checkpoints: {files} files, {format_bytes(size)} on disk (finetune.keep_checkpoints)")
 
 
 def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = False) -> None:
@@ -192,6 +218,8 @@ def _status_json(study, trials, metric: str) -> str:
     import json
 
     from deepsc_tune import trial_record as tr
+    from deepsc_tune.baseline import BASELINE_ATTR
+    from deepsc_tune.chance import CHANCE_ATTR
     from deepsc_tune.trial_record import failure_reason, state_counts
 
     keys = (
@@ -230,6 +258,8 @@ def _status_json(study, trials, metric: str) -> str:
         "direction": "maximize",
         "n_trials_target": study.user_attrs.get(tr.N_TRIALS),
         "counts": counts,
+        "chance": study.user_attrs.get(CHANCE_ATTR),
+        "baseline": study.user_attrs.get(BASELINE_ATTR),
         "trials": rows,
     }
     return json.dumps(doc, default=str)

@@ -43,18 +43,22 @@ _BASE_DIR = re.compile(r"^[ \t]*base_dir\s*=\s*(?P<q>[\"'])(?P<path>[^\"'\n]+)(?
 
 @dataclass
 class Findings:
-    """Problems (refuse), notes (print) and searched ranges whose low end must move up."""
+    """Problems (refuse), notes (print) and searched ranges whose ends must move in."""
 
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: ``{param: new_low}``: the search range is clipped there (see :func:`deepsc_tune.deepsc.schedule_problems`).
     lows: dict[str, float] = field(default_factory=dict)
+    #: ``{param: new_high}``: the search range is clipped there (see
+    #: :func:`deepsc_tune.deepsc_schedule.real_step_findings`).
+    highs: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Findings) -> Findings:
         """Append ``other``'s findings to these; returns ``self``."""
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
         self.lows.update(other.lows)
+        self.highs.update(other.highs)
         return self
 
 
@@ -326,13 +330,20 @@ def output_notes(cwd: Path | str) -> Findings:
     out.notes.append(
         "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
         "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
-        "epochs leaves E + 1 on disk and nothing deletes them: plan disk space and "
-        f"clear {base} between studies"
+        "epochs leaves E + 1; deepsc-tune removes those of trials that cannot be the best "
+        "(finetune.keep_checkpoints: best, the default; all keeps every one)"
     )
     out.notes.append(
         "two trials that start in the same second (parallel workers, run --gpus) "
         "share one timestamped folder and overwrite each other's checkpoints"
     )
+    if os.path.isabs(base) and (owner := _other_users_home(Path(base))) is not None:
+        out.notes.append(
+            f"DeepSC would write every trial's checkpoints under another user's home: {base} "
+            f"(home of {owner!r}, hard-coded at {cwd / where}); you can write there only as root or "
+            f"if that folder is shared. Change that line to a folder you own, or check out abcf2be, "
+            "which writes into each trial's own folder"
+        )
     if os.path.isabs(base):
         blocked = _unwritable(Path(base))
         if blocked:
@@ -348,6 +359,19 @@ def output_notes(cwd: Path | str) -> Findings:
                 )
             )
     return out
+
+
+def _other_users_home(folder: Path) -> str | None:
+    """The user whose home ``folder`` is under (``/home/NAME/...``, ``/Users/NAME/...``), when it is
+    not the current user's; ``None`` otherwise."""
+    parts = folder.parts
+    if len(parts) < 3 or parts[1] not in ("home", "Users"):
+        return None
+    owner = parts[2]
+    mine = Path.home().resolve()
+    if owner == _user() or folder.resolve().is_relative_to(mine):
+        return None
+    return owner
 
 
 def _unwritable(folder: Path) -> str | None:

@@ -38,6 +38,7 @@ from deepsc_tune.space_record import read_record
 from deepsc_tune.study_folder import StudyFolder, as_folder
 from deepsc_tune.trial_record import (
     BEST_EPOCH,
+    DEEPSC_WARMUP,
     EPOCHS_RUN,
     OLD_ARGV,
     SETTINGS,
@@ -67,6 +68,9 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     else:
         keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
+    warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+    if not builtin and "warmup_ratio" in out and isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        out["warmup_ratio"] = warmup["deepsc_ratio"]  # DeepSC's value; the searched fraction is in settings
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
     if builtin and kind == "cosine_restarts":
@@ -117,6 +121,9 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder |
         args = list(argv[len(settings.command) :])
     else:
         merged = {**fixed, **(trial.user_attrs.get(SETTINGS) or trial.params)}
+        warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+        if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+            merged["warmup_ratio"] = warmup["deepsc_ratio"]  # what DeepSC was given, not the fraction
         full = build_argv(settings, merged, run_dir=run_dir)
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
@@ -139,14 +146,38 @@ def _shell_env_value(value: str) -> str:
     return shlex.quote(value)
 
 
+def reference_notes(study: optuna.Study, selection: Selection, number: int, *, metric: str) -> list[str]:
+    """Chance and the logistic-regression baseline, against configuration ``number`` (validation)."""
+    from deepsc_tune.baseline import BASELINE_ATTR, baseline_line
+    from deepsc_tune.chance import CHANCE_ATTR, TOLERANCE
+
+    config = next((c for c in selection.ranking if c.number == number), None)
+    if config is None:
+        return []
+    notes = []
+    levels = study.user_attrs.get(CHANCE_ATTR)
+    if isinstance(levels, dict) and isinstance(levels.get(metric), (int, float)):
+        level = float(levels[metric])
+        verdict = "AT CHANCE: it learned nothing" if config.mean <= level + TOLERANCE else "above chance"
+        notes.append(f"chance (always the majority class of the validation cells): {metric} {level:.4f}; {verdict}")
+    line = baseline_line(study.user_attrs.get(BASELINE_ATTR), metric, config.values)
+    if line is not None:
+        notes.append(line)
+    return notes
+
+
 def best_notes(
     study: optuna.Study,
     trial: FrozenTrial,
     *,
     backend: str = "builtin",
     selection: Selection | None = None,
+    folder: Path | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
+
+    ``folder``: the study's results folder; for a DeepSC study the best epoch's checkpoint there
+    (the tuned DeepSC model) is named.
 
     ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
@@ -160,6 +191,7 @@ def best_notes(
         f"{metric} {trial.value:.4f} (best epoch {u.get(BEST_EPOCH)} of {u.get(EPOCHS_RUN)})",
     ]
     notes += pick_notes(selection, trial.number, metric=metric)
+    notes += reference_notes(study, selection, trial.number, metric=metric)
     if u.get(TEST_ACCURACY) is not None:
         f1 = u.get(TEST_MACRO_F1)
         notes.append(
@@ -168,6 +200,20 @@ def best_notes(
             + " (reported only, never used for selection)"
         )
     notes += deepsc_settings(trial, backend=backend)[1]
+    warmup = u.get(DEEPSC_WARMUP)
+    if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        notes.append(
+            f"warmup_ratio: searched as {warmup['fraction']:.4g} of the run's {warmup['real_steps']} real "
+            f"optimizer steps ({warmup['warmup_steps']} warmup steps, restarts every {warmup['restart_steps']}); "
+            f"the command passes DeepSC warmup_ratio={warmup['deepsc_ratio']!r}, which gives those steps in "
+            f"its schedule planned for 100,000 cells ({warmup['planned_steps']} steps)"
+        )
+    if get_backend(backend).runs_program and folder is not None:
+        from deepsc_tune.checkpoints import best_epoch_checkpoint
+
+        ckpt = best_epoch_checkpoint(as_folder(folder).trial(trial.number), u.get(BEST_EPOCH))
+        if ckpt is not None:
+            notes.append(f"tuned DeepSC model: {ckpt} (its best epoch's checkpoint, as DeepSC saved it)")
     if get_backend(backend).runs_program:
         notes.append(
             "the command re-runs this trial as it ran (same data files, validation file included); "
@@ -194,7 +240,7 @@ def format_best(
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
-    notes = best_notes(study, trial, backend=backend, selection=selection)
+    notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
     if fmt == "json":

@@ -1,9 +1,10 @@
 """The LR range test of DeepSC's usage guide, as one short pass (``deepsc-tune lr-find NAME``).
 
 Their guide runs a shell loop over ``learning_rate in 1e-5 5e-5 1e-4 5e-4`` with 5 epochs each.
-Here one pass over the training cells raises the learning rate exponentially from ``min_lr`` to
-``max_lr`` (one optimizer step per batch, AdamW as in training, no schedule) and records the
-training loss of every step; it stops early once the smoothed loss exceeds
+Here the trials' own training step (:func:`deepsc_tune.train.run_range_test`: the same model,
+loss, ``grad_acc``, clipping, precision, ``init_checkpoint`` and freezing) runs with a schedule
+that raises the learning rate exponentially from ``min_lr`` to ``max_lr``, and records the
+training loss of every optimizer step; it stops early once the smoothed loss exceeds
 :data:`DIVERGE_FACTOR` times its minimum (the rate is too high from there on).
 
 Suggested range (:func:`suggest_range`), on the smoothed loss against log10(lr):
@@ -83,59 +84,34 @@ def suggest_range(lrs: list[float], smoothed: list[float]) -> tuple[float | None
 def run_lr_find(
     data: Any, settings: Any, *, min_lr: float = 1e-6, max_lr: float = 1.0, steps: int = 100
 ) -> LRFindResult:
-    """One pass with an exponentially rising learning rate over ``data``'s training cells.
+    """``steps`` optimizer steps of the trials' own training step with an exponentially rising rate.
 
-    ``settings`` is a :class:`~deepsc_tune.train_settings.TrainSettings` (model, batch size,
-    seed, device, weight decay); its learning rate and schedule are ignored.
+    ``settings`` is the study's :class:`~deepsc_tune.train_settings.TrainSettings`: model, batch
+    size, ``grad_acc``, loss, precision, ``init_checkpoint``, ``finetune_mode``, seed and device
+    apply as in a trial (:func:`deepsc_tune.train.run_range_test`); only the schedule differs.
     """
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-
-    from deepsc_tune.train import build_model, resolve_device, seed_everything
+    from deepsc_tune.schedules import ExponentialRange
+    from deepsc_tune.train import run_range_test
 
     check_bounds(min_lr, max_lr, steps)
-    device = resolve_device(settings.device)
-    seed_everything(settings.seed)
-    n_train, n_genes = data.X_train.shape
-    model = build_model(settings, n_genes=n_genes, n_classes=len(data.classes)).to(device)
-    model.train()
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=min_lr, weight_decay=settings.weight_decay
-    )
-    X = torch.from_numpy(np.ascontiguousarray(data.X_train, dtype=np.float32))
-    y = torch.from_numpy(np.ascontiguousarray(data.y_train, dtype=np.int64))
-    gen = torch.Generator().manual_seed(settings.seed)
-    factor = (max_lr / min_lr) ** (1 / (steps - 1))
     lrs, losses, smoothed = [], [], []
-    avg, best, stopped = 0.0, math.inf, False
-    order = torch.randperm(n_train, generator=gen)
-    position = 0
-    for step in range(steps):
-        if position + settings.batch_size > n_train:
-            order, position = torch.randperm(n_train, generator=gen), 0
-        idx = order[position : position + settings.batch_size]
-        position += settings.batch_size
-        lr = min_lr * factor**step
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = F.cross_entropy(model(X[idx].to(device)), y[idx].to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = float(loss.detach())
-        avg = SMOOTHING * avg + (1 - SMOOTHING) * value
-        smooth = avg / (1 - SMOOTHING ** (step + 1))
+    state = {"avg": 0.0, "best": math.inf, "stopped": False}
+
+    def on_step(lr: float, value: float) -> bool:
+        state["avg"] = SMOOTHING * state["avg"] + (1 - SMOOTHING) * value
+        smooth = state["avg"] / (1 - SMOOTHING ** (len(lrs) + 1))
         lrs.append(lr)
         losses.append(value)
         smoothed.append(smooth)
         if not math.isfinite(value):
-            stopped = True
-            break
-        best = min(best, smooth)
-        if step >= MIN_STEPS and smooth > DIVERGE_FACTOR * best:
-            stopped = True
-            break
+            state["stopped"] = True
+            return True
+        state["best"] = min(state["best"], smooth)
+        if len(lrs) > MIN_STEPS and smooth > DIVERGE_FACTOR * state["best"]:
+            state["stopped"] = True
+        return state["stopped"]
+
+    run_range_test(data, settings, schedule=ExponentialRange(min_lr, max_lr, steps), steps=steps, on_step=on_step)
     if not lrs:
         raise FinetuneError("lr-find ran no step: no training cells")
     steepest, lr_min, note = suggest_range(lrs, smoothed)
@@ -143,7 +119,7 @@ def run_lr_find(
     high = lr_min / HIGH_DIVISOR if lr_min else None
     if low is not None and high is not None and not low < high:
         low, high, note = None, None, "the steepest descent and the minimum are too close to suggest a range"
-    return LRFindResult(lrs, losses, smoothed, steepest, lr_min, low, high, stopped, note)
+    return LRFindResult(lrs, losses, smoothed, steepest, lr_min, low, high, bool(state["stopped"]), note)
 
 
 def override_line(result: LRFindResult) -> str | None:

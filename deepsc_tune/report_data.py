@@ -56,9 +56,12 @@ TOP_CONFIGS = 5
 LAST_EPOCHS = 3
 #: Label of trials whose learning-rate schedule is not a searched or fixed setting.
 NO_SCHEDULER = "(fixed)"
-#: Below this many points the contour shows the trials only: shading interpolated from a handful
-#: of points paints the whole plane with values no trial measured.
+#: Below this many complete cosine trials there is no contour, one line instead: shading
+#: interpolated from a handful of points paints the plane with values no trial measured.
 MIN_CONTOUR_SHADING = 8
+#: Below this many complete trials (that have every compared parameter) there are no
+#: importances, one line instead: fANOVA over a handful of trials attributes noise.
+MIN_IMPORTANCE_TRIALS = 10
 _CONTOUR_GRID = 60
 
 
@@ -127,9 +130,6 @@ class Frontier(NamedTuple):
     baseline: float | None = None  # logistic regression on the same cells (study attr ``baseline``)
 
 
-#: Study user attribute holding a baseline's validation metrics under bare names (``accuracy``,
-#: ``macro_f1``); the frontier draws it as a line when a study has one.
-BASELINE_ATTR = "baseline"
 #: Bins per decade of learning rate for the frontier line (a third of a decade each).
 BINS_PER_DECADE = 3
 
@@ -406,63 +406,59 @@ def _study_of(trials: Sequence[FrozenTrial]) -> optuna.Study:
 
 
 def param_importances(trials: Sequence[FrozenTrial]) -> Importances:
-    """Optuna's importances (its default evaluator) over COMPLETE search trials.
+    """Optuna's importances (its default evaluator) over COMPLETE search trials, or one line why not.
 
-    None when fewer than 2 trials completed, fewer than 2 parameters were searched, or the
-    values do not vary.
+    Optuna compares only trials that have every compared parameter, so a parameter searched under
+    a condition (``warmup_ratio`` when cosine) would narrow them to trials where the condition's
+    parameter never varies, and its share would read 0. The parameters compared are therefore
+    the largest set, dropping conditional ones, in which every parameter varies over the trials
+    that have them all; the others are named in one line. No importances with fewer than
+    :data:`MIN_IMPORTANCE_TRIALS` such trials, fewer than 2 such parameters, or no spread in value.
     """
     complete = [t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None]
     names = sorted({name for t in complete for name in t.params})
-    if len(complete) < 2:
-        return Importances({}, f"importances need 2 or more complete trials ({len(complete)} so far)")
     if len(names) < 2:
-        return Importances({}, f"only {', '.join(names) or 'no parameter'} searched: nothing to compare")
-    if len({t.value for t in complete}) < 2:
-        return Importances({}, "every complete trial reached the same value: nothing to attribute")
+        return Importances({}, f"only {', '.join(names) or 'no parameter'} searched: no importances to compare")
+    chosen, used = _compared(names, complete)
+    if len(chosen) < 2 or len(used) < MIN_IMPORTANCE_TRIALS:
+        return Importances(
+            {},
+            f"parameter importances need {MIN_IMPORTANCE_TRIALS} or more complete trials in which at least 2 "
+            f"searched parameters vary ({len(used) if len(chosen) >= 2 else 0} so far): not drawn",
+        )
+    if len({t.value for t in used}) < 2:
+        return Importances({}, "every complete trial reached the same value: no importances to attribute")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            values = optuna.importance.get_param_importances(_study_of(complete))
+            values = optuna.importance.get_param_importances(_study_of(used), params=list(chosen))
     except Exception as e:  # Optuna's evaluators refuse some degenerate studies
         return Importances({}, f"importances could not be computed: {type(e).__name__}: {e}")
-    return Importances(
-        {k: float(v) for k, v in values.items()}, None, _importance_explanations(values, complete, search_only(trials))
-    )
+    left_out = [n for n in names if n not in chosen]
+    lines = ()
+    if left_out:
+        lines = (
+            f"over the {len(used)} complete trials that have {', '.join(chosen)}; "
+            f"{', '.join(left_out)} left out (searched under a condition, or never varied there)",
+        )
+    return Importances({k: float(v) for k, v in values.items()}, None, lines)
 
 
-def _importance_explanations(
-    values: Mapping[str, float], complete: Sequence[FrozenTrial], searched: Sequence[FrozenTrial]
-) -> tuple[str, ...]:
-    """What a share does not say: which trials Optuna used (only those with every parameter, so
-    a conditional parameter narrows them), and that 0.00 can mean "never varied among them"."""
-    lines = []
-    n = len(complete)
-    used = [t for t in complete if set(values) <= set(t.params)]
-    for name in sorted({p for t in complete for p in t.params} - set(values)):
-        k = sum(name in t.params for t in complete)
-        lines.append(
-            f"{name} is left out: only {k} of the {n} complete trials have it (it is searched under a condition)"
-        )
-    conditional = sorted(name for name in values if any(name not in t.params for t in searched))
-    if conditional:
-        where = (
-            f"the {len(used)} of the {n} complete trials"
-            if len(used) < n
-            else f"all {n} complete trials, the only ones"
-        )
-        lines.append(
-            f"Optuna weighs only trials that have every parameter: {where} that have "
-            f"{', '.join(conditional)} (searched under a condition)"
-        )
-    for name, share in values.items():
-        seen = {repr(t.params[name]) for t in used}
-        if len(seen) == 1:
-            lines.append(
-                f"{name} is {next(iter(seen))} in all {len(used)} of those trials: its {share:.2f} "
-                "means it never varied there, not that it does not matter (the learning-rate "
-                "frontier compares its values, pruned trials included)"
-            )
-    return tuple(lines)
+def _compared(names: Sequence[str], complete: Sequence[FrozenTrial]) -> tuple[tuple[str, ...], list[FrozenTrial]]:
+    """The parameter set importances compare: most trials, then most parameters, every one varying."""
+    import itertools
+
+    always = [n for n in names if all(n in t.params for t in complete)]
+    optional = [n for n in names if n not in always]
+    best: tuple[tuple[str, ...], list[FrozenTrial]] = ((), [])
+    for k in range(len(optional), -1, -1):
+        for extra in itertools.combinations(optional, k):
+            chosen = tuple(sorted([*always, *extra]))
+            used = [t for t in complete if all(n in t.params for n in chosen)]
+            varied = tuple(n for n in chosen if len({repr(t.params[n]) for t in used}) > 1)
+            if len(varied) >= 2 and (len(used), len(varied)) > (len(best[1]), len(best[0])):
+                best = (varied, [t for t in complete if all(n in t.params for n in varied)])
+    return best
 
 
 class ContourData(NamedTuple):
@@ -478,8 +474,8 @@ class ContourData(NamedTuple):
 def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") -> ContourData:
     """Points for the learning_rate x warmup_ratio contour of ``scheduler`` trials.
 
-    COMPLETE search trials that searched both parameters; a note instead of a contour when
-    fewer than 3 (a contour needs 3 points).
+    COMPLETE search trials that searched both parameters; one line instead of a contour when
+    fewer than :data:`MIN_CONTOUR_SHADING` (a handful of points shows nothing a contour could).
     """
     rows = [
         (t.number, float(t.params["learning_rate"]), float(t.params["warmup_ratio"]), float(t.value))
@@ -491,8 +487,11 @@ def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") ->
         and "warmup_ratio" in t.params
     ]
     note = None
-    if len(rows) < 3:
-        note = f"the contour needs 3 or more complete {scheduler} trials ({len(rows)} so far)"
+    if len(rows) < MIN_CONTOUR_SHADING:
+        note = (
+            f"the learning_rate x warmup_ratio contour needs {MIN_CONTOUR_SHADING} or more complete "
+            f"{scheduler} trials ({len(rows)} so far): not drawn; the frontier shows them"
+        )
     if not rows:
         return ContourData((), (), (), (), note)
     numbers, lrs, warmups, values = zip(*rows)
@@ -535,11 +534,11 @@ def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:
 __all__ = [
     "LAST_EPOCHS",
     "MIN_CONTOUR_SHADING",
+    "MIN_IMPORTANCE_TRIALS",
     "NO_SCHEDULER",
     "TOP_CONFIGS",
     "ContourData",
     "Curve",
-    "BASELINE_ATTR",
     "EpochBudget",
     "Frontier",
     "FrontierPoint",

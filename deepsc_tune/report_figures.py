@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from deepsc_tune.report_data import (
     LAST_EPOCHS,
-    MIN_CONTOUR_SHADING,
     ContourData,
     Curve,
     Frontier,
@@ -164,7 +163,7 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
             borderwidth=1,
         )
     fig.update_xaxes(type="log", title="learning_rate", exponentformat=EXPONENT_FORMAT)
-    fig.update_yaxes(title=f"best {metric} (hollow: pruned, at the last epoch reached)")
+    fig.update_yaxes(title=f"best {metric} (hollow: last epoch run)")
     return _layout(fig, title="Learning rate frontier", height=480)
 
 
@@ -286,7 +285,8 @@ def plot_importances(importances: Importances):
 
 def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), metric: str = "val_accuracy"):
     """The cosine trials on learning_rate x warmup_ratio, coloured by value; shaded only inside
-    the region they span, and only from :data:`MIN_CONTOUR_SHADING` trials on."""
+    the region they span (:func:`~deepsc_tune.report_data.contour_data` gives no contour below
+    :data:`~deepsc_tune.report_data.MIN_CONTOUR_SHADING` trials)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -331,10 +331,7 @@ def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), me
     )
     fig.update_xaxes(type="log", title="learning_rate", exponentformat=EXPONENT_FORMAT)
     fig.update_yaxes(title="warmup_ratio")
-    title = "Cosine trials: learning_rate x warmup_ratio"
-    if grid is None:
-        title += f" (shading from {MIN_CONTOUR_SHADING} trials on)"
-    fig = _layout(fig, title=title, height=460, showlegend=False)
+    fig = _layout(fig, title="Cosine trials: learning_rate x warmup_ratio", height=460, showlegend=False)
     # The title sits just above the plot area, below plotly's toolbar (top right), not under it.
     fig.update_layout(
         title={"y": 1, "yref": "paper", "yanchor": "bottom", "pad": {"b": 8}, "font": {"size": 14}}, margin={"t": 80}

@@ -88,6 +88,7 @@ def _summary_html(s: Summary) -> str:
                 ),
             ),
             ("against the runner-up", _e(s.leader or "-")),
+            *(("against " + line.split(" ", 1)[0].rstrip(":"), _e(line)) for line in s.references),
             (f"{s.metric} (search trial)", f"{_f(s.best_value)} at epoch {_e(s.best_epoch)} of {_e(s.epochs_set)}"),
             ("validation accuracy / macro-F1", f"{_f(s.val_accuracy)} / {_f(s.val_macro_f1)}"),
             (

@@ -17,10 +17,10 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deepsc_tune.baseline import BASELINE_ATTR
 from deepsc_tune.chance import CHANCE_ATTR
-from deepsc_tune.export import format_best
+from deepsc_tune.export import format_best, reference_notes
 from deepsc_tune.report_data import (
-    BASELINE_ATTR,
     TOP_CONFIGS,
     ContourData,
     Curve,
@@ -80,6 +80,7 @@ class Summary:
     seeds_test_accuracy: str | None = None  # "mean ± sd" over seeds, reported only
     seeds_test_macro_f1: str | None = None
     leader: str | None = None  # whether the pick is distinguishable from the runner-up
+    references: list[str] = field(default_factory=list)  # against chance and the baseline (validation)
     space_name: str | None = None  # the search space's name: `NAME --study-name STUDY` in hints
 
     @property
@@ -133,6 +134,7 @@ def summary_data(
     summary.seeds_test_accuracy = format_reported(chosen.test_accuracy)
     summary.seeds_test_macro_f1 = format_reported(chosen.test_macro_f1)
     summary.leader = selection.leader_test.reason if selection.leader_test is not None else None
+    summary.references = reference_notes(study, selection, chosen.number, metric=summary.metric)
     u = best.user_attrs
     summary.best_number = best.number
     summary.best_params = dict(best.params)

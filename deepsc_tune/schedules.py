@@ -204,6 +204,34 @@ class LRSchedule:
         return d
 
 
+@dataclass(frozen=True)
+class ExponentialRange:
+    """The LR range test's schedule: from ``learning_rate`` (step 0) up by a constant factor per
+    optimizer step to ``max_lr`` at step ``total_steps - 1`` (``deepsc-tune lr-find``)."""
+
+    learning_rate: float  # the first rate
+    max_lr: float
+    total_steps: int
+
+    def multiplier(self, step: int) -> float:
+        span = max(self.total_steps - 1, 1)
+        return (self.max_lr / self.learning_rate) ** (min(step, span) / span)
+
+    def lr(self, step: int) -> float:
+        return self.learning_rate * self.multiplier(step)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "shape": "exponential range test",
+            "min_lr": self.learning_rate,
+            "max_lr": self.max_lr,
+            "steps": self.total_steps,
+        }
+
+    def banner(self) -> str:
+        return f"LR range test: {self.total_steps} steps from {self.learning_rate:g} to {self.max_lr:g} (exponential)"
+
+
 def build_schedule(
     *,
     lr_scheduler_type: str,
@@ -234,7 +262,9 @@ def build_schedule(
     )
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: LRSchedule | ExponentialRange
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A :class:`~torch.optim.lr_scheduler.LambdaLR` applying ``schedule`` to ``optimizer``.
 
     The optimizer's ``lr`` must be the peak (``schedule.learning_rate``). Call
@@ -247,11 +277,11 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: LRSchedule) -
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=partial(_multiplier, schedule))
 
 
-def _multiplier(schedule: LRSchedule, step: int) -> float:
+def _multiplier(schedule: LRSchedule | ExponentialRange, step: int) -> float:
     return schedule.multiplier(step)
 
 
-def schedule_banner(schedule: LRSchedule) -> str:
+def schedule_banner(schedule: LRSchedule | ExponentialRange) -> str:
     """The lines DeepSC prints at start, with this run's real step counts.
 
     Examples
@@ -267,6 +297,8 @@ def schedule_banner(schedule: LRSchedule) -> str:
       - Total steps: 5000
       - Initial LR: 0.0001
     """
+    if isinstance(schedule, ExponentialRange):
+        return schedule.banner()
     lr = float(schedule.learning_rate)
     if schedule.lr_scheduler_type == "constant":
         return f"Using CONSTANT learning rate: {lr}\nNo learning rate scheduling will be applied."

@@ -55,6 +55,13 @@ from deepsc_tune.model import (
     MLPClassifier,
     load_init_checkpoint,
 )
+from deepsc_tune.optimizer import (
+    FLUSH_EVERY,
+    GRAD_CLIP_NORM,
+    build_optimizer,
+    clip_gradients,
+    flush_tiny_optimizer_state,
+)
 from deepsc_tune.schedules import (
     build_lr_scheduler,
     build_schedule,
@@ -71,14 +78,6 @@ from deepsc_tune.train_settings import (  # noqa: F401
     TRAIN_KEYS,
     TrainSettings,
 )
-
-#: Gradients are clipped to this total norm before every optimizer step (as DeepSC does).
-GRAD_CLIP_NORM = 100.0
-
-#: On the CPU, optimizer moments below this are zeroed every :data:`FLUSH_EVERY` steps, before
-#: they become subnormal (beta1 = 0.9 needs ~170 steps to take 1e-30 below float32's 1.2e-38).
-TINY_STATE = 1e-30
-FLUSH_EVERY = 64
 
 #: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.
 MAX_DEVICE_COPY_BYTES = 4 * 2**30
@@ -132,53 +131,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _build_optimizer(
-    params: list[torch.nn.Parameter], settings: TrainSettings, device: torch.device
-) -> torch.optim.Optimizer:
-    kwargs: dict[str, Any] = {"lr": settings.learning_rate, "weight_decay": settings.weight_decay}
-    # The fused kernel is one call per step for all parameters: it matters at ~1 ms per batch.
-    if device.type in ("cpu", "cuda"):
-        try:
-            return torch.optim.AdamW(params, fused=True, **kwargs)
-        except (RuntimeError, TypeError, ValueError):
-            pass
-    return torch.optim.AdamW(params, **kwargs)
-
-
-def _clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> None:
-    """``clip_grad_norm_``, but on the CPU the rescale only runs when the norm is over the limit.
-
-    torch always multiplies every gradient by the (usually 1.0) clip factor to avoid a device
-    sync; on the CPU there is no sync to avoid and the multiplies cost ~7 % of an MLP step.
-    """
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    if grads[0].device.type != "cpu":
-        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        return
-    total = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
-    if total > max_norm:
-        torch._foreach_mul_(grads, max_norm / (float(total) + 1e-6))
-
-
-def _flush_tiny_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """Zero optimizer moments below :data:`TINY_STATE` before they decay into subnormal floats.
-
-    Adam's first moment of a weight whose gradient is exactly 0 (a gene not expressed in the
-    batch, a dead ReLU) shrinks by ``beta1`` every step and spends ~150 steps as a subnormal
-    float, which x86 CPUs process far slower: from the third epoch on the MLP lost ~30 % of its
-    throughput. ``torch.set_flush_denormal`` would fix it only for threads created after the call,
-    so the values are cleared instead. Numerically irrelevant: a moment under 1e-30 moves a
-    weight by less than ``1e-22 * learning_rate``.
-    """
-    with torch.no_grad():
-        for state in optimizer.state.values():
-            for value in state.values():
-                if isinstance(value, torch.Tensor) and value.dim() and value.is_floating_point():
-                    value.masked_fill_(value.abs() < TINY_STATE, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,11 +206,16 @@ class _Setup:
     extra: dict[str, Any]
 
 
-def _set_up(data: Any, settings: TrainSettings, *, device: torch.device, log: Callable[[str], None]) -> _Setup:
-    """Seed, build the model, optimizer, schedule and tensors; log the run's banner."""
+def _set_up(
+    data: Any, settings: TrainSettings, *, device: torch.device, log: Callable[[str], None], schedule: Any = None
+) -> _Setup:
+    """Seed, build the model, optimizer, schedule and tensors; log the run's banner.
+
+    ``schedule``: instead of the trial's (the LR range test); the optimizer starts at its
+    ``learning_rate``."""
     n_classes = len(data.classes)
     n_train, n_genes = data.X_train.shape
-    if n_train == 0 or len(data.y_val) == 0:
+    if n_train == 0 or (schedule is None and len(data.y_val) == 0):
         raise FinetuneError(f"nothing to train on: {n_train} training and {len(data.y_val)} validation cells")
 
     seed_everything(settings.seed)
@@ -276,15 +233,16 @@ def _set_up(data: Any, settings: TrainSettings, *, device: torch.device, log: Ca
     trainable = [p for p in model.parameters() if p.requires_grad]
 
     per_epoch = steps_per_epoch(n_train, batch_size=settings.batch_size, grad_acc=settings.grad_acc)
-    schedule = build_schedule(
-        lr_scheduler_type=settings.lr_scheduler_type,
-        learning_rate=settings.learning_rate,
-        total_steps=settings.epoch * per_epoch,
-        warmup_ratio=settings.warmup_ratio,
-        restart_decay=settings.restart_decay,
-        num_cycles=settings.num_cycles,
-    )
-    optimizer = _build_optimizer(trainable, settings, device)
+    if schedule is None:
+        schedule = build_schedule(
+            lr_scheduler_type=settings.lr_scheduler_type,
+            learning_rate=settings.learning_rate,
+            total_steps=settings.epoch * per_epoch,
+            warmup_ratio=settings.warmup_ratio,
+            restart_decay=settings.restart_decay,
+            num_cycles=settings.num_cycles,
+        )
+    optimizer = build_optimizer(trainable, settings, device, lr=schedule.learning_rate)
     scheduler = build_lr_scheduler(optimizer, schedule)
     autocast, scaler, precision = autocast_for(device)
 
@@ -335,41 +293,92 @@ def _set_up(data: Any, settings: TrainSettings, *, device: torch.device, log: Ca
     )
 
 
+def _step(run: _Setup, group: tuple[torch.Tensor, ...], *, device: torch.device, step: int) -> torch.Tensor:
+    """One optimizer step over the batches of ``group`` (``grad_acc`` of them at most): autocast,
+    the training loss (balanced when set), clipping, the optimizer and the schedule. Returns the
+    summed (detached) loss of the group's cells. ``step``: steps taken before this one.
+
+    The epochs of a trial and the LR range test (:func:`run_range_test`) both train through
+    here, so every ``finetune`` setting applies to both."""
+    model, optimizer, scaler = run.model, run.optimizer, run.scaler
+    group_cells = sum(len(b) for b in group)
+    loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+    for idx in group:
+        xb = run.X_train.index_select(0, idx).to(device, non_blocking=True)
+        yb = run.y_train.index_select(0, idx).to(device, non_blocking=True)
+        with run.autocast():
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb, weight=run.class_weight, reduction="sum")
+        loss_sum += loss.detach()
+        scaled = loss / group_cells
+        (scaler.scale(scaled) if scaler else scaled).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    clip_gradients(run.trainable, GRAD_CLIP_NORM)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    run.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cpu" and (step + 1) % FLUSH_EVERY == 0:
+        flush_tiny_optimizer_state(optimizer)
+    return loss_sum
+
+
+def _groups(run: _Setup, settings: TrainSettings) -> list[tuple[torch.Tensor, ...]]:
+    """One epoch's optimizer-step groups: a fresh shuffle, ``grad_acc`` batches per group."""
+    perm = torch.randperm(run.X_train.shape[0], generator=run.shuffle_gen).to(run.X_train.device)
+    batches = perm.split(settings.batch_size)
+    return [tuple(batches[g : g + settings.grad_acc]) for g in range(0, len(batches), settings.grad_acc)]
+
+
 def _train_epoch(run: _Setup, settings: TrainSettings, *, device: torch.device, step: int) -> tuple[float, int]:
     """One pass over the training cells; returns the mean training loss and the step count."""
-    model, optimizer, scaler = run.model, run.optimizer, run.scaler
-    n_train = run.X_train.shape[0]
-    flush_state = device.type == "cpu"
-    model.train()
-    perm = torch.randperm(n_train, generator=run.shuffle_gen).to(run.X_train.device)
-    batches = perm.split(settings.batch_size)
+    run.model.train()
     loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-    for g in range(0, len(batches), settings.grad_acc):
-        group = batches[g : g + settings.grad_acc]
-        group_cells = sum(len(b) for b in group)
-        for idx in group:
-            xb = run.X_train.index_select(0, idx).to(device, non_blocking=True)
-            yb = run.y_train.index_select(0, idx).to(device, non_blocking=True)
-            with run.autocast():
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb, weight=run.class_weight, reduction="sum")
-            loss_sum += loss.detach()
-            scaled = loss / group_cells
-            (scaler.scale(scaled) if scaler else scaled).backward()
-        if scaler:
-            scaler.unscale_(optimizer)
-        _clip_gradients(run.trainable, GRAD_CLIP_NORM)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        run.scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    for group in _groups(run, settings):
+        loss_sum += _step(run, group, device=device, step=step)
         step += 1
-        if flush_state and step % FLUSH_EVERY == 0:
-            _flush_tiny_optimizer_state(optimizer)
-    return float(loss_sum) / n_train, step
+    return float(loss_sum) / run.X_train.shape[0], step
+
+
+def run_range_test(
+    data: Any,
+    settings: TrainSettings,
+    *,
+    schedule: Any,
+    steps: int,
+    on_step: Callable[[float, float], bool],
+    log: Callable[[str], None] = lambda line: None,
+) -> dict[str, Any]:
+    """Train ``steps`` optimizer steps of a trial (same model, data, loss, ``grad_acc``, clipping,
+    precision, ``init_checkpoint`` and freezing) under ``schedule`` instead of the trial's, with
+    no validation; epochs follow each other with fresh shuffles.
+
+    ``schedule`` has ``learning_rate`` (the optimizer's base rate) and ``multiplier(step)``, as
+    :class:`~deepsc_tune.schedules.LRSchedule`. ``on_step(lr, loss)`` gets each step's rate and
+    mean training loss (over its cells); returning ``True`` stops. Returns the run's ``extra``.
+    """
+    device = resolve_device(settings.device)
+    threads_before = torch.get_num_threads()
+    try:
+        if settings.num_threads:
+            torch.set_num_threads(settings.num_threads)
+        run = _set_up(data, settings, device=device, log=log, schedule=schedule)
+        run.model.train()
+        step = 0
+        while step < steps:
+            for group in _groups(run, settings):
+                lr = schedule.learning_rate * schedule.multiplier(step)
+                loss = float(_step(run, group, device=device, step=step)) / sum(len(b) for b in group)
+                step += 1
+                if on_step(lr, loss) or step >= steps:
+                    return run.extra
+        return run.extra
+    finally:
+        torch.set_num_threads(threads_before)
 
 
 def _test_metrics(

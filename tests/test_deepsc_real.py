@@ -8,7 +8,7 @@ its schedules, its printed metrics and errors.
 The model is a tiny random-init one (``load_pretrained_model=false``) on 300 + 100 cells of real
 Baron pancreas data, 1-3 epochs a trial.
 
-DeepSC runs in its own environment, as its users run it: ``.ci/deepsc-env.sh`` makes one and
+DeepSC runs in its own environment, as its users run it: ``scripts/deepsc-env.sh`` makes one and
 ``.ci/run`` exports its Python as ``DEEPSC_TUNE_TEST_DEEPSC_PYTHON``. Without it these tests are
 skipped with that reason; in CI (``CI=true``) they fail instead.
 """
@@ -16,6 +16,7 @@ skipped with that reason; in CI (``CI=true``) they fail instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -35,6 +36,7 @@ from deepsc_setup import (
     PYTHON_ENV,
     SHARED,
     copy_for_cpu,
+    deepsc_loop_steps,
     tiny_space,
     write_data,
 )
@@ -62,7 +64,7 @@ def deepsc_python() -> str:
     python = os.environ.get(PYTHON_ENV, "").strip()
     if not python:
         _need(
-            f"{PYTHON_ENV} is not set; `.ci/deepsc-env.sh VENV` makes DeepSC's environment and "
+            f"{PYTHON_ENV} is not set; `scripts/deepsc-env.sh VENV` makes DeepSC's environment and "
             ".ci/run exports VENV/bin/python"
         )
     if not CHECKOUT.is_dir() or not BARON.is_file():
@@ -201,6 +203,7 @@ def test_every_epoch_reaches_the_study(search, deepsc):
     study = load(work / "results")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == 3
+    cosine: list[int] = []
     for t in finished:
         run_dir, record = trial_record(work / "results", t.number)
         log = run_dir / "log.txt"
@@ -216,7 +219,41 @@ def test_every_epoch_reaches_the_study(search, deepsc):
         assert list(run_dir.glob("finetune_*.log")), f"DeepSC's log file is not in {run_dir}"
         assert record["program_output_dir"].startswith("/home/angli/DeepSC/results/cell_type_annotation/")
         assert "DeepSC writes this run's checkpoints" in log.read_text()
+        if t.params.get("lr_scheduler_type") == "cosine":
+            cosine.append(t.number)
+            check_warmup(t, log.read_text(), record)
+    assert cosine, "no cosine trial ran: the warmup was not checked against DeepSC"
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
+
+
+def test_only_the_best_trials_checkpoints_stay(search):
+    """keep_checkpoints: best (the default): of DeepSC's two full checkpoints per epoch, only the
+    chosen trial's remain after the search; the files are those DeepSC printed it saved."""
+    from deepsc_tune.checkpoints import recorded
+
+    work, _, result, _ = search
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(work / "results")
+    best = study.best_trial.number
+    for t in study.trials:
+        run_dir, _ = trial_record(work / "results", t.number)
+        files = recorded(run_dir)  # what DeepSC said it saved, and DeepSC's names in its folder
+        assert json.loads((run_dir / "checkpoints.json").read_text())["folder"], t.number
+        if t.number == best:
+            assert files and all(p.exists() for p in files), files
+        else:  # a pruned trial may have been stopped before its first save
+            assert not any(p.exists() for p in files), (t.number, files)
+    assert "DeepSC checkpoints kept:" in result.stdout
+
+
+def check_warmup(t, log: str, record: dict) -> None:
+    """DeepSC's own ``Warmup steps:`` line is the searched fraction of the optimizer steps its
+    loop really takes over the cells it says it trains on (``train_loader:  N``)."""
+    [n_train] = [int(n) for n in re.findall(r"^train_loader:\s+(\d+)$", log, re.MULTILINE)]
+    [printed] = [int(n) for n in re.findall(r"^\s*- Warmup steps: (\d+)$", log, re.MULTILINE)]
+    real = deepsc_loop_steps(n_train, epoch=2, batch_size=32, grad_acc=1)
+    assert printed == math.ceil(t.params["warmup_ratio"] * real) == record["deepsc_warmup_steps"]
+    assert t.user_attrs["deepsc_warmup"]["n_train"] == n_train and t.user_attrs["deepsc_warmup"]["real_steps"] == real
 
 
 def test_best_command_runs_again_in_deepsc(search, deepsc):

@@ -88,3 +88,45 @@ def test_bad_input_is_one_line(tmp_path: Path, args, message):
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert message in result.output
     assert not (tmp_path / "pbmc68k").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"loss": "balanced", "grad_acc": 3, "batch_size": 16}, {"finetune_mode": "head_only", "hidden": [32, 16]}],
+)
+def test_range_test_trains_through_the_trials_own_step(extra):
+    """lr-find and a trial share one training step: at a constant rate, one epoch of the range test
+    gives the trial's own epoch loss (same seed, shuffle, balanced loss, grad_acc, freezing)."""
+    import numpy as np
+    from test_train import make_data, settings
+
+    from deepsc_tune.schedules import ExponentialRange, steps_per_epoch
+    from deepsc_tune.train import run_range_test, run_training
+
+    data = make_data(n_train=200)
+    s = settings(epoch=1, lr_scheduler_type="constant", learning_rate=3e-3, **extra)
+    trial = run_training(data, s, log=lambda line: None)
+    per_epoch = steps_per_epoch(200, batch_size=s.batch_size, grad_acc=s.grad_acc)
+    seen = []
+    info = run_range_test(
+        data,
+        s,
+        schedule=ExponentialRange(3e-3, 3e-3, per_epoch),
+        steps=per_epoch,
+        on_step=lambda lr, loss: seen.append((lr, loss)) and False,
+    )
+    assert len(seen) == per_epoch and all(lr == pytest.approx(3e-3) for lr, _ in seen)
+    # Step losses are means over each group's cells; weight them back to the epoch mean.
+    groups = [min(s.batch_size * s.grad_acc, 200 - i * s.batch_size * s.grad_acc) for i in range(per_epoch)]
+    epoch_loss = float(np.dot([loss for _, loss in seen], groups) / 200)
+    assert epoch_loss == pytest.approx(trial.history[0].train_loss, rel=1e-5)
+    assert info["n_trainable"] == trial.extra["n_trainable"]
+    if extra.get("finetune_mode") == "head_only":
+        assert info["n_trainable"] < info["n_parameters"]
+
+
+def test_range_test_rate_rises_exponentially():
+    from deepsc_tune.schedules import ExponentialRange
+
+    r = ExponentialRange(1e-5, 1e-1, 5)
+    assert [r.lr(k) for k in range(5)] == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2, 1e-1])

@@ -31,11 +31,13 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 def test_write_report_files(real_copy):
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{real_copy / 'pbmc68k' / 'study.db'}")
     files = write_report(study, folder=real_copy / "pbmc68k")
-    # The only note: trials that completed at chance level (4 epochs at 1e-4 can stay there).
+    # The notes: too few trials for importances (10 trials, some pruned), and trials that completed
+    # at chance level (4 epochs at 1e-4 can stay there).
     chance = study.user_attrs["val_chance"]["val_accuracy"]
     low = [t.number for t in study.trials if t.state == TrialState.COMPLETE and t.value <= chance + 0.02]
-    assert len(files.notes) == (1 if low else 0), files.notes
-    assert all(f"#{n}" in files.notes[0] and "chance level" in files.notes[0] for n in low)
+    assert files.notes[0].startswith("parameter importances need 10 or more complete trials")
+    assert len(files.notes) == (2 if low else 1), files.notes
+    assert all(f"#{n}" in files.notes[-1] and "chance level" in files.notes[-1] for n in low)
     assert files.html == real_copy / "pbmc68k" / "report.html"
     best = best_search_trial(study)
     assert files.best_yaml.read_text() == format_best(study, best, fmt="yaml") + "\n"
@@ -81,12 +83,17 @@ def test_one_trial_study(tmp_path):
     study = optuna.create_study(direction="maximize", study_name="one")
     add(study, TrialState.COMPLETE, const(1e-4), [0.4, 0.6], epochs=2, enqueued=True)
     files = write_report(study, folder=tmp_path / "one")
-    assert files.notes == ["importances need 2 or more complete trials (1 so far)"]
+    assert files.notes == [
+        "parameter importances need 10 or more complete trials in which at least 2 searched parameters vary "
+        "(0 so far): not drawn"
+    ]
     assert files.best_yaml is not None and "learning_rate: 0.0001" in files.best_yaml.read_text()
     data = files.data
     assert [p.label for p in data.frontier.points["constant"]] == ["guide: constant 1e-4"]
     assert data.stability[0].last_values == (0.4, 0.6)
-    assert data.contour.note == "the contour needs 3 or more complete cosine trials (0 so far)"
+    assert data.contour.note.startswith(
+        "the learning_rate x warmup_ratio contour needs 8 or more complete cosine trials (0 so far)"
+    )
 
 
 def test_report_while_a_search_is_running(tmp_path):

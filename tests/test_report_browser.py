@@ -178,7 +178,12 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
     assert probe["resources"] == []  # plotly.js is inline: the page fetches nothing
     assert probe["plotly"]
     figures = {f["id"]: f for f in probe["figures"]}
-    assert sorted(figures) == sorted(FIGURES)
+    # A figure the study cannot fill yet (importances, contour from too few trials) is one line instead.
+    drawn = {"fig-importances": bool(data.importances.values), "fig-contour": data.contour.note is None}
+    assert sorted(figures) == sorted(f for f in FIGURES if drawn.get(f, True))
+    text = html.unescape(page.read_text())
+    for note in (data.importances.note, data.contour.note):
+        assert note is None or f"<div class=note>{note}</div>" in text
     for f in figures.values():
         assert f["main_svg"] >= 1 and f["plot_container"] == 1 and f["traces"] >= 1, f
         assert f["width"] > 200 and f["height"] > 200, f
@@ -196,10 +201,11 @@ def test_report_draws_offline_without_errors(chromium, report, tmp_path):
     assert figures["fig-curves"]["points"] == sum(len(c.values) for c in data.curves)
     assert figures["fig-curves"]["traces"] == len(data.curves)
     assert figures["fig-history"]["points"] == 2 * len([h for h in data.history if h.value is not None])
-    assert figures["fig-importances"]["bars"] == len(data.importances.values) == 3
-    # shading only from MIN_CONTOUR_SHADING trials on (a handful would paint the whole plane)
-    assert (figures["fig-contour"]["contours"] > 0) == (len(data.contour.numbers) >= MIN_CONTOUR_SHADING)
-    assert figures["fig-contour"]["points"] == len(data.contour.numbers) >= 3
+    if drawn["fig-importances"]:
+        assert figures["fig-importances"]["bars"] == len(data.importances.values) >= 2
+    if drawn["fig-contour"]:  # shaded: MIN_CONTOUR_SHADING trials or more
+        assert figures["fig-contour"]["contours"] > 0
+        assert figures["fig-contour"]["points"] == len(data.contour.numbers) >= MIN_CONTOUR_SHADING
     stability = sum(len(r.last_values) + len(r.runs) for r in data.stability)
     assert figures["fig-stability"]["points"] == stability
     assert len(data.stability[0].runs) == 2  # the repeat shows as a second seed

@@ -13,6 +13,8 @@ from optuna.trial import TrialState, create_trial
 from report_studies import REAL_EPOCHS, add, const, cos
 
 from deepsc_tune.report_data import (
+    MIN_CONTOUR_SHADING,
+    MIN_IMPORTANCE_TRIALS,
     FrontierPoint,
     config_label,
     contour_data,
@@ -260,25 +262,33 @@ def test_stability_on_real_study(real_study):
         assert r.seed_std is None and len(r.runs) == 1 and r.runs[0].seed == 0
 
 
-def test_importances_on_real_study(real_study):
+def test_importances_need_enough_trials_on_real_study(real_study):
+    """The shipped 10-trial pbmc68k study: fewer complete trials than importances need -> one line."""
+    complete = [
+        t for t in real_study.get_trials() if t.state == TrialState.COMPLETE and "repeat_of" not in t.user_attrs
+    ]
     importances = param_importances(real_study.get_trials())
-    assert importances.note is None
-    assert set(importances.values) == {"lr_scheduler_type", "learning_rate", "warmup_ratio"}
-    assert sum(importances.values.values()) == pytest.approx(1.0)
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        assert importances.values == {}
+        assert f"need {MIN_IMPORTANCE_TRIALS} or more complete trials" in importances.note
+        assert f"({len(complete)} so far): not drawn" in importances.note
+    else:
+        assert importances.note is None and sum(importances.values.values()) == pytest.approx(1.0)
 
 
 def test_importances_guards():
     study = optuna.create_study(direction="maximize")
-    assert "2 or more complete trials (0 so far)" in param_importances(study.trials).note
+    assert "no parameter searched" in param_importances(study.trials).note
     add(study, TrialState.COMPLETE, const(1e-3), [0.5])
-    assert "(1 so far)" in param_importances(study.trials).note
+    add(study, TrialState.COMPLETE, cos(1e-2), [0.6])
+    assert "(2 so far): not drawn" in param_importances(study.trials).note
     one_param = optuna.create_study(direction="maximize")
     for lr, v in ((1e-4, 0.5), (1e-3, 0.7), (1e-2, 0.6)):
         add(one_param, TrialState.COMPLETE, {"learning_rate": lr}, [v])
-    assert param_importances(one_param.trials).note == "only learning_rate searched: nothing to compare"
+    assert param_importances(one_param.trials).note == "only learning_rate searched: no importances to compare"
     flat = optuna.create_study(direction="maximize")
-    add(flat, TrialState.COMPLETE, const(1e-4), [0.5])
-    add(flat, TrialState.COMPLETE, cos(1e-3), [0.5])
+    for i in range(MIN_IMPORTANCE_TRIALS):
+        add(flat, TrialState.COMPLETE, (const if i % 2 else cos)(10 ** (-4 + i / 5)), [0.5])
     assert "same value" in param_importances(flat.trials).note
 
 
@@ -286,10 +296,15 @@ def test_contour_data_uses_complete_cosine_trials_only(synthetic):
     contour = contour_data(synthetic.trials)
     assert contour.numbers == (1, 5, 7)  # not pruned #4, failed #6, repeats #9-#11, constant ones
     assert contour.learning_rate == (1e-4, 5e-3, 1e-2) and contour.warmup_ratio == (0.03, 0.02, 0.15)
-    assert contour.note is None
-    few = optuna.create_study(direction="maximize")
-    add(few, TrialState.COMPLETE, cos(1e-3), [0.5])
-    assert contour_data(few.trials).note == "the contour needs 3 or more complete cosine trials (1 so far)"
+    # Three points are no contour: one line instead, naming what it needs.
+    assert contour.note == (
+        f"the learning_rate x warmup_ratio contour needs {MIN_CONTOUR_SHADING} or more complete cosine "
+        "trials (3 so far): not drawn; the frontier shows them"
+    )
+    enough = optuna.create_study(direction="maximize")
+    for i in range(MIN_CONTOUR_SHADING):
+        add(enough, TrialState.COMPLETE, cos(10 ** (-4 + i / 4), 0.02 * i), [0.5 + 0.01 * i])
+    assert contour_data(enough.trials).note is None
 
 
 def _trial(number, params, value, state=TrialState.COMPLETE):
@@ -305,7 +320,10 @@ def _trial(number, params, value, state=TrialState.COMPLETE):
 
 
 @pytest.mark.parametrize("constant_state", [TrialState.PRUNED, TrialState.COMPLETE])
-def test_importances_explain_conditional_and_constant_parameters(constant_state):
+def test_importances_compare_parameters_that_vary_and_name_the_conditional_one(constant_state):
+    """warmup_ratio (cosine only) would narrow Optuna to the cosine trials, where the scheduler never
+    varies: importances compare the scheduler and the learning rate over all trials instead, and one
+    line says warmup_ratio is left out. Values depend on the learning rate only."""
     cosine = [
         _trial(
             i,
@@ -315,16 +333,23 @@ def test_importances_explain_conditional_and_constant_parameters(constant_state)
         for i in range(6)
     ]
     constant = [
-        _trial(6 + i, {"lr_scheduler_type": "constant", "learning_rate": 1e-3 * (i + 1)}, 0.6, constant_state)
-        for i in range(2)
+        _trial(
+            6 + i,
+            {"lr_scheduler_type": "constant", "learning_rate": 10 ** (-4 + (i + 0.5) / 3)},
+            0.515 + 0.03 * i,
+            constant_state,
+        )
+        for i in range(6)
     ]
     result = param_importances(cosine + constant)
-    text = " ".join(result.explanations)
-    # Optuna uses only the trials with every parameter: the cosine ones, where the scheduler never
-    # varies; its share is ~0 either way, and the page says why.
-    assert result.values["lr_scheduler_type"] < 0.01
-    assert "lr_scheduler_type is 'cosine' in all 6 of those trials" in text
     if constant_state == TrialState.PRUNED:
-        assert "all 6 complete trials, the only ones that have warmup_ratio" in text
-    else:
-        assert "the 6 of the 8 complete trials that have warmup_ratio" in text
+        # Only the 6 cosine trials complete: too few to attribute anything.
+        assert result.values == {} and "(6 so far): not drawn" in result.note
+        return
+    assert result.note is None
+    assert set(result.values) == {"lr_scheduler_type", "learning_rate"}
+    assert result.values["learning_rate"] > result.values["lr_scheduler_type"]
+    assert result.explanations == (
+        "over the 12 complete trials that have learning_rate, lr_scheduler_type; warmup_ratio left out "
+        "(searched under a condition, or never varied there)",
+    )

@@ -58,7 +58,6 @@ def test_few_points_are_drawn_without_shading():
     assert contour_grid(contour) is None
     fig = plot_contour(contour)
     assert [t.type for t in fig.data] == ["scatter"]
-    assert f"shading from {MIN_CONTOUR_SHADING} trials on" in fig.layout.title.text
 
 
 def test_shading_stays_inside_the_trials_hull():

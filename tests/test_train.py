@@ -358,14 +358,14 @@ def test_read_only_arrays_are_used_without_copy_or_warning(recwarn):
 
 
 def test_tiny_optimizer_moments_are_flushed_before_turning_subnormal():
-    from deepsc_tune.train import TINY_STATE, _flush_tiny_optimizer_state
+    from deepsc_tune.optimizer import TINY_STATE, flush_tiny_optimizer_state
 
     p = torch.nn.Parameter(torch.zeros(4))
     opt = torch.optim.AdamW([p], lr=1e-3)
     p.grad = torch.ones(4)
     opt.step()
     opt.state[p]["exp_avg"].copy_(torch.tensor([1e-3, -1e-31, 5e-39, 0.0]))
-    _flush_tiny_optimizer_state(opt)
+    flush_tiny_optimizer_state(opt)
     assert opt.state[p]["exp_avg"].tolist() == pytest.approx([1e-3, 0.0, 0.0, 0.0])
     assert float(opt.state[p]["step"]) == 1.0  # scalar state untouched
     assert TINY_STATE > torch.finfo(torch.float32).tiny
