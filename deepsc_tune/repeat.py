@@ -35,6 +35,7 @@ from deepsc_tune.selection import rank_configurations
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.storage import open_storage
 from deepsc_tune.study import load_existing_study
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
@@ -138,7 +139,7 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
         )
 
 
-def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
+def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
     Raises
@@ -163,7 +164,7 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
 
 
 def open_for_repeats(
-    *, storage: str, study_name: str, record_dir: Path | None = None
+    *, storage: str, study_name: str, record_dir: StudyFolder | Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
     """Open the study for writing: heartbeats on, its sampler and pruner (the objective never
     lets the pruner stop a repeat: :func:`deepsc_tune.trial_record.prunable`).

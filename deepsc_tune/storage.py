@@ -1,6 +1,6 @@
 """Where a study lives: storage URLs, opening the database, heartbeat settings.
 
-One study lives in one relational database: SQLite under ``results/NAME/study.db`` on one
+One study lives in one relational database: SQLite under ``results/STUDY/study.db`` on one
 machine (write-ahead log, so local workers read while one writes), PostgreSQL
 (``--storage postgresql://...``) for workers on many machines (docs/distributed.md).
 :func:`open_storage` returns Optuna's ``RDBStorage``; the study keeps it privately, so
@@ -26,6 +26,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
 from deepsc_tune.study_file import check_study_file, sqlite_file
+from deepsc_tune.study_folder import StudyFolder
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -38,19 +39,25 @@ SQLITE_TIMEOUT = 120
 
 
 def default_storage_url(name: str, results_dir: Path) -> str:
-    """``sqlite:///results/NAME/study.db`` (the folder is created).
+    """``sqlite:///RESULTS_DIR/NAME/study.db``, study NAME's own (the folder is created): :func:`folder_storage_url`."""
+    return folder_storage_url(StudyFolder(Path(results_dir), name))
+
+
+def folder_storage_url(folder: StudyFolder, storage: str | None = None) -> str:
+    """``storage`` when given, else the SQLite file of the study folder (the folder is created).
 
     Raises
     ------
     DeepscTuneError
         When the folder cannot be created (a file in the way, read-only media, no permission).
     """
-    folder = Path(results_dir) / name
+    if storage:
+        return storage
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DeepscTuneError(f"--results-dir {results_dir}: {folder_problem(folder, e)}") from None
-    return f"sqlite:///{folder / 'study.db'}"
+        raise DeepscTuneError(f"--results-dir {folder.results_dir}: {folder_problem(folder.db.parent, e)}") from None
+    return folder.storage_url()
 
 
 def folder_problem(folder: Path, error: OSError) -> str:

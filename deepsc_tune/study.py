@@ -36,6 +36,7 @@ from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
 from deepsc_tune.start_lock import start_lock
 from deepsc_tune.storage import redact, remember, storage_of
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     BACKEND,
     CREATED_ON,
@@ -109,7 +110,7 @@ def open_study(
     study_name: str,
     data_fingerprint: str | None = None,
     worker: str | None = None,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check it was made from the same search space.
 
@@ -192,7 +193,7 @@ def _check_same_study(
     study_name: str,
     data_fingerprint: str | None,
     *,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> None:
     stored = study.user_attrs
     how = f"start a new study with --study-name {study_name}-2 (or another name), or restore the original settings"
@@ -347,13 +348,14 @@ def run_study(
     )
 
 
-def load_existing_study(*, storage: RDBStorage, study_name: str) -> optuna.Study:
-    """Load a study for reading, with a clear error when it does not exist."""
+def load_existing_study(*, storage: RDBStorage, study_name: str, run_args: str | None = None) -> optuna.Study:
+    """Load a study for reading, with a clear error when it does not exist (``run_args``: what
+    names it on the command line, e.g. ``pbmc68k --study-name pbmc68k-lr``; default the study's name)."""
     try:
         return remember(optuna.load_study(study_name=study_name, storage=storage), storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
         raise DeepscTuneError(
             f"no study '{study_name}' in {redact(storage.url)}; "
-            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {study_name}` first"
+            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {run_args or study_name}` first"
         ) from None

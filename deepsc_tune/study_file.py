@@ -92,3 +92,21 @@ def integrity_problem(path: Path, *, immutable: bool = False) -> str | None:
         return str(e)
     finally:
         conn.close()
+
+
+def study_names(path: Path) -> list[str]:
+    """The names of the studies in the SQLite file ``path``, read without writing anything
+    beside it (``[]`` when it is not a readable study file)."""
+    # immutable: no -shm or -wal file is created next to another study's database; a file with
+    # a write-ahead log is read through it (its -shm exists while the writer has it open).
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30)
+    except sqlite3.Error:
+        return []
+    try:
+        return [str(r[0]) for r in conn.execute("SELECT study_name FROM studies").fetchall()]
+    except sqlite3.Error:
+        return []
+    finally:
+        conn.close()

@@ -1,4 +1,4 @@
-"""The tuned model: the best trial's weights kept under ``RESULTS_DIR/NAME/model/``, and predictions.
+"""The tuned model: the best trial's weights kept under ``RESULTS_DIR/STUDY/model/``, and predictions.
 
 Only the built-in fine-tuner has weights to keep. While a study runs, every finished (not pruned)
 run offers its best epoch's weights to a :class:`ModelKeeper`; they are written only when the run
@@ -34,8 +34,8 @@ from typing import Any
 
 from deepsc_tune import __version__
 from deepsc_tune.errors import ConfigError, DataError, DeepscTuneError
+from deepsc_tune.study_folder import StudyFolder, command_args
 
-MODEL_DIR = "model"
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 CARD_FORMAT = 1
@@ -46,11 +46,6 @@ LABEL_COLUMN = "deepsc_tune_label"
 PROBABILITY_COLUMN = "deepsc_tune_probability"
 PROBABILITIES_KEY = "deepsc_tune_probabilities"
 UNS_KEY = "deepsc_tune"
-
-
-def model_dir(results_dir: Path, name: str) -> Path:
-    """``RESULTS_DIR/NAME/model``."""
-    return Path(results_dir) / name / MODEL_DIR
 
 
 @contextlib.contextmanager
@@ -79,7 +74,7 @@ class ModelKeeper:
     Parameters
     ----------
     folder
-        ``RESULTS_DIR/NAME/model``.
+        ``RESULTS_DIR/STUDY/model`` (:attr:`StudyFolder.model`).
     study_name, metric
         Recorded in the card; ``metric`` is the value runs are compared on.
     data
@@ -154,6 +149,23 @@ class ModelKeeper:
             return True
 
 
+def rehome_model(folder: StudyFolder) -> Path | None:
+    """Move another study's model out of ``folder.model`` into that study's own folder (where it
+    is kept since each study has its own), so that this study's runs do not replace it. Returns
+    where it went, or ``None`` when there was nothing to move (or that folder has a model)."""
+    card = read_card(folder.model)
+    other = card.get("study") if card is not None else None
+    if not other or other == folder.name or not isinstance(other, str) or "/" in other:
+        return None
+    target = StudyFolder(folder.results_dir, other).model
+    if target.exists():
+        return None
+    with _locked(folder.model):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder.model, target)
+    return target
+
+
 def _write(folder: Path, state: Mapping[str, Any], card: Mapping[str, Any]) -> None:
     """Write into a fresh folder beside ``folder``, then swap it in whole."""
     import torch
@@ -182,6 +194,34 @@ class TunedModel:
     card: dict[str, Any]
     device: Any  # torch.device
     batch_size: int
+
+
+def study_model(folder: StudyFolder, *, space_name: str | None = None) -> Path:
+    """The model folder of study ``folder.name``: its own (``RESULTS_DIR/STUDY/model``), else, for
+    a study from before, the old folder's when its card names this study.
+
+    Raises
+    ------
+    DeepscTuneError
+        When the only model found is another study's (kept in a shared folder before each study
+        had its own), instead of predicting with it.
+    """
+    others = []
+    for path in folder.models:
+        card = read_card(path)
+        if card is None:
+            continue
+        if card.get("study") == folder.name:
+            return path
+        others.append((path, card.get("study")))
+    if others:
+        path, study = others[0]
+        raise DeepscTuneError(
+            f"the model in {path} is study '{study}'s, not study '{folder.name}'s (kept there before each "
+            f"study had its own folder); predict with --study-name {study} to use it; this study's "
+            f"next trials (`deepsc-tune run {command_args(space_name or 'NAME', folder.name, space_name)}`) keep its own in {folder.model}"
+        )
+    return folder.model
 
 
 def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -> TunedModel:

@@ -89,27 +89,29 @@ def counts(n: int = 90, g: int = 30, seed: int = 0) -> np.ndarray:
 
 
 def snapshot(results: Path) -> object:
-    """Every study's trials as (number, state, params, value), or the file's hash if unreadable.
+    """Every study's trials as (number, state, params, value), from every study folder's
+    database (``RESULTS/STUDY/study.db``), or a file's hash where it is unreadable.
 
     Read through Optuna's public API; a file Optuna cannot read (a damaged database) is
     compared byte for byte instead.
     """
-    db = results / NAME / "study.db"
-    if not db.exists():
+    dbs = sorted(results.glob("*/study.db"))
+    if not dbs:
         return None
-    url = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only: the snapshot itself never writes
-    try:
-        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+    out: dict[object, object] = {}
+    for db in dbs:
+        url = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only: the snapshot itself never writes
         try:
-            out = {}
-            for summary in optuna.get_all_study_summaries(storage):
-                study = optuna.load_study(study_name=summary.study_name, storage=storage)
-                out[summary.study_name] = [(t.number, t.state.name, t.params, t.value) for t in study.trials]
-            return out
-        finally:
-            storage.engine.dispose()
-    except Exception:  # noqa: BLE001 - a damaged file: compare its bytes
-        return ("bytes", hashlib.sha256(db.read_bytes()).hexdigest())
+            storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+            try:
+                for summary in optuna.get_all_study_summaries(storage):
+                    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                    out[summary.study_name] = [(t.number, t.state.name, t.params, t.value) for t in study.trials]
+            finally:
+                storage.engine.dispose()
+        except Exception:  # noqa: BLE001 - a damaged file: compare its bytes
+            out[("bytes", db.parent.name)] = hashlib.sha256(db.read_bytes()).hexdigest()
+    return out
 
 
 @contextlib.contextmanager
@@ -229,7 +231,8 @@ def corrupt_middle(d: Path) -> None:
 
 
 def study_without_completed_trial(d: Path) -> None:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{d / 'results' / NAME / 'study.db'}")
+    (d / "results" / "empty").mkdir(parents=True)  # its own folder, as `run --study-name empty` makes
+    storage = optuna.storages.RDBStorage(f"sqlite:///{d / 'results' / 'empty' / 'study.db'}")
     study = optuna.create_study(study_name="empty", storage=storage)
     study.enqueue_trial({"learning_rate": 1e-3})
     storage.engine.dispose()
