@@ -99,6 +99,25 @@ def _echo(line: str) -> None:
     typer.echo(line)
 
 
+def _storage_label(storage: str | None) -> str | None:
+    """Where ``storage`` came from, for messages: ``--storage``, ``DEEPSC_TUNE_STORAGE`` (the
+    option's value is the variable's) or ``None`` (not given: the default file under
+    ``--results-dir``)."""
+    import os
+
+    if storage is None:
+        return None
+    return "DEEPSC_TUNE_STORAGE=" if os.environ.get("DEEPSC_TUNE_STORAGE") == storage else "--storage"
+
+
+def _check_study_name(study_name: str | None) -> None:
+    """``--study-name`` names a folder under ``--results-dir`` too: one plain folder name."""
+    from deepsc_tune.search_space import folder_name_problem
+
+    if study_name is not None and (why := folder_name_problem(study_name)):
+        raise ConfigError(f"--study-name {study_name!r}: {why}")
+
+
 def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
     from deepsc_tune.storage import default_storage_url
 
@@ -156,6 +175,7 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
     from deepsc_tune.trial_record import study_backend
 
     _quiet_libraries()
+    _check_study_name(study_name)
     folder = _space_name(name)
     study_name = study_name or folder
     db = results_dir / folder / "study.db"
@@ -164,5 +184,6 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
             f"no study found at {db}; run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
         )
     url = storage or f"sqlite:///{db}"
-    study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
+    opened = open_storage(url, heartbeat=False, label=_storage_label(storage))
+    study = load_existing_study(storage=opened, study_name=study_name)
     return study, study_backend(study.user_attrs)

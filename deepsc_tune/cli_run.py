@@ -16,11 +16,13 @@ from deepsc_tune.cli_common import (
     ResultsDirOpt,
     StorageOpt,
     StudyNameOpt,
+    _check_study_name,
     _echo,
     _load_study,
     _make_finetuner,
     _prepare,
     _quiet_libraries,
+    _storage_label,
     _storage_url,
     user_errors,
 )
@@ -108,6 +110,7 @@ def run(
     child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
     prefix = f"[{worker_id}] " if worker_id else ""
     with user_errors():
+        _check_study_name(study_name)
         gpu_list = parse_gpus(gpus)
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
         if len(plans) == 1 and not gpu_list:
@@ -120,7 +123,9 @@ def run(
         budget = _time_budget(timeout, space.timeout)
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
-        opened = open_storage(url)  # a bad --storage is reported before the data are prepared
+        opened = open_storage(
+            url, label=_storage_label(storage)
+        )  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them

@@ -38,6 +38,7 @@ from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.schema import (
     STRICT,
+    UNKNOWN_KEY,
     Problem,
     expected,
     format_problems,
@@ -277,20 +278,56 @@ def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
     return paths
 
 
-def _blame_overrides(problems: Sequence[Problem], overrides: Sequence[str]) -> tuple[list[Problem], int]:
-    """Say which problems an override on the command line caused; return them and how many."""
+def _blame_overrides(
+    problems: Sequence[Problem], overrides: Sequence[str], raw: Mapping[str, Any] | None = None
+) -> tuple[list[Problem], int]:
+    """Say which problems an override on the command line caused; return them and how many.
+
+    An override causes a problem at its own key, and at a key above it that the file does not
+    have (``foo.bar=1`` makes ``finetune.foo``, unknown) or that it changed
+    (``search.learning_rate.low=0.5``: the range ``search.learning_rate`` is wrong).
+    """
     cli = _override_paths(overrides)
-    out = [p.blamed_on(cli[p.key]) if p.key in cli else p for p in problems]
-    return out, sum(p.key in cli for p in problems)
+    out, blamed = [], 0
+    for p in problems:
+        item = cli.get(p.key)
+        if item is None:
+            below = [v for k, v in cli.items() if k.startswith(f"{p.key}.")]
+            if below and (p.message != UNKNOWN_KEY or not _has_key(raw or {}, p.key)):
+                item = below[0]
+        out.append(p if item is None else p.blamed_on(item))
+        blamed += item is not None
+    return out, blamed
+
+
+def _has_key(config: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 # ----------------------------------------------------------------------------- the file model
 
 
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder under ``--results-dir`` (``None``: it can).
+
+    A study's name is its folder: ``..``, a path (``/``, ``\\``), an empty or hidden name
+    (leading ``.``) would put its files elsewhere, or out of sight.
+    """
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or name != name.strip():
+        return "expected one plain folder name (no / or \\, not empty, not starting with .)"
+    return None
+
+
 def _name(raw: Any, info: ValidationInfo) -> str:
     name = raw or info.context["default_name"]
-    if not isinstance(name, str) or not name.replace("-", "_").replace(".", "_").isidentifier():
-        raise expected("a short name (letters, digits, -, _)")
+    plain = isinstance(name, str) and folder_name_problem(name) is None
+    if not plain or not name.replace("-", "_").replace(".", "_").isidentifier():
+        raise expected("a short name that is one plain folder name (letters, digits, -, _, ., not starting with .)")
     info.context["parsed"]["name"] = name
     return name
 
@@ -429,7 +466,7 @@ def build_search_space(
             notes.extend(n for n in findings.notes if n.startswith("search."))
 
     if problems:
-        problems, from_cli = _blame_overrides(problems, overrides)
+        problems, from_cli = _blame_overrides(problems, overrides, raw)
         if from_cli == len(problems):
             source = f"command-line override(s) for {source}"
         elif from_cli:

@@ -96,15 +96,19 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--storage") -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
     with "database is locked". An existing SQLite file is checked first
     (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
     one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
-    for writers.
+    for writers. ``label`` names where the URL came from in messages (``--storage``,
+    ``DEEPSC_TUNE_STORAGE=``; ``None``: the default file under ``--results-dir``); no message
+    ever shows any part of the URL's password.
     """
+    where = redact(url) if not label else f"{label}{'' if label.endswith('=') else ' '}{redact(url)}"
+    check_credentials(url, where=where)
     url = check_study_file(with_driver(url), write=heartbeat)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
@@ -128,12 +132,12 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         return storage
     except ImportError as e:
         raise DeepscTuneError(
-            f"--storage {redact(url)}: the database driver is missing ({e}); "
+            f"{where}: the database driver is missing ({scrub(str(e), url)}); "
             "for PostgreSQL: pip install 'deepsc-tune[postgres]'"
         ) from None
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+        raise DeepscTuneError(f"{where}: cannot open the study database: {scrub(first, url)}") from None
 
 
 @contextlib.contextmanager
@@ -214,13 +218,67 @@ def _use_wal(storage: RDBStorage) -> None:
 
 
 def redact(url: str) -> str:
-    """The storage URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+    """The storage URL for messages, without any part of its password.
+
+    SQLAlchemy parses the URL and renders it with ``***`` for the password. A URL it cannot
+    parse, or one whose host still holds an ``@`` (a password with an unescaped ``@``:
+    ``u:p@ss@host`` parses as password ``p``, host ``ss@host``), shows nothing before the last
+    ``@`` but the scheme.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: the crude rule below
+        parsed = None
+    if parsed is not None and "@" not in (parsed.host or ""):
+        return parsed.render_as_string(hide_password=True)
+    if "@" not in url:
+        return url
+    head, _, tail = url.rpartition("@")
+    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+    return f"{scheme}***@{tail}"
+
+
+def check_credentials(url: str, *, where: str) -> None:
+    """Refuse a URL whose password (or user name) holds an unescaped ``@``.
+
+    SQLAlchemy would take the text after the first ``@`` for the host and the driver would
+    print it in its error (a piece of the password).
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        host = make_url(url).host or ""
+    except Exception:  # noqa: BLE001 - not a URL: open_storage says so
+        return
+    if "@" in host:
+        raise ConfigError(
+            f"{where}: the user name or password holds an '@'; write it as %40 in the URL "
+            "(percent-encoding: a@b -> a%40b)"
+        )
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message) with the URL's password, as given or decoded, as ``***``."""
+    from urllib.parse import quote, unquote
+
+    from sqlalchemy.engine import make_url
+
+    secrets: set[str] = set()
+    try:
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001 - not a URL: hide what sits between '://user:' and the last '@'
+        password = None
+        rest = url.split("://", 1)[-1]
+        if "@" in rest and ":" in rest.rpartition("@")[0]:
+            password = rest.rpartition("@")[0].split(":", 1)[1]
+    if password:
+        password = str(password)
+        secrets |= {password, quote(password, safe=""), unquote(password)}
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 _OPENED_ON: weakref.WeakKeyDictionary[optuna.Study, BaseStorage] = weakref.WeakKeyDictionary()

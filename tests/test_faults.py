@@ -181,6 +181,7 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     read_only: str | None = None  # a folder to put on read-only media during the command
     hidden: list[str] = field(default_factory=list)  # must not appear anywhere (passwords)
+    absent: list[str] = field(default_factory=list)  # paths (globs, from the case folder) left behind by nobody
 
 
 def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Callable[[Path], None]:
@@ -295,6 +296,33 @@ CASES = [
     Case("yaml-unknown-sampler", [*RUN, "study.sampler.type=magic"], 2, ["study.sampler", "magic"]),
     Case("override-without-equals", [*RUN, "finetune.epoch"], 2, ["finetune.epoch", "key=value"]),
     Case("override-unknown-key", [*RUN, "finetune.colour=red"], 2, ["finetune.colour"]),
+    # An unknown key made by an override is the override's, not the file's.
+    Case("override-unknown-nested-key", [*RUN, "foo.bar=1"], 2, ["command-line override", "foo.bar=1"]),
+    Case("override-unknown-search-key", [*RUN, "search.foo.low=1"], 2, ["command-line override", "search.foo.low=1"]),
+    # A study's name is its folder under --results-dir: one plain folder name, nothing written.
+    Case(
+        "name-parent-folder",
+        BAD,
+        2,
+        ["bad.yaml", "name", "'..'", "folder name"],
+        space_with(replace=(f"name: {NAME}", "name: ..")),
+        absent=["study.db", "results/study.db", "results/model", "results/trials"],
+    ),
+    Case("name-hidden", BAD, 2, ["bad.yaml", "name", "'.x'"], space_with(replace=(f"name: {NAME}", "name: .x"))),
+    Case("study-name-parent-folder", [*RUN, "--study-name", "../x"], 2, ["--study-name", "'../x'", "folder name"]),
+    Case("study-name-empty", [*RUN, "--study-name", ""], 2, ["--study-name", "''"]),
+    Case(
+        "study-name-path-status",
+        ["status", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "a/b"],
+        2,
+        ["--study-name", "'a/b'"],
+    ),
+    Case(
+        "repeat-study-name-backslash",
+        ["repeat", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "a\\b"],
+        2,
+        ["--study-name"],
+    ),
     Case("space-file-missing", ["run", "nope.yaml", "--results-dir", "results"], 2, ["nope.yaml"]),
     Case("space-is-a-folder", ["run", "data", "--results-dir", "results"], 2, ["data"]),
     Case(
@@ -348,6 +376,36 @@ CASES = [
         1,
         ["--storage", "127.0.0.1:1", "cannot open"],
         hidden=["s3cret"],
+    ),
+    Case(
+        "storage-password-with-at",
+        [*RUN, "--storage", "postgresql+psycopg://u:Xq7@Zr9@127.0.0.1:1/db"],
+        2,
+        ["--storage", "127.0.0.1:1/db", "'@'", "%40"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
+        "storage-unparsable-with-password",
+        [*RUN, "--storage", "postgres:/u:Xq7Zr9@127.0.0.1/db"],
+        1,
+        ["--storage", "127.0.0.1/db", "cannot open"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
+        "storage-env-garbage",
+        RUN,
+        1,
+        ["DEEPSC_TUNE_STORAGE=garbage", "cannot open"],
+        env={"DEEPSC_TUNE_STORAGE": "garbage"},
+        hidden=["--storage"],
+    ),
+    Case(
+        "storage-env-garbage-status",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        ["DEEPSC_TUNE_STORAGE=", "cannot open"],
+        env={"DEEPSC_TUNE_STORAGE": "mysql+nosuchdriver://u:Xq7Zr9@h/db"},
+        hidden=["--storage", "Xq7", "Zr9"],
     ),
     Case(
         "storage-sqlite-folder-missing",
@@ -461,6 +519,8 @@ def test_fault(case: Case, case_dir: Path):
     assert before == after, "the stored trials changed"
     for secret in case.hidden:
         assert secret not in everything
+    for pattern in case.absent:
+        assert not list(case_dir.glob(pattern)), f"{pattern} left behind"
     if case.id.startswith("storage-"):
         assert "data:" not in result.stdout, "a bad --storage must fail before the data are prepared"
     if case.code == 0:
