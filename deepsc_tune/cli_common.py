@@ -118,6 +118,35 @@ def _check_study_name(study_name: str | None) -> None:
         raise ConfigError(f"--study-name {study_name!r}: {why}")
 
 
+def _check_device(space, device: str | None, overrides: list[str] | None = None) -> None:
+    """The devices a command will train on, checked before anything is written: ``--device``,
+    else ``finetune.device`` and any searched ``device`` (built-in fine-tuner only: a command
+    backend's program chooses its own). Imports torch."""
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.search_space import override_paths
+    from deepsc_tune.train_settings import device_problem
+
+    if not get_backend(space.backend).in_process:
+        return
+    if device is not None:
+        wanted = [("--device", device)]
+    else:
+        given = override_paths(overrides or [])
+        file = f"{space.path}: " if space.path else ""
+
+        def where(key: str) -> str:
+            item = next((v for k, v in given.items() if k == key or k.startswith(f"{key}.")), None)
+            return f"command-line override {item}: {key}" if item else f"{file}{key}"
+
+        spec = space.params.get("device")
+        searched = [(where("search.device"), c) for c in (spec.choices or ())] if spec is not None else []
+        wanted = [(where("finetune.device"), space.fixed.get("device")), *searched]
+    for what, value in wanted:
+        why = None if value in (None, "auto") else device_problem(str(value))
+        if why:
+            raise ConfigError(f"{what} {value}: {why}")
+
+
 def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
     from deepsc_tune.storage import default_storage_url
 

@@ -16,6 +16,7 @@ from deepsc_tune.cli_common import (
     ResultsDirOpt,
     StorageOpt,
     StudyNameOpt,
+    _check_device,
     _check_study_name,
     _echo,
     _load_study,
@@ -121,6 +122,7 @@ def run(
             for note in space.notes:
                 _echo(f"{prefix}note: {note}")
         budget = _time_budget(timeout, space.timeout)
+        _check_device(space, device, overrides)  # before the study is opened: a refused run writes nothing
         study_name = study_name or space.name
         url = _storage_url(space.name, results_dir, storage)
         opened = open_storage(
@@ -381,6 +383,7 @@ def repeat(
         study, space = open_for_repeats(
             storage=url, study_name=study.study_name, record_dir=results_dir / study.study_name
         )
+        _check_device(space, device)  # before any repeat is queued
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")

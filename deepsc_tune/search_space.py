@@ -267,7 +267,7 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
     return out
 
 
-def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
+def override_paths(overrides: Sequence[str]) -> dict[str, str]:
     """``{full key path: override item}``, bare keys meaning ``finetune.``, as applied."""
     paths = {}
     for item in overrides:
@@ -287,7 +287,7 @@ def _blame_overrides(
     have (``foo.bar=1`` makes ``finetune.foo``, unknown) or that it changed
     (``search.learning_rate.low=0.5``: the range ``search.learning_rate`` is wrong).
     """
-    cli = _override_paths(overrides)
+    cli = override_paths(overrides)
     out, blamed = [], 0
     for p in problems:
         item = cli.get(p.key)
