@@ -50,7 +50,7 @@ from deepsc_tune.schema import (
 )
 from deepsc_tune.search_params import GRID_NEEDS, ParamSpec, parse_search
 from deepsc_tune.study_settings import PRUNERS, SAMPLERS, StudySettings
-from deepsc_tune.yaml_file import load_mapping, read_yaml_text
+from deepsc_tune.yaml_file import load_mapping, load_value, read_yaml_text
 
 #: Top-level keys of a search-space file.
 TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")
@@ -249,7 +249,7 @@ def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[st
         if not sep or not key:
             raise ConfigError(f"override '{item}': expected key=value, e.g. finetune.epoch=5 or learning_rate=3e-4")
         try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
+            value = load_value(value_text, source=f"override '{key}=...'") if value_text.strip() else None
         except yaml.YAMLError:
             value = value_text
         parts = key.split(".")

@@ -202,6 +202,21 @@ def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Calla
     return setup
 
 
+def anchor_bomb(indent: str) -> str:
+    """Billion laughs: nine levels of nine aliases, 387 million strings once expanded."""
+    lines = [f"{indent}a0: &a0 [{', '.join(['lol'] * 9)}]"]
+    lines += [f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+TAGS_BOMB = f"  tracking:\n    mlflow:\n      tags:\n{anchor_bomb('        ')}"
+INLINE_BOMB = (
+    "[&a [1,2,3,4,5,6,7,8,9,10], "
+    + ", ".join(f"&{b} [{','.join([f'*{a}'] * 10)}]" for a, b in zip("abcde", "bcdef"))
+    + ", [*f,*f]]"
+)
+
+
 def write(rel: str, content: bytes | str) -> Callable[[Path], None]:
     def setup(d: Path) -> None:
         path = d / rel
@@ -275,6 +290,33 @@ CASES = [
         ["bad.yaml", "not UTF-8", "line 2"],
         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1")),
     ),
+    # An anchor bomb is refused while the YAML is read, before it takes all memory.
+    Case(
+        "yaml-anchor-bomb-in-tracking-tags",
+        BAD,
+        2,
+        ["bad.yaml", "aliases", "expand to more than 100000 values"],
+        space_with(replace=("  pruner: {type: none}\n", "  pruner: {type: none}\n" + TAGS_BOMB)),
+    ),
+    Case(
+        "yaml-anchor-bomb-validate",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "aliases", "expand to more than 100000 values"],
+        space_with(
+            replace=("description: tiny synthetic study for the fault battery\n", "description:\n" + anchor_bomb("  "))
+        ),
+    ),
+    Case(
+        "yaml-recursive-alias",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "alias", "line 17"],
+        space_with(
+            replace=("  lr_scheduler_type: {choices: [constant, cosine]}", "  lr_scheduler_type: &c {choices: [*c]}")
+        ),
+    ),
+    Case("override-anchor-bomb", [*RUN, f"description={INLINE_BOMB}"], 2, ["override 'description=...'", "aliases"]),
     Case("yaml-malformed", BAD, 2, ["bad.yaml", "malformed YAML", "line"], space_with("search: [unclosed\n")),
     Case("yaml-empty", BAD, 2, ["bad.yaml", "empty"], write("bad.yaml", "")),
     Case("yaml-a-list", BAD, 2, ["bad.yaml", "expected a mapping", "list"], write("bad.yaml", "- a\n- b\n")),
