@@ -183,6 +183,7 @@ class Case:
     hidden: list[str] = field(default_factory=list)  # must not appear anywhere (passwords)
     absent: list[str] = field(default_factory=list)  # paths (globs, from the case folder) left behind by nobody
     skip: Callable[[], str | None] | None = None  # a reason to skip the case on this machine
+    quiet: bool = False  # exit 0 with nothing on stderr and no warning raised
 
 
 def cuda_available() -> bool:
@@ -258,6 +259,20 @@ def study_without_completed_trial(d: Path) -> None:
     storage.engine.dispose()
 
 
+def truncate(rel: str, size: int) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        path = d / rel
+        path.write_bytes(path.read_bytes()[:size])
+
+    return setup
+
+
+def some_zero_cells() -> tuple[np.ndarray, None]:
+    x = counts()
+    x[:5] = 0
+    return x, None
+
+
 def fresh_results(d: Path) -> None:
     shutil.rmtree(d / "results")
     (d / "results").mkdir()
@@ -266,6 +281,8 @@ def fresh_results(d: Path) -> None:
 RUN = ["run", f"{NAME}.yaml", "--results-dir", "results"]
 BAD = ["run", "bad.yaml", "--results-dir", "results"]
 DATA = "data.train=data/bad.h5ad"
+PREDICT = ["predict", f"{NAME}.yaml", "data/train.h5ad", "--results-dir", "results"]
+NO_OUTPUT = ["data/*.predicted.h5ad", "data/.*tmp*", ".*tmp*"]  # nothing written, no temporary file left
 
 CASES = [
     # --- the search-space file
@@ -417,6 +434,69 @@ CASES = [
     ),
     Case("data-one-class", [*RUN, DATA], 1, ["bad.h5ad", "class"], data_file(lambda: (counts(), ["A"] * 90))),
     Case("data-val-fraction-out-of-range", [*RUN, "data.val_fraction=1.5"], 2, ["data.val_fraction", "1.5"]),
+    Case(
+        "data-some-all-zero-cells",
+        ["finetune", f"{NAME}.yaml", DATA, "--results-dir", "results"],
+        0,
+        ["data: normalisation", "cells have all-zero counts"],
+        data_file(some_zero_cells),
+        quiet=True,
+    ),
+    # --- predict: the kept model and the query
+    Case(
+        "predict-truncated-weights",
+        PREDICT,
+        1,
+        [f"results/{NAME}/model/weights.pt", "cannot read the model's weights", "restore"],
+        truncate(f"results/{NAME}/model/weights.pt", 1000),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-corrupt-model-json",
+        PREDICT,
+        1,
+        [f"results/{NAME}/model/model.json", "not valid JSON", "line"],
+        truncate(f"results/{NAME}/model/model.json", 300),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-zero-cells",
+        ["predict", f"{NAME}.yaml", "data/bad.h5ad", "--results-dir", "results"],
+        1,
+        ["bad.h5ad", "0 cells"],
+        data_file(lambda: (np.zeros((0, 30)), [])),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-query-is-a-folder",
+        ["predict", f"{NAME}.yaml", "data", "--results-dir", "results"],
+        1,
+        ["query: data is a folder"],
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-out-is-a-folder",
+        [*PREDICT, "--out", "out.h5ad", "--overwrite"],
+        2,
+        ["--out", "out.h5ad is a folder"],
+        write("out.h5ad/keep", "x"),
+        absent=[*NO_OUTPUT, ".out.h5ad*"],
+    ),
+    Case(
+        "predict-out-is-a-folder-without-suffix",
+        [*PREDICT, "--out", "data"],
+        2,
+        ["--out", "data is a folder"],
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-some-all-zero-cells",
+        ["predict", f"{NAME}.yaml", "data/bad.h5ad", "--results-dir", "results"],
+        0,
+        ["5 of 90 cells have all-zero counts", "wrote data/bad.predicted.h5ad"],
+        data_file(some_zero_cells),
+        quiet=True,
+    ),
     # --- storage
     Case("storage-unknown-scheme", [*RUN, "--storage", "nosuchdb://x/y"], 1, ["--storage", "nosuchdb://"]),
     Case(
@@ -598,7 +678,11 @@ def test_fault(case: Case, case_dir: Path):
     if case.setup:
         case.setup(case_dir)
     before = snapshot(case_dir / "results")
-    with read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext():
+    with (
+        read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext(),
+        warnings.catch_warnings(record=True) as raised,
+    ):
+        warnings.simplefilter("always")
         result = cli(case.args, case_dir, env=case.env or None)
     after = snapshot(case_dir / "results")
     everything = result.output
@@ -615,6 +699,9 @@ def test_fault(case: Case, case_dir: Path):
     if case.code == 0:
         for text in case.says:
             assert text in result.stdout, result.stdout
+        if case.quiet:
+            assert not result.stderr.strip(), result.stderr
+            assert not [w for w in raised if not issubclass(w.category, DeprecationWarning)], [str(w) for w in raised]
         return
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
