@@ -68,15 +68,29 @@ def user_errors() -> Iterator[None]:
         _fail(str(e), EXIT_ERROR)
     except OSError as e:  # the file system said no (read-only media, a file in the way, full disk)
         _fail(_os_error(e), EXIT_ERROR)
+    except Exception as e:
+        # A full disk met inside Optuna or SQLAlchemy (SQLite's "database or disk is full"):
+        # one line naming the study file; anything else is a bug, with its traceback.
+        from deepsc_tune.disk import disk_full
+        from deepsc_tune.storage import last_study_file
+
+        full = None if isinstance(e, typer.Exit) else disk_full(e, last_study_file())
+        if full is None:
+            raise
+        _fail(str(full), EXIT_ERROR)
 
 
 def _os_error(e: OSError) -> str:
     import errno
 
+    from deepsc_tune.disk import disk_full
+
+    full = disk_full(e)
+    if full is not None:
+        return str(full)
     what = {
         errno.EROFS: "read-only file system",
         errno.EACCES: "not writable (permission denied)",
-        errno.ENOSPC: "no space left on the device",
     }.get(e.errno or 0, e.strerror or str(e))
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{what}"

@@ -5,15 +5,19 @@ SQLite's "database or disk is full" deep inside SQLAlchemy and Optuna, and somet
 "disk I/O error" when SQLite cannot create or grow its ``-shm``/``-wal`` files. :func:`disk_full`
 looks through an exception's whole chain and returns a :class:`DiskFull` error (a
 :class:`~deepsc_tune.errors.DeepscTuneError`) when the cause is a full disk; an I/O error counts
-only when the device really has (almost) no space left.
+only when the device really has (almost) no space left. :class:`FullDiskStop` stops a search
+(or the repeats) at the first trial a full disk stopped, instead of failing every trial after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from deepsc_tune.errors import DeepscTuneError
 
@@ -31,7 +35,7 @@ class DiskFull(DeepscTuneError):
         self.path = None if path is None else Path(path)
         where = f"{self.path}: " if self.path is not None else ""
         free = free_bytes(self.path) if self.path is not None else None
-        room = f" ({free} bytes free)" if free is not None and free < LOW_SPACE else ""
+        room = f": {free} bytes free" if free is not None and free < LOW_SPACE else ""
         super().__init__(
             f"{where}the disk is full (no space left on the device{room}); {what}"
             "free some space there (or use another --results-dir) and run the same command again"
@@ -49,6 +53,12 @@ def free_bytes(path: Path | str) -> int | None:
                 return None
             return st.f_bavail * st.f_frsize
     return None
+
+
+def disk_is_full(path: Path | str) -> bool:
+    """Whether the device holding ``path`` has (almost) no space left."""
+    free = free_bytes(path)
+    return free is not None and free < LOW_SPACE
 
 
 def _chain(error: BaseException):
@@ -79,7 +89,73 @@ def disk_full(error: BaseException, path: Path | str | None = None, *, what: str
             if code == _SQLITE_FULL or "database or disk is full" in str(e):
                 return DiskFull(path, what)
             io_error = (code is not None and code % 256 == _SQLITE_IOERR) or "disk I/O error" in str(e)
-            free = free_bytes(path) if io_error and path is not None else None
-            if free is not None and free < LOW_SPACE:
+            if io_error and path is not None and disk_is_full(path):
                 return DiskFull(path, what)
+        if isinstance(e, (OSError, RuntimeError)) and "No space left on device" in str(e):  # h5py, torch
+            return DiskFull(getattr(e, "filename", None) or path, what)
     return None
+
+
+class FullDiskStop:
+    """Stops a loop of ``study.optimize(n_trials=1)`` calls at the first full disk.
+
+    Optuna records any exception of a trial as FAIL and goes on, so a full disk would fail
+    every further trial. Wrap the objective with :meth:`objective` and each ``optimize`` call
+    with :meth:`optimizing`: after a trial that a full disk stopped, the trial's settings are
+    re-queued (when the disk still lets the study record that; else it stays RUNNING and the
+    next run on this host re-queues it at once) and :class:`DiskFull` is raised.
+    """
+
+    def __init__(self, study: Any) -> None:
+        from optuna.storages import RDBStorage
+
+        from deepsc_tune.storage import storage_of
+        from deepsc_tune.study_file import sqlite_file
+
+        storage = storage_of(study) or getattr(study, "_storage", None)
+        self.study = study
+        self.db = sqlite_file(storage.url) if isinstance(storage, RDBStorage) else None
+        self.number: int | None = None
+        self.error: DiskFull | None = None
+
+    def objective(self, objective: Callable[[Any], float]) -> Callable[[Any], float]:
+        def watched(trial: Any) -> float:
+            self.number = trial.number
+            try:
+                return objective(trial)
+            except Exception as e:
+                self.error = disk_full(e, self.db)
+                raise
+
+        return watched
+
+    @contextlib.contextmanager
+    def optimizing(self) -> Iterator[None]:
+        self.number, self.error = None, None
+        try:
+            yield
+        except Exception as e:
+            # Optuna could not even record the trial's end (it stays RUNNING), or asked for none.
+            self.error = disk_full(e, self.db)
+            if self.error is None:
+                raise
+        if self.error is not None:
+            raise self._stopped() from None
+
+    def _stopped(self) -> DiskFull:
+        from optuna.trial import TrialState
+
+        from deepsc_tune.recovery import requeue
+
+        assert self.error is not None
+        if self.number is None:
+            return DiskFull(self.error.path, "no trial was running; ")
+        what = f"trial {self.number} was stopped (the next run re-queues it); "
+        try:
+            trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.number)
+            if trial.state == TrialState.FAIL:
+                requeue(self.study, trial, "disk full")
+                what = f"trial {self.number} was stopped and its settings re-queued; "
+        except Exception:  # noqa: BLE001 - the disk is full: say that, not this
+            pass
+        return DiskFull(self.error.path, what)

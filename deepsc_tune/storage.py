@@ -22,6 +22,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
+from deepsc_tune.disk import disk_full
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
@@ -53,6 +54,16 @@ def default_storage_url(name: str, results_dir: Path) -> str:
     return f"sqlite:///{folder / 'study.db'}"
 
 
+#: The SQLite file :func:`open_storage` opened last: where a full disk stopped a write that
+#: does not name its file (SQLite's "database or disk is full"), see :func:`last_study_file`.
+_LAST_FILE: Path | None = None
+
+
+def last_study_file() -> Path | None:
+    """The SQLite study file this process opened last (``None``: none, or another database)."""
+    return _LAST_FILE
+
+
 def folder_problem(folder: Path, error: OSError) -> str:
     """Why ``folder`` could not be created, in words (a file in the way, read-only media...)."""
     for part in (folder, *folder.parents):
@@ -62,6 +73,8 @@ def folder_problem(folder: Path, error: OSError) -> str:
         return f"cannot create {folder}: read-only file system"
     if error.errno == errno.EACCES:
         return f"cannot create {folder}: not writable (permission denied)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot create {folder}: the disk is full (no space left on the device)"
     return f"cannot create {folder}: {error.strerror}"
 
 
@@ -110,6 +123,8 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
     where = redact(url) if not label else f"{label}{'' if label.endswith('=') else ' '}{redact(url)}"
     check_credentials(url, where=where)
     url = check_study_file(with_driver(url), write=heartbeat)
+    global _LAST_FILE
+    _LAST_FILE = sqlite_file(url) or _LAST_FILE
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -136,6 +151,9 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
             "for PostgreSQL: pip install 'deepsc-tune[postgres]'"
         ) from None
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
+        full = disk_full(e, sqlite_file(url))
+        if full is not None:
+            raise full from None
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DeepscTuneError(f"{where}: cannot open the study database: {scrub(first, url)}") from None
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune import __version__
-from deepsc_tune.disk import disk_full
+from deepsc_tune.disk import DiskFull, disk_full, disk_is_full
 from deepsc_tune.errors import ConfigError, DataError, DeepscTuneError
 
 MODEL_DIR = "model"
@@ -161,9 +161,17 @@ def _write(folder: Path, state: Mapping[str, Any], card: Mapping[str, Any]) -> N
 
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS_FILE)
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    try:
+        tmp.mkdir(parents=True)
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the kept model is untouched
+        # torch says only "file write failed" when the disk is full.
+        full = disk_full(e, tmp / WEIGHTS_FILE) or (DiskFull(tmp / WEIGHTS_FILE) if disk_is_full(tmp.parent) else None)
+        if full is not None:
+            raise full from None
+        raise
     old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
     if folder.exists():
         os.replace(folder, old)

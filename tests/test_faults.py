@@ -131,6 +131,56 @@ def read_only(folder: Path) -> Iterator[None]:
         subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)
 
 
+def fill(folder: Path) -> None:
+    """Write ``folder/.filler`` until the device holding it is full."""
+    fd = os.open(folder / ".filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (65536, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+
+
+def _idle_sqlite_files(where: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith("-shm") or (n.endswith("-wal") and not os.path.getsize(Path(where, n)))]
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, size: str = "4m", *, filled: bool = True) -> Iterator[None]:
+    """``folder`` on a small tmpfs, filled up: the real thing for the code (ENOSPC, SQLite's
+    "database or disk is full"). Its content is copied in and back out. Needs mount rights
+    (root with CAP_SYS_ADMIN); without them the case is skipped with that reason."""
+    stash = folder.with_name(f"{folder.name}.stash")
+    folder.rename(stash)
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        folder.rmdir()
+        stash.rename(folder)
+        pytest.skip(f"cannot simulate a full disk (mount -t tmpfs needs root): {done.stderr.strip()}")
+    try:
+        # Without the -shm file (and an empty -wal) that the snapshot's read-only open left,
+        # as SQLite leaves a database nobody has open: SQLite must create it on the full disk.
+        shutil.copytree(stash, folder, dirs_exist_ok=True, ignore=_idle_sqlite_files)
+        if filled:
+            fill(folder)
+        yield
+    finally:
+        (folder / ".filler").unlink(missing_ok=True)
+        shutil.rmtree(stash)
+        shutil.copytree(folder, stash)
+        subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)
+        folder.rmdir()
+        stash.rename(folder)
+
+
 def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None):
     old = Path.cwd()
     os.chdir(cwd)
@@ -152,6 +202,8 @@ def prepared(tmp_path_factory) -> Path:
     # Fold the write-ahead log into the file, so that each copy is one self-contained file.
     with contextlib.closing(sqlite3.connect(base / "results" / NAME / "study.db")) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for suffix in ("-wal", "-shm"):  # as SQLite leaves a study nobody has open (the log is empty)
+        (base / "results" / NAME / f"study.db{suffix}").unlink(missing_ok=True)
     trials = snapshot(base / "results")[NAME]
     assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"], trials
     assert "new study, target 2 finished" in result.stdout  # nothing queued in this space
@@ -180,6 +232,7 @@ class Case:
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     read_only: str | None = None  # a folder to put on read-only media during the command
+    full_disk: str | None = None  # a folder to put on a full disk during the command
     hidden: list[str] = field(default_factory=list)  # must not appear anywhere (passwords)
     absent: list[str] = field(default_factory=list)  # paths (globs, from the case folder) left behind by nobody
     skip: Callable[[], str | None] | None = None  # a reason to skip the case on this machine
@@ -664,6 +717,53 @@ CASES = [
         ["elsewhere/report.html"],
         read_only="results",
     ),
+    # --- a full disk: said as such (never "damaged"), naming the path; nothing stored changes
+    Case(
+        "disk-full-run-existing-study",
+        [*RUN, "study.n_trials=3"],
+        1,
+        [f"results/{NAME}/study.db", "the disk is full"],
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-new-study-in-existing-file",
+        [*RUN, "--study-name", "other"],
+        1,
+        [f"results/{NAME}/study.db", "the disk is full"],
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-new-results-dir",
+        ["run", f"{NAME}.yaml", "--results-dir", "results/new"],
+        1,
+        ["results/new", "the disk is full"],
+        full_disk="results",
+    ),
+    Case(
+        "disk-full-status-still-reads",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        0,
+        ["complete 2"],
+        full_disk="results",
+    ),
+    Case(
+        "disk-full-repeat",
+        ["repeat", f"{NAME}.yaml", "--results-dir", "results", "--top", "1", "--seeds", "1"],
+        1,
+        [f"results/{NAME}/study.db", "the disk is full"],
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-predict-output",
+        [*PREDICT, "--out", "results/o.h5ad"],
+        1,
+        ["results/o.h5ad", "the disk is full", "not written"],
+        full_disk="results",
+        absent=["results/o.h5ad", "results/.o.h5ad*"],
+    ),
 ]
 
 
@@ -680,6 +780,7 @@ def test_fault(case: Case, case_dir: Path):
     before = snapshot(case_dir / "results")
     with (
         read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext(),
+        full_disk(case_dir / case.full_disk) if case.full_disk else contextlib.nullcontext(),
         warnings.catch_warnings(record=True) as raised,
     ):
         warnings.simplefilter("always")
@@ -874,3 +975,78 @@ def test_four_processes_open_a_new_sqlite_file_at_once(tmp_path: Path):
         for p in procs:
             p.join(timeout=60)
         assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
+
+
+# ----------------------------------------------------------------------------- a disk that fills up
+
+
+MID = [*RUN, "--study-name", "mid", "finetune.epoch=3", "study.n_trials=2"]
+
+
+def one_line(result, *texts: str) -> str:
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in texts:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_disk_fills_up_during_a_trial(case_dir: Path, monkeypatch):
+    """The disk fills up after the first epoch of a trial (real ENOSPC on a tmpfs): one line
+    naming the study file, exit 1, the other study untouched; the trial is left for the next
+    run, which re-queues it and reaches the target once there is room again."""
+    from deepsc_tune import progress
+
+    results = case_dir / "results"
+    before = snapshot(results)
+    epoch = progress.Progress.epoch
+
+    def fill_at_first_epoch(self, number, m):
+        if not (results / ".filler").exists():
+            fill(results)
+        return epoch(self, number, m)
+
+    monkeypatch.setattr(progress.Progress, "epoch", fill_at_first_epoch)
+    with full_disk(results, filled=False):
+        result = cli(MID, case_dir)
+    assert result.exit_code == 1, result.output
+    one_line(result, f"results/{NAME}/study.db", "the disk is full", "trial 0 was stopped", "run the same command")
+    after = snapshot(results)
+    assert after[NAME] == before[NAME]
+    assert not finished(after["mid"]), after["mid"]
+    monkeypatch.setattr(progress.Progress, "epoch", epoch)
+    # Here the "dead" worker is this test process, so its trial is found by its stopped
+    # heartbeat, after a short grace period (a real run's next process re-queues it at once).
+    again = cli(MID, case_dir, env={"DEEPSC_TUNE_HEARTBEAT": "1", "DEEPSC_TUNE_GRACE": "2"})
+    assert again.exit_code == 0 and "Traceback" not in again.output, again.output
+    resumed = snapshot(results)
+    assert resumed[NAME] == before[NAME] and len(finished(resumed["mid"])) == 2, resumed["mid"]
+
+
+def test_disk_full_while_the_model_is_kept(case_dir: Path, monkeypatch):
+    """ENOSPC while the best run's weights are written (the kept model's write site): one line
+    naming the file, the kept model and the other study untouched, no temporary folder left,
+    the trial's settings re-queued."""
+    import errno
+
+    import torch
+
+    results = case_dir / "results"
+    before = snapshot(results)
+    model = {p.name: p.read_bytes() for p in (results / NAME / "model").iterdir()}
+
+    def no_space(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", no_space)
+    result = cli(MID, case_dir)
+    assert result.exit_code == 1, result.output
+    one_line(result, f"results/{NAME}/model.tmp-", "weights.pt", "the disk is full", "re-queued")
+    after = snapshot(results)
+    assert after[NAME] == before[NAME]
+    assert [t[1] for t in after["mid"]] == ["FAIL", "WAITING"], after["mid"]
+    assert {p.name: p.read_bytes() for p in (results / NAME / "model").iterdir()} == model
+    assert not list((results / NAME).glob("model.*")), list((results / NAME).iterdir())
