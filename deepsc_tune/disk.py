@@ -96,6 +96,32 @@ def disk_full(error: BaseException, path: Path | str | None = None, *, what: str
     return None
 
 
+def quiet_heartbeats_on_full_disk() -> None:
+    """A full disk in Optuna's heartbeat thread ends that thread without a traceback.
+
+    The trial goes on; its next write in the main thread meets the full disk too and stops the
+    search with one line (:class:`FullDiskStop`). Installed once, as ``threading.excepthook``;
+    any other exception of any thread goes to the hook that was there before.
+    """
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "deepsc_tune_full_disk", False):
+        return
+
+    def hook(args: Any) -> None:
+        frames, tb = [], args.exc_traceback
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        if "_record_heartbeat" in frames and args.exc_value is not None and disk_full(args.exc_value):
+            return
+        previous(args)
+
+    hook.deepsc_tune_full_disk = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
 class FullDiskStop:
     """Stops a loop of ``study.optimize(n_trials=1)`` calls at the first full disk.
 

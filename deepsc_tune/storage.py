@@ -22,7 +22,7 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-from deepsc_tune.disk import disk_full
+from deepsc_tune.disk import disk_full, quiet_heartbeats_on_full_disk
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
@@ -132,6 +132,7 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
         engine_kwargs["pool_pre_ping"] = True
     kwargs: dict[str, Any] = {}
     if heartbeat:
+        quiet_heartbeats_on_full_disk()
         interval, grace = heartbeat_settings()
         kwargs = {
             "heartbeat_interval": interval,

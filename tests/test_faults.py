@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -1006,20 +1007,25 @@ def test_disk_fills_up_during_a_trial(case_dir: Path, monkeypatch):
     def fill_at_first_epoch(self, number, m):
         if not (results / ".filler").exists():
             fill(results)
+            time.sleep(2.5)  # a heartbeat (every second here) meets the full disk in its thread
         return epoch(self, number, m)
 
+    thread_errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
     monkeypatch.setattr(progress.Progress, "epoch", fill_at_first_epoch)
+    fast_heartbeats = {"DEEPSC_TUNE_HEARTBEAT": "1", "DEEPSC_TUNE_GRACE": "2"}
     with full_disk(results, filled=False):
-        result = cli(MID, case_dir)
+        result = cli(MID, case_dir, env=fast_heartbeats)
     assert result.exit_code == 1, result.output
     one_line(result, f"results/{NAME}/study.db", "the disk is full", "trial 0 was stopped", "run the same command")
+    assert not thread_errors, thread_errors  # no traceback from the heartbeat thread either
     after = snapshot(results)
     assert after[NAME] == before[NAME]
     assert not finished(after["mid"]), after["mid"]
     monkeypatch.setattr(progress.Progress, "epoch", epoch)
     # Here the "dead" worker is this test process, so its trial is found by its stopped
     # heartbeat, after a short grace period (a real run's next process re-queues it at once).
-    again = cli(MID, case_dir, env={"DEEPSC_TUNE_HEARTBEAT": "1", "DEEPSC_TUNE_GRACE": "2"})
+    again = cli(MID, case_dir, env=fast_heartbeats)
     assert again.exit_code == 0 and "Traceback" not in again.output, again.output
     resumed = snapshot(results)
     assert resumed[NAME] == before[NAME] and len(finished(resumed["mid"])) == 2, resumed["mid"]
