@@ -137,7 +137,7 @@ def _check_device(space, device: str | None, overrides: list[str] | None = None)
     else ``finetune.device`` and any searched ``device`` (built-in fine-tuner only: a command
     backend's program chooses its own). Imports torch."""
     from deepsc_tune.backends import get_backend
-    from deepsc_tune.search_space import override_paths
+    from deepsc_tune.overrides import override_paths
     from deepsc_tune.train_settings import device_problem
 
     if not get_backend(space.backend).in_process:
