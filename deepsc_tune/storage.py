@@ -239,7 +239,8 @@ def _use_wal(storage: RDBStorage) -> None:
 def redact(url: str) -> str:
     """The storage URL for messages, without any part of its password.
 
-    SQLAlchemy parses the URL and renders it with ``***`` for the password. A URL it cannot
+    SQLAlchemy parses the URL and renders it with ``***`` for the password (and for a
+    ``?password=`` query parameter, which libpq reads too). A URL it cannot
     parse, or one whose host still holds an ``@`` (a password with an unescaped ``@``:
     ``u:p@ss@host`` parses as password ``p``, host ``ss@host``), shows nothing before the last
     ``@`` but the scheme.
@@ -251,7 +252,8 @@ def redact(url: str) -> str:
     except Exception:  # noqa: BLE001 - not a URL: the crude rule below
         parsed = None
     if parsed is not None and "@" not in (parsed.host or ""):
-        return parsed.render_as_string(hide_password=True)
+        hidden = {k: "***" for k in parsed.query if "pass" in k.lower()}  # ?password=... (libpq)
+        return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
     if "@" not in url:
         return url
     head, _, tail = url.rpartition("@")
@@ -286,7 +288,11 @@ def scrub(text: str, url: str) -> str:
 
     secrets: set[str] = set()
     try:
-        password = make_url(url).password
+        parsed = make_url(url)
+        password = parsed.password
+        for key, value in parsed.query.items():
+            if "pass" in key.lower():
+                secrets |= {value} if isinstance(value, str) else set(value)
     except Exception:  # noqa: BLE001 - not a URL: hide what sits between '://user:' and the last '@'
         password = None
         rest = url.split("://", 1)[-1]

@@ -568,6 +568,13 @@ CASES = [
         hidden=["Xq7", "Zr9"],
     ),
     Case(
+        "storage-password-in-query",
+        [*RUN, "--storage", "postgresql+psycopg://u@127.0.0.1:1/db?password=Xq7Zr9"],
+        1,
+        ["--storage", "127.0.0.1:1/db", "password=***", "cannot open"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
         "storage-unparsable-with-password",
         [*RUN, "--storage", "postgres:/u:Xq7Zr9@127.0.0.1/db"],
         1,
