@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .data_loading import InputFile, resolve_inputs, with_hint
+from .disk import write_replacing
 
 if TYPE_CHECKING:  # pragma: no cover
     from .data import PreparedData
@@ -125,13 +125,13 @@ def save_cached(cache_dir: Path, prepared: PreparedData) -> None:
     }
     # Several worker processes may prepare at once: write to a private name, then rename, so a
     # reader sees a whole file or none. The .json goes last and marks the entry complete.
-    tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-    os.replace(tmp, npz)
-    tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, meta)
+
+    def arrays_to(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+
+    write_replacing(npz, arrays_to)
+    write_replacing(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=1)))
 
 
 def load_cached(cache_dir: Path, fingerprint: str) -> dict[str, Any] | None:

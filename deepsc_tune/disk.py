@@ -42,6 +42,23 @@ class DiskFull(DeepscTuneError):
         )
 
 
+def write_replacing(path: Path, write: Callable[[Path], Any], *, tmp: Path | None = None) -> Path:
+    """``write(tmp)`` a hidden file beside ``path``, then move it to ``path`` (readers see a whole
+    file or none). When that fails the temporary file is removed, and an ``OSError`` that names
+    no file (a full disk met at a flush) names ``path``; returns ``path``."""
+    tmp = tmp or path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, OSError) and not e.filename:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
+    return path
+
+
 def free_bytes(path: Path | str) -> int | None:
     """Bytes an unprivileged user may still write on the device holding ``path`` (``None``: unknown)."""
     path = Path(path)

@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from deepsc_tune.disk import write_replacing
+
 #: Short study attributes a report needs without the configuration.
 DESCRIPTION_CHARS = 200
 
@@ -66,10 +68,10 @@ def write_record(folder: Path | None, space: Any) -> Path | None:
         "config": json.loads(json.dumps(space.config, default=str)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps(record, indent=1) + "\n"
+    return write_replacing(
+        path, lambda tmp: tmp.write_text(text), tmp=path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    )
 
 
 def read_record(study_attrs: Mapping[str, Any], folder: Path | None) -> dict[str, Any] | None:

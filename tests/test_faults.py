@@ -765,6 +765,23 @@ CASES = [
         hidden=["damaged"],
     ),
     Case(
+        "disk-full-report",
+        ["report", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        [f"results/{NAME}/report.html", "the disk is full", "--out"],
+        full_disk="results",
+        absent=[f"results/{NAME}/.report.html*"],
+    ),
+    Case(
+        "disk-full-new-data-cache",  # the study elsewhere, the data cache on the full disk
+        [*RUN, DATA, "--storage", "sqlite:///side.db"],
+        1,
+        ["results/cache/data-", "the disk is full"],
+        data_file(lambda: (counts(seed=1), None)),
+        full_disk="results",
+        absent=["results/cache/.*tmp"],
+    ),
+    Case(
         "disk-full-predict-output",
         [*PREDICT, "--out", "results/o.h5ad"],
         1,
