@@ -31,14 +31,14 @@ _SQLITE_IOERR = 10  # SQLITE_IOERR (and its extended codes, modulo 256)
 class DiskFull(DeepscTuneError):
     """The disk holding ``path`` is full: nothing more could be written there."""
 
-    def __init__(self, path: Path | str | None, what: str = "") -> None:
+    def __init__(self, path: Path | str | None, what: str = "", *, elsewhere: str = "--results-dir") -> None:
         self.path = None if path is None else Path(path)
         where = f"{self.path}: " if self.path is not None else ""
         free = free_bytes(self.path) if self.path is not None else None
         room = f": {free} bytes free" if free is not None and free < LOW_SPACE else ""
         super().__init__(
             f"{where}the disk is full (no space left on the device{room}); {what}"
-            "free some space there (or use another --results-dir) and run the same command again"
+            f"free some space there (or use another {elsewhere}) and run the same command again"
         )
 
 

@@ -338,9 +338,9 @@ def _write_output(adata: Any, out: Path) -> None:
     except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        full = disk_full(e, out, what=f"{out} was not written; ") if isinstance(e, Exception) else None
+        full = disk_full(e, out) if isinstance(e, Exception) else None
         if full is not None:
-            raise full from None
+            raise DiskFull(full.path, f"{out} was not written; ", elsewhere="--out") from None
         if isinstance(e, OSError):
             raise DeepscTuneError(f"--out {out}: cannot write it: {e.strerror or e}") from None
         raise

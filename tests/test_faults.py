@@ -785,7 +785,7 @@ CASES = [
         "disk-full-predict-output",
         [*PREDICT, "--out", "results/o.h5ad"],
         1,
-        ["results/o.h5ad", "the disk is full", "not written"],
+        ["results/o.h5ad", "the disk is full", "not written", "another --out"],
         full_disk="results",
         absent=["results/o.h5ad", "results/.o.h5ad*"],
     ),
