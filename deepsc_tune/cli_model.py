@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +13,7 @@ from deepsc_tune.cli_common import (
     OverridesArg,
     ResultsDirOpt,
     StudyFolderOpt,
+    _check_device,
     _echo,
     _make_finetuner,
     _prepare,
@@ -44,6 +44,7 @@ def finetune(
     _quiet_libraries()
     with user_errors():
         space = load_search_space(name, overrides or [], fixed_only=True)
+        _check_device(space, None, overrides)
         folder = _study_folder(results_dir, space_name=space.name, study_name=study_name)
         finetuner, _ = _make_finetuner(space, results_dir, log=_echo)
         result = finetuner.run(dict(space.fixed), metric=space.metric, run_dir=folder.finetune)
@@ -95,8 +96,11 @@ def predict(
 
     _quiet_libraries()
     with user_errors():
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
+        from deepsc_tune.train_settings import device_problem
+
+        why = None if device == "auto" else device_problem(device)
+        if why:
+            raise ConfigError(f"--device {device}: {why}")
         space_name = _space_name(name)
         folder = _study_folder(results_dir, space_name=space_name, study_name=study_name)
         model = study_model(folder, space_name=space_name)
@@ -162,6 +166,7 @@ def lr_find(
             raise ConfigError(
                 f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, got {space.backend!r}"
             )
+        _check_device(space, device, overrides)
         data = _prepare(space, results_dir)
         from deepsc_tune.train_settings import TrainSettings
 

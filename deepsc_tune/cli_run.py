@@ -16,12 +16,15 @@ from deepsc_tune.cli_common import (
     ResultsDirOpt,
     StorageOpt,
     StudyNameOpt,
+    _check_device,
+    _check_study_name,
     _echo,
     _load_study,
     _make_finetuner,
     _prepare,
     _quiet_libraries,
     _space_name,
+    _storage_label,
     _study_folder,
     user_errors,
 )
@@ -110,6 +113,7 @@ def run(
     child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
     prefix = f"[{worker_id}] " if worker_id else ""
     with user_errors():
+        _check_study_name(study_name)
         gpu_list = parse_gpus(gpus)
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
         if len(plans) == 1 and not gpu_list:
@@ -120,12 +124,15 @@ def run(
             for note in space.notes:
                 _echo(f"{prefix}note: {note}")
         budget = _time_budget(timeout, space.timeout)
+        _check_device(space, device, overrides)  # before the study is opened: a refused run writes nothing
         folder = _study_folder(
             results_dir, space_name=space.name, study_name=study_name, storage=storage, echo=not child
         )
         study_name = folder.name
         url = folder_storage_url(folder, storage)
-        opened = open_storage(url)  # a bad --storage is reported before the data are prepared
+        opened = open_storage(
+            url, label=_storage_label(storage)
+        )  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them
@@ -460,6 +467,7 @@ def repeat(
         study, space = open_for_repeats(
             storage=folder.storage_url(storage), study_name=study.study_name, record_dir=folder
         )
+        _check_device(space, device)  # before any repeat is queued
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")

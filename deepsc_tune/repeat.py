@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backend import Finetuner
+from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
@@ -229,6 +230,9 @@ def run_repeats(
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
+    full_disk = FullDiskStop(study)
+
+    @full_disk.objective
     def tracked(trial: optuna.trial.Trial) -> float:
         ran.append(trial.number)
         return objective(trial)
@@ -237,7 +241,8 @@ def run_repeats(
     while waiting_repeats(study):
         if stop is not None and stop():
             break
-        study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        with full_disk.optimizing():  # a full disk stops the repeats (DiskFull)
+            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     repeats = [n for n in ran if is_repeat(by_number[n])]
     return RepeatSummary(

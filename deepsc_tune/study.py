@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import __version__
 from deepsc_tune.backend import Finetuner
+from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
@@ -269,6 +270,8 @@ def run_study(
     KeyboardInterrupt
         Passed on after the running trial has been recorded as FAIL ("interrupted") and its
         parameters re-queued.
+    DiskFull
+        When a full disk stopped a trial (:class:`~deepsc_tune.disk.FullDiskStop`).
     """
     recovered: list[int] = []
     objective = build_objective(
@@ -282,6 +285,9 @@ def run_study(
     current: list[int] = []
     ended: list[FrozenTrial] = []
 
+    full_disk = FullDiskStop(study)
+
+    @full_disk.objective
     def tracked(trial: optuna.trial.Trial) -> float:
         current[:] = [trial.number]
         lock.release()  # the trial is RUNNING now and counts for everyone
@@ -317,7 +323,8 @@ def run_study(
             current.clear()
             ended.clear()
             try:
-                study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+                with full_disk.optimizing():
+                    study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
             except KeyboardInterrupt:
                 if progress is not None:
                     progress.close()
