@@ -25,7 +25,7 @@ from optuna.storages import BaseStorage, RDBStorage
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
-from deepsc_tune.study_file import check_study_file, sqlite_file
+from deepsc_tune.study_file import check_study_file, sqlite_file, watch_study_file
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -125,6 +125,7 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
             storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)
+            watch_study_file(storage, url)
         return storage
     except ImportError as e:
         raise DeepscTuneError(

@@ -527,14 +527,14 @@ LONG = [
     ids=["SIGTERM", "SIGINT"],
 )
 def test_signal_during_a_trial(case_dir: Path, sig):
-    """SLURM's scancel / a preemption (SIGTERM) and Ctrl-C (SIGINT): exit 130, one line, the
+    """SLURM's scancel / a preemption (SIGTERM) and Ctrl-C (SIGINT): exit 143 / 130, one line, the
     running trial FAIL (interrupted) and re-queued, every other trial untouched."""
     before = snapshot(case_dir / "results")
     proc = start(case_dir, *LONG)
     wait_for_epoch(proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + sig, err
     assert "Traceback" not in out + err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command to resume" in lines[0], err
