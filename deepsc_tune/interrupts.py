@@ -177,7 +177,11 @@ class _Guarded(io.TextIOBase):
         return self._stream.fileno()
 
     def isatty(self) -> bool:
-        return not self._broken and self._stream.isatty()
+        # Asked at exit too, by whoever kept this object (colorama), when the stream is closed.
+        try:
+            return not self._broken and self._stream.isatty()
+        except (ValueError, OSError):
+            return False
 
     def writable(self) -> bool:
         return True
