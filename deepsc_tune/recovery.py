@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.interrupts import interrupt_reason
 from deepsc_tune.processes import process_start_time
+from deepsc_tune.reconnect import unreachable_in
 from deepsc_tune.trial_record import (
     ENQUEUED,
     FAIL_REASON,
@@ -146,7 +147,8 @@ def run_one_trial(
     Returns the number of a trial that was taken over while it ran, else ``None``: a worker
     suspended (SLURM's SIGSTOP) for longer than the heartbeat grace period finds its trial failed
     and re-queued by another worker when it continues; Optuna then refuses to record it, and
-    this worker drops its result and carries on.
+    this worker drops its result and carries on. A database that did not come back in time
+    (:mod:`deepsc_tune.reconnect`) is raised as :class:`~deepsc_tune.reconnect.DatabaseUnreachable`.
     """
     current: list[int] = []
 
@@ -162,9 +164,13 @@ def run_one_trial(
         if current:
             requeue_interrupted(study, current[0], interrupt_reason(e))
         raise
-    except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+    except Exception as e:
+        lost = unreachable_in(e)
+        if lost is not None:  # the database did not come back: say that, not how Optuna failed
+            raise lost from None
         # "Cannot tell a FAIL trial": someone else finished it while this process was stopped.
-        if current and _finished_elsewhere(study, current[0]):
+        taken = isinstance(e, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+        if taken and current and _finished_elsewhere(study, current[0]):
             return current[0]
         raise
     return None

@@ -23,6 +23,7 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
 from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.reconnect import ReconnectingStorage, retry_seconds
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
 from deepsc_tune.study_file import check_study_file, sqlite_file, watch_study_file
@@ -100,12 +101,14 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
-    with "database is locked". An existing SQLite file is checked first
+    with "database is locked". A database server gets a :class:`ReconnectingStorage`: once
+    opened, a lost connection is retried for ``DEEPSC_TUNE_DB_RETRY`` seconds (default 60). An existing SQLite file is checked first
     (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
     one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
     for writers.
     """
     url = check_study_file(with_driver(url), write=heartbeat)
+    retry_seconds()  # a bad DEEPSC_TUNE_DB_RETRY is reported before anything is opened
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -122,7 +125,10 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     try:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if url.startswith("sqlite"):
+                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            else:  # a server: a lost connection is retried for a while (reconnect.py)
+                storage = ReconnectingStorage(url, where=redact(url), engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)
             watch_study_file(storage, url)
