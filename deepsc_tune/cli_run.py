@@ -22,6 +22,7 @@ from deepsc_tune.cli_common import (
     _make_finetuner,
     _prepare,
     _quiet_libraries,
+    _space_name,
     _storage_url,
     stops_end_the_command,
     user_errors,
@@ -375,10 +376,9 @@ def repeat(
     what = "the running repeat (if any) is recorded as FAIL (interrupted) and re-queued; run the same command to finish the rest."
     with user_errors(), stops_end_the_command(what):
         study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
-        url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
-        study, space = open_for_repeats(
-            storage=url, study_name=study.study_name, record_dir=results_dir / study.study_name
-        )
+        folder = results_dir / _space_name(name)  # where _load_study found it, whatever --study-name
+        url = storage or f"sqlite:///{folder / 'study.db'}"
+        study, space = open_for_repeats(storage=url, study_name=study.study_name, record_dir=folder)
         recovered = recover_dead_repeats(study)  # before planning: a killed repeat is not under way
         if recovered:
             _echo(f"re-queued trials left running by a dead process: {recovered}")
@@ -389,7 +389,7 @@ def repeat(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
-        _keep_models(finetuner, space, study, results_dir / study.study_name)
+        _keep_models(finetuner, space, study, folder)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
@@ -398,7 +398,7 @@ def repeat(
             space,
             finetuner,
             progress=Progress(metric=space.metric, verbose=verbose),
-            trials_dir=results_dir / study.study_name / "trials",
+            trials_dir=folder / "trials",
         )
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
