@@ -40,7 +40,8 @@ StorageOpt = Annotated[
         envvar="DEEPSC_TUNE_STORAGE",
         help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db "
         "(or set DEEPSC_TUNE_STORAGE, which keeps the password out of `ps`). "
-        "Default: sqlite:///RESULTS_DIR/NAME/study.db.",
+        "Default: sqlite:///RESULTS_DIR/NAME/study.db. A database server's lost connection is "
+        "retried for 60 s (DEEPSC_TUNE_DB_RETRY=SECONDS), then the command stops.",
         show_default=False,
     ),
 ]

@@ -92,8 +92,8 @@ def run(
 
     Trials run until the study holds study.n_trials finished (complete or pruned) trials. The
     study lives in RESULTS_DIR/NAME/study.db unless --storage names a shared database; running
-    the same command again resumes it. Ctrl-C records the running trial as FAIL ("interrupted")
-    and re-queues its settings.
+    the same command again resumes it. Ctrl-C, SIGTERM or a closed stdout records the running
+    trial as FAIL ("interrupted") and re-queues its settings (exit status 130, 143, 141).
 
     --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
     on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).

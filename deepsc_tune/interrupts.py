@@ -11,8 +11,8 @@ a ``KeyboardInterrupt``: the objective records the running trial as FAIL with
 
 Later signals are only counted: a second Ctrl-C while the trial is being recorded cannot cut
 that short, leave the trial RUNNING or print a traceback (the command backend's child still gets
-SIGKILL after its ``grace_period``). Once a command has been interrupted this stays so until the
-process ends. ``run --workers`` uses :func:`stop_requests` with ``raising=False``: it counts the
+SIGKILL after its ``grace_period``). Once a command has been interrupted, SIGINT and SIGTERM
+stay ignored until the process ends. ``run --workers`` uses :func:`stop_requests` with ``raising=False``: it counts the
 requests and stops its children itself (:mod:`deepsc_tune.workers`). This module never imports
 Optuna or torch.
 """
@@ -129,10 +129,11 @@ def stop_requests(*, raising: bool = True) -> Iterator[StopRequests]:
         yield stops
     finally:
         sys.stdout, sys.stderr = streams
-        if stops.first is None:
-            for s, h in previous.items():
-                signal.signal(s, h)
-        # Interrupted: the command is ending; a later signal must not cut that short.
+        for s, h in previous.items():
+            # Interrupted: the command is ending, and a later signal must not cut that short,
+            # not even late in the interpreter's exit, which resets Python's own handlers to
+            # the default (death by SIGINT) but leaves an ignored signal ignored.
+            signal.signal(s, h if stops.first is None else signal.SIG_IGN)
 
 
 def _unguarded(stream: TextIO) -> TextIO:

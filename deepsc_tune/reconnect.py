@@ -2,18 +2,21 @@
 
 A PostgreSQL server restarted (an update, a failover) or stopped under a running search used to
 end it with a traceback from deep inside SQLAlchemy. :class:`ReconnectingStorage` is Optuna's
-``RDBStorage`` whose public storage calls, and every new connection, are retried while the
-connection is lost, for at most :func:`retry_seconds` in all (``DEEPSC_TUNE_DB_RETRY``, default
+``RDBStorage`` whose public storage calls, and every new connection to a server, are retried
+while the connection is lost, for at most :func:`retry_seconds` in all (``DEEPSC_TUNE_DB_RETRY``, default
 :data:`RETRY_SECONDS`) counted from the first failure: a restart goes unnoticed but for a pause.
 When the server is not back in time, :class:`DatabaseUnreachable` says so in one line (the CLI
 exits 1) and every later call fails at once, so the command ends quickly. The trial that was
 running stays RUNNING in the database and is recovered (FAIL, re-queued) by the next ``run`` on
 this machine, or after the heartbeat grace period by any worker (:mod:`deepsc_tune.recovery`).
 
+On SQLite (one machine, no server) only "database is locked" is retried, which SQLite reports
+without waiting when two processes write at once in write-ahead-log mode (workers stopped
+together); its busy timeout covers the rest.
+
 Missed heartbeats are not retried (the next beat comes soon; a worker silent for longer than the
-grace period is declared dead, see docs/distributed.md). SQLite is never wrapped: it has no
-connection to lose, and its own lock timeout. A write whose commit reached the server just before
-the connection broke is sent again; Optuna then refuses a second state change, which the runner
+grace period is declared dead, see docs/distributed.md). A write whose commit reached the
+server just before the connection broke is sent again; Optuna then refuses a second state change, which the runner
 handles as a trial finished elsewhere.
 """
 
@@ -79,6 +82,25 @@ def connection_lost(error: BaseException) -> BaseException | None:
     return None
 
 
+def sqlite_busy(error: BaseException) -> BaseException | None:
+    """SQLite's error if ``error`` is "database is locked" that its busy timeout did not cover.
+
+    In write-ahead-log mode a transaction that read first and then writes, while another
+    process committed, fails at once (waiting could deadlock); the transaction was rolled back
+    and trying it again is safe.
+    """
+    import sqlite3
+
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def unreachable_in(error: BaseException) -> DatabaseUnreachable | None:
     """The :class:`DatabaseUnreachable` behind ``error``, if any.
 
@@ -107,9 +129,10 @@ def _first_line(error: BaseException) -> str:
 class _Outage:
     """The clock of one outage, shared by every call and connection of a storage."""
 
-    def __init__(self, bound: float, where: str) -> None:
+    def __init__(self, bound: float, where: str, *, sqlite: bool = False) -> None:
         self.bound = bound
         self.where = where
+        self.sqlite = sqlite  # SQLite: only "database is locked" is retried, briefly between tries
         self.since: float | None = None
         self.lost: DatabaseUnreachable | None = None
         self.lock = threading.Lock()
@@ -123,7 +146,7 @@ class _Outage:
             except KeyboardInterrupt:
                 raise
             except Exception as e:
-                driver = connection_lost(e)
+                driver = sqlite_busy(e) if self.sqlite else connection_lost(e)
                 if driver is None:
                     raise
                 self._wait(driver)
@@ -137,6 +160,11 @@ class _Outage:
         with self.lock:
             self.since = self.since if self.since is not None else now
             waited = now - self.since
+            if waited >= self.bound and self.lost is None and self.sqlite:
+                self.lost = DatabaseUnreachable(
+                    f"the study database {self.where} stayed locked by other processes for "
+                    f"{self.bound:g} s ({RETRY_ENV}): {_first_line(driver)}; run the same command to go on"
+                )
             if waited >= self.bound and self.lost is None:
                 self.lost = DatabaseUnreachable(
                     f"lost the connection to the study database {self.where} and it did not come back "
@@ -147,7 +175,7 @@ class _Outage:
             if self.lost is not None:
                 raise self.lost from None
         try:
-            time.sleep(min(_PAUSE_S, self.bound - waited))
+            time.sleep(min(_PAUSE_S / 10 if self.sqlite else _PAUSE_S, self.bound - waited))
         except KeyboardInterrupt:
             # Ctrl-C while waiting: the command ends; do not wait again for each call on the way.
             with self.lock:
@@ -203,15 +231,18 @@ class ReconnectingStorage(RDBStorage):
 
     Opened like ``RDBStorage``, plus ``where`` (the URL without its password, for messages). The
     first connection is not retried: a server that is not there at the start is reported at once.
+    On SQLite only "database is locked" is retried (:func:`sqlite_busy`), for the same bound.
     """
 
     def __init__(self, url: str, *, where: str, **kwargs: Any) -> None:
         super().__init__(url, **kwargs)
-        self.outage = _Outage(retry_seconds(), where)
-        import sqlalchemy
+        sqlite = url.startswith("sqlite")
+        self.outage = _Outage(retry_seconds(), where, sqlite=sqlite)
+        if not sqlite:
+            import sqlalchemy
 
-        # Every new connection from now on (the pool's, the start lock's) waits for the server too.
-        sqlalchemy.event.listen(self.engine, "do_connect", self._connect)
+            # Every new connection from now on (the pool's, the start lock's) waits for the server too.
+            sqlalchemy.event.listen(self.engine, "do_connect", self._connect)
 
     def _connect(self, dialect: Any, conn_rec: Any, cargs: Any, cparams: Any) -> Any:
         from sqlalchemy import exc
@@ -235,7 +266,7 @@ class ReconnectingStorage(RDBStorage):
         try:
             super().record_heartbeat(trial_id)
         except Exception as e:
-            if connection_lost(e) is None and not isinstance(e, DatabaseUnreachable):
+            if connection_lost(e) is None and sqlite_busy(e) is None and not isinstance(e, DatabaseUnreachable):
                 raise
 
 

@@ -125,9 +125,9 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
     try:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if url.startswith("sqlite"):
+            if "mode=ro" in url:  # read-only media: nothing to wait for
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-            else:  # a server: a lost connection is retried for a while (reconnect.py)
+            else:  # a lost connection, a busy SQLite file: retried for a while (reconnect.py)
                 storage = ReconnectingStorage(url, where=redact(url), engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)

@@ -387,6 +387,7 @@ CASES = [
         ["--format", "xml"],
     ),
     Case("heartbeat-not-a-number", RUN, 2, ["DEEPSC_TUNE_HEARTBEAT", "abc"], env={"DEEPSC_TUNE_HEARTBEAT": "abc"}),
+    Case("db-retry-not-a-number", RUN, 2, ["DEEPSC_TUNE_DB_RETRY", "soon"], env={"DEEPSC_TUNE_DB_RETRY": "soon"}),
     Case("workers-zero", [*RUN, "--workers", "0"], 2, ["--workers 0"]),
     Case("gpus-empty-entry", [*RUN, "--gpus", "0,,1"], 2, ["--gpus", "0,,1"]),
     # --- file system
@@ -731,7 +732,8 @@ LIVE = [
             suspend_first_worker,
             0,
             ["declared dead by another worker", "2/2 finished trials"],
-            ["FAIL", "COMPLETE", "COMPLETE"],  # w1's trial failed by w2, w2's own, w2's retry of w1's
+            # w1's trial failed by w2, w2's own, w2's retry of w1's (w1's may be number 0 or 1)
+            lambda states: sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"],
             env=SUSPEND_ENV,
             ready=lambda lines: "[w1]   trial" in lines[-1],
         ),
@@ -897,6 +899,31 @@ def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
     # The retry runs the killed trial's settings again (by design); nothing else repeats.
     settings = [tuple(sorted(t[2].items())) for t in finished(after)]
     assert len(set(settings)) == len(settings), settings
+
+
+@pytest.mark.slow
+def test_repeat_sigkill_then_resume_completes_the_repeats(case_dir: Path):
+    """`repeat` killed outright leaves its repeat RUNNING; the same command again fails and
+    re-queues it (as `run` does) and completes every requested seed, nothing twice."""
+    searched(case_dir)
+    proc = start(case_dir, *REPEAT)
+    wait_for_epoch(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = snapshot(case_dir / "results")["long"]
+    assert [t[1] for t in killed] == ["COMPLETE", "RUNNING", "WAITING"], killed
+    again = start(case_dir, *REPEAT)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0 and "Traceback" not in out + err, out + err
+    assert "re-queued trials left running by a dead process: [1]" in out, out
+    storage = optuna.storages.RDBStorage(f"sqlite:///{case_dir / 'results' / NAME / 'study.db'}")
+    try:
+        trials = optuna.load_study(study_name="long", storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    seeds = sorted(t.user_attrs["repeat_seed"] for t in trials if t.state.name == "COMPLETE" and t.number)
+    assert seeds == [1, 2], seeds  # finetune.seed 0: seeds 1 and 2, each once
 
 
 def test_raised_target_proposes_new_settings(case_dir: Path):
