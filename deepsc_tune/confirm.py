@@ -95,8 +95,10 @@ def run_confirmation(
             taken = run_one_trial(study, objective, callbacks=callbacks, on_start=started)
         finally:
             lock.release()
-        if taken is not None and progress is not None:
-            progress.taken_over(taken)
+        if taken is not None:
+            ran.remove(taken)  # another worker runs it again
+            if progress is not None:
+                progress.taken_over(taken)
     check_study_file_unchanged(storage)
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     return ConfirmSummary(
