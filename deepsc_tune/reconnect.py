@@ -95,8 +95,9 @@ def sqlite_busy(error: BaseException) -> BaseException | None:
     e: BaseException | None = error
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
-            return e
+        for found in (e, getattr(e, "orig", None)):  # SQLAlchemy keeps the driver's error as .orig
+            if isinstance(found, sqlite3.OperationalError) and "locked" in str(found):
+                return found
         e = e.__cause__ or e.__context__
     return None
 

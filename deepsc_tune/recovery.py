@@ -123,12 +123,24 @@ def trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
-def requeue_interrupted(study: optuna.Study, number: int, reason: str = "interrupted") -> None:
-    """Re-queue trial ``number`` of this process once an interruption has made it FAIL."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.number == number:
+def requeue_interrupted(
+    study: optuna.Study, number: int, reason: str = "interrupted", *, storage: BaseStorage | None = None
+) -> None:
+    """Re-queue trial ``number`` of this process once an interruption has made it FAIL.
+
+    ``storage``: the one the study was opened on, read directly: the study's own cached view
+    may still show the trial RUNNING when another worker wrote meanwhile. A trial the
+    interruption left RUNNING (it came before Optuna could record the end) is failed here.
+    """
+    if storage is None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    else:
+        trials = [storage.get_trial(trial_id(storage, study, number))]
+    for trial in trials:
+        if trial.state == TrialState.RUNNING and storage is not None:
+            fail_trial(study, trial, reason, storage=storage)  # fails and re-queues it
+        elif trial.state == TrialState.FAIL:
             requeue(study, trial, reason)
-            return
 
 
 def run_one_trial(
@@ -150,6 +162,8 @@ def run_one_trial(
     this worker drops its result and carries on. A database that did not come back in time
     (:mod:`deepsc_tune.reconnect`) is raised as :class:`~deepsc_tune.reconnect.DatabaseUnreachable`.
     """
+    from deepsc_tune.storage import storage_of  # storage.py imports this module
+
     current: list[int] = []
 
     def tracked(trial: optuna.trial.Trial) -> float:
@@ -162,7 +176,7 @@ def run_one_trial(
         study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
     except KeyboardInterrupt as e:
         if current:
-            requeue_interrupted(study, current[0], interrupt_reason(e))
+            requeue_interrupted(study, current[0], interrupt_reason(e), storage=storage_of(study))
         raise
     except Exception as e:
         lost = unreachable_in(e)
