@@ -458,4 +458,5 @@ def test_killed_parent_leaves_no_running_trials(tmp_path):
     study = load(results)
     assert TrialState.RUNNING not in [t.state for t in study.trials]
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
+    # "interrupted", or "interrupted (stdout closed)" when a worker's next line found the pipe gone
+    assert interrupted and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in interrupted)
