@@ -40,7 +40,8 @@ StorageOpt = Annotated[
         envvar="DEEPSC_TUNE_STORAGE",
         help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db "
         "(or set DEEPSC_TUNE_STORAGE, which keeps the password out of `ps`). "
-        "Default: sqlite:///RESULTS_DIR/STUDY/study.db.",
+        "Default: sqlite:///RESULTS_DIR/STUDY/study.db. A database server's lost connection is "
+        "retried for 60 s (DEEPSC_TUNE_DB_RETRY=SECONDS), then the command stops.",
         show_default=False,
     ),
 ]
@@ -88,6 +89,31 @@ def user_errors() -> Iterator[None]:
         if full is None:
             raise
         _fail(str(full), EXIT_ERROR)
+
+
+#: How the one line after an interruption names its cause (see :mod:`deepsc_tune.interrupts`).
+_STOPPED_BY = {"SIGINT": "interrupted", "SIGTERM": "interrupted by SIGTERM", "stdout closed": "stdout was closed"}
+
+
+@contextlib.contextmanager
+def stops_end_the_command(what: str | None, *, prefix: str = "") -> Iterator[None]:
+    """Run trials: Ctrl-C, SIGTERM and a closed stdout stop the command, one way for all.
+
+    The runner has then recorded the running trial as FAIL with the reason and re-queued its
+    settings (:mod:`deepsc_tune.interrupts`); here one line goes to stderr, ``"interrupted:
+    "`` + ``what`` (``None``: nothing, a worker whose parent speaks for it), and the exit status
+    is 130 (SIGINT), 143 (SIGTERM) or 141 (stdout closed).
+    """
+    from deepsc_tune.interrupts import Interrupted, exit_code, stop_requests
+
+    try:
+        with stop_requests():
+            yield
+    except KeyboardInterrupt as e:
+        if what is not None:
+            cause = _STOPPED_BY[e.cause if isinstance(e, Interrupted) else "SIGINT"]
+            typer.secho(f"\n{prefix}{cause}: {what}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(exit_code(e)) from None
 
 
 def _os_error(e: OSError) -> str:

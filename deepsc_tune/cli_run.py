@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from deepsc_tune.cli_common import (
+    _STOPPED_BY,
     NameArg,
     OverridesArg,
     ResultsDirOpt,
@@ -26,11 +27,11 @@ from deepsc_tune.cli_common import (
     _space_name,
     _storage_label,
     _study_folder,
+    stops_end_the_command,
     user_errors,
 )
 from deepsc_tune.cli_results import _print_best
 from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.processes import EXIT_INTERRUPTED
 
 
 def run(
@@ -94,8 +95,8 @@ def run(
 
     Trials run until the study holds study.n_trials finished (complete or pruned) trials. The
     study lives in RESULTS_DIR/STUDY/study.db unless --storage names a shared database; running
-    the same command again resumes it. Ctrl-C records the running trial as FAIL ("interrupted")
-    and re-queues its settings.
+    the same command again resumes it. Ctrl-C, SIGTERM or a closed stdout records the running
+    trial as FAIL ("interrupted") and re-queues its settings (exit status 130, 143, 141).
 
     --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
     on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).
@@ -107,12 +108,13 @@ def run(
     from deepsc_tune.storage import folder_storage_url, open_storage
     from deepsc_tune.study import open_study, run_study, sampler_label
     from deepsc_tune.study_folder import command_args
-    from deepsc_tune.workers import parse_gpus, plan_workers, sigterm_as_interrupt, watch_parent
+    from deepsc_tune.workers import parse_gpus, plan_workers, watch_parent
 
     _quiet_libraries()
     child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
     prefix = f"[{worker_id}] " if worker_id else ""
-    with user_errors():
+    # A worker's parent says it once for all its workers.
+    with user_errors(), stops_end_the_command(None if child else INTERRUPTED, prefix=prefix):
         _check_study_name(study_name)
         gpu_list = parse_gpus(gpus)
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
@@ -174,33 +176,22 @@ def run(
                 watch_parent(parent_pid)
             progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
             _keep_models(finetuner, space, study, folder)
-            try:
-                with sigterm_as_interrupt():
-                    summary = run_study(
-                        space,
-                        finetuner,
-                        study=study,
-                        progress=progress,
-                        trials_dir=folder.trials,
-                        stop=budget.spent,
-                    )
-                    confirmed = run_confirmation(
-                        space,
-                        finetuner,
-                        study=study,
-                        storage=opened,
-                        progress=progress,
-                        trials_dir=folder.trials,
-                    )
-            except KeyboardInterrupt:
-                if not child:  # the parent says it once for all its workers
-                    typer.secho(
-                        f"\n{prefix}interrupted: the running trial is recorded as FAIL (interrupted) "
-                        f"and its settings re-queued; run the same command to resume.",
-                        fg=typer.colors.YELLOW,
-                        err=True,
-                    )
-                raise typer.Exit(EXIT_INTERRUPTED) from None
+            summary = run_study(
+                space,
+                finetuner,
+                study=study,
+                progress=progress,
+                trials_dir=folder.trials,
+                stop=budget.spent,
+            )
+            confirmed = run_confirmation(
+                space,
+                finetuner,
+                study=study,
+                storage=opened,
+                progress=progress,
+                trials_dir=folder.trials,
+            )
             _prune_checkpoints(finetuner, echo=not child)
             if confirmed is not None and not child:
                 _echo(
@@ -215,6 +206,13 @@ def run(
             _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; run the same command to go on")
         _print_best(study, space.backend, fmt="yaml", folder=folder)
         _echo(f"next: deepsc-tune report {command_args(name, study_name, space.name)}   (HTML report in {folder.path})")
+
+
+#: The one line after Ctrl-C, SIGTERM or a closed stdout, after "interrupted: " (cli_common.py).
+INTERRUPTED = (
+    "the running trial (if any) is recorded as FAIL (interrupted) and its settings re-queued; "
+    "run the same command to resume."
+)
 
 
 def _describe_trials(study) -> str:
@@ -398,20 +396,23 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
     result = run_workers(plans, command, echo=_echo)
     if result.interrupted:
         typer.secho(
-            "interrupted: each worker recorded its running trial as FAIL (interrupted) and "
-            "re-queued its settings; run the same command to resume.",
+            f"{_STOPPED_BY.get(result.cause, 'interrupted')}: each worker recorded its running trial "
+            "as FAIL (interrupted) and re-queued its settings; run the same command to resume.",
             fg=typer.colors.YELLOW,
             err=True,
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise typer.Exit(result.exit_code)
 
 
 def _summarise(study, space, *, budget=None):
     """Counts after the workers stopped; an error when they stopped short of the target
     (unless the time budget stopped them)."""
+    from deepsc_tune.storage import storage_of
     from deepsc_tune.study import RunSummary
+    from deepsc_tune.study_file import check_study_file_unchanged
     from deepsc_tune.trial_record import count_states, n_finished
 
+    check_study_file_unchanged(storage_of(study))  # the workers check it too, between trials
     finished = n_finished(count_states(study))
     if finished < space.n_trials and not (budget is not None and budget.spent()):
         raise DeepscTuneError(
@@ -456,18 +457,23 @@ def repeat(
         enqueue_repeats,
         open_for_repeats,
         plan_repeats,
+        recover_dead_repeats,
         run_repeats,
         waiting_repeats,
     )
     from deepsc_tune.study_folder import command_args
 
     _quiet_libraries()
-    with user_errors():
+    what = "the running repeat (if any) is recorded as FAIL (interrupted) and re-queued; run the same command to finish the rest."
+    with user_errors(), stops_end_the_command(what):
         study, _, folder = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
         study, space = open_for_repeats(
             storage=folder.storage_url(storage), study_name=study.study_name, record_dir=folder
         )
         _check_device(space, device)  # before any repeat is queued
+        recovered = recover_dead_repeats(study)  # before planning: a killed repeat is not under way
+        if recovered:
+            _echo(f"re-queued trials left running by a dead process: {recovered}")
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
@@ -479,22 +485,13 @@ def repeat(
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
-        try:
-            summary = run_repeats(
-                study,
-                space,
-                finetuner,
-                progress=Progress(metric=space.metric, verbose=verbose),
-                trials_dir=folder.trials,
-            )
-        except KeyboardInterrupt:
-            typer.secho(
-                "\ninterrupted: the running repeat is recorded as FAIL (interrupted); "
-                "run the same command to finish the rest.",
-                fg=typer.colors.YELLOW,
-                err=True,
-            )
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        summary = run_repeats(
+            study,
+            space,
+            finetuner,
+            progress=Progress(metric=space.metric, verbose=verbose),
+            trials_dir=folder.trials,
+        )
         _prune_checkpoints(finetuner, echo=True)
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"

@@ -12,8 +12,9 @@ then ranks configurations by their mean over seeds.
   search trial because the queue emptied in between) until none is waiting.
 - **Resumable and idempotent.** A repeat counts as done when a trial with its ``(repeat_of,
   repeat_seed)`` is WAITING, RUNNING or COMPLETE (:func:`~deepsc_tune.repeat.plan_repeats`); an
-  interrupted or failed one is planned again by the next ``run``, and a ``run`` of a confirmed
-  study adds nothing.
+  interrupted one is re-queued at once, one left RUNNING by a killed process is re-queued by
+  the next ``run`` (:mod:`deepsc_tune.recovery`), a failed one is planned again, and a ``run``
+  of a confirmed study adds nothing.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ import optuna
 from optuna.trial import TrialState
 
 from deepsc_tune.backend import Finetuner
-from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
+from deepsc_tune.recovery import run_one_trial
 from deepsc_tune.repeat import enqueue_repeats, plan_repeats, waiting_repeats
 from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.selection import select
 from deepsc_tune.start_lock import start_lock
+from deepsc_tune.study_file import check_study_file_unchanged
 
 
 class ConfirmSummary(NamedTuple):
@@ -59,8 +61,8 @@ def run_confirmation(
     reached). ``storage`` is the study's storage (for the start lock shared with other workers;
     ``None``: this process is alone). Returns ``None`` when ``study.confirm`` is off.
 
-    ``KeyboardInterrupt`` is passed on after the running repeat is recorded FAIL; the next run
-    plans it again.
+    An interruption (``KeyboardInterrupt``: Ctrl-C, SIGTERM, a closed stdout) is passed on
+    after the running repeat is recorded FAIL and re-queued; the next run takes it up.
     """
     if not space.confirm:
         return None
@@ -79,24 +81,25 @@ def run_confirmation(
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
-    full_disk = FullDiskStop(study)
-
-    @full_disk.objective
-    def tracked(trial: optuna.trial.Trial) -> float:
+    def started(trial: optuna.trial.Trial) -> None:
         ran.append(trial.number)
         lock.release()  # the repeat is RUNNING now; others may take the next one
-        return objective(trial)
 
     callbacks = [progress.trial_done] if progress else []
     while stop is None or not stop():
+        check_study_file_unchanged(storage)
         lock.acquire()
         try:
             if not waiting_repeats(study):
                 break
-            with full_disk.optimizing():  # a full disk stops the confirmation (DiskFull)
-                study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            taken = run_one_trial(study, objective, callbacks=callbacks, on_start=started)
         finally:
             lock.release()
+        if taken is not None:
+            ran.remove(taken)  # another worker runs it again
+            if progress is not None:
+                progress.taken_over(taken)
+    check_study_file_unchanged(storage)
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     return ConfirmSummary(
         queued=queued,

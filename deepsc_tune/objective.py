@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial
 from deepsc_tune import trial_record as tr
 from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.interrupts import interrupt_reason
 from deepsc_tune.processes import process_start_time
 from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.study_folder import trial_dir
@@ -125,7 +126,7 @@ def build_objective(
         except (KeyboardInterrupt, Exception) as e:
             # KeyboardInterrupt, a DeepscTuneError, or a bug or crash in a backend: keep the reason
             if isinstance(e, KeyboardInterrupt):
-                reason = "interrupted"
+                reason = interrupt_reason(e)  # Ctrl-C, SIGTERM, a closed stdout
             elif isinstance(e, DeepscTuneError):
                 reason = str(e)
             else:

@@ -65,6 +65,17 @@ class Progress:
         self.close()
         print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}", file=self.stream, flush=True)
 
+    def taken_over(self, number: int) -> None:
+        """Said when a trial this worker ran was failed and re-queued by another meanwhile."""
+        self.close()
+        print(
+            f"{self.prefix}trial {number} was declared dead by another worker while this one was "
+            "stopped (suspended past the heartbeat grace period) and re-queued; its result here is "
+            "dropped, carrying on",
+            file=self.stream,
+            flush=True,
+        )
+
     def trial_done(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.close()
         print(self.prefix + format_trial_line(study, trial, self.metric), file=self.stream, flush=True)

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import socket
 import warnings
+from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from deepsc_tune.interrupts import interrupt_reason
 from deepsc_tune.processes import process_start_time
+from deepsc_tune.reconnect import unreachable_in
 from deepsc_tune.trial_record import (
     ENQUEUED,
     FAIL_REASON,
@@ -120,9 +123,84 @@ def trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
     return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
 
-def requeue_interrupted(study: optuna.Study, number: int) -> None:
-    """Re-queue trial ``number`` of this process once Ctrl-C has made it FAIL ("interrupted")."""
+def requeue_interrupted(
+    study: optuna.Study, number: int, reason: str = "interrupted", *, storage: BaseStorage | None = None
+) -> None:
+    """Re-queue trial ``number`` of this process once an interruption has made it FAIL.
+
+    ``storage``: the one the study was opened on, read directly: the study's own cached view
+    may still show the trial RUNNING when another worker wrote meanwhile. A trial the
+    interruption left RUNNING (it came before Optuna could record the end) is failed here.
+    """
+    if storage is None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    else:
+        trials = [storage.get_trial(trial_id(storage, study, number))]
+    for trial in trials:
+        if trial.state == TrialState.RUNNING and storage is not None:
+            fail_trial(study, trial, reason, storage=storage)  # fails and re-queues it
+        elif trial.state == TrialState.FAIL:
+            requeue(study, trial, reason)
+
+
+def run_one_trial(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], float],
+    *,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_start: Callable[[optuna.trial.Trial], None] | None = None,
+) -> int | None:
+    """One ``study.optimize(n_trials=1)``, as every runner (search, confirmation, repeats) needs it.
+
+    ``on_start`` is called once the trial is RUNNING. An interruption (:mod:`deepsc_tune.interrupts`:
+    Ctrl-C, SIGTERM, a closed stdout) is passed on after the objective has recorded the trial as
+    FAIL with its reason and its settings are re-queued here, tagged ``retry_of``.
+
+    Returns the number of a trial that was taken over while it ran, else ``None``: a worker
+    suspended (SLURM's SIGSTOP) for longer than the heartbeat grace period finds its trial failed
+    and re-queued by another worker when it continues; Optuna then refuses to record it, and
+    this worker drops its result and carries on. A full disk is raised as
+    :class:`~deepsc_tune.disk.DiskFull` (the trial re-queued). A database that did not come back in time
+    (:mod:`deepsc_tune.reconnect`) is raised as :class:`~deepsc_tune.reconnect.DatabaseUnreachable`.
+    """
+    from deepsc_tune.storage import storage_of  # storage.py imports this module
+
+    current: list[int] = []
+
+    def tracked(trial: optuna.trial.Trial) -> float:
+        current[:] = [trial.number]
+        if on_start is not None:
+            on_start(trial)
+        return objective(trial)
+
+    from deepsc_tune.disk import FullDiskStop
+
+    full_disk = FullDiskStop(study)  # a full disk stops the runner (DiskFull), not trial after trial
+    try:
+        with full_disk.optimizing():
+            study.optimize(full_disk.objective(tracked), n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+    except KeyboardInterrupt as e:
+        if current:
+            requeue_interrupted(study, current[0], interrupt_reason(e), storage=storage_of(study))
+        raise
+    except Exception as e:
+        lost = unreachable_in(e)
+        if lost is not None:  # the database did not come back: say that, not how Optuna failed
+            raise lost from None
+        # "Cannot tell a FAIL trial": someone else finished it while this process was stopped.
+        taken = isinstance(e, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+        if taken and current and _finished_elsewhere(study, current[0]):
+            return current[0]
+        raise
+    return None
+
+
+def _finished_elsewhere(study: optuna.Study, number: int) -> bool:
+    """Whether trial ``number``, which this process was running, was failed by another one.
+
+    The objective records a reason before a trial of its own fails; a stale-heartbeat FAIL by
+    another worker has none (the reason is on the retry)."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number == number:
-            requeue(study, trial, "interrupted")
-            return
+            return FAIL_REASON not in trial.user_attrs
+    return False

@@ -9,7 +9,9 @@ configuration by the mean over its search trial and repeats (``best``, export, r
 
 A repeat is *done* when a trial with its ``(repeat_of, repeat_seed)`` is WAITING, RUNNING or
 COMPLETE; a FAIL or PRUNED one is planned again, so running the same command twice adds nothing
-and running it after a crash finishes what is missing.
+and running it after a crash finishes what is missing. An interrupted repeat is re-queued at once;
+one left RUNNING by a killed process is failed and re-queued by the next call
+(:func:`recover_dead_repeats`), as ``run`` does.
 
 A search running at the same time may pick queued repeats up (its workers take the oldest
 WAITING trial); they then run under that worker's pruner. Run ``repeat`` after the search, or
@@ -27,15 +29,16 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backend import Finetuner
-from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
+from deepsc_tune.recovery import fail_stale_trials, recover_orphaned_trials, run_one_trial
 from deepsc_tune.search_space import SearchSpace, build_search_space
 from deepsc_tune.selection import rank_configurations
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
-from deepsc_tune.storage import open_storage
+from deepsc_tune.storage import open_storage, remember, storage_of
 from deepsc_tune.study import load_existing_study
+from deepsc_tune.study_file import check_study_file_unchanged
 from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     REPEAT_OF,
@@ -187,7 +190,20 @@ def open_for_repeats(
             sampler=space.build_sampler(),
             pruner=space.build_pruner(),
         )
-    return study, space
+    return remember(study, rdb), space
+
+
+def recover_dead_repeats(study: optuna.Study) -> list[int]:
+    """Fail and re-queue trials left RUNNING by a killed process (as ``run`` does on resume).
+
+    Call it before :func:`plan_repeats`, which counts a RUNNING repeat as under way: a repeat
+    whose process was killed is then re-queued (keeping ``repeat_of``/``repeat_seed``) instead
+    of missing for good. Returns the numbers of the trials re-queued on this host.
+    """
+    storage = storage_of(study)
+    found = recover_orphaned_trials(study, storage) if storage is not None else []
+    fail_stale_trials(study)  # other hosts' dead workers, after the heartbeat grace period
+    return found
 
 
 def check_same_data(study: optuna.Study, fingerprint: str | None) -> None:
@@ -224,25 +240,24 @@ def run_repeats(
 
     Optuna runs the oldest WAITING trial first, so search trials queued earlier (the usage
     guide's configurations, retries) run first, as they would in ``deepsc-tune run``.
-    ``KeyboardInterrupt`` is passed on after the running trial is recorded FAIL ("interrupted");
-    running the command again plans it again.
+    An interruption (``KeyboardInterrupt``: Ctrl-C, SIGTERM, a closed stdout) is passed on
+    after the running trial is recorded FAIL with the reason and re-queued (tagged ``retry_of``,
+    keeping ``repeat_of`` and ``repeat_seed``), so running the command again runs it.
     """
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
-
-    full_disk = FullDiskStop(study)
-
-    @full_disk.objective
-    def tracked(trial: optuna.trial.Trial) -> float:
-        ran.append(trial.number)
-        return objective(trial)
-
+    storage = storage_of(study)
     callbacks = [progress.trial_done] if progress else []
     while waiting_repeats(study):
         if stop is not None and stop():
             break
-        with full_disk.optimizing():  # a full disk stops the repeats (DiskFull)
-            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        check_study_file_unchanged(storage)
+        taken = run_one_trial(study, objective, callbacks=callbacks, on_start=lambda t: ran.append(t.number))
+        if taken is not None:
+            ran.remove(taken)
+            if progress is not None:
+                progress.taken_over(taken)
+    check_study_file_unchanged(storage)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     repeats = [n for n in ran if is_repeat(by_number[n])]
     return RepeatSummary(

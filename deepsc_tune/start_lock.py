@@ -62,7 +62,7 @@ def start_lock(storage: Any, study_name: str) -> StartLock:
     if url.get_backend_name() == "postgresql":
         digest = hashlib.sha256(f"deepsc-tune start {study_name}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
-        return StartLock(_pg_acquirer(storage.engine, key))
+        return StartLock(_pg_acquirer(storage.engine, key, retry=getattr(storage, "call_with_retry", None)))
     return StartLock()
 
 
@@ -100,10 +100,14 @@ def hold_flock(path: Path) -> Iterator[None]:
             release()
 
 
-def _pg_acquirer(engine: Any, key: int) -> Acquirer:
+def _pg_acquirer(engine: Any, key: int, *, retry: Callable[[Callable[[], Any]], Any] | None = None) -> Acquirer:
+    """A transaction-scoped advisory lock; ``retry`` (the storage's) rides out a lost connection."""
     import sqlalchemy
 
     def acquire() -> Callable[[], None]:
+        return retry(acquire_once) if retry is not None else acquire_once()
+
+    def acquire_once() -> Callable[[], None]:
         conn = engine.connect()
         try:
             conn.execute(sqlalchemy.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})

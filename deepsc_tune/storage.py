@@ -24,9 +24,10 @@ from optuna.storages import BaseStorage, RDBStorage
 
 from deepsc_tune.disk import disk_full, quiet_heartbeats_on_full_disk
 from deepsc_tune.errors import ConfigError, DeepscTuneError
+from deepsc_tune.reconnect import ReconnectingStorage, retry_seconds
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
-from deepsc_tune.study_file import check_study_file, sqlite_file
+from deepsc_tune.study_file import check_study_file, sqlite_file, watch_study_file
 from deepsc_tune.study_folder import StudyFolder
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
@@ -120,7 +121,8 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
-    with "database is locked". An existing SQLite file is checked first
+    with "database is locked". A database server gets a :class:`ReconnectingStorage`: once
+    opened, a lost connection is retried for ``DEEPSC_TUNE_DB_RETRY`` seconds (default 60). An existing SQLite file is checked first
     (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
     one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
     for writers. ``label`` names where the URL came from in messages (``--storage``,
@@ -130,6 +132,7 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
     where = redact(url) if not label else f"{label}{'' if label.endswith('=') else ' '}{redact(url)}"
     check_credentials(url, where=where)
     url = check_study_file(with_driver(url), write=heartbeat)
+    retry_seconds()  # a bad DEEPSC_TUNE_DB_RETRY is reported before anything is opened
     global _LAST_FILE
     _LAST_FILE = sqlite_file(url) or _LAST_FILE
     engine_kwargs: dict[str, Any] = {}
@@ -151,9 +154,13 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
     try:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            if "mode=ro" in url:  # read-only media: nothing to wait for
+                storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            else:  # a lost connection, a busy SQLite file: retried for a while (reconnect.py)
+                storage = ReconnectingStorage(url, where=redact(url), engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)
+            watch_study_file(storage, url)
         return storage
     except ImportError as e:
         raise DeepscTuneError(

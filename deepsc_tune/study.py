@@ -27,16 +27,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import __version__
 from deepsc_tune.backend import Finetuner
-from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
-from deepsc_tune.recovery import fail_stale_trials, recover_orphaned_trials, requeue_interrupted
+from deepsc_tune.recovery import fail_stale_trials, recover_orphaned_trials, run_one_trial
 from deepsc_tune.reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
 from deepsc_tune.start_lock import start_lock
 from deepsc_tune.storage import redact, remember, storage_of
+from deepsc_tune.study_file import check_study_file_unchanged
 from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     BACKEND,
@@ -267,9 +267,13 @@ def run_study(
     ------
     TooManyFailures
         After ``space.max_failures`` consecutive failed trials of this worker.
+    StudyFileGone
+        When the study's SQLite file was deleted or replaced meanwhile (checked between trials
+        and before returning).
     KeyboardInterrupt
-        Passed on after the running trial has been recorded as FAIL ("interrupted") and its
-        parameters re-queued.
+        (:class:`~deepsc_tune.interrupts.Interrupted`: Ctrl-C, SIGTERM, a closed stdout) Passed
+        on after the running trial has been recorded as FAIL with the reason and its parameters
+        re-queued.
     DiskFull
         When a full disk stopped a trial (:class:`~deepsc_tune.disk.FullDiskStop`).
     """
@@ -282,16 +286,7 @@ def run_study(
     )
     storage = storage_of(study)
     lock = start_lock(storage, study.study_name)
-    current: list[int] = []
     ended: list[FrozenTrial] = []
-
-    full_disk = FullDiskStop(study)
-
-    @full_disk.objective
-    def tracked(trial: optuna.trial.Trial) -> float:
-        current[:] = [trial.number]
-        lock.release()  # the trial is RUNNING now and counts for everyone
-        return objective(trial)
 
     def record_end(_study: optuna.Study, trial: FrozenTrial) -> None:
         ended[:] = [trial]
@@ -302,6 +297,7 @@ def run_study(
     while True:
         if stop is not None and stop():
             break
+        check_study_file_unchanged(storage)
         lock.acquire()
         try:
             # Under the lock, so that two workers never fail and re-queue the same trial twice.
@@ -320,20 +316,20 @@ def run_study(
                 lock.release()
                 time.sleep(POLL_SECONDS)
                 continue
-            current.clear()
             ended.clear()
             try:
-                with full_disk.optimizing():
-                    study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+                # Once the trial is RUNNING it counts for everyone: the lock is freed.
+                taken = run_one_trial(study, objective, callbacks=callbacks, on_start=lambda _t: lock.release())
             except KeyboardInterrupt:
                 if progress is not None:
                     progress.close()
-                lock.release()
-                if current:
-                    requeue_interrupted(study, current[0])
                 raise
         finally:
             lock.release()
+        if taken is not None:
+            if progress is not None:
+                progress.taken_over(taken)
+            continue
         ran += 1
         last = ended[0] if ended else None
         if last is not None and last.state == TrialState.FAIL:
@@ -346,6 +342,7 @@ def run_study(
                 )
         else:
             failures = 0
+    check_study_file_unchanged(storage)
     return RunSummary(
         study=study,
         ran=ran,

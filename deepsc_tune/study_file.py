@@ -7,13 +7,21 @@ first, read-only: a damaged file is reported and left untouched, and a study on 
 media is opened immutable for the commands that only read (``status``, ``best``, ``report``).
 On a full disk SQLite cannot create its ``-shm`` file either: that is said as a full disk, not
 as damage, and readers read the file immutable when its write-ahead log is empty.
+
+A file deleted (or replaced by another one) under a running search would take the trials run
+since with it, while SQLite went on writing into the deleted file as if nothing happened; the
+commands that write note which file they opened (:func:`watch_study_file`) and check that it is
+still the one at its path between trials and before they report success
+(:func:`check_study_file_unchanged`).
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+import weakref
 from pathlib import Path
+from typing import Any
 
 from deepsc_tune.disk import DiskFull, disk_is_full
 from deepsc_tune.errors import DeepscTuneError
@@ -124,3 +132,53 @@ def study_names(path: Path) -> list[str]:
         return []
     finally:
         conn.close()
+
+
+#: storage -> (its SQLite file, the file's (device, inode) when it was opened)
+_WATCHED: weakref.WeakKeyDictionary[Any, tuple[Path, tuple[int, int]]] = weakref.WeakKeyDictionary()
+
+
+class StudyFileGone(DeepscTuneError):
+    """The study's SQLite file was deleted or replaced while a command wrote to it."""
+
+
+def watch_study_file(storage: Any, url: str) -> None:
+    """Note which file ``storage`` (opened on ``url``) writes, for :func:`check_study_file_unchanged`."""
+    path = sqlite_file(url)
+    if path is None:
+        return
+    try:
+        st = path.stat()
+    except OSError:
+        return
+    _WATCHED[storage] = (path, (st.st_dev, st.st_ino))
+
+
+def check_study_file_unchanged(storage: Any) -> None:
+    """Check that the file ``storage`` writes is still the one at its path.
+
+    Raises
+    ------
+    StudyFileGone
+        When the file (or its folder) was deleted, or another file was put in its place.
+    """
+    watched = _WATCHED.get(storage)
+    if watched is None:
+        return
+    path, identity = watched
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise StudyFileGone(
+            f"{path} was deleted while this command ran (or its folder was): the trials recorded "
+            "since are lost with it; stopped. Restore the file from a copy to go on, or run again "
+            "to start a new study"
+        ) from None
+    except OSError as e:
+        raise StudyFileGone(f"{path}: cannot check the study file any more ({e.strerror or e}); stopped") from None
+    if (st.st_dev, st.st_ino) != identity:
+        raise StudyFileGone(
+            f"{path} was replaced by another file while this command ran: the trials recorded since "
+            "went to the file it replaced and are lost; stopped without touching the new one. "
+            "Run again to go on with the study now in that file"
+        )

@@ -5,8 +5,9 @@ once, then starts N copies of ``python -m deepsc_tune.cli run ... --worker-id wK
 processes. Each child is an ordinary worker (:func:`deepsc_tune.study.run_study`): it asks the
 shared storage for the next trial, so the study's target holds across all of them. This module
 only plans the children (threads, GPUs), starts them, relays their lines into one display and
-stops them together: Ctrl-C (or SIGTERM) in the parent is forwarded once to every child, which
-records its running trial as FAIL ("interrupted") and re-queues it.
+stops them together: Ctrl-C, SIGTERM or a closed stdout in the parent is forwarded once to every
+child (SIGTERM as SIGTERM, the others as SIGINT), which records its running trial as FAIL
+("interrupted") and re-queues it; the parent exits 130, 143 or 141 (:mod:`deepsc_tune.interrupts`).
 
 Children run in their own session so that a terminal's Ctrl-C reaches the parent only (a child
 interrupted twice could not finish recording its trial); a child whose parent disappears
@@ -16,20 +17,19 @@ interrupts itself (:func:`watch_parent`). This module never imports Optuna or to
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from deepsc_tune.errors import ConfigError
+from deepsc_tune.interrupts import CAUSES, SIGINT, SIGTERM, StopRequests, stop_requests
 from deepsc_tune.processes import (
-    EXIT_INTERRUPTED,
     describe_exit,
     kill_group,
     signal_group,
@@ -136,10 +136,17 @@ class WorkersResult:
     exit_codes: dict[str, int]
     interrupted: bool = False
     pids: dict[str, int] = field(default_factory=dict)
+    #: What stopped them (:mod:`deepsc_tune.interrupts`: ``"SIGINT"``, ``"SIGTERM"``, ``"stdout closed"``).
+    cause: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """The parent's exit status after an interruption: 130, 143 or 141."""
+        return CAUSES[self.cause or SIGINT][0]
 
     def failed(self) -> dict[str, int]:
         """Workers that neither finished nor stopped on request."""
-        ok = (0, EXIT_INTERRUPTED) if self.interrupted else (0,)
+        ok = (0, *(code for code, _ in CAUSES.values())) if self.interrupted else (0,)
         return {w: c for w, c in self.exit_codes.items() if c not in ok}
 
 
@@ -169,22 +176,6 @@ class _Relay:
         self.threads.append(thread)
 
 
-@contextlib.contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-    """Count SIGINT/SIGTERM instead of raising, while the children are waited for."""
-    count = [0]
-
-    def handler(signum: int, frame: object) -> None:
-        count[0] += 1
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield count
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def run_workers(
     plans: Sequence[WorkerPlan],
     command: Callable[[WorkerPlan], list[str]],
@@ -205,13 +196,29 @@ def run_workers(
     echo
         Where the parent's own lines go (start, stop, how each worker ended).
 
-    The first Ctrl-C (or SIGTERM) is forwarded as SIGINT to every child still running; each
+    The first Ctrl-C, SIGTERM or write to a closed stdout is forwarded to every child still
+    running (SIGTERM as SIGTERM, the others as SIGINT); each
     records its running trial as FAIL ("interrupted"), re-queues its parameters and exits. A
     second one kills them (SIGKILL); their trials are then recovered as FAIL and re-queued by
     the next run on this machine (dead process) or by any worker after the heartbeat grace.
     A child that dies on its own is reported; the others carry on and take over its trial.
     """
-    out, err = stdout or sys.stdout, stderr or sys.stderr
+    with stop_requests(raising=False) as stops:
+        # Inside: a closed stdout is then a stop request like Ctrl-C.
+        out, err = stdout or sys.stdout, stderr or sys.stderr
+        return _run_workers(plans, command, stops, echo=echo, out=out, err=err, poll_seconds=poll_seconds)
+
+
+def _run_workers(
+    plans: Sequence[WorkerPlan],
+    command: Callable[[WorkerPlan], list[str]],
+    stops: StopRequests,
+    *,
+    echo: Callable[[str], None],
+    out: TextIO,
+    err: TextIO,
+    poll_seconds: float,
+) -> WorkersResult:
     relay = _Relay(out, err)
 
     def say(line: str) -> None:
@@ -221,48 +228,45 @@ def run_workers(
     procs: dict[str, subprocess.Popen[str]] = {}
     codes: dict[str, int] = {}
     stops_seen = 0
-    with _stop_requests() as stops:
-        try:
-            for plan in plans:
-                if stops[0]:
-                    break
-                proc = start_group(
-                    command(plan),
-                    env=plan.env(os.environ),
-                    text=True,
-                    bufsize=1,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                )
-                procs[plan.worker_id] = proc
-                prefix = f"[{plan.worker_id}] "
-                relay.follow(proc.stdout, prefix=prefix, stream=out)  # type: ignore[arg-type]
-                relay.follow(proc.stderr, prefix=prefix, stream=err)  # type: ignore[arg-type]
-                say(f"{prefix}started: pid {proc.pid}, {plan.describe()}")
-            while len(codes) < len(procs):
-                if stops[0] > stops_seen:
-                    stops_seen = stops[0]
-                    _forward_stop(procs, codes, hard=stops_seen > 1, echo=say)
-                for worker_id, proc in procs.items():
-                    if worker_id in codes or proc.poll() is None:
-                        continue
-                    codes[worker_id] = proc.returncode
-                    if proc.returncode != 0 and not stops_seen:
-                        say(
-                            f"[{worker_id}] worker {describe_exit(proc.returncode)}; "
-                            "the other workers take over its trial"
-                        )
-                time.sleep(poll_seconds)
-        finally:
-            # Whatever happened here, no child (nor anything it spawned) outlives the parent's wait.
+    try:
+        for plan in plans:
+            if stops.count:
+                break
+            proc = start_group(
+                command(plan),
+                env=plan.env(os.environ),
+                text=True,
+                bufsize=1,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            procs[plan.worker_id] = proc
+            prefix = f"[{plan.worker_id}] "
+            relay.follow(proc.stdout, prefix=prefix, stream=out)  # type: ignore[arg-type]
+            relay.follow(proc.stderr, prefix=prefix, stream=err)  # type: ignore[arg-type]
+            say(f"{prefix}started: pid {proc.pid}, {plan.describe()}")
+        while len(codes) < len(procs):
+            if stops.count > stops_seen:
+                stops_seen = stops.count
+                _forward_stop(procs, codes, hard=stops_seen > 1, cause=stops.first, echo=say)
             for worker_id, proc in procs.items():
-                codes[worker_id] = kill_group(proc)
-            for thread in relay.threads:
-                thread.join(timeout=5)
+                if worker_id in codes or proc.poll() is None:
+                    continue
+                codes[worker_id] = proc.returncode
+                if proc.returncode != 0 and not stops_seen:
+                    say(f"[{worker_id}] worker {describe_exit(proc.returncode)}; the other workers take over its trial")
+            time.sleep(poll_seconds)
+    finally:
+        # Whatever happened here, no child (nor anything it spawned) outlives the parent's wait.
+        for worker_id, proc in procs.items():
+            codes[worker_id] = kill_group(proc)
+        for thread in relay.threads:
+            thread.join(timeout=5)
     return WorkersResult(
         exit_codes={w: codes[w] for w in procs},
         interrupted=stops_seen > 0,
         pids={w: p.pid for w, p in procs.items()},
+        cause=stops.first,
     )
 
 
@@ -271,6 +275,7 @@ def _forward_stop(
     codes: Mapping[str, int],
     *,
     hard: bool,
+    cause: str | None,
     echo: Callable[[str], None],
 ) -> None:
     running = [(w, p) for w, p in procs.items() if w not in codes and p.poll() is None]
@@ -287,8 +292,9 @@ def _forward_stop(
             signal_group(proc.pid, signal.SIGKILL)
         else:
             # The worker alone: it stops its own children in order once its trial is recorded.
+            # SIGTERM stays SIGTERM (its trial's reason says so); Ctrl-C and a closed stdout: SIGINT.
             with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM if cause == SIGTERM else signal.SIGINT)
 
 
 def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:
@@ -297,10 +303,9 @@ def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:
     A parent killed outright cannot forward Ctrl-C; its children then stop the same way, so
     their trials are recorded and re-queued instead of left RUNNING. Two signs: the parent is
     no longer ours (checked every ``interval`` s), or writing a line to it fails (its end of
-    the pipe closed), which would otherwise fail the running trial with a BrokenPipeError.
+    the pipe closed), which :func:`~deepsc_tune.interrupts.stop_requests` turns into an
+    interruption as for any command whose stdout was closed.
     """
-    sys.stdout = _ParentPipe(sys.stdout)  # type: ignore[assignment]
-    sys.stderr = _ParentPipe(sys.stderr)  # type: ignore[assignment]
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -310,54 +315,3 @@ def watch_parent(parent_pid: int, *, interval: float = 1.0) -> threading.Thread:
     thread = threading.Thread(target=watch, name="deepsc-tune-watch-parent", daemon=True)
     thread.start()
     return thread
-
-
-class _ParentPipe(io.TextIOBase):
-    """A child's stdout/stderr: a closed pipe (dead parent) interrupts, once, instead of raising."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-        self._broken = False
-
-    def write(self, text: str) -> int:
-        if not self._broken:
-            try:
-                self._stream.write(text)
-                self._stream.flush()
-            except (BrokenPipeError, ValueError):
-                self._broken = True
-                os.kill(os.getpid(), signal.SIGINT)
-        return len(text)
-
-    def flush(self) -> None:
-        if not self._broken:
-            with contextlib.suppress(BrokenPipeError, ValueError):
-                self._stream.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-    @property
-    def encoding(self) -> str:  # type: ignore[override]
-        return getattr(self._stream, "encoding", "utf-8")
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (``kill``, SLURM's ``scancel``, preemption) like Ctrl-C in this block.
-
-    The running trial is then recorded as FAIL ("interrupted") and re-queued at once, instead
-    of waiting for the heartbeat grace period. Only in the main thread (signals live there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

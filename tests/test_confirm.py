@@ -125,6 +125,9 @@ def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
         run_confirmation(space, SeedCurveFinetuner(interrupt_seed=9), study=study, storage=rdb)
     failed = [t for t in _repeats(study) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["repeat_seed"] == 9
+    # Re-queued at once (as `run` does), keeping what makes it that repeat.
+    retry = [t for t in _repeats(study) if t.state == TrialState.WAITING and t.user_attrs.get("retry_of")]
+    assert [(t.user_attrs["retry_of"], t.user_attrs["repeat_seed"]) for t in retry] == [(failed[0].number, 9)]
     summary = run_confirmation(space, SeedCurveFinetuner(), study=study, storage=rdb)
     done = [
         (t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"])
@@ -132,7 +135,7 @@ def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
         if t.state == TrialState.COMPLETE
     ]
     assert len(done) == 4 and len(set(done)) == 4  # each repeat once
-    assert summary.queued == 1  # only the interrupted one is planned again
+    assert summary.queued == 0  # the interrupted one was re-queued: nothing to plan again
     assert len(_repeats(study)) == 5  # 4 complete + the interrupted FAIL, nothing duplicated
 
 

@@ -35,6 +35,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
+from deepsc_tune.processes import group_alive
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -674,6 +675,7 @@ CASES = [
         absent=["data/*.predicted.h5ad"],
     ),
     Case("heartbeat-not-a-number", RUN, 2, ["DEEPSC_TUNE_HEARTBEAT", "abc"], env={"DEEPSC_TUNE_HEARTBEAT": "abc"}),
+    Case("db-retry-not-a-number", RUN, 2, ["DEEPSC_TUNE_DB_RETRY", "soon"], env={"DEEPSC_TUNE_DB_RETRY": "soon"}),
     Case("workers-zero", [*RUN, "--workers", "0"], 2, ["--workers 0"]),
     Case("gpus-empty-entry", [*RUN, "--gpus", "0,,1"], 2, ["--gpus", "0,,1"]),
     # --- file system
@@ -841,7 +843,7 @@ def test_fault(case: Case, case_dir: Path):
 # ----------------------------------------------------------------------------- signals, concurrency
 
 
-def start(case: Path, *args: str) -> subprocess.Popen:
+def start(case: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deepsc_tune.cli", *args]
     return subprocess.Popen(
         cmd,
@@ -849,19 +851,23 @@ def start(case: Path, *args: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO), **(env or {})},
         start_new_session=True,
     )
 
 
-def wait_for_epoch(proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Read stdout until a trial is training (a verbose epoch line); kill the process if never."""
+def wait_for_epoch(proc: subprocess.Popen, timeout: float = 120, ready: Callable[[list[str]], bool] | None = None):
+    """Read stdout until a trial is training (a verbose epoch line, or ``ready`` says so); the
+    lines read. Kills the process if that never comes."""
+    ready = ready or (lambda lines: " epoch " in lines[-1])
     timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
     timer.start()
+    lines: list[str] = []
     try:
         for line in proc.stdout:
-            if " epoch " in line:
-                return
+            lines.append(line)
+            if ready(lines):
+                return lines
     finally:
         timer.cancel()
     raise AssertionError(f"never trained; stderr:\n{proc.stderr.read()}")
@@ -883,30 +889,356 @@ LONG = [
     "finetune.epoch=3000",
     "study.n_trials=3",
 ]
+#: Trials short enough to end soon after a fault (the study file is checked between trials).
+SHORT = [*LONG[:-2], "finetune.epoch=30", "study.n_trials=3"]
+#: The `run` of a study for `repeat`: one search trial.
+SEARCHED = [*SHORT[:-1], "study.n_trials=1"]
+WORKERS = [*LONG, "--workers", "2"]
+REPEAT = [
+    "repeat",
+    f"{NAME}.yaml",
+    "--results-dir",
+    "results",
+    "--study-name",
+    "long",
+    "-v",
+    "--top",
+    "1",
+    "--seeds",
+    "2",
+]
 
 
-@pytest.mark.parametrize(
-    "sig",
-    # SIGINT takes the same path as SIGTERM and twice as long: CI runs it, the fast loop skips it.
-    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
-    ids=["SIGTERM", "SIGINT"],
-)
-def test_signal_during_a_trial(case_dir: Path, sig):
-    """SLURM's scancel / a preemption (SIGTERM) and Ctrl-C (SIGINT): exit 130, one line, the
-    running trial FAIL (interrupted) and re-queued, every other trial untouched."""
+def searched(d: Path) -> None:
+    """A study 'long' with one finished search trial of 30 epochs (for `repeat`)."""
+    result = cli(SEARCHED, d)
+    assert result.exit_code == 0, result.output
+
+
+@dataclass
+class Live:
+    """A fault while a command runs: ``act`` is done once a trial trains (its first epoch line).
+
+    Checked as for :class:`Case` (exit code, one line on stderr, no traceback, the prepared
+    study's trials as before) and: the states of study ``long`` afterwards (``states``; ``None``:
+    the study file is gone and was not made again), no process of the command left. ``resume``:
+    the states after the same command again, which recovers what was left RUNNING or queued.
+    """
+
+    id: str
+    args: list[str]
+    act: Callable[[Live, subprocess.Popen, Path], None]
+    code: int
+    says: list[str]  # substrings of the one line on stderr (of stdout when code is 0)
+    states: list[str] | Callable[[list[str]], bool] | None
+    setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ready: Callable[[list[str]], bool] | None = None
+    postgres: bool = False
+    resume: list[str] | None = None  # the states after the same command again
+    proxy: object = None  # the DatabaseProxy of a postgres case, while it runs
+    pids: list[int] = field(default_factory=list)  # worker processes seen
+    lines: list[str] = field(default_factory=list)  # stdout read while waiting
+
+
+def send(*sigs: int, pause: float = 0.3) -> Callable[[Live, subprocess.Popen, Path], None]:
+    def act(live: Live, proc: subprocess.Popen, d: Path) -> None:
+        for k, sig in enumerate(sigs):
+            if k:
+                time.sleep(pause)
+            proc.send_signal(sig)
+
+    return act
+
+
+def close_stdout(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    proc.stdout.close()  # `| head` exits
+
+
+def delete_study_file(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    (d / "results" / "long" / "study.db").unlink()  # the running study's own folder
+
+
+def delete_results(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    shutil.rmtree(d / "results")
+
+
+def replace_study_file(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    """Another copy moved over it (a restore from backup, a sync tool): a new inode."""
+    db = d / "results" / "long" / "study.db"  # the running study's own folder
+    shutil.copy(d / "prepared.db", d / "results" / "x.db")
+    os.replace(d / "results" / "x.db", db)
+    for extra in ("-wal", "-shm"):
+        Path(f"{db}{extra}").unlink(missing_ok=True)
+
+
+def keep_prepared_copy(d: Path) -> None:
+    shutil.copy(d / "results" / NAME / "study.db", d / "prepared.db")
+
+
+def suspend_first_worker(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    """SLURM's suspend (SIGSTOP) of worker w1 mid-trial, then SIGCONT once w2, with nothing left
+    to start, has declared w1's trial dead (no heartbeat for DEEPSC_TUNE_GRACE=3 s) and runs
+    its retry."""
+    os.kill(live.pids[0], signal.SIGSTOP)
+    try:
+        live.lines += wait_for_epoch(proc, timeout=240, ready=lambda lines: "[w2]   trial   2 epoch" in lines[-1])
+    finally:
+        os.kill(live.pids[0], signal.SIGCONT)
+
+
+def stop_database(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    live.proxy.stop()
+
+
+def restart_database(live: Live, proc: subprocess.Popen, d: Path) -> None:
+    live.proxy.stop()
+    time.sleep(2)
+    live.proxy.start()
+
+
+def both_workers_train(lines: list[str]) -> bool:
+    text = "".join(lines)
+    return all(f"[w{k}]   trial" in text for k in (1, 2))
+
+
+SUSPEND_ENV = {"DEEPSC_TUNE_HEARTBEAT": "1", "DEEPSC_TUNE_GRACE": "3"}
+STOPPED = "run the same command to resume"
+SLOW = pytest.mark.slow
+LIVE = [
+    # --- preemption and suspension: SIGTERM 143, SIGINT 130, a closed stdout 141 (128 + SIGPIPE)
+    pytest.param(
+        Live("run-SIGTERM", LONG, send(signal.SIGTERM), 143, ["interrupted by SIGTERM", STOPPED], ["FAIL", "WAITING"])
+    ),
+    pytest.param(
+        Live("run-SIGINT", LONG, send(signal.SIGINT), 130, ["interrupted:", STOPPED], ["FAIL", "WAITING"]), marks=SLOW
+    ),
+    pytest.param(
+        Live(
+            "run-SIGINT-twice",
+            LONG,
+            send(signal.SIGINT, signal.SIGINT),
+            130,
+            ["interrupted:", STOPPED],
+            ["FAIL", "WAITING"],
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live("run-stdout-closed", LONG, close_stdout, 141, ["stdout was closed", STOPPED], ["FAIL", "WAITING"]),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "confirm-SIGTERM",
+            [*SHORT[:-2], "finetune.epoch=60", "study.n_trials=1", "study.confirm={top: 1, seeds: 1}"],
+            send(signal.SIGTERM),
+            143,
+            ["interrupted by SIGTERM", STOPPED],
+            ["COMPLETE", "FAIL", "WAITING"],  # the search trial, the interrupted repeat, its retry
+            ready=lambda lines: "trial   1 epoch" in lines[-1],  # the confirmation's repeat trains
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "repeat-SIGTERM",
+            REPEAT,
+            send(signal.SIGTERM),
+            143,
+            ["interrupted by SIGTERM", "run the same command to finish the rest"],
+            ["COMPLETE", "FAIL", "WAITING", "WAITING"],
+            setup=searched,
+            resume=["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"],  # both seeds done, the retry included
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "repeat-stdout-closed",
+            REPEAT,
+            close_stdout,
+            141,
+            ["stdout was closed", "run the same command to finish the rest"],
+            ["COMPLETE", "FAIL", "WAITING", "WAITING"],
+            setup=searched,
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "workers-SIGTERM",
+            WORKERS,
+            send(signal.SIGTERM),
+            143,
+            ["interrupted by SIGTERM", "each worker recorded"],
+            ["FAIL", "FAIL", "WAITING", "WAITING"],
+            ready=both_workers_train,
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "workers-stdout-closed",
+            WORKERS,
+            close_stdout,
+            141,
+            ["stdout was closed", "each worker recorded"],
+            ["FAIL", "FAIL", "WAITING", "WAITING"],
+            ready=both_workers_train,
+        ),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "worker-suspended-then-continued",
+            [*LONG[:-2], "finetune.epoch=100", "study.n_trials=2", "--workers", "2"],
+            suspend_first_worker,
+            0,
+            ["declared dead by another worker", "2/2 finished trials"],
+            # w1's trial failed by w2, w2's own, w2's retry of w1's (w1's may be number 0 or 1)
+            lambda states: sorted(states) == ["COMPLETE", "COMPLETE", "FAIL"],
+            env=SUSPEND_ENV,
+            ready=lambda lines: "[w1]   trial" in lines[-1],
+        ),
+        marks=SLOW,
+    ),
+    # --- the study file deleted or replaced under a running search
+    pytest.param(
+        Live("run-study-db-deleted", SHORT, delete_study_file, 1, ["study.db", "was deleted", "stopped"], None)
+    ),
+    pytest.param(
+        Live("run-results-dir-deleted", SHORT, delete_results, 1, ["study.db", "was deleted", "folder"], None),
+        marks=SLOW,
+    ),
+    pytest.param(
+        Live(
+            "run-study-db-replaced",
+            SHORT,
+            replace_study_file,
+            1,
+            ["study.db", "was replaced", "stopped"],
+            [],  # the file now in its place has no study 'long', and nothing was written to it
+            setup=keep_prepared_copy,
+        ),
+        marks=SLOW,
+    ),
+    # --- the database server goes away (a proxy in front of the test server stops)
+    pytest.param(
+        Live(
+            "postgres-stopped",
+            [*SHORT[:-2], "finetune.epoch=20", "study.n_trials=2", "--storage", "{db}"],
+            stop_database,
+            1,
+            ["lost the connection", "within 3 s", "DEEPSC_TUNE_DB_RETRY", "recovers it", "***"],
+            ["RUNNING"],
+            env={"DEEPSC_TUNE_DB_RETRY": "3"},
+            postgres=True,
+            resume=["FAIL", "COMPLETE", "COMPLETE"],  # recovered, its retry, the second trial
+        ),
+        marks=[SLOW, pytest.mark.postgres],
+    ),
+    pytest.param(
+        Live(
+            "postgres-restarted",
+            [*SHORT[:-2], "finetune.epoch=20", "study.n_trials=2", "--storage", "{db}"],
+            restart_database,
+            0,
+            ["2/2 finished trials"],
+            ["COMPLETE", "COMPLETE"],
+            env={"DEEPSC_TUNE_DB_RETRY": "30"},
+            postgres=True,
+        ),
+        marks=[SLOW, pytest.mark.postgres],
+    ),
+]
+
+
+def finished_states(states: list[str]) -> list[str]:
+    return [s for s in states if s in ("COMPLETE", "PRUNED")]
+
+
+def study_states(live: Live, results: Path, url: str | None, name: str) -> list[str] | None:
+    if url is None:
+        trials = snapshot(results)
+        return None if trials is None else [t[1] for t in trials.get(name, [])]
+    storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+    try:
+        return [t.state.name for t in optuna.load_study(study_name=name, storage=storage).trials]
+    finally:
+        storage.engine.dispose()
+
+
+def test_the_live_table_covers_every_command():
+    ids = [p.values[0].id for p in LIVE]
+    assert len(set(ids)) == len(ids)
+    for prefix in ("run-SIG", "run-stdout", "repeat-SIG", "repeat-stdout", "workers-SIG", "workers-stdout", "confirm-"):
+        assert any(i.startswith(prefix) for i in ids), prefix
+
+
+@pytest.mark.parametrize("live", LIVE, ids=[p.values[0].id for p in LIVE])
+def test_fault_while_running(live: Live, case_dir: Path, request):
+    """Faults while a command runs trials: signals, a closed stdout, a suspended worker, the
+    study file deleted or replaced, the database server stopped or restarted."""
+    url = name = None
+    args = list(live.args)
+    if live.postgres:
+        from db_proxy import DatabaseProxy
+
+        url, name = request.getfixturevalue("postgres_study")
+        live.proxy = DatabaseProxy(url)
+        args = [a.replace("{db}", live.proxy.url) for a in args]
+        args[args.index("long")] = name
+    name = name or "long"
+    if live.setup:
+        live.setup(case_dir)
     before = snapshot(case_dir / "results")
-    proc = start(case_dir, *LONG)
-    wait_for_epoch(proc)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "interrupted" in lines[0] and "run the same command to resume" in lines[0], err
+    proc = start(case_dir, *args, env=live.env)
+    try:
+        live.lines = wait_for_epoch(proc, timeout=240, ready=live.ready)
+        live.pids = [int(line.split("pid ")[1].split(",")[0]) for line in live.lines if "] started: pid " in line]
+        live.act(live, proc, case_dir)
+        if proc.stdout.closed:
+            err, out = proc.stderr.read(), ""
+            proc.wait(timeout=120)
+        else:
+            out, err = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # nothing outlives a failed test
+    everything = "".join(live.lines) + out + err
+    assert "Traceback" not in everything, everything
+    assert proc.returncode == live.code, everything
+    for pid in [proc.pid, *live.pids]:
+        assert not group_alive(pid), f"process group {pid} still runs"
     after = snapshot(case_dir / "results")
-    assert after[NAME] == before[NAME]
-    long = after["long"]
-    assert [t[1] for t in long] == ["FAIL", "WAITING"], long  # the interrupted trial, its retry
+    if live.states is None:  # the running study's file (or the whole folder) was deleted
+        assert after is None or "long" not in after, "the deleted study file was made again"
+        assert after is None or after[NAME] == before[NAME], "the prepared study's trials changed"
+    else:
+        assert after[NAME] == before[NAME], "the prepared study's trials changed"
+        states = study_states(live, case_dir / "results", url, name)
+        assert live.states(states) if callable(live.states) else states == live.states, states
+    if live.code == 0:
+        assert not err.strip(), err
+        for text in live.says:
+            assert text in everything, everything
+    else:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(("error: ", "interrupted", "stdout")), err
+        for text in live.says:
+            assert text in lines[0], lines[0]
+    if live.resume:
+        if live.proxy is not None:
+            live.proxy.start()
+        again = start(case_dir, *args, env=live.env)
+        out, err = again.communicate(timeout=300)
+        assert again.returncode == 0 and "Traceback" not in out + err, out + err
+        if "RUNNING" in live.states:
+            assert "re-queued trials left running by a dead process: [0]" in out, out
+        assert study_states(live, case_dir / "results", url, name) == live.resume
+    if live.proxy is not None:
+        live.proxy.stop()
 
 
 @pytest.mark.slow
@@ -932,6 +1264,31 @@ def test_sigkill_then_resume_reaches_exactly_the_target(case_dir: Path):
     # The retry runs the killed trial's settings again (by design); nothing else repeats.
     settings = [tuple(sorted(t[2].items())) for t in finished(after)]
     assert len(set(settings)) == len(settings), settings
+
+
+@pytest.mark.slow
+def test_repeat_sigkill_then_resume_completes_the_repeats(case_dir: Path):
+    """`repeat` killed outright leaves its repeat RUNNING; the same command again fails and
+    re-queues it (as `run` does) and completes every requested seed, nothing twice."""
+    searched(case_dir)
+    proc = start(case_dir, *REPEAT)
+    wait_for_epoch(proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=30)
+    killed = snapshot(case_dir / "results")["long"]
+    assert [t[1] for t in killed] == ["COMPLETE", "RUNNING", "WAITING"], killed
+    again = start(case_dir, *REPEAT)
+    out, err = again.communicate(timeout=300)
+    assert again.returncode == 0 and "Traceback" not in out + err, out + err
+    assert "re-queued trials left running by a dead process: [1]" in out, out
+    storage = optuna.storages.RDBStorage(f"sqlite:///{case_dir / 'results' / NAME / 'study.db'}")
+    try:
+        trials = optuna.load_study(study_name="long", storage=storage).trials
+    finally:
+        storage.engine.dispose()
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    seeds = sorted(t.user_attrs["repeat_seed"] for t in trials if t.state.name == "COMPLETE" and t.number)
+    assert seeds == [1, 2], seeds  # finetune.seed 0: seeds 1 and 2, each once
 
 
 def test_raised_target_proposes_new_settings(case_dir: Path):

@@ -90,3 +90,22 @@ def test_a_study_remembers_the_storage_it_was_opened_on(tmp_path):
     study = optuna.create_study(study_name="curve", storage=storage)
     assert storage_of(study) is None
     assert remember(study, storage) is study and storage_of(study) is storage
+
+
+def test_a_study_file_deleted_or_replaced_under_a_writer_is_noticed(tmp_path):
+    import os
+    import shutil
+
+    from deepsc_tune.study_file import StudyFileGone, check_study_file_unchanged
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    storage = open_storage(url)
+    check_study_file_unchanged(storage)  # untouched: fine
+    shutil.copy(tmp_path / "study.db", tmp_path / "copy.db")
+    os.replace(tmp_path / "copy.db", tmp_path / "study.db")
+    with pytest.raises(StudyFileGone, match="was replaced"):
+        check_study_file_unchanged(storage)
+    (tmp_path / "study.db").unlink()
+    with pytest.raises(StudyFileGone, match="was deleted"):
+        check_study_file_unchanged(storage)
+    storage.engine.dispose()

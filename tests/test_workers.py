@@ -26,7 +26,7 @@ from deepsc_tune.search_space import build_search_space
 from deepsc_tune.storage import default_storage_url, open_storage
 from deepsc_tune.study import open_study, run_study, sampler_label, worker_seed
 from deepsc_tune.trial_record import STALE_REASON, failure_reason
-from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers, sigterm_as_interrupt
+from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -90,16 +90,6 @@ def test_describe_exit():
     assert describe_exit(130) == "interrupted"
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(1) == "stopped with exit code 1"
-
-
-def test_sigterm_is_an_interrupt_inside_the_block():
-    """SLURM's scancel and preemption send SIGTERM: the running trial is recorded and re-queued."""
-    previous = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(KeyboardInterrupt):
-        with sigterm_as_interrupt():
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)
-    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_worker_seeds_differ_but_a_lone_worker_keeps_the_study_seed():
@@ -468,4 +458,5 @@ def test_killed_parent_leaves_no_running_trials(tmp_path):
     study = load(results)
     assert TrialState.RUNNING not in [t.state for t in study.trials]
     interrupted = [t for t in study.trials if t.state == TrialState.FAIL]
-    assert interrupted and all(t.user_attrs["fail_reason"] == "interrupted" for t in interrupted)
+    # "interrupted", or "interrupted (stdout closed)" when a worker's next line found the pipe gone
+    assert interrupted and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in interrupted)
