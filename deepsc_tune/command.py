@@ -58,6 +58,7 @@ from deepsc_tune.hydra_overrides import (
     format_value,
 )
 from deepsc_tune.metrics_parsing import DEFAULT_EPOCH_REGEX, DEFAULT_METRICS_REGEX
+from deepsc_tune.output_folders import StartSpacing, start_lock_path
 
 
 class CommandFinetuner:
@@ -71,6 +72,9 @@ class CommandFinetuner:
         GPU(s) for every run of this finetuner (``CUDA_VISIBLE_DEVICES`` in the child's
         environment); one GPU per trial when workers run in parallel. ``None`` leaves the
         environment's value.
+    start_lock
+        Lock file that spaces the starts of parallel runs (:mod:`deepsc_tune.output_folders`);
+        by default DeepSC 2416d85's, in its hard-coded output folder, and none for other programs.
 
     Raises
     ------
@@ -79,7 +83,9 @@ class CommandFinetuner:
         checkout path fails before any trial runs.
     """
 
-    def __init__(self, settings: CommandSettings, *, cuda_visible_devices: str | None = None) -> None:
+    def __init__(
+        self, settings: CommandSettings, *, cuda_visible_devices: str | None = None, start_lock: Path | None = None
+    ) -> None:
         self.settings = settings
         self.cuda_visible_devices = None if cuda_visible_devices is None else str(cuda_visible_devices)
         cwd = settings.cwd
@@ -97,6 +103,7 @@ class CommandFinetuner:
                 + (" on PATH" if os.sep not in program else f" (relative to {cwd or Path.cwd()})")
                 + "; give the full path of the Python that has DeepSC installed"
             )
+        self.start_lock = start_lock if start_lock is not None else start_lock_path(cwd or Path.cwd(), settings.command)
 
     def build_argv(self, params: Mapping[str, Any], *, run_dir: Path | str) -> list[str]:
         """The child's argument list (:func:`build_argv` with this finetuner's settings)."""
@@ -169,7 +176,8 @@ class CommandFinetuner:
         argv = self.build_argv(params, run_dir=run_dir)
         env = self.build_env(run_dir, cuda_visible_devices=gpu)
         gpu = env.get("CUDA_VISIBLE_DEVICES") if gpu is None else gpu
-        child = ChildRun(self.settings, argv=argv, env=env, run_dir=run_dir, on_epoch=on_epoch)
+        spacing = StartSpacing(self.start_lock) if self.start_lock is not None else None
+        child = ChildRun(self.settings, argv=argv, env=env, run_dir=run_dir, on_epoch=on_epoch, spacing=spacing)
         outcome = child.execute()
         return child.result(outcome, metric=metric, device=f"cuda:{gpu}" if gpu else "subprocess")
 
