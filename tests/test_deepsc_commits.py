@@ -124,3 +124,31 @@ def test_abcf2be_without_the_trials_folder_is_refused_when_it_cannot_write(copy_
     assert "finetune.run_dir_override: None: DeepSC abcf2be then writes to its config's hydra.run.dir" in (
         result.output
     )
+
+
+# What DeepSC abcf2be printed (stdout and stderr as one stream) for a 2-epoch run of the tiny
+# random-init model of tests/test_deepsc_real.py (its first trial): the same evaluation lines as
+# 2416d85, and "Output directory: <Hydra's run directory>". Paths were shortened; the run
+# directory is {run_dir}, filled in by the replay.
+GOLDEN_ABCF2BE = Path(__file__).resolve().parent / "data" / "deepsc_abcf2be_stdout.txt"
+
+
+def test_real_abcf2be_output_golden(tmp_path):
+    from deepsc_tune.command import CommandFinetuner, CommandSettings
+
+    replay = (
+        f"import os, sys; sys.stdout.buffer.write(open({str(GOLDEN_ABCF2BE)!r}, 'rb').read()"
+        ".replace(b'{run_dir}', os.environ['DEEPSC_TUNE_RUN_DIR'].encode()))"
+    )
+    settings, _ = CommandSettings.from_dict(
+        {"backend": "command", "command": [sys.executable, "-c", replay], "run_dir_override": None, "metrics": "deepsc"}
+    )
+    run_dir = tmp_path / "run"
+    result = CommandFinetuner(settings).run({}, metric="val_macro_f1", run_dir=run_dir)
+    got = [(m.epoch, m.val_loss, m.val_accuracy, m.val_macro_f1) for m in result.history]
+    assert got == [(1, 1.3305, 0.26, 0.1641), (2, 1.2421, 0.44, 0.4467)]
+    assert result.best_epoch == 2
+    assert result.extra["program_output_dir"] == str(run_dir.resolve())
+    log = (run_dir / "log.txt").read_text()
+    assert "Using CONSTANT learning rate" in log or "Using COSINE ANNEALING" in log
+    assert f"logs and plots to {run_dir.resolve()} (this trial's folder, Hydra's run directory)" in log
