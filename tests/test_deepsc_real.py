@@ -56,6 +56,9 @@ EVAL_LINE = re.compile(
 #: copy and split: pytest caches an indirect parameter by its value).
 BOTH_COMMITS = pytest.mark.parametrize("commit", sorted(CHECKOUTS), indirect=True)
 AT_2416D85 = pytest.mark.parametrize("commit", ["2416d85"], indirect=True)
+#: Trials of the search, run by two workers: at abcf2be one round of two parallel trials, to keep
+#: the added time to a few minutes (2416d85's third trial starts when a worker is free).
+SEARCH_TRIALS = {"2416d85": 3, "abcf2be": 2}
 #: DeepSC 2416d85's hard-coded output folder (cell_type_annotation.py:70).
 BASE_2416D85 = "/home/angli/DeepSC/results/cell_type_annotation/"
 # What DeepSC prints for a finetune_mode it does not know (cell_type_annotation.py).
@@ -115,7 +118,7 @@ def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], 
 def prepared(tmp_path_factory, deepsc, deepsc_python, data, commit) -> tuple[Path, Path]:
     """A user's folder after ``validate`` and ``split``: (folder, search-space file)."""
     work = tmp_path_factory.mktemp(f"work-{commit}")
-    space = write_space(work, deepsc, deepsc_python, data, commit=commit)
+    space = write_space(work, deepsc, deepsc_python, data, commit=commit, study={"n_trials": SEARCH_TRIALS[commit]})
     # Before split, validate says what is missing and how to make it, in one line per problem.
     early = deepsc_tune("validate", str(space), cwd=work)
     assert early.returncode == 2 and "Traceback" not in early.stdout + early.stderr
@@ -209,7 +212,7 @@ def log_epochs(log: Path) -> list[tuple[float, float, float]]:
 
 @pytest.fixture(scope="module")
 def search(prepared, deepsc):
-    """A finished 3-trial search on DeepSC with two workers, run as a user runs it."""
+    """A finished search on DeepSC (:data:`SEARCH_TRIALS`) with two workers, run as a user runs it."""
     work, space = prepared
     before = sorted(p.name for p in deepsc.iterdir())
     result = deepsc_tune("run", str(space), "--results-dir", "results", "--workers", "2", cwd=work)
@@ -222,7 +225,7 @@ def test_every_epoch_reaches_the_study(search, deepsc, commit):
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(work / "results")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 3
+    assert len(finished) == SEARCH_TRIALS[commit]
     for t in finished:
         run_dir, record = trial_record(work / "results", t.number)
         log = run_dir / "log.txt"
