@@ -13,7 +13,7 @@ through deepsc-tune's own command backend, with the tiny random-init model of th
 - the checkpoints DeepSC wrote to its hard-coded folder per trial.
 
 Writes ``results/benchmarks/deepsc_overhead.json`` and ``.md``. Run from the repository root with
-DeepSC's environment (``.ci/deepsc-env.sh VENV``)::
+DeepSC's environment (``scripts/deepsc-env.sh VENV``)::
 
     python bench/deepsc_overhead.py --python VENV/bin/python
     python bench/deepsc_overhead.py --python VENV/bin/python --cells 1000 --epochs 4 --repeats 3
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "deepsc_overhead")
     args = parser.parse_args()
     if not args.python:
-        parser.error(f"give --python (DeepSC's environment, .ci/deepsc-env.sh) or set {PYTHON_ENV}")
+        parser.error(f"give --python (DeepSC's environment, scripts/deepsc-env.sh) or set {PYTHON_ENV}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (an epoch's time comes from the gaps between epochs)")
 

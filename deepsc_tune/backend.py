@@ -76,7 +76,12 @@ class FinetuneResult:
 
 
 class Finetuner(Protocol):
-    """A fine-tuner the objective can drive."""
+    """A fine-tuner the objective can drive.
+
+    A backend may also have ``trial_attrs(params) -> dict``: what it derives from a trial's
+    settings before running them (the ``command`` backend: DeepSC's warmup in real steps and the
+    ratio it is passed), stored with the trial by the objective, failed or not.
+    """
 
     def run(
         self,

@@ -21,7 +21,6 @@ The stored record uses the metrics' bare names for validation (``accuracy``, ``m
 from __future__ import annotations
 
 import json
-import os
 import time
 import warnings
 from collections.abc import Sequence
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import write_text
 
 #: Study user attribute holding the baseline's record.
 BASELINE_ATTR = "baseline"
@@ -104,7 +105,7 @@ FILE_TOP_GENES = 2000
 
 def baseline_for_files(inputs: Any, cache_dir: Path | None = None) -> dict[str, Any] | None:
     """The baseline of a DeepSC study, from the files DeepSC reads
-    (:class:`~deepsc_tune.deepsc_inputs.DeepscInputs`); ``None`` when DeepSC splits off its own
+    (:class:`~deepsc_tune.deepsc_data.DeepscInputs`); ``None`` when DeepSC splits off its own
     validation cells (no ``data_path_eval`` read), as those cells are not known here.
 
     X is used as DeepSC uses it (log1p-scale values, as is), restricted to the genes both files
@@ -175,10 +176,17 @@ def _subset(part: tuple[Any, list[str], np.ndarray], genes: list[str], classes: 
     return x[rows][:, cols], y
 
 
+#: The record's keys stored in the study (the rest, such as the model's description and the
+#: fingerprint, stays in the cache file, so that `optuna studies` lines stay short).
+STUDY_KEYS = ("accuracy", "macro_f1", "test_accuracy", "test_macro_f1")
+
+
 def record_baseline(study: Any, record: dict[str, Any] | None) -> None:
-    """Store ``record`` in ``study`` once (a study keeps the baseline of its own data)."""
+    """Store ``record``'s metrics in ``study`` once (a study keeps the baseline of its own data)."""
     if record is not None and BASELINE_ATTR not in study.user_attrs:
-        study.set_user_attr(BASELINE_ATTR, record)
+        study.set_user_attr(
+            BASELINE_ATTR, {"model": "logistic_regression", **{k: record[k] for k in STUDY_KEYS if k in record}}
+        )
 
 
 def baseline_gain(
@@ -223,7 +231,4 @@ def _read(path: Path, fingerprint: str) -> dict[str, Any] | None:
 
 def _write(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Parallel workers: a private name, then rename, so a reader sees a whole file or none.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=1))  # parallel workers: whole or none

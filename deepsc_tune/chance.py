@@ -5,8 +5,10 @@ trial COMPLETEs with the validation accuracy of "always the majority class" (0.3
 balanced classes). Such trials are kept (they are the sampler's evidence that the region is
 bad) but flagged in ``status`` and the report, so nobody mistakes them for results.
 
-The chance levels of the validation set are stored in the study (``val_chance``) by ``run``
-for the built-in fine-tuner; studies without them (DeepSC as a subprocess, older studies) are
+The chance levels of the validation set are stored in the study (``val_chance``) by ``run``:
+for the built-in fine-tuner from its prepared validation cells, for DeepSC from the labels of
+``data_path_eval`` (:func:`deepsc_tune.deepsc_data.deepsc_chance`, the classes DeepSC keeps).
+Studies without them (another program, DeepSC splitting its data itself, older studies) are
 never flagged.
 """
 
@@ -32,8 +34,8 @@ def chance_levels(y_val: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     return {
         "n_classes": len(classes),
         "n_cells": n,
-        "val_accuracy": p,
-        "val_macro_f1": (2 * p / (1 + p)) / k if p else 0.0,
+        "val_accuracy": round(p, 6),
+        "val_macro_f1": round((2 * p / (1 + p)) / k, 6) if p else 0.0,
     }
 
 

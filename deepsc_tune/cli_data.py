@@ -49,6 +49,15 @@ def split(
             show_default=False,
         ),
     ] = None,
+    write_gene_map: Annotated[
+        bool,
+        typer.Option(
+            "--write-gene-map",
+            help="With --for deepsc: also write OUT/gene_map.csv (every gene of the data, ids 0..n-1) and "
+            "point csv_path at it. For a random-init model (load_pretrained_model: false) only: a "
+            "pretrained DeepSC needs the gene map it was trained with.",
+        ),
+    ] = False,
 ) -> None:
     """Write the data block's train / validation / test split as .h5ad files.
 
@@ -79,14 +88,16 @@ def split(
             runs_deepsc = get_backend(space.backend).runs_program and is_deepsc_command(space.settings.command)
             for_ = "deepsc" if runs_deepsc else "original"
         if for_ == "original":
+            if write_gene_map:
+                raise ConfigError("--write-gene-map: DeepSC's gene map is written with --for deepsc only")
             paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
             for part, path in paths.items():
                 _echo(f"{part}: {path}")
             return
-        _split_for_deepsc(space, settings, folder, gene_map=gene_map)
+        _split_for_deepsc(space, settings, folder, gene_map=gene_map, write_gene_map=write_gene_map)
 
 
-def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -> None:
+def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None, write_gene_map: bool) -> None:
     from deepsc_tune.backends import get_backend
     from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
     from deepsc_tune.search_space import dump_settings
@@ -94,7 +105,11 @@ def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None) -
     options = deepsc_options(space.config.get("finetune") if get_backend(space.backend).runs_program else None)
     if gene_map is not None:
         options["gene_map"] = gene_map
-    result = write_deepsc_split(settings, folder, hint=space.source, **options)
+    if write_gene_map:
+        if gene_map is not None:
+            raise ConfigError(f"--write-gene-map: --gene-map {gene_map} is given too; expected one or the other")
+        options["gene_map"] = None  # the one being written replaces finetune.overrides.csv_path
+    result = write_deepsc_split(settings, folder, hint=space.source, write_gene_map=write_gene_map, **options)
     _echo(f"train: {result.paths['train']}")
     _echo(f"val: {result.paths['val']}   (DeepSC's data_path_eval: the study selects on it)")
     if "test" in result.paths:

@@ -38,7 +38,7 @@ def _print_best(study, backend: str, *, fmt: str, folder: Path | None = None) ->
     trial = selection.best.trial
     if fmt == "hydra":
         # Only the command on stdout, so that `$(deepsc-tune best NAME --format hydra)` runs it.
-        for line in best_notes(study, trial, backend=backend, selection=selection):
+        for line in best_notes(study, trial, backend=backend, selection=selection, folder=folder):
             typer.echo(f"# {line}", err=True)
     _echo(format_best(study, trial, fmt=fmt, backend=backend, selection=selection, folder=folder))
 
@@ -107,7 +107,7 @@ def status(
     )
 
     with user_errors():
-        study, _ = _load_study(name, results_dir, storage, study_name)
+        study, backend = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study_metric(study.user_attrs)
         if as_json:
@@ -148,6 +148,7 @@ def status(
         _echo_ranking(trials, metric, test_metrics=all_test_metrics)
         _echo_chosen_test(trials)
         _echo_references(study, trials, metric)
+        _echo_checkpoint_disk(trials, backend, Path(results_dir) / _space_name(name))
 
 
 def _echo_chosen_test(trials) -> None:
@@ -175,6 +176,19 @@ def _echo_references(study, trials, metric: str) -> None:
     if selection.best is not None:
         for line in reference_notes(study, selection, selection.best.number, metric=metric):
             _echo(line)
+
+
+def _echo_checkpoint_disk(trials, backend: str, folder: Path) -> None:
+    """`status` of a DeepSC study: the disk its trials' checkpoints take."""
+    from deepsc_tune.backends import get_backend
+
+    if not get_backend(backend).runs_program:
+        return
+    from deepsc_tune.checkpoints import disk_usage, format_bytes
+    from deepsc_tune.objective import trial_dir
+
+    files, size = disk_usage(trial_dir(folder / "trials", t.number) for t in trials)
+    _echo(f"DeepSC checkpoints: {files} files, {format_bytes(size)} on disk (finetune.keep_checkpoints)")
 
 
 def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = False) -> None:

@@ -137,7 +137,7 @@ def run(
             worker=sampler_label(url, worker_id),
             record_dir=results_dir / space.name,
         )
-        _record_chance_levels(study, data)
+        _record_chance_levels(study, data, space)
         _record_baseline(study, data, space, results_dir / "cache", echo=not child)
         if not child:
             _echo(
@@ -189,6 +189,7 @@ def run(
                         err=True,
                     )
                 raise typer.Exit(EXIT_INTERRUPTED) from None
+            _prune_checkpoints(finetuner, echo=not child)
             if confirmed is not None and not child:
                 _echo(
                     f"confirmation (study.confirm top {space.confirm['top']}, seeds "
@@ -223,19 +224,40 @@ def _describe_trials(study) -> str:
     return text
 
 
-def _record_chance_levels(study, data) -> None:
-    """Store the validation set's chance levels once, so trials that learned nothing get flagged."""
+def _record_chance_levels(study, data, space) -> None:
+    """Store the validation set's chance levels once, so trials that learned nothing get flagged:
+    the built-in fine-tuner's prepared validation cells, or for DeepSC the labels of the
+    ``data_path_eval`` it evaluates on (obs only, the classes it keeps)."""
     from deepsc_tune.chance import CHANCE_ATTR, chance_levels
 
-    if data is not None and CHANCE_ATTR not in study.user_attrs:
-        study.set_user_attr(CHANCE_ATTR, chance_levels(data.y_val, data.classes))
+    if CHANCE_ATTR in study.user_attrs:
+        return
+    if data is not None:
+        levels = chance_levels(data.y_val, data.classes)
+    else:
+        levels = _program_chance(space)
+    if levels is not None:
+        study.set_user_attr(CHANCE_ATTR, levels)
+
+
+def _program_chance(space):
+    """Chance levels of DeepSC's evaluation file, or ``None`` (another program, no such file)."""
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.deepsc_checkout import is_deepsc_command
+
+    if not get_backend(space.backend).runs_program or not is_deepsc_command(space.settings.command):
+        return None
+    from deepsc_tune.deepsc_data import deepsc_chance
+    from deepsc_tune.deepsc_schedule import deepsc_values
+
+    return deepsc_chance(deepsc_values(space.settings, space.fixed))
 
 
 def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None:
     """Fit logistic regression once on the study's own training cells (cached), store it in the study:
     the built-in fine-tuner's prepared data, or the files a DeepSC study's trials read."""
     from deepsc_tune.baseline import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
-    from deepsc_tune.deepsc_inputs import deepsc_inputs
+    from deepsc_tune.deepsc_data import deepsc_inputs
 
     if BASELINE_ATTR in study.user_attrs:
         return
@@ -256,9 +278,15 @@ def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None
 
 
 def _keep_models(finetuner, space, study, folder: Path) -> None:
-    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py)."""
+    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py);
+    let DeepSC's keep only the chosen configuration's checkpoints (finetune.keep_checkpoints)."""
     from deepsc_tune.backends import get_backend
 
+    if get_backend(space.backend).runs_program:
+        from deepsc_tune.checkpoints import CheckpointKeeper
+
+        finetuner.checkpoint_keeper = CheckpointKeeper(study, folder / "trials", space.settings.keep_checkpoints)
+        return
     if not get_backend(space.backend).in_process:
         return
     from optuna.trial import TrialState
@@ -274,6 +302,24 @@ def _keep_models(finetuner, space, study, folder: Path) -> None:
         data_settings=space.data_settings.to_dict(),
         completed=completed,
     )
+
+
+def _prune_checkpoints(finetuner, *, echo: bool) -> None:
+    """After the last trial: remove the checkpoints the trials' own pruning could not yet."""
+    keeper = getattr(finetuner, "checkpoint_keeper", None)
+    if keeper is None:
+        return
+    from deepsc_tune.checkpoints import disk_usage, format_bytes
+    from deepsc_tune.objective import trial_dir
+
+    keeper.prune()
+    trials = keeper.study.get_trials(deepcopy=False)
+    files, size = disk_usage(trial_dir(keeper.trials_dir, t.number) for t in trials)
+    if echo:
+        _echo(
+            f"DeepSC checkpoints kept: {files} files, {format_bytes(size)} "
+            f"(finetune.keep_checkpoints: {keeper.policy}; the others are removed as trials end)"
+        )
 
 
 class _Budget:
@@ -428,6 +474,7 @@ def repeat(
                 err=True,
             )
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        _prune_checkpoints(finetuner, echo=True)
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
             + (f" and {len(summary.search)} queued search trials" if summary.search else "")

@@ -48,6 +48,7 @@ from deepsc_tune.command_settings import (
     METRIC_SOURCES,
     CommandSettings,
 )
+from deepsc_tune.deepsc_schedule import WarmupPlan, run_plan
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.hydra_overrides import (
     PATH_KEYS,
@@ -88,6 +89,9 @@ class CommandFinetuner:
     ) -> None:
         self.settings = settings
         self.cuda_visible_devices = None if cuda_visible_devices is None else str(cuda_visible_devices)
+        #: A :class:`~deepsc_tune.checkpoints.CheckpointKeeper` (set by the caller that owns the study).
+        self.checkpoint_keeper = None
+        self._deepsc_config: dict[str, Any] | None = None
         cwd = settings.cwd
         if cwd is not None and not cwd.is_dir():
             raise ConfigError(f"finetune.cwd: no such directory {str(cwd)!r} (expected the DeepSC checkout)")
@@ -104,6 +108,28 @@ class CommandFinetuner:
                 + "; give the full path of the Python that has DeepSC installed"
             )
         self.start_lock = start_lock if start_lock is not None else start_lock_path(cwd or Path.cwd(), settings.command)
+
+    def warmup_plan(self, params: Mapping[str, Any]) -> WarmupPlan | None:
+        """How a DeepSC cosine run's ``warmup_ratio`` (a fraction of its real optimizer steps) is
+        passed to DeepSC, which plans for 100,000 cells (:mod:`deepsc_tune.deepsc_schedule`);
+        ``None`` for another program or schedule. Raises ``FinetuneError`` for a warmup that
+        cannot run as meant, ``DataError`` for an unreadable ``data_path``."""
+        from deepsc_tune.deepsc_checkout import is_deepsc_command
+
+        if not is_deepsc_command(self.settings.command):
+            return None
+        if self._deepsc_config is None:
+            from deepsc_tune.deepsc_schedule import load_config
+
+            self._deepsc_config = load_config(self.settings.cwd)
+        return run_plan(self.settings, params, self._deepsc_config)
+
+    def trial_attrs(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """What the objective stores with a trial before it runs: the warmup plan, if any."""
+        from deepsc_tune.trial_record import DEEPSC_WARMUP
+
+        plan = self.warmup_plan(params)
+        return {} if plan is None else {DEEPSC_WARMUP: plan.record()}
 
     def build_argv(self, params: Mapping[str, Any], *, run_dir: Path | str) -> list[str]:
         """The child's argument list (:func:`build_argv` with this finetuner's settings)."""
@@ -173,13 +199,35 @@ class CommandFinetuner:
         run_dir = Path(run_dir).resolve()
         run_dir.mkdir(parents=True, exist_ok=True)
         gpu = cuda_visible_devices if cuda_visible_devices is not None else self.cuda_visible_devices
+        plan = self.warmup_plan(params)
+        notes = []
+        if plan is not None:
+            # The searched fraction of the real run, as the ratio DeepSC's 100,000-cell plan needs.
+            params = {**params, "warmup_ratio": plan.deepsc_ratio}
+            notes.append(plan.describe())
         argv = self.build_argv(params, run_dir=run_dir)
         env = self.build_env(run_dir, cuda_visible_devices=gpu)
         gpu = env.get("CUDA_VISIBLE_DEVICES") if gpu is None else gpu
         spacing = StartSpacing(self.start_lock) if self.start_lock is not None else None
-        child = ChildRun(self.settings, argv=argv, env=env, run_dir=run_dir, on_epoch=on_epoch, spacing=spacing)
-        outcome = child.execute()
-        return child.result(outcome, metric=metric, device=f"cuda:{gpu}" if gpu else "subprocess")
+        child = ChildRun(
+            self.settings,
+            argv=argv,
+            env=env,
+            run_dir=run_dir,
+            on_epoch=on_epoch,
+            notes=notes,
+            warmup_steps=None if plan is None else plan.warmup_steps,
+            spacing=spacing,
+        )
+        try:
+            outcome = child.execute()
+            result = child.result(outcome, metric=metric, device=f"cuda:{gpu}" if gpu else "subprocess")
+        finally:
+            if self.checkpoint_keeper is not None:  # finished trials that cannot be the best lose their checkpoints
+                self.checkpoint_keeper.prune()
+        if plan is not None:
+            result.extra["warmup"] = plan.record()
+        return result
 
 
 __all__ = [

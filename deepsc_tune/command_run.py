@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 
 from deepsc_tune.backend import EpochCallback, EpochMetrics, FinetuneResult
+from deepsc_tune.checkpoints import checkpoint_folder, record_checkpoint, saved_path
 from deepsc_tune.command_settings import CommandSettings
 from deepsc_tune.errors import FinetuneError
 from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
@@ -42,6 +43,8 @@ TAIL_LINES = 10
 #: Where DeepSC writes checkpoints, logs and plots: 2416d85 prints "Output directory created: F"
 #: (a hard-coded folder + timestamp), abcf2be "Output directory: F" (Hydra's run directory).
 _OUTPUT_DIR_LINE = re.compile(r"^Output directory(?: created)?:\s*(?P<path>\S.*)$")
+#: DeepSC's cosine banner (cell_type_annotation.py:244): the warmup steps it computed.
+_WARMUP_LINE = re.compile(r"^-\s*Warmup steps:\s*(?P<steps>\d+)\s*$")
 
 # Lines that explain a failure better than the last line of a traceback, first match wins.
 _CAUSE_PATTERNS = (
@@ -67,9 +70,14 @@ class ChildRun:
         env: dict[str, str],
         run_dir: Path,
         on_epoch: EpochCallback | None,
+        notes: list[str] | tuple[str, ...] = (),
+        warmup_steps: int | None = None,
         spacing: StartSpacing | None = None,
     ) -> None:
         self.settings = settings
+        self.notes = list(notes)  # lines of our own for the top of the log (the warmup plan)
+        self.warmup_steps = warmup_steps  # what DeepSC's "Warmup steps:" line must say
+        self.printed_warmup: int | None = None
         self.spacing = spacing  # DeepSC 2416d85: held until it names its timestamped folder
         self.argv = argv
         self.env = env
@@ -84,6 +92,8 @@ class ChildRun:
         self.output_dir: str | None = None  # where DeepSC says it writes checkpoints
         self.named_at: float | None = None  # when it said so (wall clock)
         self.clash: str | None = None  # why that folder is another run's
+        self.checkpoints: list[str] = []  # the checkpoint files DeepSC said it saved
+        self.checkpoint_dir: str | None = None  # and the folder it said it saves them in
         self.history: list[EpochMetrics] = []
         self.counts = {"stdout": 0, "json": 0}
         self.base: dict[str, int] = {}
@@ -107,6 +117,8 @@ class ChildRun:
         try:
             self._note(f"command: {shlex.join(self.argv)}")
             self._note(f"checkout: {s.cwd or Path.cwd()} (on PYTHONPATH); working directory: {self.run_dir}")
+            for note in self.notes:
+                self._note(note)
             if self.spacing is not None:
                 self.spacing.acquire(f"trial folder {self.run_dir} (pid {os.getpid()})", note=self._note)
             self.start = self.last_report = time.monotonic()
@@ -270,6 +282,25 @@ class ChildRun:
                 f"DeepSC writes this run's checkpoints (two full ones per epoch), logs and plots to "
                 f"{self.output_dir} ({where})"
             )
+        saved, folder = saved_path(line), checkpoint_folder(line)
+        if (saved is not None and saved not in self.checkpoints) or (folder and self.checkpoint_dir is None):
+            if saved is not None:
+                self.checkpoints.append(saved)
+            self.checkpoint_dir = self.checkpoint_dir or folder
+            try:  # as they are printed: a trial that fails later still has its files recorded
+                record_checkpoint(self.run_dir, self.checkpoints, self.checkpoint_dir)
+            except OSError:
+                pass
+        warmup = _WARMUP_LINE.match(line)
+        if warmup and self.printed_warmup is None:
+            self.printed_warmup = int(warmup.group("steps"))
+            if self.warmup_steps is not None and self.printed_warmup != self.warmup_steps:
+                warning = (
+                    f"DeepSC printed Warmup steps: {self.printed_warmup}, but deepsc-tune planned "
+                    f"{self.warmup_steps} (docs/deepsc.md, 'Warmup in real steps')"
+                )
+                self.warnings.append(warning)
+                self._note(warning)
         if parser is not None:
             m = parser.feed(line)
             if m is not None:
@@ -333,6 +364,8 @@ class ChildRun:
                 "duration_s": round(time.monotonic() - self.start, 3),
                 "metric_sources": dict(self.counts),
                 "program_output_dir": self.output_dir,
+                "checkpoints": list(self.checkpoints),
+                "deepsc_warmup_steps": self.printed_warmup,
                 "checkout": str(Path(self.settings.cwd or Path.cwd()).absolute()),
                 "warnings": list(self.warnings),
             },

@@ -21,6 +21,7 @@ from pydantic import PlainValidator, ValidationError, ValidationInfo, model_vali
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
+from deepsc_tune.checkpoints import DEFAULT_KEEP, KEEP_POLICIES
 from deepsc_tune.hydra_overrides import HYDRA_KEY, coerce_value, resolve_path
 from deepsc_tune.metrics_parsing import DEFAULT_EPOCH_REGEX, DEFAULT_METRICS_REGEX
 from deepsc_tune.schema import STRICT, expected, line_errors, number_field, one_of, raise_errors, validate
@@ -39,6 +40,7 @@ COMMAND_KEYS = (
     "metric_regex",
     "run_dir_override",
     "grace_period",
+    "keep_checkpoints",
 )
 #: Where metrics are read from: DeepSC's stdout, the JSON-lines file, or both.
 METRIC_SOURCES = ("deepsc", "json", "both")
@@ -151,6 +153,8 @@ class CommandSettings:
         Override key that receives the run folder (``None``: not passed).
     grace_period
         Seconds between SIGTERM and SIGKILL when a run is stopped.
+    keep_checkpoints
+        Whose DeepSC checkpoints stay on disk: ``best`` (the chosen configuration's), ``all``, ``none``.
     """
 
     YAML_KEYS = COMMAND_KEYS  # for the did-you-mean of an unknown key
@@ -169,6 +173,8 @@ class CommandSettings:
     metrics_regex: str = DEFAULT_METRICS_REGEX
     run_dir_override: Annotated[str | None, PlainValidator(_run_dir_override)] = "hydra.run.dir"
     grace_period: Annotated[float, PlainValidator(_grace_period)] = _GRACE_PERIOD
+    #: Which trials' DeepSC checkpoints stay on disk (:mod:`deepsc_tune.checkpoints`).
+    keep_checkpoints: Annotated[str, one_of(KEEP_POLICIES, "one of " + ", ".join(KEEP_POLICIES))] = DEFAULT_KEEP
     #: The block's other keys: fixed DeepSC settings, passed to the program as overrides.
     fixed: dict[str, Any] = dataclasses.field(default_factory=dict)
 

@@ -30,8 +30,8 @@ from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
 from deepsc_tune.repeat import enqueue_repeats, plan_repeats, waiting_repeats
 from deepsc_tune.search_space import SearchSpace
+from deepsc_tune.selection import select
 from deepsc_tune.start_lock import start_lock
-from deepsc_tune.trial_record import ranked_search_trials
 
 
 class ConfirmSummary(NamedTuple):
@@ -68,7 +68,7 @@ def run_confirmation(
     try:
         trials = study.get_trials(deepcopy=False)
         queued = 0
-        if ranked_search_trials(trials):
+        if select(trials).best is not None:
             plan = plan_repeats(trials, top=space.confirm["top"], seeds=space.confirm["seeds"])
             enqueue_repeats(study, plan)
             queued = len(plan)

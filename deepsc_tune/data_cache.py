@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_text
 from .data_loading import InputFile, resolve_inputs, with_hint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -125,13 +125,9 @@ def save_cached(cache_dir: Path, prepared: PreparedData) -> None:
     }
     # Several worker processes may prepare at once: write to a private name, then rename, so a
     # reader sees a whole file or none. The .json goes last and marks the entry complete.
-    tmp = npz.with_name(f".{npz.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(npz) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-    os.replace(tmp, npz)
-    tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(info, indent=1))
-    os.replace(tmp, meta)
+    write_text(meta, json.dumps(info, indent=1))
 
 
 def load_cached(cache_dir: Path, fingerprint: str) -> dict[str, Any] | None:

@@ -56,6 +56,7 @@ DATA_KEYS = (
     "n_top_genes",
     "min_cells_per_class",
     "split_seed",
+    "subsample",
     "origin",
 )
 TEST_SPLIT_KEYS = ("obs_key", "values")
@@ -157,6 +158,10 @@ class DataSettings:
     ] = None
     min_cells_per_class: Annotated[int, integer_field("an integer >= 0", 0)] = 5
     split_seed: Annotated[int, integer_field("an integer >= 0", 0)] = 0
+    #: At most this many cells for training and validation, a stratified sample (quick searches).
+    subsample: Annotated[
+        int | None, integer_field("a positive number of cells (or unset for all)", 1, optional=True)
+    ] = None
     origin: Annotated[str | None, PlainValidator(_optional_text)] = dataclasses.field(default=None, compare=False)
     source: str = dataclasses.field(default="", compare=False)
 
@@ -230,6 +235,8 @@ class DataSettings:
             "min_cells_per_class": self.min_cells_per_class,
             "split_seed": self.split_seed,
         }
+        if self.subsample is not None:  # absent when unset: older studies keep their fingerprint
+            out["subsample"] = self.subsample
         if self.origin is not None:
             out["origin"] = self.origin
         return out

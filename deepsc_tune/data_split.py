@@ -137,6 +137,8 @@ def split_adata(
     elif settings.test_fraction is not None:
         pool, test = _test_from_fraction(settings, labels[pool], pool, classes=classes, notes=notes)
 
+    if settings.subsample is not None:
+        pool = _subsample(settings, labels[pool], pool, notes=notes)
     train_idx, val_idx, y_train, y_val = _carve_validation(
         settings, _codes(labels[pool], classes), pool, classes=classes, train_inp=train_inp, notes=notes
     )
@@ -316,6 +318,28 @@ def _test_from_fraction(
         " only ever reported"
     )
     return np.sort(pool), _TestCells(test_idx, y_test, "train")
+
+
+def _subsample(settings: DataSettings, y_pool: np.ndarray, pool: np.ndarray, *, notes: list[str]) -> np.ndarray:
+    """At most ``subsample`` cells of the training pool, stratified by label, seeded by
+    ``split_seed``: the same cells for every trial (the setting is part of the data fingerprint).
+    Test cells were set aside before and are all kept."""
+    n = settings.subsample
+    src = settings.source
+    if n >= pool.size:
+        notes.append(f"{src}.subsample {n}: the pool has {pool.size} cells for training and validation; all kept")
+        return pool
+    from sklearn.model_selection import train_test_split
+
+    counts = np.unique(y_pool, return_counts=True)[1]
+    stratify = y_pool if counts.min() >= 2 and n >= len(counts) and pool.size - n >= len(counts) else None
+    keep, _ = train_test_split(pool, train_size=n, random_state=settings.split_seed, stratify=stratify)
+    notes.append(
+        f"{src}.subsample: {n} of the {pool.size} cells for training and validation"
+        f" ({'stratified by label' if stratify is not None else 'random: a class is too small to stratify'},"
+        f" split_seed {settings.split_seed}); the test cells are all kept"
+    )
+    return np.sort(keep)
 
 
 def _carve_validation(

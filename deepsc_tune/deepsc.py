@@ -33,10 +33,17 @@ from deepsc_tune.deepsc_checkout import (
     output_notes,
     unknown_keys,
 )
+from deepsc_tune.deepsc_data import CellsError, deepsc_cells
+from deepsc_tune.deepsc_schedule import (
+    SCHEDULE_CELLS,  # noqa: F401  (re-exported: DeepSC facts are read from here)
+    _candidates,
+    _num,
+    planned_steps,
+    real_step_findings,
+    real_steps,
+)
 from deepsc_tune.errors import ConfigError
 
-#: DeepSC's cosine schedule counts steps for this many cells, whatever the data's size.
-SCHEDULE_CELLS = 100_000
 #: Scheduler types DeepSC accepts (anything else: ``Unknown lr_scheduler_type``).
 SCHEDULER_TYPES = ("constant", "cosine")
 #: 2416d85's values, used when the checkout's config cannot be read.
@@ -81,34 +88,18 @@ def effective_settings(
 # ----------------------------------------------------------------------------- schedule
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return float(str(value))
-    except ValueError:
-        return None
-
-
-def _candidates(name: str, settings: Mapping[str, Setting], search: Mapping[str, Any]) -> list[Any] | None:
-    """Values a setting can take: a searched entry's choices/grid/ends, else the fixed value."""
-    spec = search.get(name)
-    if spec is None:
-        setting = settings.get(name)
-        return None if setting is None else [setting.value]
-    values = list(spec.choices or ()) if spec.kind == "categorical" else [spec.low, spec.high]
-    return values + list(spec.grid or ())
-
-
 def total_steps(*, epoch: float, batch_size: float, grad_acc: float, world_size: float = 1) -> int:
     """Steps DeepSC's cosine schedule plans for:
-    ``epoch * ceil(100000 / (batch_size * world_size * grad_acc))`` (cell_type_annotation.py)."""
-    return int(epoch) * math.ceil(SCHEDULE_CELLS / (batch_size * world_size * grad_acc))
+    ``epoch * ceil(100000 / (batch_size * world_size * grad_acc))`` (cell_type_annotation.py:220);
+    :func:`deepsc_tune.deepsc_schedule.planned_steps`."""
+    return planned_steps(epoch=epoch, batch_size=batch_size, grad_acc=grad_acc, world_size=world_size)
 
 
-def _max_total_steps(settings: Mapping[str, Setting], search: Mapping[str, Any]) -> int | None:
+def _max_total_steps(
+    settings: Mapping[str, Setting], search: Mapping[str, Any], *, n_train: int | None = None
+) -> int | None:
+    """The most steps a trial can have: DeepSC's planned ones, or real ones with ``n_train``
+    (``None`` when a setting is not a number)."""
     ext: dict[str, float] = {}
     for name, pick in (("epoch", max), ("batch_size", min), ("grad_acc", min), ("num_device", min), ("num_nodes", min)):
         values = _candidates(name, settings, search)
@@ -118,12 +109,17 @@ def _max_total_steps(settings: Mapping[str, Setting], search: Mapping[str, Any])
         if any(n is None or n <= 0 for n in nums):
             return None
         ext[name] = pick(nums)
-    return total_steps(
-        epoch=ext["epoch"],
-        batch_size=ext["batch_size"],
-        grad_acc=ext["grad_acc"],
-        world_size=ext["num_device"] * ext["num_nodes"],
-    )
+    world = ext["num_device"] * ext["num_nodes"]
+    if n_train is not None:
+        steps = real_steps(
+            n_train,
+            epoch=int(ext["epoch"]),
+            batch_size=int(ext["batch_size"]),
+            grad_acc=int(ext["grad_acc"]),
+            world_size=int(world),
+        )
+        return steps  # 0: no optimizer step at all (real_step_findings says so)
+    return total_steps(epoch=ext["epoch"], batch_size=ext["batch_size"], grad_acc=ext["grad_acc"], world_size=world)
 
 
 def schedule_problems(
@@ -131,6 +127,7 @@ def schedule_problems(
     search: Mapping[str, Any],
     *,
     enqueue: Sequence[Mapping[str, Any]] = (),
+    n_train: int | None = None,
 ) -> Findings:
     """Schedules DeepSC cannot run, and searched ``warmup_ratio`` ranges clipped so it can.
 
@@ -147,6 +144,10 @@ def schedule_problems(
         ``step``, ``grid``, ``when``).
     enqueue
         The study's enqueued configurations (``study.enqueue``).
+    n_train
+        The cells DeepSC trains on, when ``data_path`` could be read: ``warmup_ratio`` is then a
+        fraction of the real run's optimizer steps, which are checked too
+        (:func:`deepsc_tune.deepsc_schedule.real_step_findings`).
 
     Returns
     -------
@@ -154,8 +155,9 @@ def schedule_problems(
         Problems for a fixed or enqueued cosine configuration with ``warmup_ratio <= 0``, for
         searched choices or grid values ``<= 0``, and for scheduler types other than constant
         and cosine. A searched range whose low end is ``<= 0`` is clipped instead, to the
-        smallest ratio that gives one warmup step, ``1 / total_steps`` (on the stepped grid
-        when ``step`` is set), with a note; ``lows`` holds the new low end.
+        smallest ratio that gives one warmup step, ``1 / steps`` (real steps with ``n_train``,
+        else DeepSC's planned ones; on the stepped grid when ``step`` is set), with a note;
+        ``lows`` holds the new low end.
     """
     settings = {k: v if isinstance(v, Setting) else Setting(v, f"finetune.{k}") for k, v in settings.items()}
     out = Findings()
@@ -188,7 +190,7 @@ def schedule_problems(
     if spec is not None:
         when = spec.when.get("lr_scheduler_type") if spec.when else None
         if cosine and (when is None or "cosine" in when):
-            _check_warmup_range(spec, settings, search, why, out)
+            _check_warmup_range(spec, settings, search, why, out, n_train=n_train)
     else:
         w = settings.get("warmup_ratio")
         if cosine and w is not None and _num(w.value) is not None and _num(w.value) <= 0:
@@ -197,6 +199,9 @@ def schedule_problems(
                     w.where, f"{w.value!r} with lr_scheduler_type cosine: {why}; expected a warmup_ratio > 0, e.g. 0.03"
                 )
             )
+    if n_train is not None:
+        applies = spec is None or not spec.when or "cosine" in spec.when.get("lr_scheduler_type", ("cosine",))
+        out.add(real_step_findings(settings, search, n_train=n_train, cosine=cosine and applies, enqueue=enqueue))
     fixed_lr = None if lr_spec is not None else lr_values[0]
     fixed_w = settings.get("warmup_ratio") if spec is None else None
     for i, entry in enumerate(enqueue):
@@ -214,7 +219,13 @@ def schedule_problems(
 
 
 def _check_warmup_range(
-    spec: Any, settings: Mapping[str, Setting], search: Mapping[str, Any], why: str, out: Findings
+    spec: Any,
+    settings: Mapping[str, Setting],
+    search: Mapping[str, Any],
+    why: str,
+    out: Findings,
+    *,
+    n_train: int | None = None,
 ) -> None:
     where = "search.warmup_ratio"
     explicit = [("choices", spec.choices or ())] if spec.kind == "categorical" else []
@@ -225,7 +236,9 @@ def _check_warmup_range(
             out.problems.append(Problem(f"{where}.{key}", f"{bad[0]!r}: {why}; expected values > 0"))
     if spec.kind == "categorical" or spec.low > 0:
         return
-    total = _max_total_steps(settings, search)
+    total = _max_total_steps(settings, search, n_train=n_train)
+    if total == 0:
+        return  # the run never steps the optimizer: a problem of its own
     if total is None:
         out.problems.append(
             Problem(
@@ -240,6 +253,15 @@ def _check_warmup_range(
     new_low = 1.0 / total
     if spec.step:
         new_low = spec.low + math.ceil(round((new_low - spec.low) / spec.step, 9)) * spec.step
+    if n_train is not None and spec.kind != "int" and new_low > spec.high > 0:
+        # Every value of (0, high] gives 1 warmup step of the real run: the range is one setting.
+        out.lows["warmup_ratio"] = spec.high
+        out.notes.append(
+            f"search.warmup_ratio: low end {spec.low:g} clipped to the high end {spec.high:g}: every "
+            f"warmup_ratio of the range gives 1 warmup step of the run's at most {total} real optimizer "
+            f"steps ({n_train} training cells), so the range is one setting; widen it or train longer"
+        )
+        return
     if spec.kind == "int" or new_low > spec.high:
         out.problems.append(
             Problem(
@@ -252,10 +274,16 @@ def _check_warmup_range(
         )
         return
     out.lows["warmup_ratio"] = new_low
+    if n_train is not None:
+        steps = f"the run has at most {total} real optimizer steps here ({n_train} training cells)"
+    else:
+        steps = (
+            "DeepSC's cosine plans epoch x ceil(100000 / (batch_size x num_device x grad_acc)) = "
+            f"{total} steps here at most"
+        )
     out.notes.append(
         f"search.warmup_ratio: low end {spec.low:g} clipped to {new_low:.4g}, the smallest ratio "
-        f"that gives 1 warmup step ({why}; DeepSC's cosine plans epoch x ceil(100000 / "
-        f"(batch_size x num_device x grad_acc)) = {total} steps here at most)"
+        f"that gives 1 warmup step ({why}; {steps})"
     )
 
 
@@ -400,9 +428,18 @@ def check_command_space(
             keys.setdefault(run_dir_override, "finetune.run_dir_override")
         out.problems.extend(unknown_keys(config, keys, new_keys, source=str(cwd / CONFIG_FILE)))
     settings = effective_settings(config, overrides=overrides, fixed=fixed)
-    out.add(schedule_problems(settings, search, enqueue=enqueue))
+    inputs = input_problems(settings)
+    n_train = None
+    if not inputs:
+        try:
+            cells = deepsc_cells(settings)
+        except CellsError as e:
+            inputs.append(Problem(e.key, e.detail))
+        else:
+            n_train = None if cells is None else cells.n_train
+    out.add(schedule_problems(settings, search, enqueue=enqueue, n_train=n_train))
     out.problems.extend(device_problems(settings, search))
-    out.problems.extend(input_problems(settings))
+    out.problems.extend(inputs)
     out.add(output_notes(cwd, run_dir_override=run_dir_override, config=config))
     for key in UNREAD_OUTPUT_KEYS:
         for where, given in (("finetune.overrides", overrides), ("finetune", fixed)):

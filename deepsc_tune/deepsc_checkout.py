@@ -46,18 +46,22 @@ _BASE_DIR = re.compile(r"^[ \t]*base_dir\s*=\s*(?P<q>[\"'])(?P<path>[^\"'\n]+)(?
 
 @dataclass
 class Findings:
-    """Problems (refuse), notes (print) and searched ranges whose low end must move up."""
+    """Problems (refuse), notes (print) and searched ranges whose ends must move in."""
 
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     #: ``{param: new_low}``: the search range is clipped there (see :func:`deepsc_tune.deepsc.schedule_problems`).
     lows: dict[str, float] = field(default_factory=dict)
+    #: ``{param: new_high}``: the search range is clipped there (see
+    #: :func:`deepsc_tune.deepsc_schedule.real_step_findings`).
+    highs: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Findings) -> Findings:
         """Append ``other``'s findings to these; returns ``self``."""
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
         self.lows.update(other.lows)
+        self.highs.update(other.highs)
         return self
 
 
@@ -208,11 +212,12 @@ def timestamped_base(cwd: Path | str) -> tuple[str, str] | None:
     return match.group("path"), f"{TRAINER_FILE}:{source.count(chr(10), 0, match.start()) + 1}"
 
 
-def _checkpoint_note(where: str) -> str:
+def _checkpoint_note() -> str:
     return (
         "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
         "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
-        f"epochs leaves E + 1 on disk and nothing deletes them: plan disk space and clear {where} between studies"
+        "epochs leaves E + 1; deepsc-tune removes those of trials that cannot be the best "
+        "(finetune.keep_checkpoints: best, the default; all keeps every one)"
     )
 
 
@@ -266,7 +271,14 @@ def output_notes(
             "after the one before has named its folder, and fails a trial whose folder another trial "
             "already uses (DeepSC abcf2be writes into each trial's own folder instead)"
         )
-    out.notes.append(_checkpoint_note(base))
+    out.notes.append(_checkpoint_note())
+    if os.path.isabs(base) and (owner := _other_users_home(Path(base))) is not None:
+        out.notes.append(
+            f"DeepSC would write every trial's checkpoints under another user's home: {base} "
+            f"(home of {owner!r}, hard-coded at {cwd / where}); you can write there only as root or "
+            f"if that folder is shared. Change that line to a folder you own, or check out abcf2be, "
+            "which writes into each trial's own folder"
+        )
     if os.path.isabs(base):
         blocked = _unwritable(Path(base))
         if blocked:
@@ -303,7 +315,7 @@ def _hydra_output_notes(
             f"which deepsc-tune sets to the trial's folder (hydra.run.dir=results/NAME/trials/NNNNN; "
             f"the config's own {own} is not used)"
         )
-        out.notes.append(_checkpoint_note("results/NAME/trials/"))
+        out.notes.append(_checkpoint_note())
         return out
     fixed = own.split("${", 1)[0].rstrip("/") or "."
     out.notes.append(
@@ -311,7 +323,7 @@ def _hydra_output_notes(
         f"{run_dir_override!r}, so each trial writes to the config's hydra.run.dir {own} "
         f"({CONFIG_FILE}): trials starting in the same second share it"
     )
-    out.notes.append(_checkpoint_note(fixed))
+    out.notes.append(_checkpoint_note())
     blocked = _unwritable(Path(fixed)) if os.path.isabs(fixed) else None
     if blocked:
         out.problems.append(
@@ -326,6 +338,19 @@ def _hydra_output_notes(
             )
         )
     return out
+
+
+def _other_users_home(folder: Path) -> str | None:
+    """The user whose home ``folder`` is under (``/home/NAME/...``, ``/Users/NAME/...``), when it is
+    not the current user's; ``None`` otherwise."""
+    parts = folder.parts
+    if len(parts) < 3 or parts[1] not in ("home", "Users"):
+        return None
+    owner = parts[2]
+    mine = Path.home().resolve()
+    if owner == _user() or folder.resolve().is_relative_to(mine):
+        return None
+    return owner
 
 
 def _unwritable(folder: Path) -> str | None:

@@ -39,7 +39,7 @@ from deepsc_tune.data import prepare_data
 from deepsc_tune.data_loading import read_input, resolve_inputs, with_hint
 from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.data_split import split_adata
-from deepsc_tune.deepsc_inputs import DEFAULT_GENE_COL, DEFAULT_LABEL_COL
+from deepsc_tune.deepsc_data import DEFAULT_GENE_COLUMN, DEFAULT_LABEL_COLUMN
 from deepsc_tune.errors import DataError
 from deepsc_tune.preprocess import prepare_expression
 
@@ -81,8 +81,8 @@ def deepsc_options(finetune: Mapping[str, Any] | None) -> dict[str, Any]:
     given.update({k: v for k, v in block.items() if k != "overrides"})
     gene_map = given.get("csv_path")
     return {
-        "label_col": str(given.get("obs_celltype_col") or DEFAULT_LABEL_COL),
-        "gene_col": str(given.get("var_name_in_h5ad") or DEFAULT_GENE_COL),
+        "label_col": str(given.get("obs_celltype_col") or DEFAULT_LABEL_COLUMN),
+        "gene_col": str(given.get("var_name_in_h5ad") or DEFAULT_GENE_COLUMN),
         "gene_map": Path(str(gene_map)).expanduser() if gene_map else None,
     }
 
@@ -148,9 +148,10 @@ def write_deepsc_split(
     settings: DataSettings,
     out_dir: Path,
     *,
-    label_col: str = DEFAULT_LABEL_COL,
-    gene_col: str = DEFAULT_GENE_COL,
+    label_col: str = DEFAULT_LABEL_COLUMN,
+    gene_col: str = DEFAULT_GENE_COLUMN,
     gene_map: Path | None = None,
+    write_gene_map: bool = False,
     hint: str | None = None,
 ) -> DeepscSplit:
     """Write ``train.h5ad``, ``val.h5ad`` and ``test.h5ad`` for DeepSC's fine-tuner.
@@ -168,6 +169,9 @@ def write_deepsc_split(
         Name of the gene-name column in ``var`` (DeepSC's ``var_name_in_h5ad``).
     gene_map
         DeepSC's gene map (``csv_path``): count the genes DeepSC will see, refuse when none.
+    write_gene_map
+        Write ``gene_map.csv`` beside the files instead (:func:`write_random_init_gene_map`):
+        every gene of the data, for a random-init model only.
     hint
         Where the dataset can be obtained, for "file not found" errors.
 
@@ -181,6 +185,8 @@ def write_deepsc_split(
         Input problems (as :func:`deepsc_tune.data_split.split_cells`), an unreadable gene map, or a
         gene map that matches none of the data's genes; nothing is written then.
     """
+    if write_gene_map and gene_map is not None:
+        raise DataError(f"--write-gene-map: a gene map is given already ({gene_map}); expected one or the other")
     names = read_gene_map(gene_map) if gene_map is not None else None
     settings = with_hint(settings, hint)
     # data.py's own reading, splitting and normalisation, so both backends see the same cells
@@ -246,12 +252,18 @@ def write_deepsc_split(
         adata.write_h5ad(paths[name])
 
     n_genes = built["train"].n_vars
+    if write_gene_map:
+        gene_map = write_random_init_gene_map(out_dir / "gene_map.csv", [a.var[gene_col] for a in built.values()])
+        notes.append(
+            f"gene map {gene_map}: every one of the data's genes, ids 0..n-1, for a random-init model "
+            "(load_pretrained_model: false) only; a pretrained model needs the map it was trained with"
+        )
     for key, (n, total) in matched.items():
         notes.append(
             f"gene map {gene_map}: DeepSC will see {n} of the {total} genes of {key} "
             f"({n / total:.0%}); it drops the others"
         )
-    if names is None:
+    if names is None and not write_gene_map:
         notes.append(
             "no gene map (finetune.overrides.csv_path or --gene-map): how many of the "
             f"{n_genes} genes DeepSC will see is unknown; it drops genes not in its map"
@@ -263,7 +275,7 @@ def write_deepsc_split(
         "seperated_train_eval_dataset": True,
         "obs_celltype_col": label_col,
     }
-    if gene_col != DEFAULT_GENE_COL:
+    if gene_col != DEFAULT_GENE_COLUMN:
         overrides["var_name_in_h5ad"] = gene_col
     if gene_map is not None:
         overrides["csv_path"] = str(Path(gene_map).resolve())
@@ -277,6 +289,16 @@ def write_deepsc_split(
         overrides=overrides,
         notes=notes,
     )
+
+
+def write_random_init_gene_map(path: Path, gene_lists) -> Path:
+    """DeepSC's gene map (``feature_name,id``) for a model trained from scratch: every gene of
+    ``gene_lists`` once, in first-seen order, ids ``0 .. n-1`` (DeepSC's collator adds 1 to each
+    id and keeps 0 for padding, so ids must stay below the model's ``num_genes``)."""
+    names = list(dict.fromkeys(str(g) for genes in gene_lists for g in genes))
+    path = Path(path)
+    pd.DataFrame({"feature_name": names, "id": np.arange(len(names))}).to_csv(path, index=False)
+    return path.resolve()
 
 
 def _deepsc_anndata(adata, rows, *, x, genes: pd.Index, labels, classes, label_col: str, gene_col: str):

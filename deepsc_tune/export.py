@@ -38,6 +38,7 @@ from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 from deepsc_tune.space_record import read_record
 from deepsc_tune.trial_record import (
     BEST_EPOCH,
+    DEEPSC_WARMUP,
     EPOCHS_RUN,
     OLD_ARGV,
     SETTINGS,
@@ -69,6 +70,9 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     else:
         keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
+    warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+    if not builtin and "warmup_ratio" in out and isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        out["warmup_ratio"] = warmup["deepsc_ratio"]  # DeepSC's value; the searched fraction is in settings
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
     if builtin and kind == "cosine_restarts":
@@ -120,6 +124,9 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None =
         args = list(argv[len(settings.command) :])
     else:
         merged = {**fixed, **(trial.user_attrs.get(SETTINGS) or trial.params)}
+        warmup = trial.user_attrs.get(DEEPSC_WARMUP)
+        if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+            merged["warmup_ratio"] = warmup["deepsc_ratio"]  # what DeepSC was given, not the fraction
         full = build_argv(settings, merged, run_dir=run_dir)
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
@@ -173,8 +180,12 @@ def best_notes(
     *,
     backend: str = "builtin",
     selection: Selection | None = None,
+    folder: Path | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
+
+    ``folder``: the study's results folder; for a DeepSC study the best epoch's checkpoint there
+    (the tuned DeepSC model) is named.
 
     ``selection`` (default: :func:`deepsc_tune.selection.select` over the study's trials) adds
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
@@ -197,6 +208,20 @@ def best_notes(
             + " (reported only, never used for selection)"
         )
     notes += deepsc_settings(trial, backend=backend)[1]
+    warmup = u.get(DEEPSC_WARMUP)
+    if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+        notes.append(
+            f"warmup_ratio: searched as {warmup['fraction']:.4g} of the run's {warmup['real_steps']} real "
+            f"optimizer steps ({warmup['warmup_steps']} warmup steps, restarts every {warmup['restart_steps']}); "
+            f"the command passes DeepSC warmup_ratio={warmup['deepsc_ratio']!r}, which gives those steps in "
+            f"its schedule planned for 100,000 cells ({warmup['planned_steps']} steps)"
+        )
+    if get_backend(backend).runs_program and folder is not None:
+        from deepsc_tune.checkpoints import best_epoch_checkpoint
+
+        ckpt = best_epoch_checkpoint(trial_dir(Path(folder) / "trials", trial.number), u.get(BEST_EPOCH))
+        if ckpt is not None:
+            notes.append(f"tuned DeepSC model: {ckpt} (its best epoch's checkpoint, as DeepSC saved it)")
     if get_backend(backend).runs_program:
         notes.append(
             "the command re-runs this trial as it ran (same data files, validation file included); "
@@ -224,7 +249,7 @@ def format_best(
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     settings, _ = deepsc_settings(trial, backend=backend)
-    notes = best_notes(study, trial, backend=backend, selection=selection)
+    notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
     if fmt == "json":

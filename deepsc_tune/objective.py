@@ -115,6 +115,11 @@ def build_objective(
         run_dir = trial_dir(trials_dir, trial.number) if trials_dir is not None else None
         started = time.perf_counter()
         try:
+            # What the backend derives from the settings before it runs them (DeepSC's warmup
+            # in real steps, and the ratio it is passed): stored with the trial, failed or not.
+            trial_attrs = getattr(finetuner, "trial_attrs", None)
+            for key, value in (trial_attrs(settings) if trial_attrs is not None else {}).items():
+                trial.set_user_attr(key, value)
             result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
         except (KeyboardInterrupt, Exception) as e:
             # KeyboardInterrupt, a DeepscTuneError, or a bug or crash in a backend: keep the reason

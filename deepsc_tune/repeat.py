@@ -31,6 +31,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
 from deepsc_tune.search_space import SearchSpace, build_search_space
+from deepsc_tune.selection import rank_configurations
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.storage import open_storage
 from deepsc_tune.study import load_existing_study
@@ -42,8 +43,6 @@ from deepsc_tune.trial_record import (
     SETTINGS,
     is_repeat,
     other_data,
-    prunable,
-    ranked_search_trials,
 )
 
 #: States in which a planned repeat counts as done or under way.
@@ -78,8 +77,9 @@ def trial_seed(trial: FrozenTrial) -> int:
 
 
 def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
-    """The ``top`` best COMPLETE search trials with distinct parameters (best first)."""
-    ranked = ranked_search_trials(trials)
+    """The ``top`` best configurations' search trials with distinct parameters (best first, in
+    the selection's ranking)."""
+    ranked = [c.trial for c in rank_configurations(trials)]
     chosen: list[FrozenTrial] = []
     seen: list[dict[str, Any]] = []
     for t in ranked:
@@ -138,16 +138,6 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
         )
 
 
-class RepeatsRunToTheEnd(optuna.pruners.BasePruner):
-    """The study's pruner for search trials; never prunes a repeat (its full curve is the point)."""
-
-    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
-        self.pruner = pruner
-
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        return prunable(trial) and self.pruner.prune(study, trial)
-
-
 def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
@@ -175,7 +165,8 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
 def open_for_repeats(
     *, storage: str, study_name: str, record_dir: Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
-    """Open the study for writing: heartbeats on, its sampler, and :class:`RepeatsRunToTheEnd`.
+    """Open the study for writing: heartbeats on, its sampler and pruner (the objective never
+    lets the pruner stop a repeat: :func:`deepsc_tune.trial_record.prunable`).
 
     Raises
     ------
@@ -192,7 +183,7 @@ def open_for_repeats(
             study_name=study_name,
             storage=rdb,
             sampler=space.build_sampler(),
-            pruner=RepeatsRunToTheEnd(space.build_pruner()),
+            pruner=space.build_pruner(),
         )
     return study, space
 

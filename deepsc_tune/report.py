@@ -15,7 +15,6 @@ trials, and it never changes the study. The report is made in layers, as Optuna'
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +23,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import trial_record as tr
+from deepsc_tune.atomic import atomic_path, write_text
 from deepsc_tune.report_data import TOP_CONFIGS, epochs_set
 from deepsc_tune.report_page import render_index, render_report
 from deepsc_tune.report_summary import IndexRow, ReportData, build_report_data, index_row
@@ -102,9 +102,7 @@ class ReportFiles(NamedTuple):
 
 def _write_atomic(path: Path, text: str) -> None:
     """Write via a temporary file, so a browser or a copy never sees half a page."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def write_trials_csv(trials: Sequence[FrozenTrial], path: Path) -> Path:
@@ -112,13 +110,11 @@ def write_trials_csv(trials: Sequence[FrozenTrial], path: Path) -> Path:
     rows = trial_rows(trials)
     params = sorted({name for t in trials for name in t.params})
     columns = ["number", "state", *params, *CSV_COLUMNS]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    os.replace(tmp, path)
     return path
 
 

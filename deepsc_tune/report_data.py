@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.selection import configurations, select
+from deepsc_tune.selection import configurations, rank_configurations, select
 from deepsc_tune.trial_record import (
     ENQUEUED,
     REPEAT_SEED,
@@ -45,7 +45,6 @@ from deepsc_tune.trial_record import (
     epochs_run,
     is_repeat,
     metric_value,
-    ranked_search_trials,
     search_only,
     setting,
 )
@@ -347,7 +346,7 @@ def stability_data(
     the best validation metric across the original trial and its COMPLETE repeats
     (``repeat_of`` = its number), ``None`` until a repeat has completed.
     """
-    ranked = ranked_search_trials(trials)[:top]
+    ranked = [c.trial for c in rank_configurations(trials)][:top]
     repeats = complete_repeats(trials)
     rows = []
     for t in ranked:

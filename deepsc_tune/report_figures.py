@@ -163,7 +163,7 @@ def plot_frontier(frontier: Frontier, *, metric: str = "val_accuracy"):
             borderwidth=1,
         )
     fig.update_xaxes(type="log", title="learning_rate", exponentformat=EXPONENT_FORMAT)
-    fig.update_yaxes(title=f"best {metric} (hollow: pruned, at the last epoch reached)")
+    fig.update_yaxes(title=f"best {metric} (hollow: last epoch run)")
     return _layout(fig, title="Learning rate frontier", height=480)
 
 

@@ -61,6 +61,18 @@ LOCAL_DIR = Path("search_spaces")
 # ----------------------------------------------------------------------------- the file
 
 
+#: Keys that may change between runs of one study without refusal: they say how long, how
+#: carefully or where to record, not what is searched on which data. The one list.
+NEUTRAL_KEYS = (
+    "study.n_trials",
+    "study.max_failures",
+    "study.confirm",
+    "study.timeout",
+    "study.tracking",
+    "finetune.keep_checkpoints",
+)
+
+
 @dataclass
 class SearchSpace:
     """A validated search-space file, with command-line overrides applied."""
@@ -101,14 +113,15 @@ class SearchSpace:
     def sha256(self) -> str:
         """Hash of what decides the study's meaning: data, finetune, search, sampler, pruner.
 
-        ``n_trials``, ``max_failures``, ``confirm``, ``timeout``, ``tracking``, ``name``,
-        ``description`` and the file's formatting may change between runs of the same study without refusal.
+        :data:`NEUTRAL_KEYS`, ``name``, ``description`` and the file's formatting may change
+        between runs of the same study without refusal.
         """
-        keep = {k: self.config.get(k) for k in ("data", "finetune", "search")}
-        study = dict(self.config.get("study") or {})
-        for k in ("n_trials", "max_failures", "confirm", "timeout", "tracking"):
-            study.pop(k, None)
-        keep["study"] = study
+        keep = {k: self.config.get(k) for k in ("data", "finetune", "search", "study")}
+        for path in NEUTRAL_KEYS:
+            block, key = path.split(".")
+            if isinstance(keep.get(block), dict) and key in keep[block]:
+                keep[block] = {k: v for k, v in keep[block].items() if k != key}
+        keep["study"] = keep["study"] or {}
         canonical = json.dumps(keep, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -422,6 +435,7 @@ def build_search_space(
         study = parsed.get("study")
         findings = check_space(finetune, params, study.enqueue if study else [])
         params = {**params, **{n: dataclasses.replace(params[n], low=low) for n, low in findings.lows.items()}}
+        params = {**params, **{n: dataclasses.replace(params[n], high=hi) for n, hi in findings.highs.items()}}
         if check_deepsc:
             problems.extend(findings.problems)
             notes.extend(findings.notes)

@@ -16,10 +16,11 @@ reader here falls back to them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from deepsc_tune.atomic import write_text
 
 #: Short study attributes a report needs without the configuration.
 DESCRIPTION_CHARS = 200
@@ -66,9 +67,7 @@ def write_record(folder: Path | None, space: Any) -> Path | None:
         "config": json.loads(json.dumps(space.config, default=str)),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=1) + "\n")
     return path
 
 

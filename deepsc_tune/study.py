@@ -212,7 +212,9 @@ def _check_same_study(
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    ignore = {"study.n_trials", "study.max_failures", "study.timeout", "name", "description", "source"}
+    from deepsc_tune.search_space import NEUTRAL_KEYS
+
+    ignore = {*NEUTRAL_KEYS, "name", "description", "source"}
     out = []
     for key in sorted(set(old) | set(new)):
         path = f"{prefix}{key}"

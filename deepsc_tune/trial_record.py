@@ -37,6 +37,9 @@ TEST_MACRO_F1 = "test_macro_f1"
 EPOCHS_RUN = "epochs_run"
 DURATION_S = "duration_s"
 DEVICE = "device"
+#: A DeepSC cosine trial's warmup (``deepsc_schedule.WarmupPlan.record``): the searched
+#: ``fraction`` of the real run, the ``deepsc_ratio`` passed to DeepSC, and the step counts.
+DEEPSC_WARMUP = "deepsc_warmup"
 #: Why a FAIL trial failed.
 FAIL_REASON = "fail_reason"
 #: A configuration of the usage guide, queued by ``study.enqueue``.
@@ -108,30 +111,26 @@ def search_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = N
     return search_only(study.get_trials(deepcopy=False, states=states))
 
 
-def ranked_search_trials(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The COMPLETE search trials, best value first (ties: the lower trial number first)."""
-    return sorted(
-        (t for t in search_only(trials) if t.state == TrialState.COMPLETE and t.value is not None),
-        key=lambda t: (-t.value, t.number),
-    )
-
-
 def best_search_trial(study: optuna.Study) -> FrozenTrial:
-    """The best COMPLETE search trial.
+    """The chosen configuration's search trial (:func:`deepsc_tune.selection.select`: by the mean
+    over seeds, confirmed configurations first; without repeats the best value, ties to the lower
+    number), the one ranking every command uses.
 
     Raises
     ------
     DeepscTuneError
         When no trial has completed yet.
     """
+    from deepsc_tune.selection import select
+
     trials = study.get_trials(deepcopy=False)
-    ranked = ranked_search_trials(trials)
-    if not ranked:
+    best = select(trials).best
+    if best is None:
         raise DeepscTuneError(
             f"study '{study.study_name}' has no completed trial yet ({len(trials)} trials in all); "
             "run `deepsc-tune run` first or let it finish a trial"
         )
-    return ranked[0]
+    return best.trial
 
 
 def complete_repeats(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:

@@ -21,7 +21,7 @@ CHECKOUT = SHARED / "deepsc" / "DeepSC-2416d85"
 CHECKOUTS = {"2416d85": CHECKOUT, "abcf2be": SHARED / "deepsc" / "DeepSC-abcf2be"}
 MODULES = {"2416d85": "src.deepsc.finetune.finetune", "abcf2be": "src.deepsc.finetune.run_cta"}
 BARON = SHARED / "data" / "baron_human_pancreas.h5ad"
-#: Environment variable naming the Python of DeepSC's environment (.ci/deepsc-env.sh makes one).
+#: Environment variable naming the Python of DeepSC's environment (scripts/deepsc-env.sh makes one).
 PYTHON_ENV = "DEEPSC_TUNE_TEST_DEEPSC_PYTHON"
 #: A tiny random-init DeepSC (DeepSC's own keys): 32-dim embeddings, 2 layers, 128 genes a cell.
 TINY_MODEL = {
@@ -34,6 +34,27 @@ TINY_MODEL = {
     "model.gene_embedding_participate_til_layer": 1,
 }
 CELL_TYPES = ("alpha", "beta", "ductal", "acinar")
+
+
+def deepsc_loop_steps(n_train: int, *, epoch: int, batch_size: int, grad_acc: int) -> int:
+    """Optimizer steps of DeepSC's training loop, re-enacted (cell_type_annotation.py:751-764 and
+    440-449 at 2416d85 and abcf2be): a DataLoader without drop_last over ``n_train`` cells,
+    ``is_accumulating = (i + 1) % grad_acc != 0`` for batch ``i`` of an epoch, one
+    ``optimizer.step()`` (and ``scheduler.step()``) whenever it is not accumulating."""
+    steps = 0
+    for _ in range(epoch):
+        batches = [range(n_train)[i : i + batch_size] for i in range(0, n_train, batch_size)]
+        for i, _batch in enumerate(batches):
+            if (i + 1) % grad_acc == 0:
+                steps += 1
+    return steps
+
+
+def write_labels(path: Path, labels: list[str], *, column: str = "celltype") -> Path:
+    """A small .h5ad DeepSC could read: ``labels`` under ``obs[column]``, 5 genes of counts."""
+    from data_helpers import counts, write_h5ad
+
+    return write_h5ad(path, counts(len(labels), 5), labels, label_key=column)
 
 
 def copy_for_cpu(dest: Path, commit: str = "2416d85") -> Path:

@@ -60,6 +60,7 @@ DEFAULTS = {
     "seed": 42,
     "finetune_mode": "full",
     "num_device": 1,
+    "num_nodes": 1,
     "obs_celltype_col": "celltype",
     "csv_path": "/home/angli/baseline/DeepSC-117-t86/scripts/data/preprocessing/gene_map_tp10k.csv",
     "load_pretrained_model": True,
@@ -148,18 +149,28 @@ def parse_overrides(args: list[str]) -> dict:
     return cfg
 
 
+def planned_total_steps(cfg: dict) -> int:
+    """DeepSC's own flaw, kept (cell_type_annotation.py:220): total steps assume 100,000 cells,
+    whatever the data, over ``batch_size x world_size x grad_acc`` cells a step."""
+    world_size = cfg["num_device"] * cfg["num_nodes"]
+    return cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * world_size * cfg["grad_acc"]))
+
+
 def print_banner(cfg: dict) -> None:
+    """DeepSC's start banner (cell_type_annotation.py:211-246), rank 0's stdout."""
     lr = cfg["learning_rate"]
+    print("=" * 80)
     if cfg["lr_scheduler_type"] == "constant":
         print(f"Using CONSTANT learning rate: {lr}")
         print("No learning rate scheduling will be applied.")
+        print("=" * 80)
         return
-    # DeepSC's own flaw, kept: total steps assume 100,000 cells whatever the data.
-    total = cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * cfg["grad_acc"]))
+    total = planned_total_steps(cfg)
     print("Using COSINE ANNEALING with warmup:")
     print(f"  - Warmup steps: {math.ceil(total * cfg['warmup_ratio'])}")
     print(f"  - Total steps: {total}")
     print(f"  - Initial LR: {lr}")
+    print("=" * 80)
 
 
 def crash_and_exit(args: list[str], exc: str, code: int) -> None:
@@ -253,7 +264,7 @@ def main(args: list[str]) -> None:
             1,
         )
     if cfg["lr_scheduler_type"] == "cosine":
-        total = cfg["epoch"] * math.ceil(100000 / (cfg["batch_size"] * cfg["grad_acc"]))
+        total = planned_total_steps(cfg)
         if math.ceil(total * cfg["warmup_ratio"]) * 3 <= 0:
             crash_and_exit(
                 args,
@@ -279,8 +290,10 @@ def main(args: list[str]) -> None:
         acc = accuracy(float(cfg["learning_rate"]), epoch, cfg["lr_scheduler_type"])
         f1 = macro_f1(acc)
         loss = -math.log(acc)
-        (run_dir / "checkpoints").mkdir(exist_ok=True)
-        (run_dir / "checkpoints" / f"epoch_{epoch}.ckpt").write_text(f"fake checkpoint, epoch {epoch}\n")
+        ckpts = (run_dir / "checkpoints").resolve()
+        if not ckpts.exists():
+            ckpts.mkdir()
+            print(f"  - Checkpoints: {ckpts}")  # as DeepSC's setup_output_directory says it
         if mode in ("normal", "both", "crash", "hang"):
             # DeepSC prints the header twice (two fabric.print calls), then evaluates.
             print(f"Epoch {epoch} [Finetune Cell Type Annotation]")
@@ -290,6 +303,11 @@ def main(args: list[str]) -> None:
                 f"Evaluation Loss: {loss:.4f}, Error Rate: {1 - acc:.4f}, Accuracy: {acc:.4f}, "
                 f"Precision: {f1 + 0.01:.4f}, Recall: {f1 - 0.01:.4f}, Macro F1: {f1:.4f}"
             )
+        # DeepSC's save_checkpoint: after evaluating, two full checkpoints, each announced.
+        (ckpts / f"epoch_{epoch}.ckpt").write_text(f"fake checkpoint, epoch {epoch}\n" + "x" * 1000)
+        print(f"Saved checkpoint: {ckpts / f'epoch_{epoch}.ckpt'}")
+        (ckpts / "latest_checkpoint.ckpt").write_text(f"fake checkpoint, epoch {epoch}\n" + "x" * 1000)
+        print(f"Saved latest checkpoint: {ckpts / 'latest_checkpoint.ckpt'}")
         if mode in ("json", "both") and metrics_file:
             with open(metrics_file, "a") as f:
                 f.write(json.dumps({"epoch": epoch, "val_accuracy": acc, "val_macro_f1": f1, "val_loss": loss}) + "\n")

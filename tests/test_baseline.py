@@ -115,7 +115,7 @@ def test_deepsc_study_baseline_from_the_files_deepsc_reads(tmp_path, monkeypatch
     import yaml
     from sklearn.linear_model import LogisticRegression
 
-    from deepsc_tune.deepsc_inputs import deepsc_inputs
+    from deepsc_tune.deepsc_data import deepsc_inputs
 
     monkeypatch.chdir(tmp_path)
     data = deepsc_setup.write_data(tmp_path / "data", n_cells=300)

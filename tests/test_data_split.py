@@ -125,3 +125,44 @@ def test_baron_cross_donor_split(baron):
     assert p.X_train.shape[1] == p.X_test.shape[1] == len(p.genes) == 2000
     labels = obs["cell_type1"].astype(str).to_numpy()
     assert [p.classes[i] for i in p.y_test] == list(labels[p.indices["test"]])
+
+
+def test_subsample_is_stratified_seeded_and_keeps_the_test_cells():
+    """data.subsample on scanpy's pbmc68k: at most N cells for training + validation, class shares
+    kept, the same cells every time, the test cells untouched, and a fingerprint of its own."""
+    from deepsc_tune.data_cache import data_fingerprint
+    from deepsc_tune.data_settings import DataSettings
+
+    block = {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels", "test_fraction": 0.2}
+    full = split_cells(DataSettings.from_dict(block))
+    small_settings = DataSettings.from_dict({**block, "subsample": 200})
+    small = split_cells(small_settings)
+    assert len(small.train) + len(small.val) == 200
+    assert np.array_equal(small.test, full.test)  # test cells are only ever reported: all kept
+    pool = np.concatenate([full.train, full.val])
+    assert set(small.train) | set(small.val) <= set(pool)
+    # stratified: every class's share within one cell of its share of the full pool
+    full_counts = np.bincount(np.concatenate([full.y_train, full.y_val]), minlength=len(full.classes))
+    small_counts = np.bincount(np.concatenate([small.y_train, small.y_val]), minlength=len(full.classes))
+    assert np.all(np.abs(small_counts - full_counts * 200 / full_counts.sum()) <= 1.0)
+    assert any("subsample: 200 of the" in n and "stratified by label" in n for n in small.notes)
+    again = split_cells(small_settings)
+    assert np.array_equal(again.train, small.train) and np.array_equal(again.val, small.val)
+    other = split_cells(DataSettings.from_dict({**block, "subsample": 200, "split_seed": 1}))
+    assert not np.array_equal(
+        np.sort(np.concatenate([other.train, other.val])), np.sort(np.concatenate([small.train, small.val]))
+    )
+    assert data_fingerprint(small_settings) != data_fingerprint(DataSettings.from_dict(block))
+    # unset: the key stays out of the settings, so studies made before keep their fingerprint
+    assert "subsample" not in DataSettings.from_dict(block).to_dict()
+    big = split_cells(DataSettings.from_dict({**block, "subsample": 10_000}))
+    assert np.array_equal(big.train, full.train) and any("all kept" in n for n in big.notes)
+
+
+@pytest.mark.parametrize("value", [0, -5, 2.5, "many"])
+def test_subsample_bad_values(value):
+    from deepsc_tune.data_settings import DataSettings
+    from deepsc_tune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.subsample: .*a positive number of cells"):
+        DataSettings.from_dict({"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels", "subsample": value})

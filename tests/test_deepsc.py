@@ -17,6 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from deepsc_setup import deepsc_loop_steps, write_labels
 from typer.testing import CliRunner
 
 from deepsc_tune import deepsc, deepsc_checkout
@@ -166,6 +167,12 @@ def test_input_problems(tmp_path):
 # ----------------------------------------------------------------------------- search spaces
 
 
+FILES = {"data_path": "train.h5ad", "data_path_eval": "val.h5ad", "csv_path": "map.csv"}
+#: Training cells of deepsc_space: 200 batches of 32 an epoch, 10 optimizer steps with grad_acc 20.
+N_TRAIN = 6400
+REAL_STEPS = 2 * 10  # epoch 2
+
+
 def deepsc_space(
     checkout: Path,
     tmp_path: Path,
@@ -174,10 +181,11 @@ def deepsc_space(
     search: dict | None = None,
     study: dict | None = None,
 ) -> Path:
-    inputs = {}
-    for key, name in (("data_path", "train.h5ad"), ("data_path_eval", "val.h5ad"), ("csv_path", "map.csv")):
-        inputs[key] = str(tmp_path / name)
-        (tmp_path / name).write_text("")  # only their existence is checked
+    inputs = {key: str(tmp_path / name) for key, name in FILES.items()}
+    (tmp_path / "map.csv").write_text("")  # only its existence is checked
+    # DeepSC's two files: their labels set the real optimizer steps (N_TRAIN cells).
+    write_labels(tmp_path / "train.h5ad", ["a", "b"] * (N_TRAIN // 2), column="bulk_labels")
+    write_labels(tmp_path / "val.h5ad", ["a", "b", "b"] * 10, column="bulk_labels")
     raw = {
         "name": "dsc",
         "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
@@ -214,7 +222,9 @@ def deepsc_space(
 def test_clipped_range_is_what_the_study_samples(checkout, tmp_path):
     path = deepsc_space(checkout, tmp_path)
     space = load_search_space(str(path))
-    low = 1 / deepsc.total_steps(epoch=2, batch_size=32, grad_acc=20)
+    # One warmup step of the real run (a fraction of its optimizer steps, DeepSC's loop re-enacted).
+    assert deepsc_loop_steps(N_TRAIN, epoch=2, batch_size=32, grad_acc=20) == REAL_STEPS
+    low = 1 / REAL_STEPS
     assert space.params["warmup_ratio"].distribution() == optuna.distributions.FloatDistribution(low, 0.2)
     assert any(n.startswith("search.warmup_ratio") for n in space.notes)
 
@@ -328,7 +338,8 @@ def test_validate_ok_prints_notes(checkout, tmp_path):
     lines = result.output.splitlines()
     assert lines[0].startswith(f"ok: {path}: searches lr_scheduler_type, learning_rate, warmup_ratio")
     notes = "\n".join(lines[1:])
-    assert "note: search.warmup_ratio: low end 0 clipped to 0.003185" in notes
+    assert "note: search.warmup_ratio: low end 0 clipped to 0.05" in notes  # 1 of 20 real steps
+    assert "note: search.warmup_ratio is a fraction of the real run (20 optimizer steps" in notes
     assert "/home/angli/DeepSC/results/cell_type_annotation/<YYYYmmdd_HHMMSS>/" in notes
     assert "finetune.overrides.ckpt_dir: DeepSC never reads ckpt_dir" in notes
 
@@ -430,8 +441,9 @@ def test_shipped_example_validates_against_the_real_checkout(tmp_path, monkeypat
         (tmp_path / name).write_text("")
     (tmp_path / "python").chmod(0o755)
     (tmp_path / "split" / "hpancreas").mkdir(parents=True)
-    for name in ("train.h5ad", "val.h5ad"):
-        (tmp_path / "split" / "hpancreas" / name).write_text("")
+    # What split writes (labels under obs_celltype_col): hPancreas-sized, 10,000 training cells.
+    write_labels(tmp_path / "split" / "hpancreas" / "train.h5ad", ["alpha", "beta"] * 5000)
+    write_labels(tmp_path / "split" / "hpancreas" / "val.h5ad", ["alpha", "beta", "beta"] * 300)
     text = example.read_text()
     for old, new in {
         "data/hPancreas/demo_train.h5ad": str(tmp_path / "demo_train.h5ad"),
@@ -447,3 +459,5 @@ def test_shipped_example_validates_against_the_real_checkout(tmp_path, monkeypat
     result = runner.invoke(app, ["validate", "deepsc-hpancreas.yaml"])
     assert result.exit_code == 0, result.output
     assert "warmup_ratio" in result.output and "/home/angli/DeepSC/results/cell_type_annotation" in result.output
+    # 10 epochs x (313 batches // grad_acc 20) = 150 real steps, of DeepSC's planned 1570.
+    assert "search.warmup_ratio is a fraction of the real run (150 optimizer steps" in result.output

@@ -178,6 +178,9 @@ def test_output_notes_of_the_real_checkout(checkout):
     assert any(f"{base}/<YYYYmmdd_HHMMSS>/" in n and "cell_type_annotation.py:70" in n for n in found.notes)
     assert any("two full checkpoints" in n for n in found.notes)
     assert any("same second" in n for n in found.notes)
+    # Said plainly, even for root, who could create it: it is another user's home.
+    [home] = [n for n in found.notes if "another user's home" in n]
+    assert base in home and "'angli'" in home and "cell_type_annotation.py:70" in home and "abcf2be" in home
 
 
 def _patch_base_dir(copy: Path, value: str) -> None:
@@ -201,6 +204,9 @@ def test_patched_output_folder_is_reported_as_patched(copy, tmp_path):
     _patch_base_dir(copy, str(tmp_path / "outs"))
     found = deepsc_checkout.output_notes(copy)
     assert found.problems == [] and any(str(tmp_path / "outs") in n for n in found.notes)
+    assert not any("another user's home" in n for n in found.notes)
+    _patch_base_dir(copy, str(Path.home() / "deepsc-outs"))  # one's own home is fine
+    assert not any("another user's home" in n for n in deepsc_checkout.output_notes(copy).notes)
     _patch_base_dir(copy, "results/cta")  # relative: lands where DeepSC runs
     assert any("relative to the directory it runs in" in n for n in deepsc_checkout.output_notes(copy).notes)
 

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from deepsc_setup import write_labels
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
 
 runner = CliRunner()
 MODULES = {"2416d85": "src.deepsc.finetune.finetune", "abcf2be": "src.deepsc.finetune.run_cta"}
+FILES = {"data_path": "train.h5ad", "data_path_eval": "val.h5ad", "csv_path": "map.csv"}
 
 
 @pytest.fixture(params=sorted(MODULES))
@@ -27,10 +29,11 @@ def commit(request, checkout, checkout_abcf2be) -> tuple[str, Path]:
 
 
 def space(tmp_path: Path, checkout: Path, module: str, *, overrides: dict | None = None, **finetune) -> Path:
-    inputs = {}
-    for key, name in (("data_path", "train.h5ad"), ("data_path_eval", "val.h5ad"), ("csv_path", "map.csv")):
-        inputs[key] = str(tmp_path / name)
-        (tmp_path / name).write_text("")  # only their existence is checked
+    inputs = {key: str(tmp_path / name) for key, name in FILES.items()}
+    (tmp_path / "map.csv").write_text("")  # only its existence is checked
+    # DeepSC's two files: their cells set the real optimizer steps of the warmup checks.
+    write_labels(tmp_path / "train.h5ad", ["a", "b"] * 50)
+    write_labels(tmp_path / "val.h5ad", ["a", "b", "b"] * 10)
     raw = {
         "name": "dsc",
         "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
@@ -39,6 +42,8 @@ def space(tmp_path: Path, checkout: Path, module: str, *, overrides: dict | None
             "command": [sys.executable, "-m", module],
             "cwd": str(checkout),
             "epoch": 2,
+            "batch_size": 10,
+            "grad_acc": 1,
             "overrides": {
                 "num_device": 1,
                 "seperated_train_eval_dataset": True,

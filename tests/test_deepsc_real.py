@@ -11,7 +11,7 @@ Baron pancreas data, 1-3 epochs a trial. The search (two workers), its checks an
 the winning command run at both commits; stopping (pruning, Ctrl-C) and DeepSC's own errors do
 not depend on the commit and run at 2416d85 only, to keep the added time to a few minutes.
 
-DeepSC runs in its own environment, as its users run it: ``.ci/deepsc-env.sh`` makes one and
+DeepSC runs in its own environment, as its users run it: ``scripts/deepsc-env.sh`` makes one and
 ``.ci/run`` exports its Python as ``DEEPSC_TUNE_TEST_DEEPSC_PYTHON``. Without it these tests are
 skipped with that reason; in CI (``CI=true``) they fail instead.
 """
@@ -19,6 +19,7 @@ skipped with that reason; in CI (``CI=true``) they fail instead.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -38,6 +39,7 @@ from deepsc_setup import (
     PYTHON_ENV,
     SHARED,
     copy_for_cpu,
+    deepsc_loop_steps,
     tiny_space,
     write_data,
 )
@@ -59,6 +61,7 @@ AT_2416D85 = pytest.mark.parametrize("commit", ["2416d85"], indirect=True)
 #: Trials of the search, run by two workers: at abcf2be one round of two parallel trials, to keep
 #: the added time to a few minutes (2416d85's third trial starts when a worker is free).
 SEARCH_TRIALS = {"2416d85": 3, "abcf2be": 2}
+COSINE_TRIAL = {"lr_scheduler_type": "cosine", "learning_rate": 0.001, "warmup_ratio": 0.1}
 #: DeepSC 2416d85's hard-coded output folder (cell_type_annotation.py:70).
 BASE_2416D85 = "/home/angli/DeepSC/results/cell_type_annotation/"
 # What DeepSC prints for a finetune_mode it does not know (cell_type_annotation.py).
@@ -76,7 +79,7 @@ def deepsc_python() -> str:
     python = os.environ.get(PYTHON_ENV, "").strip()
     if not python:
         _need(
-            f"{PYTHON_ENV} is not set; `.ci/deepsc-env.sh VENV` makes DeepSC's environment and "
+            f"{PYTHON_ENV} is not set; `scripts/deepsc-env.sh VENV` makes DeepSC's environment and "
             ".ci/run exports VENV/bin/python"
         )
     if not all(c.is_dir() for c in CHECKOUTS.values()) or not BARON.is_file():
@@ -118,7 +121,9 @@ def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], 
 def prepared(tmp_path_factory, deepsc, deepsc_python, data, commit) -> tuple[Path, Path]:
     """A user's folder after ``validate`` and ``split``: (folder, search-space file)."""
     work = tmp_path_factory.mktemp(f"work-{commit}")
-    space = write_space(work, deepsc, deepsc_python, data, commit=commit, study={"n_trials": SEARCH_TRIALS[commit]})
+    # One cosine trial for certain, whatever the sampler draws: its warmup is checked in DeepSC.
+    study = {"n_trials": SEARCH_TRIALS[commit], "enqueue": [COSINE_TRIAL]}
+    space = write_space(work, deepsc, deepsc_python, data, commit=commit, study=study)
     # Before split, validate says what is missing and how to make it, in one line per problem.
     early = deepsc_tune("validate", str(space), cwd=work)
     assert early.returncode == 2 and "Traceback" not in early.stdout + early.stderr
@@ -226,6 +231,7 @@ def test_every_epoch_reaches_the_study(search, deepsc, commit):
     study = load(work / "results")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(finished) == SEARCH_TRIALS[commit]
+    cosine: list[int] = []
     for t in finished:
         run_dir, record = trial_record(work / "results", t.number)
         log = run_dir / "log.txt"
@@ -245,9 +251,13 @@ def test_every_epoch_reaches_the_study(search, deepsc, commit):
         else:
             assert list(run_dir.glob("logs/finetune_*.log")), f"DeepSC's log file is not in {run_dir}/logs"
             assert Path(record["program_output_dir"]) == run_dir.resolve()
-            if t.state == TrialState.COMPLETE:  # a pruned trial is stopped before it saves
-                assert (run_dir / "checkpoints" / "epoch_2.ckpt").is_file()
+            saved = json.loads((run_dir / "checkpoints.json").read_text())["folder"]
+            assert Path(saved) == run_dir.resolve() / "checkpoints"  # kept or removed there, in the trial
         assert "DeepSC writes this run's checkpoints" in log.read_text()
+        if t.params.get("lr_scheduler_type") == "cosine":
+            cosine.append(t.number)
+            check_warmup(t, log.read_text(), record)
+    assert cosine, "no cosine trial ran: the warmup was not checked against DeepSC"
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
 
 
@@ -269,6 +279,37 @@ def test_parallel_trials_never_share_a_folder(search, commit):
         # Two workers started together: one of them waited for the other's DeepSC to name its folder.
         logs = [(trial_record(work / "results", n)[0] / "log.txt").read_text() for n in folders]
         assert any("to name its DeepSC output folder" in log for log in logs)
+
+
+@BOTH_COMMITS
+def test_only_the_best_trials_checkpoints_stay(search):
+    """keep_checkpoints: best (the default): of DeepSC's two full checkpoints per epoch, only the
+    chosen trial's remain after the search; the files are those DeepSC printed it saved."""
+    from deepsc_tune.checkpoints import recorded
+
+    work, _, result, _ = search
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(work / "results")
+    best = study.best_trial.number
+    for t in study.trials:
+        run_dir, _ = trial_record(work / "results", t.number)
+        files = recorded(run_dir)  # what DeepSC said it saved, and DeepSC's names in its folder
+        assert json.loads((run_dir / "checkpoints.json").read_text())["folder"], t.number
+        if t.number == best:
+            assert files and all(p.exists() for p in files), files
+        else:  # a pruned trial may have been stopped before its first save
+            assert not any(p.exists() for p in files), (t.number, files)
+    assert "DeepSC checkpoints kept:" in result.stdout
+
+
+def check_warmup(t, log: str, record: dict) -> None:
+    """DeepSC's own ``Warmup steps:`` line is the searched fraction of the optimizer steps its
+    loop really takes over the cells it says it trains on (``train_loader:  N``)."""
+    [n_train] = [int(n) for n in re.findall(r"^train_loader:\s+(\d+)$", log, re.MULTILINE)]
+    [printed] = [int(n) for n in re.findall(r"^\s*- Warmup steps: (\d+)$", log, re.MULTILINE)]
+    real = deepsc_loop_steps(n_train, epoch=2, batch_size=32, grad_acc=1)
+    assert printed == math.ceil(t.params["warmup_ratio"] * real) == record["deepsc_warmup_steps"]
+    assert t.user_attrs["deepsc_warmup"]["n_train"] == n_train and t.user_attrs["deepsc_warmup"]["real_steps"] == real
 
 
 @BOTH_COMMITS

@@ -192,6 +192,27 @@ def test_cli_split_for_a_deepsc_space(baron_small, tmp_path):
     assert "cell_type" in ad.read_h5ad(val).obs.columns
 
 
+def test_cli_split_writes_the_gene_map_of_a_random_init_model(baron_small, tmp_path):
+    """--write-gene-map: every gene of the written files once, ids 0..n-1, as DeepSC reads a map."""
+    path = space(tmp_path, baron_small, DEEPSC_BLOCK)
+    result = runner.invoke(app, ["split", str(path), "--out", str(tmp_path / "out"), "--write-gene-map"])
+    assert result.exit_code == 0, result.output
+    written = (tmp_path / "out" / "gene_map.csv").resolve()
+    assert f"csv_path: {written}" in result.output and "random-init model" in result.output
+    frame = pd.read_csv(written)
+    assert list(frame.columns) == ["feature_name", "id"]
+    train = ad.read_h5ad(tmp_path / "out" / "train.h5ad")
+    assert frame["feature_name"].tolist() == train.var["gene_name"].astype(str).tolist()
+    assert frame["id"].tolist() == list(range(train.n_vars))
+    # One or the other: a given map and a written one are refused together, before writing.
+    mapped = gene_map(tmp_path / "map.csv", frame["feature_name"].tolist()[:10])
+    both = runner.invoke(
+        app, ["split", str(path), "--out", str(tmp_path / "o2"), "--write-gene-map", "--gene-map", str(mapped)]
+    )
+    assert both.exit_code == 2 and both.output.strip().count("\n") == 0 and "one or the other" in both.output
+    assert "Traceback" not in both.output and not (tmp_path / "o2").exists()
+
+
 def test_cli_split_refuses_a_gene_map_without_match(baron_small, tmp_path):
     mapped = gene_map(tmp_path / "ens.csv", [f"ENSG{i:011d}" for i in range(300)])
     path = space(tmp_path, baron_small, DEEPSC_BLOCK)

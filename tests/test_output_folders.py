@@ -177,6 +177,8 @@ def test_two_workers_on_one_machine_never_share_a_folder(tmp_path, checkout):
                 "sleep": 0.3,
             },
             "epoch": 2,
+            "batch_size": 8,
+            "grad_acc": 1,
         },
         "search": {"learning_rate": {"low": 1e-5, "high": 1e-3, "log": True}},
         "study": {"n_trials": 5, "metric": "val_macro_f1", "pruner": {"type": "none"}},

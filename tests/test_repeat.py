@@ -13,7 +13,6 @@ from deepsc_tune.backend import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.repeat import (
-    RepeatsRunToTheEnd,
     check_same_data,
     enqueue_repeats,
     open_for_repeats,
@@ -136,7 +135,8 @@ def test_failed_repeat_is_planned_again(searched):
 
 
 def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
-    prune_all = RepeatsRunToTheEnd(optuna.pruners.ThresholdPruner(lower=2.0))
+    # A pruner that prunes everything: the objective still never lets it stop a repeat.
+    prune_all = optuna.pruners.ThresholdPruner(lower=2.0)
     study, space = open_for_repeats(storage=searched, study_name="curve")
     study.pruner = prune_all
     study.enqueue_trial({"lr_scheduler_type": "constant", "learning_rate": 1e-2})  # a search trial, first
@@ -179,7 +179,7 @@ def test_same_configuration_is_repeated_once(searched):
 def test_space_from_study_and_data_check(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
     assert space.sha256 == study.user_attrs["search_space_sha256"]
-    assert isinstance(study.pruner, RepeatsRunToTheEnd)
+    assert type(study.pruner) is type(space.build_pruner())  # the study's own pruner
     study.set_user_attr("data_fingerprint", "a" * 40)
     check_same_data(study, "a" * 40)
     check_same_data(study, None)

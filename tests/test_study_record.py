@@ -75,7 +75,9 @@ def test_optuna_cli_output_is_readable(small):
     studies = optuna_cli("studies", "--storage", db)
     trials = optuna_cli("trials", "--storage", db, "--study-name", "pbmc68k")
     # Before: ~2,900 and ~3,700 characters (the YAML text, the config, 10 epochs of history).
-    assert max(map(len, studies)) < 800, max(map(len, studies))
+    # Now: ~850, of which the chance levels and the logistic-regression baseline (two small dicts
+    # that every view of the result reads) take ~170.
+    assert max(map(len, studies)) < 900, max(map(len, studies))
     assert max(map(len, trials)) < 1000, max(map(len, trials))
     assert len(trials) == 3 + 4  # three rows, a header and three rules: one line per trial
 
