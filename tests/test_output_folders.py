@@ -194,6 +194,7 @@ def test_two_workers_on_one_machine_never_share_a_folder(tmp_path, checkout):
         timeout=300,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "DeepSC checkpoints kept:" in run.stdout  # said once, by the parent, after both workers
     study = optuna.load_study(study_name="spaced", storage=f"sqlite:///{tmp_path / 'results/spaced/study.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
     folders = []
