@@ -1,6 +1,6 @@
-"""Benchmark: what a trial of DeepSC's real fine-tuner costs besides its epochs.
+"""Benchmark: what a trial of DeepSC's real fine-tuner costs besides its epochs, and its disk.
 
-Runs DeepSC 2416d85 (a copy with the accelerator changed to the CPU, ``tests/deepsc_setup.py``)
+Runs DeepSC at 2416d85 and at abcf2be (copies with the accelerator changed to the CPU, ``tests/deepsc_setup.py``)
 through deepsc-tune's own command backend, with the tiny random-init model of the tests
 (32-dim embeddings, 2 layers, 128 genes a cell) on real Baron pancreas cells, and measures:
 
@@ -10,13 +10,16 @@ through deepsc-tune's own command backend, with the tiny random-init model of th
   to exit): an epoch costs ``epoch_s = (T_long - T_1) / (epochs - 1)`` (training, evaluation,
   DeepSC's plots and its two checkpoints), and the rest of a trial is ``overhead_s = T_1 - epoch_s``
   (start-up, imports, data loading and model set-up, exit), whatever the machine's speed;
-- the checkpoints DeepSC wrote to its hard-coded folder per trial.
+- the checkpoints DeepSC wrote per trial;
+- disk before and after ``finetune.keep_checkpoints``: a ``--search``-trial search through
+  ``deepsc-tune run`` (default ``keep_checkpoints: best``): the checkpoints its trials wrote
+  (DeepSC announces each; all of one model's are the same size) against those left on disk.
 
-Writes ``results/benchmarks/deepsc_overhead.json`` and ``.md``. Run from the repository root with
+Writes ``results/benchmarks/deepsc_overhead-<commit>.json`` and ``.md`` for each commit. Run from the repository root with
 DeepSC's environment (``scripts/deepsc-env.sh VENV``)::
 
-    python bench/deepsc_overhead.py --python VENV/bin/python
-    python bench/deepsc_overhead.py --python VENV/bin/python --cells 1000 --epochs 4 --repeats 3
+    python bench/deepsc_overhead.py --python VENV/bin/python                      # both commits
+    python bench/deepsc_overhead.py --python VENV/bin/python --commit abcf2be --cells 1000 --epochs 4 --repeats 3
 
 On a GPU the epochs shrink and the overhead does not, so the ratio here is a lower bound there.
 """
@@ -40,7 +43,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
-from deepsc_setup import PYTHON_ENV, copy_for_cpu, split, tiny_space, write_data  # noqa: E402
+from deepsc_setup import CHECKOUTS, PYTHON_ENV, copy_for_cpu, split, tiny_space, write_data  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.command import CommandFinetuner, CommandSettings, checkout_pythonpath  # noqa: E402
@@ -75,26 +78,80 @@ def time_trial(finetuner: CommandFinetuner, params: dict, run_dir: Path) -> dict
     }
 
 
+def search_disk(python: str, checkout: Path, data: dict, tmp: Path, *, commit: str, trials: int, epochs: int) -> dict:
+    """A real ``trials``-trial search (``deepsc-tune run``, keep_checkpoints: best): checkpoints
+    written by its trials against those kept."""
+    import yaml
+
+    from deepsc_tune.checkpoints import CHECKPOINTS_FILE, disk_usage
+
+    work = tmp / f"search-{commit}"
+    work.mkdir()
+    space = tiny_space(
+        checkout,
+        python,
+        data,
+        split_dir=work / "split",
+        name="bench-disk",
+        commit=commit,
+        fixed={"epoch": epochs},
+        study={"n_trials": trials, "pruner": {"type": "none"}},
+    )
+    split(space, work / "split")
+    (work / "space.yaml").write_text(yaml.safe_dump(space))
+    cli = [sys.executable, "-c", "from deepsc_tune.cli import app; app()"]
+    start = time.monotonic()
+    subprocess.run(
+        [*cli, "run", str(work / "space.yaml"), "--results-dir", str(work / "results")], cwd=work, check=True
+    )
+    seconds = time.monotonic() - start
+    trial_dirs = sorted((work / "results" / "bench-disk" / "trials").glob("[0-9]*"))
+    announced = sum(
+        len(json.loads((d / CHECKPOINTS_FILE).read_text())["files"])
+        for d in trial_dirs
+        if (d / CHECKPOINTS_FILE).is_file()
+    )
+    kept_files, kept_bytes = disk_usage(trial_dirs)
+    per_file = kept_bytes / kept_files if kept_files else 0
+    return {
+        "trials": len(trial_dirs),
+        "epochs": epochs,
+        "seconds": round(seconds, 1),
+        "checkpoint_files_written": announced,
+        "checkpoint_bytes_written": round(announced * per_file),
+        "checkpoint_files_kept": kept_files,
+        "checkpoint_bytes_kept": kept_bytes,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", default=os.environ.get(PYTHON_ENV), help=f"DeepSC's Python (default ${PYTHON_ENV})")
     parser.add_argument("--cells", type=int, default=300, help="training cells (and a third as many for validation)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--commit", choices=sorted(CHECKOUTS), action="append", help="DeepSC commit (default: both)")
+    parser.add_argument("--search", type=int, default=3, help="trials of the disk search (0: none)")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "benchmarks" / "deepsc_overhead")
     args = parser.parse_args()
     if not args.python:
         parser.error(f"give --python (DeepSC's environment, scripts/deepsc-env.sh) or set {PYTHON_ENV}")
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (an epoch's time comes from the gaps between epochs)")
+    for commit in args.commit or sorted(CHECKOUTS):
+        bench_commit(args, commit)
 
+
+def bench_commit(args: argparse.Namespace, commit: str) -> None:
     with tempfile.TemporaryDirectory(prefix="deepsc-overhead-") as tmp:
         tmp = Path(tmp)
-        checkout = copy_for_cpu(tmp / "DeepSC")
+        checkout = copy_for_cpu(tmp / "DeepSC", commit)
         data = write_data(tmp / "data", n_cells=round(args.cells / 0.75))  # a quarter for validation
         load_before = load_average()
         imports = [time_imports(args.python, checkout) for _ in range(2)]
-        space = tiny_space(checkout, args.python, data, split_dir=tmp / "split", fixed={"epoch": args.epochs})
+        space = tiny_space(
+            checkout, args.python, data, split_dir=tmp / "split", fixed={"epoch": args.epochs}, commit=commit
+        )
         split(space, tmp / "split")
         settings, fixed = CommandSettings.from_dict(space["finetune"])
         finetuner = CommandFinetuner(settings)
@@ -104,6 +161,11 @@ def main() -> None:
             for epochs in (1, args.epochs):
                 run = {**params, "epoch": epochs}
                 trials.append(time_trial(finetuner, run, tmp / f"trial{i}-{epochs}"))
+        disk = (
+            search_disk(args.python, checkout, data, tmp, commit=commit, trials=args.search, epochs=2)
+            if args.search
+            else None
+        )
         load_after = load_average()
 
     short = [t["seconds"] for t in trials if t["epochs"] == 1]
@@ -118,7 +180,7 @@ def main() -> None:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "load_average_before": load_before,
         "load_average_after": load_after,
-        "deepsc_commit": "2416d85 (accelerator cpu)",
+        "deepsc_commit": f"{commit} (accelerator cpu)",
         "model": "random init, embedding_dim 32, 2 layers, 2 heads, sequence_length 128",
         "train_cells": args.cells,
         "val_cells": round(args.cells / 0.75) - args.cells,
@@ -128,18 +190,21 @@ def main() -> None:
         "median_overhead_s": round(overhead, 2),
         "median_epoch_s": round(epoch, 2),
         "overhead_in_epochs": round(overhead / epoch, 2),
+        "search_disk": disk,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out = args.out.with_name(f"{args.out.name}-{commit}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     long_trial = next(t for t in trials if t["epochs"] == args.epochs)
     md = [
         "# Per-trial overhead of DeepSC's real fine-tuner",
         "",
-        f"`python bench/deepsc_overhead.py --cells {args.cells} --epochs {args.epochs} --repeats {args.repeats}`, "
+        f"`python bench/deepsc_overhead.py --commit {commit} --cells {args.cells} --epochs {args.epochs} "
+        f"--repeats {args.repeats} --search {args.search}`, "
         f"{result['date']}, commit {result['commit']}, {result['machine']['cpu']} ({result['machine']['cores']} cores), "
         f"load average {load_before} before, {load_after} after.",
         "",
-        f"DeepSC 2416d85 on the CPU, {result['model']}; {args.cells} training and {result['val_cells']} "
+        f"DeepSC {commit} on the CPU, {result['model']}; {args.cells} training and {result['val_cells']} "
         "validation Baron cells; batch size 32.",
         "",
         "| | seconds |",
@@ -151,10 +216,23 @@ def main() -> None:
         f"| **per-trial overhead** (start-up, imports, data, model, exit) | **{overhead:.1f}** ({overhead / epoch:.1f} epochs) |",
         "",
         f"DeepSC wrote {long_trial['checkpoints']} checkpoints for {args.epochs} epochs "
-        f"({long_trial['checkpoint_bytes'] / 1e6:.0f} MB for this tiny model) into its hard-coded folder.",
+        f"({long_trial['checkpoint_bytes'] / 1e6:.0f} MB for this tiny model).",
         "",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(md))
+    if disk is not None:
+        md += [
+            f"Disk of a {disk['trials']}-trial, {disk['epochs']}-epoch search (`deepsc-tune run`, "
+            f"{disk['seconds']:.0f} s), `finetune.keep_checkpoints`:",
+            "",
+            "| | checkpoint files | MB |",
+            "|---|---|---|",
+            f"| written by the trials (what stays with `all`, and what stayed before) | "
+            f"{disk['checkpoint_files_written']} | {disk['checkpoint_bytes_written'] / 1e6:.0f} |",
+            f"| left on disk with `best` (the default): the chosen trial's | {disk['checkpoint_files_kept']} | "
+            f"{disk['checkpoint_bytes_kept'] / 1e6:.0f} |",
+            "",
+        ]
+    out.with_suffix(".md").write_text("\n".join(md))
     print("\n".join(md))
 
 

@@ -18,15 +18,18 @@ from pathlib import Path
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
     """A private temporary name beside ``path`` to write to; renamed onto ``path`` when the block
-    ends, removed when it raises (the exception goes on)."""
+    ends, removed when it raises (the exception goes on; an ``OSError`` that names no file, such
+    as a full disk met at a flush, names ``path``)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(e, OSError) and not e.filename:  # a full disk met at a flush names no file
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
         raise
 
 

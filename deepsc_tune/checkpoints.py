@@ -131,7 +131,7 @@ class CheckpointKeeper:
 
     def prune(self) -> Pruned:
         """Remove the checkpoints of finished trials that are not kept; never raises for a file."""
-        from deepsc_tune.objective import trial_dir
+        from deepsc_tune.study_folder import trial_dir
 
         if self.policy == "all":
             return Pruned(0, 0, ())

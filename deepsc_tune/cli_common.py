@@ -40,14 +40,24 @@ StorageOpt = Annotated[
         envvar="DEEPSC_TUNE_STORAGE",
         help="Optuna RDB URL shared by all workers, e.g. postgresql://user:pw@host/db "
         "(or set DEEPSC_TUNE_STORAGE, which keeps the password out of `ps`). "
-        "Default: sqlite:///RESULTS_DIR/NAME/study.db.",
+        "Default: sqlite:///RESULTS_DIR/STUDY/study.db.",
         show_default=False,
     ),
 ]
 StudyNameOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--study-name", help="Study name in the storage. Default: the search space's name.", show_default=False
+        "--study-name",
+        help="Study name in the storage; its files are in RESULTS_DIR/STUDY. Default: the search space's name.",
+        show_default=False,
+    ),
+]
+StudyFolderOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--study-name",
+        help="The study whose folder, RESULTS_DIR/STUDY, gets the files. Default: the search space's name.",
+        show_default=False,
     ),
 ]
 
@@ -68,15 +78,29 @@ def user_errors() -> Iterator[None]:
         _fail(str(e), EXIT_ERROR)
     except OSError as e:  # the file system said no (read-only media, a file in the way, full disk)
         _fail(_os_error(e), EXIT_ERROR)
+    except Exception as e:
+        # A full disk met inside Optuna or SQLAlchemy (SQLite's "database or disk is full"):
+        # one line naming the study file; anything else is a bug, with its traceback.
+        from deepsc_tune.disk import disk_full
+        from deepsc_tune.storage import last_study_file
+
+        full = None if isinstance(e, typer.Exit) else disk_full(e, last_study_file())
+        if full is None:
+            raise
+        _fail(str(full), EXIT_ERROR)
 
 
 def _os_error(e: OSError) -> str:
     import errno
 
+    from deepsc_tune.disk import disk_full
+
+    full = disk_full(e)
+    if full is not None:
+        return str(full)
     what = {
         errno.EROFS: "read-only file system",
         errno.EACCES: "not writable (permission denied)",
-        errno.ENOSPC: "no space left on the device",
     }.get(e.errno or 0, e.strerror or str(e))
     where = f"{e.filename}: " if e.filename else ""
     return f"{where}{what}"
@@ -99,17 +123,79 @@ def _echo(line: str) -> None:
     typer.echo(line)
 
 
-def _storage_url(name: str, results_dir: Path, storage: str | None) -> str:
-    from deepsc_tune.storage import default_storage_url
+def _storage_label(storage: str | None) -> str | None:
+    """Where ``storage`` came from, for messages: ``--storage``, ``DEEPSC_TUNE_STORAGE`` (the
+    option's value is the variable's) or ``None`` (not given: the default file under
+    ``--results-dir``)."""
+    import os
 
-    return storage or default_storage_url(name, results_dir)
+    if storage is None:
+        return None
+    return "DEEPSC_TUNE_STORAGE=" if os.environ.get("DEEPSC_TUNE_STORAGE") == storage else "--storage"
+
+
+def _check_study_name(study_name: str | None) -> None:
+    """``--study-name`` names a folder under ``--results-dir`` too: one plain folder name."""
+    from deepsc_tune.search_space import folder_name_problem
+
+    if study_name is not None and (why := folder_name_problem(study_name)):
+        raise ConfigError(f"--study-name {study_name!r}: {why}")
+
+
+def _check_device(space, device: str | None, overrides: list[str] | None = None) -> None:
+    """The devices a command will train on, checked before anything is written: ``--device``,
+    else ``finetune.device`` and any searched ``device`` (built-in fine-tuner only: a command
+    backend's program chooses its own). Imports torch."""
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.overrides import override_paths
+    from deepsc_tune.train_settings import device_problem
+
+    if not get_backend(space.backend).in_process:
+        return
+    if device is not None:
+        wanted = [("--device", device)]
+    else:
+        given = override_paths(overrides or [])
+        file = f"{space.path}: " if space.path else ""
+
+        def where(key: str) -> str:
+            item = next((v for k, v in given.items() if k == key or k.startswith(f"{key}.")), None)
+            return f"command-line override {item}: {key}" if item else f"{file}{key}"
+
+        spec = space.params.get("device")
+        searched = [(where("search.device"), c) for c in (spec.choices or ())] if spec is not None else []
+        wanted = [(where("finetune.device"), space.fixed.get("device")), *searched]
+    for what, value in wanted:
+        why = None if value in (None, "auto") else device_problem(str(value))
+        if why:
+            raise ConfigError(f"{what} {value}: {why}")
+
+
+def _study_folder(
+    results_dir: Path, *, space_name: str, study_name: str | None, storage: str | None = None, echo: bool = True
+):
+    """The study's folder, RESULTS_DIR/STUDY (the space's name unless --study-name); a study kept
+    as before in its search space's folder is found there and said so, once (on stderr, so that
+    stdout stays what scripts read)."""
+    from deepsc_tune.study_folder import StudyFolder
+
+    _check_study_name(study_name)
+    name = study_name or space_name
+    if storage is not None:  # the database is named; the files go to the study's own folder
+        folder = StudyFolder(Path(results_dir), name)
+    else:
+        folder = StudyFolder.find(results_dir, name, space_name=space_name)
+    if echo and folder.note:
+        typer.secho(f"note: {folder.note}", fg=typer.colors.YELLOW, err=True)
+    return folder
 
 
 def _prepare(space, results_dir: Path, *, echo: bool = True):
     """Load and preprocess the data once (disk cache under RESULTS_DIR/cache)."""
     from deepsc_tune.data import prepare_data
+    from deepsc_tune.study_folder import cache_dir
 
-    data = prepare_data(space.data_settings, cache_dir=results_dir / "cache", hint=space.source)
+    data = prepare_data(space.data_settings, cache_dir=cache_dir(results_dir), hint=space.source)
     if echo:
         n_test = 0 if data.X_test is None else len(data.X_test)
         _echo(
@@ -138,7 +224,7 @@ def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: 
 
 
 def _space_name(name: str) -> str:
-    """The ``name:`` of a search space (its results folder), without validating the file."""
+    """The ``name:`` of a search space (its study's default name), without validating the file."""
     from deepsc_tune.search_space import parse_yaml, resolve_search_space_path
     from deepsc_tune.yaml_file import read_yaml_text
 
@@ -150,19 +236,27 @@ def _space_name(name: str) -> str:
 
 
 def _load_study(name: str, results_dir: Path, storage: str | None, study_name: str | None):
-    """Open an existing study for reading (the search-space file itself is not needed)."""
+    """Open an existing study for reading (the search-space file itself is not needed): the
+    study, its backend and its :class:`~deepsc_tune.study_folder.StudyFolder`."""
     from deepsc_tune.storage import open_storage
     from deepsc_tune.study import load_existing_study
+    from deepsc_tune.study_folder import command_args
     from deepsc_tune.trial_record import study_backend
 
     _quiet_libraries()
-    folder = _space_name(name)
-    study_name = study_name or folder
-    db = results_dir / folder / "study.db"
-    if storage is None and not db.is_file():
+    _check_study_name(study_name)
+    space_name = _space_name(name)
+    folder = _study_folder(results_dir, space_name=space_name, study_name=study_name, storage=storage)
+    run_args = command_args(name, study_name, space_name)
+    if storage is None and not folder.db.is_file():
+        from deepsc_tune.study_file import study_names
+        from deepsc_tune.study_folder import find_databases
+
+        there = sorted({n for db in find_databases(results_dir) for n in study_names(db)})
         raise DeepscTuneError(
-            f"no study found at {db}; run `deepsc-tune run {name}` first (or give --results-dir / --storage)"
+            f"no study found at {folder.db} (no study '{folder.name}' under {results_dir}; studies there: "
+            f"{', '.join(there) or '(none)'}); run `deepsc-tune run {run_args}` first (or give --results-dir / --storage)"
         )
-    url = storage or f"sqlite:///{db}"
-    study = load_existing_study(storage=open_storage(url, heartbeat=False), study_name=study_name)
-    return study, study_backend(study.user_attrs)
+    opened = open_storage(folder.storage_url(storage), heartbeat=False, label=_storage_label(storage))
+    study = load_existing_study(storage=opened, study_name=folder.name, run_args=run_args)
+    return study, study_backend(study.user_attrs), folder

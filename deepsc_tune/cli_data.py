@@ -11,8 +11,10 @@ from deepsc_tune.cli_common import (
     NameArg,
     OverridesArg,
     ResultsDirOpt,
+    StudyFolderOpt,
     _echo,
     _quiet_libraries,
+    _study_folder,
     user_errors,
 )
 from deepsc_tune.errors import ConfigError
@@ -25,11 +27,12 @@ def split(
         Optional[Path],
         typer.Option(
             "--out",
-            help="Folder for train.h5ad / val.h5ad / test.h5ad. Default: RESULTS_DIR/NAME/split.",
+            help="Folder for train.h5ad / val.h5ad / test.h5ad. Default: RESULTS_DIR/STUDY/split.",
             show_default=False,
         ),
     ] = None,
     results_dir: ResultsDirOpt = Path("results"),
+    study_name: StudyFolderOpt = None,
     for_: Annotated[
         Optional[str],
         typer.Option(
@@ -74,6 +77,7 @@ def split(
     from deepsc_tune.backends import get_backend
     from deepsc_tune.deepsc_split import write_split
     from deepsc_tune.search_space import load_search_space
+    from deepsc_tune.study_folder import cache_dir
 
     _quiet_libraries()
     with user_errors():
@@ -81,7 +85,7 @@ def split(
             raise ConfigError(f"--for: unknown {for_!r}; expected deepsc or original")
         space = load_search_space(name, overrides or [])
         settings = space.data_settings
-        folder = out or results_dir / space.name / "split"
+        folder = out or _study_folder(results_dir, space_name=space.name, study_name=study_name).split
         if for_ is None:
             from deepsc_tune.deepsc_checkout import is_deepsc_command
 
@@ -90,7 +94,7 @@ def split(
         if for_ == "original":
             if write_gene_map:
                 raise ConfigError("--write-gene-map: DeepSC's gene map is written with --for deepsc only")
-            paths = write_split(settings, folder, cache_dir=results_dir / "cache", hint=space.source)
+            paths = write_split(settings, folder, cache_dir=cache_dir(results_dir), hint=space.source)
             for part, path in paths.items():
                 _echo(f"{part}: {path}")
             return

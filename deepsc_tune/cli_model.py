@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,11 +12,14 @@ from deepsc_tune.cli_common import (
     NameArg,
     OverridesArg,
     ResultsDirOpt,
+    StudyFolderOpt,
+    _check_device,
     _echo,
     _make_finetuner,
     _prepare,
     _quiet_libraries,
     _space_name,
+    _study_folder,
     user_errors,
 )
 from deepsc_tune.errors import ConfigError
@@ -27,8 +29,10 @@ def finetune(
     name: NameArg,
     overrides: OverridesArg = None,
     results_dir: ResultsDirOpt = Path("results"),
+    study_name: StudyFolderOpt = None,
 ) -> None:
-    """Run one fine-tune with fixed settings, the way DeepSC users run theirs.
+    """Run one fine-tune with fixed settings, the way DeepSC users run theirs (its run folder:
+    RESULTS_DIR/STUDY/finetune).
 
     Settings come from the file's finetune block and the overrides, e.g.
     `deepsc-tune finetune pbmc68k learning_rate=3e-4 lr_scheduler_type=cosine warmup_ratio=0.1`.
@@ -40,8 +44,10 @@ def finetune(
     _quiet_libraries()
     with user_errors():
         space = load_search_space(name, overrides or [], fixed_only=True)
+        _check_device(space, None, overrides)
+        folder = _study_folder(results_dir, space_name=space.name, study_name=study_name)
         finetuner, _ = _make_finetuner(space, results_dir, log=_echo)
-        result = finetuner.run(dict(space.fixed), metric=space.metric, run_dir=results_dir / space.name / "finetune")
+        result = finetuner.run(dict(space.fixed), metric=space.metric, run_dir=folder.finetune)
         best = result.best()
         if best is not None:
             _echo(
@@ -67,8 +73,16 @@ def predict(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out file.")] = False,
     results_dir: ResultsDirOpt = Path("results"),
+    study_name: Annotated[
+        Optional[str],
+        typer.Option(
+            "--study-name",
+            help="The study whose model to use (RESULTS_DIR/STUDY/model). Default: the search space's name.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Annotate QUERY's cells with the tuned model of NAME (RESULTS_DIR/NAME/model).
+    """Annotate QUERY's cells with the tuned model of NAME's study (RESULTS_DIR/STUDY/model).
 
     The model is the best trial's best epoch, kept by `deepsc-tune run` (built-in fine-tuner).
     QUERY is normalised as the training cells were and its genes matched by name (missing ones
@@ -77,14 +91,21 @@ def predict(
     uns['deepsc_tune']['classes']); QUERY itself is
     never changed. When QUERY has the training label column, prints the accuracy on it.
     """
-    from deepsc_tune.tuned_model import model_dir, predict_file
+    from deepsc_tune.study_folder import command_args
+    from deepsc_tune.tuned_model import predict_file, study_model
 
     _quiet_libraries()
     with user_errors():
-        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-            raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}")
-        folder = model_dir(results_dir, _space_name(name))
-        result = predict_file(folder, query, out=out, device=device, overwrite=overwrite, name=name)
+        from deepsc_tune.train_settings import device_problem
+
+        why = None if device == "auto" else device_problem(device)
+        if why:
+            raise ConfigError(f"--device {device}: {why}")
+        space_name = _space_name(name)
+        folder = _study_folder(results_dir, space_name=space_name, study_name=study_name)
+        model = study_model(folder, space_name=space_name)
+        run_args = command_args(name, study_name, space_name)
+        result = predict_file(model, query, out=out, device=device, overwrite=overwrite, name=run_args)
         card = result.card
         _echo(
             f"model: trial {card['trial']} of study '{card['study']}', epoch {card['best_epoch']}, "
@@ -123,12 +144,13 @@ def lr_find(
     ] = 100,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.", show_default=False)] = None,
     results_dir: ResultsDirOpt = Path("results"),
+    study_name: StudyFolderOpt = None,
 ) -> None:
     """The usage guide's LR range test in one short pass, on the built-in fine-tuner.
 
     Runs the trials' own training step (every finetune setting applies: model, loss, grad_acc,
     precision, init_checkpoint, finetune_mode) while the learning rate rises exponentially from
-    --min-lr to --max-lr over --steps optimizer steps on the training cells, plots the training loss against it (RESULTS_DIR/NAME/lr_find.html) and
+    --min-lr to --max-lr over --steps optimizer steps on the training cells, plots the training loss against it (RESULTS_DIR/STUDY/lr_find.html) and
     suggests a learning_rate range for the search space, as overrides for `deepsc-tune run`.
     """
     from deepsc_tune.lr_find import check_bounds, override_line, run_lr_find, write_lr_find
@@ -144,12 +166,14 @@ def lr_find(
             raise ConfigError(
                 f"{space.path}: finetune.backend: lr-find runs the built-in fine-tuner, got {space.backend!r}"
             )
+        _check_device(space, device, overrides)
         data = _prepare(space, results_dir)
         from deepsc_tune.train_settings import TrainSettings
 
         settings = TrainSettings.from_dict({**dict(space.fixed), **({"device": device} if device else {})})
         result = run_lr_find(data, settings, min_lr=min_lr, max_lr=max_lr, steps=steps)
-        html, _ = write_lr_find(result, results_dir / space.name, name=space.name, settings=settings.to_dict())
+        folder = _study_folder(results_dir, space_name=space.name, study_name=study_name)
+        html, _ = write_lr_find(result, folder.path, name=space.name, settings=settings.to_dict())
         _echo(
             f"lr-find: {len(result.learning_rates)} steps from {min_lr:g} to {result.learning_rates[-1]:.3g}"
             + (" (stopped: the loss diverged)" if result.stopped_early else "")

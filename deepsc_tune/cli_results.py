@@ -16,15 +16,14 @@ from deepsc_tune.cli_common import (
     _load_study,
     _os_error,
     _quiet_libraries,
-    _space_name,
     user_errors,
 )
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 
 
-def _print_best(study, backend: str, *, fmt: str, folder: Path | None = None) -> None:
-    """The chosen configuration (``folder``: the study's results folder, for a DeepSC study's
-    search space and trial records)."""
+def _print_best(study, backend: str, *, fmt: str, folder=None) -> None:
+    """The chosen configuration (``folder``: the study's :class:`~deepsc_tune.study_folder.StudyFolder`,
+    for a DeepSC study's search space and trial records)."""
     from deepsc_tune.export import best_notes, format_best
     from deepsc_tune.selection import select
     from deepsc_tune.trial_record import best_search_trial
@@ -64,11 +63,11 @@ def best(
     with user_errors():
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
-        study, backend = _load_study(name, results_dir, storage, study_name)
+        study, backend, folder = _load_study(name, results_dir, storage, study_name)
         from deepsc_tune.trial_record import best_search_trial
 
         best_search_trial(study)  # no completed trial: the error, on stderr, exit 1
-        _print_best(study, backend, fmt=fmt, folder=Path(results_dir) / _space_name(name))
+        _print_best(study, backend, fmt=fmt, folder=folder)
 
 
 def status(
@@ -107,7 +106,7 @@ def status(
     )
 
     with user_errors():
-        study, backend = _load_study(name, results_dir, storage, study_name)
+        study, backend, folder = _load_study(name, results_dir, storage, study_name)
         trials = study.get_trials(deepcopy=False)
         metric = study_metric(study.user_attrs)
         if as_json:
@@ -148,7 +147,7 @@ def status(
         _echo_ranking(trials, metric, test_metrics=all_test_metrics)
         _echo_chosen_test(trials)
         _echo_references(study, trials, metric)
-        _echo_checkpoint_disk(trials, backend, Path(results_dir) / _space_name(name))
+        _echo_checkpoint_disk(trials, backend, folder)
 
 
 def _echo_chosen_test(trials) -> None:
@@ -178,16 +177,16 @@ def _echo_references(study, trials, metric: str) -> None:
             _echo(line)
 
 
-def _echo_checkpoint_disk(trials, backend: str, folder: Path) -> None:
-    """`status` of a DeepSC study: the disk its trials' checkpoints take."""
+def _echo_checkpoint_disk(trials, backend: str, folder) -> None:
+    """`status` of a DeepSC study: the disk its trials' checkpoints take (``folder``: its
+    :class:`~deepsc_tune.study_folder.StudyFolder`)."""
     from deepsc_tune.backends import get_backend
 
     if not get_backend(backend).runs_program:
         return
     from deepsc_tune.checkpoints import disk_usage, format_bytes
-    from deepsc_tune.objective import trial_dir
 
-    files, size = disk_usage(trial_dir(folder / "trials", t.number) for t in trials)
+    files, size = disk_usage(folder.trial(t.number) for t in trials)
     _echo(f"DeepSC checkpoints: {files} files, {format_bytes(size)} on disk (finetune.keep_checkpoints)")
 
 
@@ -286,12 +285,12 @@ def report(
         Optional[Path],
         typer.Option(
             "--out",
-            help="Folder for the report files (e.g. when the study is on read-only media). Default: RESULTS_DIR/NAME.",
+            help="Folder for the report files (e.g. when the study is on read-only media). Default: RESULTS_DIR/STUDY.",
             show_default=False,
         ),
     ] = None,
 ) -> None:
-    """Write the HTML report of NAME: RESULTS_DIR/NAME/report.html, trials.csv and best.yaml.
+    """Write the HTML report of NAME: RESULTS_DIR/STUDY/report.html, trials.csv and best.yaml.
 
     The page is self-contained (opens offline): the learning-rate frontier per scheduler type,
     learning curves, optimisation history, parameter importances, the summary with DeepSC's
@@ -300,6 +299,7 @@ def report(
     study under RESULTS_DIR and an index.html linking them.
     """
     from deepsc_tune.report import write_index, write_report
+    from deepsc_tune.study_folder import find_databases
 
     _quiet_libraries()
     with user_errors():
@@ -308,27 +308,23 @@ def report(
                 raise ConfigError(
                     "--storage / --study-name / --out need a NAME (the index scans RESULTS_DIR/*/study.db)"
                 )
-            if not any(Path(results_dir).glob("*/study.db")):
+            if not find_databases(results_dir):
                 raise DeepscTuneError(
-                    f"no studies under {results_dir} (no {results_dir}/NAME/study.db); start one with "
+                    f"no studies under {results_dir} (no {results_dir}/STUDY/study.db); start one with "
                     "`deepsc-tune run pbmc68k` (the demo, no download) or give --results-dir"
                 )
             index = write_index(results_dir, top=top)
+            for note in index.notes:
+                typer.secho(f"note: {note}", fg=typer.colors.YELLOW, err=True)
             for files in index.reports:
                 _echo(f"report: {files.html}" + (f"  (note: {files.notes[0]})" if files.notes else ""))
             for where, why in index.errors:
                 typer.secho(f"skipped {where}: {why}", fg=typer.colors.YELLOW, err=True)
             _echo(f"index: {index.html} ({len(index.rows)} studies)")
             return
-        study, backend = _load_study(name, results_dir, storage, study_name)
+        study, backend, folder = _load_study(name, results_dir, storage, study_name)
         try:
-            files = write_report(
-                study,
-                folder=out or results_dir / study.study_name,
-                backend=backend,
-                top=top,
-                record_dir=results_dir / _space_name(name),
-            )
+            files = write_report(study, folder=out or folder.path, backend=backend, top=top, record_dir=folder)
         except OSError as e:
             raise DeepscTuneError(f"{_os_error(e)}; give --out FOLDER to write the report elsewhere") from None
         _echo(f"report: {files.html}")

@@ -16,12 +16,16 @@ from deepsc_tune.cli_common import (
     ResultsDirOpt,
     StorageOpt,
     StudyNameOpt,
+    _check_device,
+    _check_study_name,
     _echo,
     _load_study,
     _make_finetuner,
     _prepare,
     _quiet_libraries,
-    _storage_url,
+    _space_name,
+    _storage_label,
+    _study_folder,
     user_errors,
 )
 from deepsc_tune.cli_results import _print_best
@@ -89,7 +93,7 @@ def run(
     """Run (or resume) the hyperparameter search for NAME.
 
     Trials run until the study holds study.n_trials finished (complete or pruned) trials. The
-    study lives in RESULTS_DIR/NAME/study.db unless --storage names a shared database; running
+    study lives in RESULTS_DIR/STUDY/study.db unless --storage names a shared database; running
     the same command again resumes it. Ctrl-C records the running trial as FAIL ("interrupted")
     and re-queues its settings.
 
@@ -100,14 +104,16 @@ def run(
     from deepsc_tune.confirm import run_confirmation
     from deepsc_tune.progress import Progress
     from deepsc_tune.search_space import load_search_space
-    from deepsc_tune.storage import open_storage
+    from deepsc_tune.storage import folder_storage_url, open_storage
     from deepsc_tune.study import open_study, run_study, sampler_label
+    from deepsc_tune.study_folder import command_args
     from deepsc_tune.workers import parse_gpus, plan_workers, sigterm_as_interrupt, watch_parent
 
     _quiet_libraries()
     child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
     prefix = f"[{worker_id}] " if worker_id else ""
     with user_errors():
+        _check_study_name(study_name)
         gpu_list = parse_gpus(gpus)
         plans = plan_workers(workers=workers, gpus=gpu_list, threads=threads)
         if len(plans) == 1 and not gpu_list:
@@ -118,9 +124,15 @@ def run(
             for note in space.notes:
                 _echo(f"{prefix}note: {note}")
         budget = _time_budget(timeout, space.timeout)
-        study_name = study_name or space.name
-        url = _storage_url(space.name, results_dir, storage)
-        opened = open_storage(url)  # a bad --storage is reported before the data are prepared
+        _check_device(space, device, overrides)  # before the study is opened: a refused run writes nothing
+        folder = _study_folder(
+            results_dir, space_name=space.name, study_name=study_name, storage=storage, echo=not child
+        )
+        study_name = folder.name
+        url = folder_storage_url(folder, storage)
+        opened = open_storage(
+            url, label=_storage_label(storage)
+        )  # a bad --storage is reported before the data are prepared
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         data = None
         if plans:  # the workers train; here the data are only prepared (cached) for them
@@ -135,10 +147,10 @@ def run(
             study_name=study_name,
             data_fingerprint=fingerprint,
             worker=sampler_label(url, worker_id),
-            record_dir=results_dir / space.name,
+            record_dir=folder,
         )
         _record_chance_levels(study, data, space)
-        _record_baseline(study, data, space, results_dir / "cache", echo=not child)
+        _record_baseline(study, data, space, folder.cache, echo=not child)
         if not child:
             _echo(
                 f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
@@ -166,7 +178,7 @@ def run(
             if child:
                 watch_parent(parent_pid)
             progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
-            _keep_models(finetuner, space, study, results_dir / space.name)
+            _keep_models(finetuner, space, study, folder)
             try:
                 with sigterm_as_interrupt():
                     summary = run_study(
@@ -174,7 +186,7 @@ def run(
                         finetuner,
                         study=study,
                         progress=progress,
-                        trials_dir=results_dir / space.name / "trials",
+                        trials_dir=folder.trials,
                         stop=budget.spent,
                     )
                     confirmed = run_confirmation(
@@ -183,7 +195,7 @@ def run(
                         study=study,
                         storage=opened,
                         progress=progress,
-                        trials_dir=results_dir / space.name / "trials",
+                        trials_dir=folder.trials,
                     )
             except KeyboardInterrupt:
                 if not child:  # the parent says it once for all its workers
@@ -206,8 +218,8 @@ def run(
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
         if summary.finished < summary.target and budget.spent():
             _echo(f"time budget of {budget.seconds:g} s spent: stopped between trials; run the same command to go on")
-        _print_best(study, space.backend, fmt="yaml", folder=results_dir / space.name)
-        _echo(f"next: deepsc-tune report {name}   (HTML report in {results_dir / space.name})")
+        _print_best(study, space.backend, fmt="yaml", folder=folder)
+        _echo(f"next: deepsc-tune report {command_args(name, study_name, space.name)}   (HTML report in {folder.path})")
 
 
 def _describe_trials(study) -> str:
@@ -282,25 +294,33 @@ def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None
         )
 
 
-def _keep_models(finetuner, space, study, folder: Path) -> None:
-    """Let the built-in fine-tuner keep the best run's weights in FOLDER/model (tuned_model.py);
-    let DeepSC's keep only the chosen configuration's checkpoints (finetune.keep_checkpoints)."""
+def _keep_models(finetuner, space, study, folder) -> None:
+    """Let the built-in fine-tuner keep the best run's weights in the study folder's model/
+    (tuned_model.py); let DeepSC's keep only the chosen configuration's checkpoints
+    (finetune.keep_checkpoints)."""
     from deepsc_tune.backends import get_backend
 
     if get_backend(space.backend).runs_program:
         from deepsc_tune.checkpoints import CheckpointKeeper
 
-        finetuner.checkpoint_keeper = CheckpointKeeper(study, folder / "trials", space.settings.keep_checkpoints)
+        finetuner.checkpoint_keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
         return
     if not get_backend(space.backend).in_process:
         return
     from optuna.trial import TrialState
 
-    from deepsc_tune.tuned_model import MODEL_DIR, ModelKeeper
+    from deepsc_tune.tuned_model import ModelKeeper, rehome_model
 
+    moved = rehome_model(folder)
+    if moved is not None:
+        typer.secho(
+            f"note: moved the model of another study from {folder.model} to {moved}, its study's folder",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
     completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
     finetuner.keeper = ModelKeeper(
-        folder / MODEL_DIR,
+        folder.model,
         study_name=study.study_name,
         metric=space.metric,
         data=finetuner.data,
@@ -315,7 +335,7 @@ def _prune_checkpoints(keeper, *, echo: bool) -> None:
     if keeper is None:
         return
     from deepsc_tune.checkpoints import disk_usage, format_bytes
-    from deepsc_tune.objective import trial_dir
+    from deepsc_tune.study_folder import trial_dir
 
     keeper.prune()
     trials = keeper.study.get_trials(deepcopy=False)
@@ -444,14 +464,15 @@ def repeat(
         run_repeats,
         waiting_repeats,
     )
+    from deepsc_tune.study_folder import command_args
 
     _quiet_libraries()
     with user_errors():
-        study, _ = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
-        url = storage or f"sqlite:///{results_dir / study.study_name / 'study.db'}"
+        study, _, folder = _load_study(name, results_dir, storage, study_name)  # exists, with a clear error
         study, space = open_for_repeats(
-            storage=url, study_name=study.study_name, record_dir=results_dir / study.study_name
+            storage=folder.storage_url(storage), study_name=study.study_name, record_dir=folder
         )
+        _check_device(space, device)  # before any repeat is queued
         plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
@@ -459,7 +480,7 @@ def repeat(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
-        _keep_models(finetuner, space, study, results_dir / study.study_name)
+        _keep_models(finetuner, space, study, folder)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
@@ -469,7 +490,7 @@ def repeat(
                 space,
                 finetuner,
                 progress=Progress(metric=space.metric, verbose=verbose),
-                trials_dir=results_dir / study.study_name / "trials",
+                trials_dir=folder.trials,
             )
         except KeyboardInterrupt:
             typer.secho(
@@ -484,4 +505,6 @@ def repeat(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
             + (f" and {len(summary.search)} queued search trials" if summary.search else "")
         )
-        _echo(f"next: deepsc-tune report {name}   (stability across seeds)")
+        _echo(
+            f"next: deepsc-tune report {command_args(name, study_name, _space_name(name))}   (stability across seeds)"
+        )

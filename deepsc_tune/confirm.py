@@ -26,6 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from deepsc_tune.backend import Finetuner
+from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
 from deepsc_tune.repeat import enqueue_repeats, plan_repeats, waiting_repeats
@@ -78,6 +79,9 @@ def run_confirmation(
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
+    full_disk = FullDiskStop(study)
+
+    @full_disk.objective
     def tracked(trial: optuna.trial.Trial) -> float:
         ran.append(trial.number)
         lock.release()  # the repeat is RUNNING now; others may take the next one
@@ -89,7 +93,8 @@ def run_confirmation(
         try:
             if not waiting_repeats(study):
                 break
-            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            with full_disk.optimizing():  # a full disk stops the confirmation (DiskFull)
+                study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
         finally:
             lock.release()
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}

@@ -312,7 +312,7 @@ def _hydra_output_notes(
     if run_dir_override == "hydra.run.dir":
         out.notes.append(
             f"DeepSC {commit} writes each trial's checkpoints, logs and plots into Hydra's run directory, "
-            f"which deepsc-tune sets to the trial's folder (hydra.run.dir=results/NAME/trials/NNNNN; "
+            f"which deepsc-tune sets to the trial's folder (hydra.run.dir=results/STUDY/trials/NNNNN; "
             f"the config's own {own} is not used)"
         )
         out.notes.append(_checkpoint_note())

@@ -33,9 +33,10 @@ from deepsc_tune.command import (
 )
 from deepsc_tune.deepsc_commits import HYDRA_RUN_DIR, commit_of_module, entry_module
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.objective import read_trial_file, trial_dir
+from deepsc_tune.objective import read_trial_file
 from deepsc_tune.selection import Selection, pick_notes, pick_record, select
 from deepsc_tune.space_record import read_record
+from deepsc_tune.study_folder import StudyFolder, as_folder
 from deepsc_tune.trial_record import (
     BEST_EPOCH,
     DEEPSC_WARMUP,
@@ -90,10 +91,10 @@ def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[di
     return out, notes
 
 
-def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None = None) -> dict[str, Any]:
+def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder | Path | None = None) -> dict[str, Any]:
     """How to run a ``command``-backend trial again: program, checkout, environment, overrides.
 
-    ``folder`` is the study's results folder (``RESULTS_DIR/NAME``): it holds the search space
+    ``folder`` is the study's folder (``RESULTS_DIR/STUDY``, study_folder.py): it holds the search space
     (``space_record.py``) and each trial's ``trials/NNNNN/trial.json``. The overrides are the
     trial's own command line (``argv`` in that file, relative paths already resolved) less the
     run-folder override (``hydra.run.dir``), so that the re-run writes where DeepSC writes by
@@ -106,17 +107,17 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: Path | None =
     DeepscTuneError
         If the study's search space is not found (a shared study opened on another machine).
     """
+    folder = as_folder(folder)
     record = read_record(study.user_attrs, folder)
     if record is None:
-        where = f" in {folder}" if folder is not None else ""
+        where = f" in {folder.path}" if folder is not None else ""
         raise DeepscTuneError(
             f"study '{study.study_name}': its search space is not found{where}; run `best` with the "
             "--results-dir of a machine that ran the study"
         )
     settings, fixed = CommandSettings.from_dict(record["config"].get("finetune") or {}, source="finetune")
-    trials_dir = Path(folder) / "trials" if folder is not None else None
-    details = read_trial_file(trials_dir, trial.number) or {}
-    run_dir = str(trial_dir(trials_dir, trial.number)) if trials_dir is not None else "."
+    details = (read_trial_file(folder.trials, trial.number) or {}) if folder is not None else {}
+    run_dir = str(folder.trial(trial.number)) if folder is not None else "."
     checkout = str(details.get("checkout") or settings.cwd or ".")
     argv = details.get("argv") or trial.user_attrs.get(OLD_ARGV)  # older studies kept it there
     if argv:
@@ -219,7 +220,7 @@ def best_notes(
     if get_backend(backend).runs_program and folder is not None:
         from deepsc_tune.checkpoints import best_epoch_checkpoint
 
-        ckpt = best_epoch_checkpoint(trial_dir(Path(folder) / "trials", trial.number), u.get(BEST_EPOCH))
+        ckpt = best_epoch_checkpoint(as_folder(folder).trial(trial.number), u.get(BEST_EPOCH))
         if ckpt is not None:
             notes.append(f"tuned DeepSC model: {ckpt} (its best epoch's checkpoint, as DeepSC saved it)")
     if get_backend(backend).runs_program:
@@ -238,7 +239,7 @@ def format_best(
     fmt: str = "yaml",
     backend: str = "builtin",
     selection: Selection | None = None,
-    folder: Path | None = None,
+    folder: StudyFolder | Path | None = None,
 ) -> str:
     """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune.errors import ConfigError, FinetuneError
+from deepsc_tune.study_folder import LR_FIND_HTML, LR_FIND_JSON
 
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
 DIVERGE_FACTOR = 4.0
@@ -182,9 +183,9 @@ def write_lr_find(result: LRFindResult, folder: Path, *, name: str, settings: Ma
 
     folder.mkdir(parents=True, exist_ok=True)
     fig = plot_lr_find(result, title=f"{name}: LR range test ({len(result.learning_rates)} steps)")
-    html = folder / "lr_find.html"
+    html = folder / LR_FIND_HTML
     html.write_text(fig.to_html(full_html=True, include_plotlyjs=True))
-    data = folder / "lr_find.json"
+    data = folder / LR_FIND_JSON
     data.write_text(
         json.dumps({**result.to_dict(), "override": override_line(result), "settings": dict(settings)}, indent=1) + "\n"
     )
@@ -197,7 +198,7 @@ def report_section(folder: Path) -> str:
     import json
 
     try:
-        doc = json.loads((Path(folder) / "lr_find.json").read_text())
+        doc = json.loads((Path(folder) / LR_FIND_JSON).read_text())
     except (OSError, ValueError):
         return ""
     if doc.get("low") is not None and doc.get("high") is not None:
@@ -209,6 +210,6 @@ def report_section(folder: Path) -> str:
     else:
         found = html.escape(doc.get("note") or "no range suggested")
     return (
-        f'<h2>LR range test</h2><p><a href="lr_find.html">loss against learning rate</a> '
+        f'<h2>LR range test</h2><p><a href="{LR_FIND_HTML}">loss against learning rate</a> '
         f"(<code>deepsc-tune lr-find</code>, {len(doc.get('learning_rates') or [])} steps): {found}</p>"
     )

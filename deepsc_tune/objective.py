@@ -22,6 +22,7 @@ from deepsc_tune.backend import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.processes import process_start_time
 from deepsc_tune.search_space import SearchSpace
+from deepsc_tune.study_folder import trial_dir
 from deepsc_tune.tracking import Tracker, TrialRun, build_tracker
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
@@ -216,11 +217,6 @@ def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]], extra
         (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
     except OSError:
         pass  # details only: the study has the metric per epoch and the results
-
-
-def trial_dir(trials_dir: Path, number: int) -> Path:
-    """A trial's run folder: ``TRIALS_DIR/NNNNN`` (its log, its ``trial.json``, the program's files)."""
-    return Path(trials_dir) / f"{number:05d}"
 
 
 def read_trial_file(trials_dir: Path | None, number: int) -> dict[str, Any] | None:

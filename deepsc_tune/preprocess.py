@@ -150,10 +150,16 @@ def prepare_expression(adata: AnnData, rows: np.ndarray, *, settings: DataSettin
                 f"{src}.normalize: 'log1p' needs non-negative counts but X of {inp.label}"
                 f" ({inp.key}) has negative values (min {low:g}); use normalize: auto or none"
             )
+        zero = int(np.count_nonzero(np.asarray(x.sum(axis=1)).ravel() == 0)) if x.shape[1] else x.shape[0]
         tmp = anndata.AnnData(X=x.astype(np.float32, copy=True))
-        sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
+        with warnings.catch_warnings():
+            # Said once in the note instead ("Some cells have zero counts" on stderr).
+            warnings.filterwarnings("ignore", message=".*zero counts", category=UserWarning)
+            sc.pp.normalize_total(tmp, target_sum=TARGET_SUM)
         sc.pp.log1p(tmp)
         x = tmp.X
+        if zero:
+            how += f"; {zero} of {x.shape[0]} cells have all-zero counts (left at 0)"
     elif not sp.issparse(x):
         x = np.asarray(x, dtype=np.float32)
     if sp.issparse(x):
@@ -252,10 +258,13 @@ def prepare_query(path: Path, *, settings: DataSettings, genes: list[str]) -> Qu
     Raises
     ------
     DataError
-        The file is missing or not ``.h5ad``, has NaN/inf values, or shares no gene names.
+        The file is missing or not ``.h5ad``, holds no cell, has NaN/inf values, or shares no
+        gene names.
     """
     inp = resolve_input(str(path), key="query", origin=None)
     adata = read_input(inp)
+    if adata.n_obs == 0:
+        raise DataError(f"query: {inp.label} holds 0 cells; expected at least one cell to annotate")
     x, query_genes, note = prepare_expression(adata, np.arange(adata.n_obs), settings=settings, inp=inp)
     X, _ = align_genes(x, query_genes, pd.Index(genes), inp=inp)
     n_missing = int(np.count_nonzero(query_genes.get_indexer(pd.Index(genes)) < 0))

@@ -27,6 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backend import Finetuner
+from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
@@ -35,6 +36,7 @@ from deepsc_tune.selection import rank_configurations
 from deepsc_tune.space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.storage import open_storage
 from deepsc_tune.study import load_existing_study
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
@@ -138,7 +140,7 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
         )
 
 
-def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> SearchSpace:
+def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | None = None) -> SearchSpace:
     """The search space the study was made from (as stored in it, overrides applied).
 
     Raises
@@ -163,7 +165,7 @@ def space_from_study(study: optuna.Study, *, record_dir: Path | None = None) -> 
 
 
 def open_for_repeats(
-    *, storage: str, study_name: str, record_dir: Path | None = None
+    *, storage: str, study_name: str, record_dir: StudyFolder | Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
     """Open the study for writing: heartbeats on, its sampler and pruner (the objective never
     lets the pruner stop a repeat: :func:`deepsc_tune.trial_record.prunable`).
@@ -228,6 +230,9 @@ def run_repeats(
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
     ran: list[int] = []
 
+    full_disk = FullDiskStop(study)
+
+    @full_disk.objective
     def tracked(trial: optuna.trial.Trial) -> float:
         ran.append(trial.number)
         return objective(trial)
@@ -236,7 +241,8 @@ def run_repeats(
     while waiting_repeats(study):
         if stop is not None and stop():
             break
-        study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        with full_disk.optimizing():  # a full disk stops the repeats (DiskFull)
+            study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     repeats = [n for n in ran if is_repeat(by_number[n])]
     return RepeatSummary(

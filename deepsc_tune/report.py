@@ -27,6 +27,15 @@ from deepsc_tune.atomic import atomic_path, write_text
 from deepsc_tune.report_data import TOP_CONFIGS, epochs_set
 from deepsc_tune.report_page import render_index, render_report
 from deepsc_tune.report_summary import IndexRow, ReportData, build_report_data, index_row
+from deepsc_tune.study_folder import (
+    BEST_YAML,
+    DB_FILE,
+    INDEX_HTML,
+    REPORT_HTML,
+    TRIALS_CSV,
+    StudyFolder,
+    find_databases,
+)
 from deepsc_tune.trial_record import epochs_run, failure_reason, metric_value, study_backend
 
 #: Columns of ``trials.csv`` after ``number``, ``state`` and the searched parameters.
@@ -124,10 +133,10 @@ def write_report(
     folder: Path,
     backend: str = "builtin",
     top: int = TOP_CONFIGS,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> ReportFiles:
     """Write ``report.html``, ``trials.csv`` and (once a trial completed) ``best.yaml`` to ``folder``
-    (``record_dir``: the study's results folder, default ``folder``)."""
+    (``record_dir``: the study's folder, :class:`StudyFolder`, default ``folder``)."""
     data = build_report_data(study, backend=backend, top=top, record_dir=record_dir or folder)
     return write_report_files(data, folder=folder)
 
@@ -136,7 +145,7 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
     """Write the files of :func:`write_report` from data already computed."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    html_path = folder / "report.html"
+    html_path = folder / REPORT_HTML
     page = render_report(data)
     from deepsc_tune.lr_find import report_section
 
@@ -144,19 +153,14 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
         head, end, tail = page.rpartition("</body>")
         page = head + section + end + tail
     _write_atomic(html_path, page)
-    csv_path = write_trials_csv(data.trials, folder / "trials.csv")
-    best_path: Path | None = folder / "best.yaml"
+    csv_path = write_trials_csv(data.trials, folder / TRIALS_CSV)
+    best_path: Path | None = folder / BEST_YAML
     if data.summary.yaml_block:
         _write_atomic(best_path, data.summary.yaml_block + "\n")
     else:
         best_path.unlink(missing_ok=True)  # a stale file would name a configuration of another study
         best_path = None
     return ReportFiles(html_path, csv_path, best_path, data.notes, data)
-
-
-def find_study_databases(results_dir: Path) -> list[Path]:
-    """``RESULTS_DIR/*/study.db``, sorted by folder name."""
-    return sorted(Path(results_dir).glob("*/study.db"))
 
 
 class IndexFiles(NamedTuple):
@@ -166,21 +170,24 @@ class IndexFiles(NamedTuple):
     rows: list[IndexRow]
     reports: list[ReportFiles]
     errors: list[tuple[str, str]]  # (study, reason) for studies that could not be read
+    notes: tuple[str, ...] = ()  # one line per study found in a folder from before (study_folder.py)
 
 
 def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
     """Write the report of every study under ``RESULTS_DIR/*/study.db`` and ``RESULTS_DIR/index.html``.
 
     Each database is opened read only (no heartbeats), like ``deepsc-tune report NAME``. The
-    report of study ``F`` in ``RESULTS_DIR/F/study.db`` (or of the only study there) goes to
-    ``RESULTS_DIR/F/``; other studies in that database to ``RESULTS_DIR/F/<study name>/``. A
-    database that cannot be read is listed with the reason instead of stopping the others.
+    report of study ``S`` goes to its folder, ``RESULTS_DIR/S/`` (:class:`StudyFolder`), also for a
+    study kept as before in the database of another folder ``F`` (said in ``notes``), unless its
+    own folder holds another study of that name: then it stays beside its database, in ``F/``
+    (the only study there) or ``F/S/``, so equal names never overwrite each other. A database
+    that cannot be read is listed with the reason instead of stopping the others.
     """
     from deepsc_tune.storage import open_storage
 
     results_dir = Path(results_dir)
-    rows, reports, errors = [], [], []
-    for db in find_study_databases(results_dir):
+    rows, reports, errors, notes = [], [], [], []
+    for db in find_databases(results_dir):
         try:
             storage = open_storage(f"sqlite:///{db}", heartbeat=False)
             names = optuna.get_all_study_names(storage)
@@ -188,18 +195,22 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
             errors.append((db.parent.name, f"cannot read {db}: {str(e).splitlines()[0] if str(e) else e!r}"))
             continue
         for name in sorted(names, key=lambda n: (n != db.parent.name, n)):
+            folder = StudyFolder(results_dir, name, old=None if name == db.parent.name else db.parent)
+            out = folder.path
+            if folder.old is not None and (folder.path / DB_FILE).is_file():
+                # its own folder holds another study of that name: its report stays beside its database
+                out = db.parent if len(names) == 1 else db.parent / name
+            elif folder.note:
+                notes.append(folder.note)
             study = optuna.load_study(study_name=name, storage=storage)
-            # the folder's own study (or its only one) reports next to study.db; others below it
-            folder = db.parent if name == db.parent.name or len(names) == 1 else db.parent / name
-            files = write_report(
-                study, folder=folder, backend=study_backend(study.user_attrs), top=top, record_dir=db.parent
-            )
+            files = write_report(study, folder=out, backend=study_backend(study.user_attrs), top=top, record_dir=folder)
             reports.append(files)
-            rows.append(index_row(files.data, report=folder.relative_to(results_dir).as_posix() + "/report.html"))
+            report = files.html.relative_to(results_dir).as_posix()
+            rows.append(index_row(files.data, report=report))
     results_dir.mkdir(parents=True, exist_ok=True)
-    path = results_dir / "index.html"
+    path = results_dir / INDEX_HTML
     _write_atomic(path, render_index(rows, errors=errors))
-    return IndexFiles(path, rows, reports, errors)
+    return IndexFiles(path, rows, reports, errors, tuple(notes))
 
 
 __all__ = [

@@ -201,7 +201,7 @@ def render_report(data: ReportData) -> str:
         sections["stability"] = (
             page.figure(plot_stability(data.stability, metric=s.metric), "fig-stability")
             + "\n"
-            + _stability_html(data.stability, name=s.study_name)
+            + _stability_html(data.stability, name=s.command_args)
         )
     else:
         sections["stability"] = "<div class=note>no complete trial yet</div>"

@@ -43,7 +43,8 @@ from deepsc_tune.report_data import (
 )
 from deepsc_tune.selection import format_reported, select
 from deepsc_tune.space_record import config_value
-from deepsc_tune.trial_record import RETRY_OF, failure_reason, state_counts, study_metric
+from deepsc_tune.study_folder import StudyFolder, command_args
+from deepsc_tune.trial_record import RETRY_OF, SEARCH_SPACE_NAME, failure_reason, state_counts, study_metric
 
 
 class FailedTrial(NamedTuple):
@@ -80,6 +81,12 @@ class Summary:
     seeds_test_macro_f1: str | None = None
     leader: str | None = None  # whether the pick is distinguishable from the runner-up
     references: list[str] = field(default_factory=list)  # against chance and the baseline (validation)
+    space_name: str | None = None  # the search space's name: `NAME --study-name STUDY` in hints
+
+    @property
+    def command_args(self) -> str:
+        """How the study is named on the command line (``SPACE`` or ``SPACE --study-name STUDY``)."""
+        return command_args(self.space_name or self.study_name, self.study_name)
 
     @property
     def finished(self) -> int:
@@ -95,11 +102,11 @@ def summary_data(
     trials: Sequence[FrozenTrial],
     *,
     backend: str = "builtin",
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> Summary:
     """Best configuration and its metrics, trial counts, failures with reasons, epochs spent.
 
-    ``record_dir``: the study's results folder (a DeepSC study's export reads its search space and
+    ``record_dir``: the study's folder (a DeepSC study's export reads its search space and
     trial records there)."""
     search = search_only(trials)
     retries = {int(t.user_attrs[RETRY_OF]): t.number for t in trials if RETRY_OF in t.user_attrs}
@@ -116,6 +123,7 @@ def summary_data(
         repeat_counts=_counts([t for t in trials if is_repeat(t)]),
         budget=epoch_budget(trials, default_epochs=default_epochs),
         failed=failed,
+        space_name=study.user_attrs.get(SEARCH_SPACE_NAME),
     )
     selection = select(trials)
     if selection.best is None:
@@ -170,10 +178,14 @@ def dataset_name(study_user_attrs: Mapping[str, Any]) -> str:
 
 
 def build_report_data(
-    study: optuna.Study, *, backend: str = "builtin", top: int = TOP_CONFIGS, record_dir: Path | None = None
+    study: optuna.Study,
+    *,
+    backend: str = "builtin",
+    top: int = TOP_CONFIGS,
+    record_dir: StudyFolder | Path | None = None,
 ) -> ReportData:
     """Read the study once and compute the data of every section (``record_dir``: the study's
-    results folder, as in :func:`summary_data`)."""
+    folder, as in :func:`summary_data`)."""
     trials = list(study.get_trials(deepcopy=False))
     summary = summary_data(study, trials, backend=backend, record_dir=record_dir)
     importances = param_importances(trials)

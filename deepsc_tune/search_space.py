@@ -10,7 +10,6 @@ fixes a file in one pass (like pydantic's error lists).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -36,6 +35,9 @@ from pydantic import (
 from deepsc_tune.backends import BACKENDS, DEFAULT_BACKEND, FinetuneBlock
 from deepsc_tune.data_settings import DataSettings
 from deepsc_tune.errors import ConfigError
+
+# The overrides' names stay importable from here; TOP_KEYS: the top-level keys of a file.
+from deepsc_tune.overrides import TOP_KEYS, apply_overrides, blame_overrides, override_paths  # noqa: F401
 from deepsc_tune.schema import (
     STRICT,
     Problem,
@@ -51,8 +53,6 @@ from deepsc_tune.search_params import GRID_NEEDS, ParamSpec, parse_search
 from deepsc_tune.study_settings import PRUNERS, SAMPLERS, StudySettings
 from deepsc_tune.yaml_file import load_mapping, read_yaml_text
 
-#: Top-level keys of a search-space file.
-TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
 #: to the current directory, then the copies installed with the package.
 LOCAL_DIR = Path("search_spaces")
@@ -252,58 +252,25 @@ def parse_yaml(text: str, *, source: str) -> dict[str, Any]:
     return load_mapping(text, source=source, keys=TOP_KEYS)
 
 
-def apply_overrides(config: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Return a copy of ``config`` with ``a.b.c=value`` items applied (values parsed as YAML)."""
-    out = copy.deepcopy(config)
-    for item in overrides:
-        key, sep, value_text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"override '{item}': expected key=value, e.g. finetune.epoch=5 or learning_rate=3e-4")
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else None
-        except yaml.YAMLError:
-            value = value_text
-        parts = key.split(".")
-        if parts[0] not in TOP_KEYS:
-            parts = ["finetune", *parts]
-        node = out
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override '{item}': {'.'.join(parts[: i + 1])} is {child!r}, not a mapping")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def _override_paths(overrides: Sequence[str]) -> dict[str, str]:
-    """``{full key path: override item}``, bare keys meaning ``finetune.``, as applied."""
-    paths = {}
-    for item in overrides:
-        parts = item.partition("=")[0].strip().split(".")
-        if parts[0] not in TOP_KEYS:
-            parts = ["finetune", *parts]
-        paths[".".join(parts)] = item
-    return paths
-
-
-def _blame_overrides(problems: Sequence[Problem], overrides: Sequence[str]) -> tuple[list[Problem], int]:
-    """Say which problems an override on the command line caused; return them and how many."""
-    cli = _override_paths(overrides)
-    out = [p.blamed_on(cli[p.key]) if p.key in cli else p for p in problems]
-    return out, sum(p.key in cli for p in problems)
-
-
 # ----------------------------------------------------------------------------- the file model
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder under ``--results-dir`` (``None``: it can).
+
+    A study's name is its folder: ``..``, a path (``/``, ``\\``), an empty or hidden name
+    (leading ``.``) would put its files elsewhere, or out of sight.
+    """
+    if not name or name.startswith(".") or any(c in name for c in "/\\\0") or name != name.strip():
+        return "expected one plain folder name (no / or \\, not empty, not starting with .)"
+    return None
 
 
 def _name(raw: Any, info: ValidationInfo) -> str:
     name = raw or info.context["default_name"]
-    if not isinstance(name, str) or not name.replace("-", "_").replace(".", "_").isidentifier():
-        raise expected("a short name (letters, digits, -, _)")
+    plain = isinstance(name, str) and folder_name_problem(name) is None
+    if not plain or not name.replace("-", "_").replace(".", "_").isidentifier():
+        raise expected("a short name that is one plain folder name (letters, digits, -, _, ., not starting with .)")
     info.context["parsed"]["name"] = name
     return name
 
@@ -443,7 +410,7 @@ def build_search_space(
             notes.extend(n for n in findings.notes if n.startswith("search."))
 
     if problems:
-        problems, from_cli = _blame_overrides(problems, overrides)
+        problems, from_cli = blame_overrides(problems, overrides, raw)
         if from_cli == len(problems):
             source = f"command-line override(s) for {source}"
         elif from_cli:

@@ -2,7 +2,7 @@
 
 A study's user attributes stay short (what `optuna studies`, `optuna trials` and
 optuna-dashboard print): the search-space hash, name, metric, dataset, description. The YAML text
-and the effective configuration (overrides applied) go to ``RESULTS_DIR/NAME/search_space-<first
+and the effective configuration (overrides applied) go to ``RESULTS_DIR/STUDY/search_space-<first
 12 hex digits of the hash>.json``, written by every ``deepsc-tune run`` that opens the study (so
 each machine of a shared PostgreSQL study has its copy).
 
@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune.atomic import write_text
+from deepsc_tune.study_folder import StudyFolder, as_folder
 
 #: Short study attributes a report needs without the configuration.
 DESCRIPTION_CHARS = 200
 
 
-def record_path(folder: Path, sha256: str) -> Path:
-    """``FOLDER/search_space-<sha[:12]>.json``."""
-    return Path(folder) / f"search_space-{sha256[:12]}.json"
+def record_path(folder: StudyFolder | Path, sha256: str) -> Path:
+    """``FOLDER/search_space-<sha[:12]>.json``: where the study folder's copy is written."""
+    return as_folder(folder).record(sha256)
 
 
 def summary_attrs(space: Any) -> dict[str, Any]:
@@ -52,7 +53,7 @@ def sqlite_folder(storage: Any) -> Path | None:
     return Path(path).parent if path and path != ":memory:" else None
 
 
-def write_record(folder: Path | None, space: Any) -> Path | None:
+def write_record(folder: StudyFolder | Path | None, space: Any) -> Path | None:
     """Write the search space's text and configuration beside the study, unless already there."""
     if folder is None:
         return None
@@ -71,15 +72,16 @@ def write_record(folder: Path | None, space: Any) -> Path | None:
     return path
 
 
-def read_record(study_attrs: Mapping[str, Any], folder: Path | None) -> dict[str, Any] | None:
+def read_record(study_attrs: Mapping[str, Any], folder: StudyFolder | Path | None) -> dict[str, Any] | None:
     """``{"text", "config", ...}`` of a study: its old user attributes, else the file beside it."""
     if isinstance(study_attrs.get("config"), dict):
         return {"config": study_attrs["config"], "text": study_attrs.get("search_space_text") or ""}
     sha = study_attrs.get("search_space_sha256")
     if folder is None or not sha:
         return None
+    path = as_folder(folder).find_record(sha)
     try:
-        record = json.loads(record_path(folder, sha).read_text())
+        record = json.loads(path.read_text()) if path is not None else None
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and isinstance(record.get("config"), dict) else None

@@ -1,6 +1,6 @@
 """Where a study lives: storage URLs, opening the database, heartbeat settings.
 
-One study lives in one relational database: SQLite under ``results/NAME/study.db`` on one
+One study lives in one relational database: SQLite under ``results/STUDY/study.db`` on one
 machine (write-ahead log, so local workers read while one writes), PostgreSQL
 (``--storage postgresql://...``) for workers on many machines (docs/distributed.md).
 :func:`open_storage` returns Optuna's ``RDBStorage``; the study keeps it privately, so
@@ -22,10 +22,12 @@ from typing import Any
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
+from deepsc_tune.disk import disk_full, quiet_heartbeats_on_full_disk
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.recovery import requeue_stale_trial
 from deepsc_tune.start_lock import hold_flock
 from deepsc_tune.study_file import check_study_file, sqlite_file
+from deepsc_tune.study_folder import StudyFolder
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).
@@ -38,19 +40,35 @@ SQLITE_TIMEOUT = 120
 
 
 def default_storage_url(name: str, results_dir: Path) -> str:
-    """``sqlite:///results/NAME/study.db`` (the folder is created).
+    """``sqlite:///RESULTS_DIR/NAME/study.db``, study NAME's own (the folder is created): :func:`folder_storage_url`."""
+    return folder_storage_url(StudyFolder(Path(results_dir), name))
+
+
+def folder_storage_url(folder: StudyFolder, storage: str | None = None) -> str:
+    """``storage`` when given, else the SQLite file of the study folder (the folder is created).
 
     Raises
     ------
     DeepscTuneError
         When the folder cannot be created (a file in the way, read-only media, no permission).
     """
-    folder = Path(results_dir) / name
+    if storage:
+        return storage
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DeepscTuneError(f"--results-dir {results_dir}: {folder_problem(folder, e)}") from None
-    return f"sqlite:///{folder / 'study.db'}"
+        raise DeepscTuneError(f"--results-dir {folder.results_dir}: {folder_problem(folder.db.parent, e)}") from None
+    return folder.storage_url()
+
+
+#: The SQLite file :func:`open_storage` opened last: where a full disk stopped a write that
+#: does not name its file (SQLite's "database or disk is full"), see :func:`last_study_file`.
+_LAST_FILE: Path | None = None
+
+
+def last_study_file() -> Path | None:
+    """The SQLite study file this process opened last (``None``: none, or another database)."""
+    return _LAST_FILE
 
 
 def folder_problem(folder: Path, error: OSError) -> str:
@@ -62,6 +80,8 @@ def folder_problem(folder: Path, error: OSError) -> str:
         return f"cannot create {folder}: read-only file system"
     if error.errno == errno.EACCES:
         return f"cannot create {folder}: not writable (permission denied)"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot create {folder}: the disk is full (no space left on the device)"
     return f"cannot create {folder}: {error.strerror}"
 
 
@@ -96,16 +116,22 @@ def heartbeat_settings() -> tuple[int, int]:
     return interval, grace
 
 
-def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--storage") -> RDBStorage:
     """Open an Optuna RDB storage with heartbeats, so a killed worker's trials get failed.
 
     SQLite gets a long lock timeout so that several local workers queue instead of failing
     with "database is locked". An existing SQLite file is checked first
     (:func:`~deepsc_tune.study_file.check_study_file`): a damaged one is refused untouched, and
     one on read-only media is opened read-only for readers (``heartbeat=False``) and refused
-    for writers.
+    for writers. ``label`` names where the URL came from in messages (``--storage``,
+    ``DEEPSC_TUNE_STORAGE=``; ``None``: the default file under ``--results-dir``); no message
+    ever shows any part of the URL's password.
     """
+    where = redact(url) if not label else f"{label}{'' if label.endswith('=') else ' '}{redact(url)}"
+    check_credentials(url, where=where)
     url = check_study_file(with_driver(url), write=heartbeat)
+    global _LAST_FILE
+    _LAST_FILE = sqlite_file(url) or _LAST_FILE
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": SQLITE_TIMEOUT}
@@ -113,12 +139,15 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         engine_kwargs["pool_pre_ping"] = True
     kwargs: dict[str, Any] = {}
     if heartbeat:
+        quiet_heartbeats_on_full_disk()
         interval, grace = heartbeat_settings()
         kwargs = {
             "heartbeat_interval": interval,
             "grace_period": grace,
             "heartbeat_stale_trial_callback": requeue_stale_trial,
         }
+    db_file = sqlite_file(url)
+    existed = db_file is not None and db_file.exists()
     try:
         with warnings.catch_warnings(), _schema_lock(url):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -128,12 +157,25 @@ def open_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
         return storage
     except ImportError as e:
         raise DeepscTuneError(
-            f"--storage {redact(url)}: the database driver is missing ({e}); "
+            f"{where}: the database driver is missing ({scrub(str(e), url)}); "
             "for PostgreSQL: pip install 'deepsc-tune[postgres]'"
         ) from None
     except Exception as e:  # sqlalchemy's errors name the driver problem in their first line
+        full = disk_full(e, sqlite_file(url))
+        if full is not None:
+            _remove_if_new_and_empty(sqlite_file(url), existed)
+            raise full from None
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DeepscTuneError(f"--storage {redact(url)}: cannot open the study database: {first}") from None
+        raise DeepscTuneError(f"{where}: cannot open the study database: {scrub(first, url)}") from None
+
+
+def _remove_if_new_and_empty(db: Path | None, existed: bool) -> None:
+    """A study file this call created and could not fill (a full disk) is not left behind empty."""
+    if db is None or existed:
+        return
+    with contextlib.suppress(OSError):
+        if db.stat().st_size == 0:
+            db.unlink()
 
 
 @contextlib.contextmanager
@@ -214,13 +256,73 @@ def _use_wal(storage: RDBStorage) -> None:
 
 
 def redact(url: str) -> str:
-    """The storage URL without its password, for messages."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{host}"
-    return url
+    """The storage URL for messages, without any part of its password.
+
+    SQLAlchemy parses the URL and renders it with ``***`` for the password (and for a
+    ``?password=`` query parameter, which libpq reads too). A URL it cannot
+    parse, or one whose host still holds an ``@`` (a password with an unescaped ``@``:
+    ``u:p@ss@host`` parses as password ``p``, host ``ss@host``), shows nothing before the last
+    ``@`` but the scheme.
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - not a URL: the crude rule below
+        parsed = None
+    if parsed is not None and "@" not in (parsed.host or ""):
+        hidden = {k: "***" for k in parsed.query if "pass" in k.lower()}  # ?password=... (libpq)
+        return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+    if "@" not in url:
+        return url
+    head, _, tail = url.rpartition("@")
+    scheme = head.split("://", 1)[0] + "://" if "://" in head else ""
+    return f"{scheme}***@{tail}"
+
+
+def check_credentials(url: str, *, where: str) -> None:
+    """Refuse a URL whose password (or user name) holds an unescaped ``@``.
+
+    SQLAlchemy would take the text after the first ``@`` for the host and the driver would
+    print it in its error (a piece of the password).
+    """
+    from sqlalchemy.engine import make_url
+
+    try:
+        host = make_url(url).host or ""
+    except Exception:  # noqa: BLE001 - not a URL: open_storage says so
+        return
+    if "@" in host:
+        raise ConfigError(
+            f"{where}: the user name or password holds an '@'; write it as %40 in the URL "
+            "(percent-encoding: a@b -> a%40b)"
+        )
+
+
+def scrub(text: str, url: str) -> str:
+    """``text`` (a driver's message) with the URL's password, as given or decoded, as ``***``."""
+    from urllib.parse import quote, unquote
+
+    from sqlalchemy.engine import make_url
+
+    secrets: set[str] = set()
+    try:
+        parsed = make_url(url)
+        password = parsed.password
+        for key, value in parsed.query.items():
+            if "pass" in key.lower():
+                secrets |= {value} if isinstance(value, str) else set(value)
+    except Exception:  # noqa: BLE001 - not a URL: hide what sits between '://user:' and the last '@'
+        password = None
+        rest = url.split("://", 1)[-1]
+        if "@" in rest and ":" in rest.rpartition("@")[0]:
+            password = rest.rpartition("@")[0].split(":", 1)[1]
+    if password:
+        password = str(password)
+        secrets |= {password, quote(password, safe=""), unquote(password)}
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 _OPENED_ON: weakref.WeakKeyDictionary[optuna.Study, BaseStorage] = weakref.WeakKeyDictionary()

@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import __version__
 from deepsc_tune.backend import Finetuner
+from deepsc_tune.disk import FullDiskStop
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.objective import build_objective
 from deepsc_tune.progress import Progress
@@ -36,6 +37,7 @@ from deepsc_tune.search_space import SearchSpace
 from deepsc_tune.space_record import read_record, sqlite_folder, summary_attrs, write_record
 from deepsc_tune.start_lock import start_lock
 from deepsc_tune.storage import redact, remember, storage_of
+from deepsc_tune.study_folder import StudyFolder
 from deepsc_tune.trial_record import (
     BACKEND,
     CREATED_ON,
@@ -109,7 +111,7 @@ def open_study(
     study_name: str,
     data_fingerprint: str | None = None,
     worker: str | None = None,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check it was made from the same search space.
 
@@ -192,7 +194,7 @@ def _check_same_study(
     study_name: str,
     data_fingerprint: str | None,
     *,
-    record_dir: Path | None = None,
+    record_dir: StudyFolder | Path | None = None,
 ) -> None:
     stored = study.user_attrs
     how = f"start a new study with --study-name {study_name}-2 (or another name), or restore the original settings"
@@ -268,6 +270,8 @@ def run_study(
     KeyboardInterrupt
         Passed on after the running trial has been recorded as FAIL ("interrupted") and its
         parameters re-queued.
+    DiskFull
+        When a full disk stopped a trial (:class:`~deepsc_tune.disk.FullDiskStop`).
     """
     recovered: list[int] = []
     objective = build_objective(
@@ -281,6 +285,9 @@ def run_study(
     current: list[int] = []
     ended: list[FrozenTrial] = []
 
+    full_disk = FullDiskStop(study)
+
+    @full_disk.objective
     def tracked(trial: optuna.trial.Trial) -> float:
         current[:] = [trial.number]
         lock.release()  # the trial is RUNNING now and counts for everyone
@@ -316,7 +323,8 @@ def run_study(
             current.clear()
             ended.clear()
             try:
-                study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
+                with full_disk.optimizing():
+                    study.optimize(tracked, n_trials=1, catch=(Exception,), callbacks=callbacks)
             except KeyboardInterrupt:
                 if progress is not None:
                     progress.close()
@@ -347,13 +355,14 @@ def run_study(
     )
 
 
-def load_existing_study(*, storage: RDBStorage, study_name: str) -> optuna.Study:
-    """Load a study for reading, with a clear error when it does not exist."""
+def load_existing_study(*, storage: RDBStorage, study_name: str, run_args: str | None = None) -> optuna.Study:
+    """Load a study for reading, with a clear error when it does not exist (``run_args``: what
+    names it on the command line, e.g. ``pbmc68k --study-name pbmc68k-lr``; default the study's name)."""
     try:
         return remember(optuna.load_study(study_name=study_name, storage=storage), storage)
     except KeyError:
         names = optuna.get_all_study_names(storage)
         raise DeepscTuneError(
             f"no study '{study_name}' in {redact(storage.url)}; "
-            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {study_name}` first"
+            f"studies there: {', '.join(names) or '(none)'}; run `deepsc-tune run {run_args or study_name}` first"
         ) from None

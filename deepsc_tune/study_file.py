@@ -5,6 +5,8 @@ and may have written to it by then; on read-only media it cannot even read, beca
 wants to create its ``-shm`` file next to a write-ahead-log database. Here the file is checked
 first, read-only: a damaged file is reported and left untouched, and a study on read-only
 media is opened immutable for the commands that only read (``status``, ``best``, ``report``).
+On a full disk SQLite cannot create its ``-shm`` file either: that is said as a full disk, not
+as damage, and readers read the file immutable when its write-ahead log is empty.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+from deepsc_tune.disk import DiskFull, disk_is_full
 from deepsc_tune.errors import DeepscTuneError
 
 
@@ -57,6 +60,11 @@ def check_study_file(url: str, *, write: bool) -> str:
         return url
     can_write = writable(path.parent) and os.access(path, os.W_OK)
     problem = integrity_problem(path, immutable=not can_write)
+    if problem and disk_is_full(path):
+        # SQLite could not create or grow its -shm file: the disk is full, not the file damaged.
+        if not write and not _wal_pending(path) and integrity_problem(path, immutable=True) is None:
+            return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"  # readers read it as it is
+        raise DiskFull(path, "the study was left untouched; ")
     if problem:
         raise DeepscTuneError(
             f"{path} is damaged ({problem}); it was left untouched: restore a copy of it, or move "
@@ -71,6 +79,12 @@ def check_study_file(url: str, *, write: bool) -> str:
             "`status`, `best` and `report` read it where it is"
         )
     return f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
+
+
+def _wal_pending(path: Path) -> bool:
+    """Whether the write-ahead log beside ``path`` may hold commits not yet in the file."""
+    wal = Path(f"{path}-wal")
+    return wal.exists() and wal.stat().st_size > 0
 
 
 def integrity_problem(path: Path, *, immutable: bool = False) -> str | None:
@@ -90,5 +104,23 @@ def integrity_problem(path: Path, *, immutable: bool = False) -> str | None:
         if "locked" in str(e):  # busy, not damaged: let Optuna wait for it
             return None
         return str(e)
+    finally:
+        conn.close()
+
+
+def study_names(path: Path) -> list[str]:
+    """The names of the studies in the SQLite file ``path``, read without writing anything
+    beside it (``[]`` when it is not a readable study file)."""
+    # immutable: no -shm or -wal file is created next to another study's database; a file with
+    # a write-ahead log is read through it (its -shm exists while the writer has it open).
+    mode = "ro" if Path(f"{path}-wal").exists() else "ro&immutable=1"
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=30)
+    except sqlite3.Error:
+        return []
+    try:
+        return [str(r[0]) for r in conn.execute("SELECT study_name FROM studies").fetchall()]
+    except sqlite3.Error:
+        return []
     finally:
         conn.close()

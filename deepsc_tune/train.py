@@ -77,6 +77,7 @@ from deepsc_tune.train_settings import (  # noqa: F401
     MODELS,
     TRAIN_KEYS,
     TrainSettings,
+    device_problem,
 )
 
 #: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.
@@ -107,13 +108,9 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; an unavailable CUDA request is an error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FinetuneError(
-            f"finetune.device: {device!r} requested but CUDA is not available "
-            f"(torch {torch.__version__}); use 'auto' or 'cpu'"
-        )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise FinetuneError("finetune.device: 'mps' requested but MPS is not available")
+    why = device_problem(device)
+    if why:
+        raise FinetuneError(f"finetune.device: {device!r}: {why}")
     return torch.device(device)
 
 

@@ -76,6 +76,24 @@ def _device(raw: Any) -> str:
     return raw
 
 
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot train here (``None``: it can): a name torch does not know, or
+    CUDA/MPS that this machine does not have. Imports torch."""
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        return "expected auto, cpu, cuda or cuda:N"
+    import torch
+
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return f"CUDA is not available on this machine (torch {torch.__version__}); use auto or cpu"
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            return f"this machine has {torch.cuda.device_count()} CUDA device(s) (numbered from 0)"
+    if device == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available on this machine; use auto or cpu"
+    return None
+
+
 _AT_LEAST_1 = integer_field("an integer >= 1", 1)
 
 

@@ -1,4 +1,4 @@
-"""The tuned model: the best trial's weights kept under ``RESULTS_DIR/NAME/model/``, and predictions.
+"""The tuned model: the best trial's weights kept under ``RESULTS_DIR/STUDY/model/``, and predictions.
 
 Only the built-in fine-tuner has weights to keep. While a study runs, every finished (not pruned)
 run offers its best epoch's weights to a :class:`ModelKeeper`; they are written only when the run
@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune import __version__
+from deepsc_tune.disk import DiskFull, disk_full, disk_is_full
 from deepsc_tune.errors import ConfigError, DataError, DeepscTuneError
+from deepsc_tune.study_folder import StudyFolder, command_args
 
-MODEL_DIR = "model"
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
 CARD_FORMAT = 1
@@ -46,11 +47,6 @@ LABEL_COLUMN = "deepsc_tune_label"
 PROBABILITY_COLUMN = "deepsc_tune_probability"
 PROBABILITIES_KEY = "deepsc_tune_probabilities"
 UNS_KEY = "deepsc_tune"
-
-
-def model_dir(results_dir: Path, name: str) -> Path:
-    """``RESULTS_DIR/NAME/model``."""
-    return Path(results_dir) / name / MODEL_DIR
 
 
 @contextlib.contextmanager
@@ -79,7 +75,7 @@ class ModelKeeper:
     Parameters
     ----------
     folder
-        ``RESULTS_DIR/NAME/model``.
+        ``RESULTS_DIR/STUDY/model`` (:attr:`StudyFolder.model`).
     study_name, metric
         Recorded in the card; ``metric`` is the value runs are compared on.
     data
@@ -154,15 +150,40 @@ class ModelKeeper:
             return True
 
 
+def rehome_model(folder: StudyFolder) -> Path | None:
+    """Move another study's model out of ``folder.model`` into that study's own folder (where it
+    is kept since each study has its own), so that this study's runs do not replace it. Returns
+    where it went, or ``None`` when there was nothing to move (or that folder has a model)."""
+    card = read_card(folder.model)
+    other = card.get("study") if card is not None else None
+    if not other or other == folder.name or not isinstance(other, str) or "/" in other:
+        return None
+    target = StudyFolder(folder.results_dir, other).model
+    if target.exists():
+        return None
+    with _locked(folder.model):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder.model, target)
+    return target
+
+
 def _write(folder: Path, state: Mapping[str, Any], card: Mapping[str, Any]) -> None:
     """Write into a fresh folder beside ``folder``, then swap it in whole."""
     import torch
 
     tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS_FILE)
-    (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    try:
+        tmp.mkdir(parents=True)
+        torch.save({k: v.detach().cpu() for k, v in state.items()}, tmp / WEIGHTS_FILE)
+        (tmp / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)  # the kept model is untouched
+        # torch says only "file write failed" when the disk is full.
+        full = disk_full(e, tmp / WEIGHTS_FILE) or (DiskFull(tmp / WEIGHTS_FILE) if disk_is_full(tmp.parent) else None)
+        if full is not None:
+            raise full from None
+        raise
     old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
     if folder.exists():
         os.replace(folder, old)
@@ -184,6 +205,34 @@ class TunedModel:
     batch_size: int
 
 
+def study_model(folder: StudyFolder, *, space_name: str | None = None) -> Path:
+    """The model folder of study ``folder.name``: its own (``RESULTS_DIR/STUDY/model``), else, for
+    a study from before, the old folder's when its card names this study.
+
+    Raises
+    ------
+    DeepscTuneError
+        When the only model found is another study's (kept in a shared folder before each study
+        had its own), instead of predicting with it.
+    """
+    others = []
+    for path in folder.models:
+        card = read_card(path)
+        if card is None:
+            continue
+        if card.get("study") == folder.name:
+            return path
+        others.append((path, card.get("study")))
+    if others:
+        path, study = others[0]
+        raise DeepscTuneError(
+            f"the model in {path} is study '{study}'s, not study '{folder.name}'s (kept there before each "
+            f"study had its own folder); predict with --study-name {study} to use it; this study's "
+            f"next trials (`deepsc-tune run {command_args(space_name or 'NAME', folder.name, space_name)}`) keep its own in {folder.model}"
+        )
+    return folder.model
+
+
 def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -> TunedModel:
     """Rebuild the kept model from ``weights.pt`` and ``model.json``.
 
@@ -192,7 +241,6 @@ def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -
     DeepscTuneError
         No model in ``folder`` (or one this version cannot read).
     """
-    import torch
 
     from deepsc_tune.train import TrainSettings, build_model, resolve_device
 
@@ -206,17 +254,72 @@ def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -
     if not folder.parent.is_dir():  # nothing to lock, and nothing to create
         raise missing
     with _locked(folder):
-        card = read_card(folder)
-        if card is None or not (folder / WEIGHTS_FILE).is_file():
+        if not (folder / CARD_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise missing
-        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        card = _checked_card(folder / CARD_FILE)
+        state = _weights(folder / WEIGHTS_FILE)
     settings = {k: v for k, v in card["settings"].items() if k != "init_checkpoint"}
     train_settings = TrainSettings.from_dict(settings, source=f"{folder / CARD_FILE}: settings")
     model = build_model(train_settings, n_genes=len(card["genes"]), n_classes=len(card["classes"]))
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # tensors of another model (names or shapes)
+        raise DeepscTuneError(
+            f"{folder / WEIGHTS_FILE}: does not match {CARD_FILE} beside it ({str(e).splitlines()[0][:200]}); "
+            f"{_RESTORE}"
+        ) from None
     dev = resolve_device(device)
     model.to(dev).eval()
     return TunedModel(model=model, card=card, device=dev, batch_size=train_settings.eval_batch_size)
+
+
+_RESTORE = "restore the model folder from a copy, or run the study again into a new --results-dir"
+#: What :func:`load_model` and :func:`predict_file` read from ``model.json``, and its type.
+CARD_KEYS = {
+    "study": str,
+    "trial": int,
+    "metric": str,
+    "value": (int, float),
+    "settings": dict,
+    "data": dict,
+    "genes": list,
+    "classes": list,
+}
+
+
+def _checked_card(path: Path) -> dict[str, Any]:
+    """``model.json``, with a one-line error naming the file when it cannot be used."""
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise DeepscTuneError(f"{path}: not UTF-8 text; the model card is damaged: {_RESTORE}") from None
+    except ValueError as e:
+        raise DeepscTuneError(f"{path}: not valid JSON ({e}); the model card is damaged: {_RESTORE}") from None
+    if not isinstance(card, dict):
+        raise DeepscTuneError(f"{path}: expected a JSON object, got {type(card).__name__}; {_RESTORE}")
+    if card.get("format") != CARD_FORMAT:
+        raise DeepscTuneError(
+            f"{path}: format {card.get('format')!r}; this deepsc-tune ({__version__}) reads format "
+            f"{CARD_FORMAT}: use the version that wrote it, or run the study again"
+        )
+    for key, kind in CARD_KEYS.items():
+        if not isinstance(card.get(key), kind) or isinstance(card.get(key), bool):
+            raise DeepscTuneError(f"{path}: {key}: missing or not a {getattr(kind, '__name__', 'number')}; {_RESTORE}")
+    return card
+
+
+def _weights(path: Path) -> dict[str, Any]:
+    """``weights.pt`` as a state dict, with a one-line error naming the file when it cannot be read."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated, damaged, or not a torch file: one line
+        first = (str(e).splitlines() or [type(e).__name__])[0].split(". ")[0][:200]
+        raise DeepscTuneError(f"{path}: cannot read the model's weights ({first}); {_RESTORE}") from None
+    if not isinstance(state, dict):
+        raise DeepscTuneError(f"{path}: expected a state dict (names to tensors); {_RESTORE}")
+    return state
 
 
 @dataclass
@@ -240,10 +343,21 @@ def default_output(query: Path) -> Path:
     return query.with_name(f"{query.name.removesuffix('.h5ad')}.predicted.h5ad")
 
 
-def check_output(query: Path, out: Path, *, overwrite: bool) -> None:
-    """Refuse to write over the query, or over an existing file without ``overwrite``."""
+def check_query(query: Path) -> None:
+    """The query must be an existing file (a folder is said to be one)."""
+    if Path(query).is_dir():
+        raise DataError(f"query: {query} is a folder; expected an .h5ad file of cells to annotate")
     if not Path(query).is_file():
         raise DataError(f"query: file not found: {query}; expected an .h5ad file of cells to annotate")
+
+
+def check_output(query: Path, out: Path, *, overwrite: bool) -> None:
+    """Refuse to write over the query, over a folder, or over an existing file without ``overwrite``."""
+    check_query(query)
+    if out.is_dir():
+        raise ConfigError(
+            f"--out: {out} is a folder; expected the new file's path, e.g. {out / default_output(query).name}"
+        )
     if out.suffix != ".h5ad":
         raise ConfigError(f"--out: {out} does not end in .h5ad; expected the new file's path")
     if out.exists() and out.resolve() == Path(query).resolve():
@@ -252,6 +366,24 @@ def check_output(query: Path, out: Path, *, overwrite: bool) -> None:
         raise ConfigError(f"--out: {out} exists; choose another path or pass --overwrite")
     if not out.parent.is_dir():
         raise ConfigError(f"--out: folder {out.parent} does not exist; expected an existing folder")
+
+
+def _write_output(adata: Any, out: Path) -> None:
+    """Write ``adata`` to a hidden file beside ``out``, then move it there; nothing is left
+    behind when that fails (a full disk, a folder in the way)."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        adata.write_h5ad(tmp)
+        os.replace(tmp, out)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        full = disk_full(e, out) if isinstance(e, Exception) else None
+        if full is not None:
+            raise DiskFull(full.path, f"{out} was not written; ", elsewhere="--out") from None
+        if isinstance(e, OSError):
+            raise DeepscTuneError(f"--out {out}: cannot write it: {e.strerror or e}") from None
+        raise
 
 
 def predict_file(
@@ -287,8 +419,7 @@ def predict_file(
 
     query = Path(query)
     out = Path(out) if out is not None else default_output(query)
-    if not query.is_file():
-        raise DataError(f"query: file not found: {query}; expected an .h5ad file of cells to annotate")
+    check_query(query)
     tuned = load_model(folder, device=device, name=name)
     check_output(query, out, overwrite=overwrite)
     card = tuned.card
@@ -326,9 +457,7 @@ def predict_file(
         if n_scored:
             accuracy = float(np.mean(np.asarray(classes, dtype=object)[pred[known]] == text[known]))
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    adata.write_h5ad(tmp)
-    os.replace(tmp, out)
+    _write_output(adata, out)
     return Prediction(
         out=out,
         n_cells=adata.n_obs,

@@ -1,8 +1,9 @@
 """YAML files as users write them: UTF-8 text, no key given twice, one-line errors naming the line.
 
 PyYAML's safe loader, except that a key repeated in one mapping is an error (PyYAML silently
-keeps the last), and every failure is a :class:`~deepsc_tune.errors.ConfigError` naming the file,
-line and column.
+keeps the last), a document that aliases expand beyond :data:`MAX_NODES` values (an anchor
+bomb, "billion laughs") or into a cycle is refused before it is built, and every failure is a
+:class:`~deepsc_tune.errors.ConfigError` naming the file, line and column.
 """
 
 from __future__ import annotations
@@ -37,13 +38,78 @@ def read_yaml_text(path: Path) -> str:
         ) from None
 
 
+#: The most values (scalars, lists, mappings) a document may hold once every alias is expanded.
+#: A search space has a few hundred; nine levels of nine aliases would make 387 million.
+MAX_NODES = 100_000
+
+
+class _TooBig(Exception):
+    """The document's aliases expand beyond :data:`MAX_NODES` values, or into a cycle."""
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
+    """Values in ``node`` with every alias expanded (stops counting above :data:`MAX_NODES`)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_nodes:
+        raise _TooBig(f"an alias refers to a value that holds it (line {node.start_mark.line + 1})")
+    open_nodes.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = list(node.value)
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo, open_nodes)
+        if total > MAX_NODES:
+            break
+    open_nodes.discard(key)
+    memo[key] = total
+    return total
+
+
+class _LimitedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing documents whose aliases expand too far (:class:`_TooBig`).
+
+    Aliases share one node while composing, so the check is cheap; it runs before any Python
+    object is built, where a bomb would take all memory.
+    """
+
+    def get_single_data(self) -> Any:
+        node = self.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_NODES:
+            raise _TooBig(f"its aliases (*name) expand to more than {MAX_NODES} values; write the values out")
+        return self.construct_document(node)
+
+
+def load_value(text: str, *, source: str) -> Any:
+    """One YAML value (a command-line override's), with the same limits as a file.
+
+    Raises
+    ------
+    yaml.YAMLError
+        When ``text`` is not YAML (callers may take it as a plain string).
+    ConfigError
+        When its aliases expand too far.
+    """
+    try:
+        return yaml.load(text, Loader=_LimitedLoader)  # a SafeLoader subclass
+    except _TooBig as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
 class _DuplicateKey(Exception):
     def __init__(self, key: Any, first: int, second: int) -> None:
         super().__init__(key)
         self.key, self.first, self.second = key, first, second
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(_LimitedLoader):
     """PyYAML's safe loader, but a key given twice in one mapping is an error, not "last wins"."""
 
 
@@ -69,7 +135,8 @@ _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
 def load_mapping(text: str, *, source: str, keys: Sequence[str]) -> dict[str, Any]:
     """Parse YAML text into a mapping, with a one-line error naming the line.
 
-    A key repeated in one mapping is refused, naming both lines (PyYAML keeps the last). ``keys``
+    A key repeated in one mapping is refused, naming both lines (PyYAML keeps the last), and so
+    is a document that aliases expand beyond :data:`MAX_NODES` values or into a cycle. ``keys``
     are the top-level keys the file should have, named when it is empty or not a mapping.
     """
     try:
@@ -79,6 +146,8 @@ def load_mapping(text: str, *, source: str, keys: Sequence[str]) -> dict[str, An
             f"{source}: duplicate key {e.key!r} on line {e.first} and line {e.second}; "
             "keep one (YAML would silently use the last)"
         ) from None
+    except _TooBig as e:
+        raise ConfigError(f"{source}: refused: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -29,7 +29,7 @@ def test_search_space_carries_typed_settings():
     space = build_search_space({"name": "s", "data": {**DATA, "val_fraction": "0.2"}, "finetune": {"epoch": "3"}})
     assert space.data_settings == DataSettings.from_dict({**DATA, "val_fraction": 0.2})
     assert isinstance(space.settings, TrainSettings) and space.settings.epoch == 3
-    assert space.fixed == {"epoch": "3"}  # as written: the trials' settings records are unchanged
+    assert space.fixed == {"epoch": 3}  # typed: trials store the validated value, not the text
     finetune = {"backend": "command", "command": [sys.executable, "train.py"], "epoch": "1e1"}
     space = build_search_space({"name": "c", "data": DATA, "finetune": finetune})
     assert isinstance(space.settings, CommandSettings) and space.fixed == {"epoch": 10.0}

@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -89,27 +90,29 @@ def counts(n: int = 90, g: int = 30, seed: int = 0) -> np.ndarray:
 
 
 def snapshot(results: Path) -> object:
-    """Every study's trials as (number, state, params, value), or the file's hash if unreadable.
+    """Every study's trials as (number, state, params, value), from every study folder's
+    database (``RESULTS/STUDY/study.db``), or a file's hash where it is unreadable.
 
     Read through Optuna's public API; a file Optuna cannot read (a damaged database) is
     compared byte for byte instead.
     """
-    db = results / NAME / "study.db"
-    if not db.exists():
+    dbs = sorted(results.glob("*/study.db"))
+    if not dbs:
         return None
-    url = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only: the snapshot itself never writes
-    try:
-        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+    out: dict[object, object] = {}
+    for db in dbs:
+        url = f"sqlite:///file:{db}?mode=ro&uri=true"  # read-only: the snapshot itself never writes
         try:
-            out = {}
-            for summary in optuna.get_all_study_summaries(storage):
-                study = optuna.load_study(study_name=summary.study_name, storage=storage)
-                out[summary.study_name] = [(t.number, t.state.name, t.params, t.value) for t in study.trials]
-            return out
-        finally:
-            storage.engine.dispose()
-    except Exception:  # noqa: BLE001 - a damaged file: compare its bytes
-        return ("bytes", hashlib.sha256(db.read_bytes()).hexdigest())
+            storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True, skip_table_creation=True)
+            try:
+                for summary in optuna.get_all_study_summaries(storage):
+                    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+                    out[summary.study_name] = [(t.number, t.state.name, t.params, t.value) for t in study.trials]
+            finally:
+                storage.engine.dispose()
+        except Exception:  # noqa: BLE001 - a damaged file: compare its bytes
+            out[("bytes", db.parent.name)] = hashlib.sha256(db.read_bytes()).hexdigest()
+    return out
 
 
 @contextlib.contextmanager
@@ -129,6 +132,56 @@ def read_only(folder: Path) -> Iterator[None]:
     finally:
         # Lazy: the in-process command may still hold the database open in a connection pool.
         subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)
+
+
+def fill(folder: Path) -> None:
+    """Write ``folder/.filler`` until the device holding it is full."""
+    fd = os.open(folder / ".filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        for chunk in (65536, 4096, 512):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+
+
+def _idle_sqlite_files(where: str, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith("-shm") or (n.endswith("-wal") and not os.path.getsize(Path(where, n)))]
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path, size: str = "4m", *, filled: bool = True) -> Iterator[None]:
+    """``folder`` on a small tmpfs, filled up: the real thing for the code (ENOSPC, SQLite's
+    "database or disk is full"). Its content is copied in and back out. Needs mount rights
+    (root with CAP_SYS_ADMIN); without them the case is skipped with that reason."""
+    stash = folder.with_name(f"{folder.name}.stash")
+    folder.rename(stash)
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        folder.rmdir()
+        stash.rename(folder)
+        pytest.skip(f"cannot simulate a full disk (mount -t tmpfs needs root): {done.stderr.strip()}")
+    try:
+        # Without the -shm file (and an empty -wal) that the snapshot's read-only open left,
+        # as SQLite leaves a database nobody has open: SQLite must create it on the full disk.
+        shutil.copytree(stash, folder, dirs_exist_ok=True, ignore=_idle_sqlite_files)
+        if filled:
+            fill(folder)
+        yield
+    finally:
+        (folder / ".filler").unlink(missing_ok=True)
+        shutil.rmtree(stash)
+        shutil.copytree(folder, stash)
+        subprocess.run(["umount", "-l", str(folder)], check=True, capture_output=True)
+        folder.rmdir()
+        stash.rename(folder)
 
 
 def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None):
@@ -152,6 +205,8 @@ def prepared(tmp_path_factory) -> Path:
     # Fold the write-ahead log into the file, so that each copy is one self-contained file.
     with contextlib.closing(sqlite3.connect(base / "results" / NAME / "study.db")) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    for suffix in ("-wal", "-shm"):  # as SQLite leaves a study nobody has open (the log is empty)
+        (base / "results" / NAME / f"study.db{suffix}").unlink(missing_ok=True)
     trials = snapshot(base / "results")[NAME]
     assert [t[1] for t in trials] == ["COMPLETE", "COMPLETE"], trials
     assert "new study, target 2 finished" in result.stdout  # nothing queued in this space
@@ -180,7 +235,17 @@ class Case:
     setup: Callable[[Path], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     read_only: str | None = None  # a folder to put on read-only media during the command
+    full_disk: str | None = None  # a folder to put on a full disk during the command
     hidden: list[str] = field(default_factory=list)  # must not appear anywhere (passwords)
+    absent: list[str] = field(default_factory=list)  # paths (globs, from the case folder) left behind by nobody
+    skip: Callable[[], str | None] | None = None  # a reason to skip the case on this machine
+    quiet: bool = False  # exit 0 with nothing on stderr and no warning raised
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Callable[[Path], None]:
@@ -192,6 +257,21 @@ def space_with(extra: str = "", replace: tuple[str, str] | None = None) -> Calla
         (d / "bad.yaml").write_text(text + extra)
 
     return setup
+
+
+def anchor_bomb(indent: str) -> str:
+    """Billion laughs: nine levels of nine aliases, 387 million strings once expanded."""
+    lines = [f"{indent}a0: &a0 [{', '.join(['lol'] * 9)}]"]
+    lines += [f"{indent}a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    return "\n".join(lines) + "\n"
+
+
+TAGS_BOMB = f"  tracking:\n    mlflow:\n      tags:\n{anchor_bomb('        ')}"
+INLINE_BOMB = (
+    "[&a [1,2,3,4,5,6,7,8,9,10], "
+    + ", ".join(f"&{b} [{','.join([f'*{a}'] * 10)}]" for a, b in zip("abcde", "bcdef"))
+    + ", [*f,*f]]"
+)
 
 
 def write(rel: str, content: bytes | str) -> Callable[[Path], None]:
@@ -229,10 +309,25 @@ def corrupt_middle(d: Path) -> None:
 
 
 def study_without_completed_trial(d: Path) -> None:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{d / 'results' / NAME / 'study.db'}")
+    (d / "results" / "empty").mkdir(parents=True)  # its own folder, as `run --study-name empty` makes
+    storage = optuna.storages.RDBStorage(f"sqlite:///{d / 'results' / 'empty' / 'study.db'}")
     study = optuna.create_study(study_name="empty", storage=storage)
     study.enqueue_trial({"learning_rate": 1e-3})
     storage.engine.dispose()
+
+
+def truncate(rel: str, size: int) -> Callable[[Path], None]:
+    def setup(d: Path) -> None:
+        path = d / rel
+        path.write_bytes(path.read_bytes()[:size])
+
+    return setup
+
+
+def some_zero_cells() -> tuple[np.ndarray, None]:
+    x = counts()
+    x[:5] = 0
+    return x, None
 
 
 def fresh_results(d: Path) -> None:
@@ -243,6 +338,8 @@ def fresh_results(d: Path) -> None:
 RUN = ["run", f"{NAME}.yaml", "--results-dir", "results"]
 BAD = ["run", "bad.yaml", "--results-dir", "results"]
 DATA = "data.train=data/bad.h5ad"
+PREDICT = ["predict", f"{NAME}.yaml", "data/train.h5ad", "--results-dir", "results"]
+NO_OUTPUT = ["data/*.predicted.h5ad", "data/.*tmp*", ".*tmp*"]  # nothing written, no temporary file left
 
 CASES = [
     # --- the search-space file
@@ -267,6 +364,33 @@ CASES = [
         ["bad.yaml", "not UTF-8", "line 2"],
         write("bad.yaml", SPACE.replace("tiny synthetic", "caf\xe9").encode("latin-1")),
     ),
+    # An anchor bomb is refused while the YAML is read, before it takes all memory.
+    Case(
+        "yaml-anchor-bomb-in-tracking-tags",
+        BAD,
+        2,
+        ["bad.yaml", "aliases", "expand to more than 100000 values"],
+        space_with(replace=("  pruner: {type: none}\n", "  pruner: {type: none}\n" + TAGS_BOMB)),
+    ),
+    Case(
+        "yaml-anchor-bomb-validate",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "aliases", "expand to more than 100000 values"],
+        space_with(
+            replace=("description: tiny synthetic study for the fault battery\n", "description:\n" + anchor_bomb("  "))
+        ),
+    ),
+    Case(
+        "yaml-recursive-alias",
+        ["validate", "bad.yaml"],
+        2,
+        ["bad.yaml", "alias", "line 17"],
+        space_with(
+            replace=("  lr_scheduler_type: {choices: [constant, cosine]}", "  lr_scheduler_type: &c {choices: [*c]}")
+        ),
+    ),
+    Case("override-anchor-bomb", [*RUN, f"description={INLINE_BOMB}"], 2, ["override 'description=...'", "aliases"]),
     Case("yaml-malformed", BAD, 2, ["bad.yaml", "malformed YAML", "line"], space_with("search: [unclosed\n")),
     Case("yaml-empty", BAD, 2, ["bad.yaml", "empty"], write("bad.yaml", "")),
     Case("yaml-a-list", BAD, 2, ["bad.yaml", "expected a mapping", "list"], write("bad.yaml", "- a\n- b\n")),
@@ -295,6 +419,33 @@ CASES = [
     Case("yaml-unknown-sampler", [*RUN, "study.sampler.type=magic"], 2, ["study.sampler", "magic"]),
     Case("override-without-equals", [*RUN, "finetune.epoch"], 2, ["finetune.epoch", "key=value"]),
     Case("override-unknown-key", [*RUN, "finetune.colour=red"], 2, ["finetune.colour"]),
+    # An unknown key made by an override is the override's, not the file's.
+    Case("override-unknown-nested-key", [*RUN, "foo.bar=1"], 2, ["command-line override", "foo.bar=1"]),
+    Case("override-unknown-search-key", [*RUN, "search.foo.low=1"], 2, ["command-line override", "search.foo.low=1"]),
+    # A study's name is its folder under --results-dir: one plain folder name, nothing written.
+    Case(
+        "name-parent-folder",
+        BAD,
+        2,
+        ["bad.yaml", "name", "'..'", "folder name"],
+        space_with(replace=(f"name: {NAME}", "name: ..")),
+        absent=["study.db", "results/study.db", "results/model", "results/trials"],
+    ),
+    Case("name-hidden", BAD, 2, ["bad.yaml", "name", "'.x'"], space_with(replace=(f"name: {NAME}", "name: .x"))),
+    Case("study-name-parent-folder", [*RUN, "--study-name", "../x"], 2, ["--study-name", "'../x'", "folder name"]),
+    Case("study-name-empty", [*RUN, "--study-name", ""], 2, ["--study-name", "''"]),
+    Case(
+        "study-name-path-status",
+        ["status", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "a/b"],
+        2,
+        ["--study-name", "'a/b'"],
+    ),
+    Case(
+        "repeat-study-name-backslash",
+        ["repeat", f"{NAME}.yaml", "--results-dir", "results", "--study-name", "a\\b"],
+        2,
+        ["--study-name"],
+    ),
     Case("space-file-missing", ["run", "nope.yaml", "--results-dir", "results"], 2, ["nope.yaml"]),
     Case("space-is-a-folder", ["run", "data", "--results-dir", "results"], 2, ["data"]),
     Case(
@@ -340,6 +491,69 @@ CASES = [
     ),
     Case("data-one-class", [*RUN, DATA], 1, ["bad.h5ad", "class"], data_file(lambda: (counts(), ["A"] * 90))),
     Case("data-val-fraction-out-of-range", [*RUN, "data.val_fraction=1.5"], 2, ["data.val_fraction", "1.5"]),
+    Case(
+        "data-some-all-zero-cells",
+        ["finetune", f"{NAME}.yaml", DATA, "--results-dir", "results"],
+        0,
+        ["data: normalisation", "cells have all-zero counts"],
+        data_file(some_zero_cells),
+        quiet=True,
+    ),
+    # --- predict: the kept model and the query
+    Case(
+        "predict-truncated-weights",
+        PREDICT,
+        1,
+        [f"results/{NAME}/model/weights.pt", "cannot read the model's weights", "restore"],
+        truncate(f"results/{NAME}/model/weights.pt", 1000),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-corrupt-model-json",
+        PREDICT,
+        1,
+        [f"results/{NAME}/model/model.json", "not valid JSON", "line"],
+        truncate(f"results/{NAME}/model/model.json", 300),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-zero-cells",
+        ["predict", f"{NAME}.yaml", "data/bad.h5ad", "--results-dir", "results"],
+        1,
+        ["bad.h5ad", "0 cells"],
+        data_file(lambda: (np.zeros((0, 30)), [])),
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-query-is-a-folder",
+        ["predict", f"{NAME}.yaml", "data", "--results-dir", "results"],
+        1,
+        ["query: data is a folder"],
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-out-is-a-folder",
+        [*PREDICT, "--out", "out.h5ad", "--overwrite"],
+        2,
+        ["--out", "out.h5ad is a folder"],
+        write("out.h5ad/keep", "x"),
+        absent=[*NO_OUTPUT, ".out.h5ad*"],
+    ),
+    Case(
+        "predict-out-is-a-folder-without-suffix",
+        [*PREDICT, "--out", "data"],
+        2,
+        ["--out", "data is a folder"],
+        absent=NO_OUTPUT,
+    ),
+    Case(
+        "predict-some-all-zero-cells",
+        ["predict", f"{NAME}.yaml", "data/bad.h5ad", "--results-dir", "results"],
+        0,
+        ["5 of 90 cells have all-zero counts", "wrote data/bad.predicted.h5ad"],
+        data_file(some_zero_cells),
+        quiet=True,
+    ),
     # --- storage
     Case("storage-unknown-scheme", [*RUN, "--storage", "nosuchdb://x/y"], 1, ["--storage", "nosuchdb://"]),
     Case(
@@ -348,6 +562,43 @@ CASES = [
         1,
         ["--storage", "127.0.0.1:1", "cannot open"],
         hidden=["s3cret"],
+    ),
+    Case(
+        "storage-password-with-at",
+        [*RUN, "--storage", "postgresql+psycopg://u:Xq7@Zr9@127.0.0.1:1/db"],
+        2,
+        ["--storage", "127.0.0.1:1/db", "'@'", "%40"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
+        "storage-password-in-query",
+        [*RUN, "--storage", "postgresql+psycopg://u@127.0.0.1:1/db?password=Xq7Zr9"],
+        1,
+        ["--storage", "127.0.0.1:1/db", "password=***", "cannot open"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
+        "storage-unparsable-with-password",
+        [*RUN, "--storage", "postgres:/u:Xq7Zr9@127.0.0.1/db"],
+        1,
+        ["--storage", "127.0.0.1/db", "cannot open"],
+        hidden=["Xq7", "Zr9"],
+    ),
+    Case(
+        "storage-env-garbage",
+        RUN,
+        1,
+        ["DEEPSC_TUNE_STORAGE=garbage", "cannot open"],
+        env={"DEEPSC_TUNE_STORAGE": "garbage"},
+        hidden=["--storage"],
+    ),
+    Case(
+        "storage-env-garbage-status",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        ["DEEPSC_TUNE_STORAGE=", "cannot open"],
+        env={"DEEPSC_TUNE_STORAGE": "mysql+nosuchdriver://u:Xq7Zr9@h/db"},
+        hidden=["--storage", "Xq7", "Zr9"],
     ),
     Case(
         "storage-sqlite-folder-missing",
@@ -383,6 +634,44 @@ CASES = [
         ["best", f"{NAME}.yaml", "--results-dir", "results", "--format", "xml"],
         2,
         ["--format", "xml"],
+    ),
+    # --- devices: refused before the study is opened (it held 2 trials and got 5 before)
+    Case(
+        "device-cuda-without-gpu",
+        [*RUN, "study.n_trials=5", "--device", "cuda"],
+        2,
+        ["--device cuda", "CUDA is not available"],
+        skip=lambda: "this machine has CUDA" if cuda_available() else None,
+    ),
+    Case("device-cuda-index-absent", [*RUN, "study.n_trials=5", "--device", "cuda:99"], 2, ["--device cuda:99"]),
+    Case("device-unknown-name", [*RUN, "study.n_trials=5", "--device", "gpu"], 2, ["--device gpu", "expected"]),
+    Case(
+        "device-in-override",
+        [*RUN, "study.n_trials=5", "finetune.device=cuda:99"],
+        2,
+        ["command-line override finetune.device=cuda:99"],
+    ),
+    Case(
+        "device-in-file",
+        [*BAD, "study.n_trials=5"],
+        2,
+        ["bad.yaml", "finetune.device cuda:99"],
+        space_with(replace=("  seed: 0\n", "  seed: 0\n  device: cuda:99\n")),
+    ),
+    Case(
+        "device-repeat",
+        ["repeat", f"{NAME}.yaml", "--results-dir", "results", "--device", "cuda:99"],
+        2,
+        ["--device cuda:99"],
+    ),
+    Case("device-finetune", ["finetune", f"{NAME}.yaml", "device=cuda:99"], 2, ["device=cuda:99"]),
+    Case("device-lr-find", ["lr-find", f"{NAME}.yaml", "--device", "cuda:99"], 2, ["--device cuda:99"]),
+    Case(
+        "device-predict",
+        ["predict", f"{NAME}.yaml", "data/train.h5ad", "--device", "cuda:99"],
+        2,
+        ["--device cuda:99"],
+        absent=["data/*.predicted.h5ad"],
     ),
     Case("heartbeat-not-a-number", RUN, 2, ["DEEPSC_TUNE_HEARTBEAT", "abc"], env={"DEEPSC_TUNE_HEARTBEAT": "abc"}),
     Case("workers-zero", [*RUN, "--workers", "0"], 2, ["--workers 0"]),
@@ -439,6 +728,70 @@ CASES = [
         ["elsewhere/report.html"],
         read_only="results",
     ),
+    # --- a full disk: said as such (never "damaged"), naming the path; nothing stored changes
+    Case(
+        "disk-full-run-existing-study",
+        [*RUN, "study.n_trials=3"],
+        1,
+        [f"results/{NAME}/study.db", "the disk is full"],
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-new-study-in-existing-file",
+        [*RUN, "--study-name", "other"],
+        1,
+        ["results/other/study.db", "the disk is full"],  # a study of its own: its own folder
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-new-results-dir",
+        ["run", f"{NAME}.yaml", "--results-dir", "results/new"],
+        1,
+        ["results/new", "the disk is full"],
+        full_disk="results",
+    ),
+    Case(
+        "disk-full-status-still-reads",
+        ["status", f"{NAME}.yaml", "--results-dir", "results"],
+        0,
+        ["complete 2"],
+        full_disk="results",
+    ),
+    Case(
+        "disk-full-repeat",
+        ["repeat", f"{NAME}.yaml", "--results-dir", "results", "--top", "1", "--seeds", "1"],
+        1,
+        [f"results/{NAME}/study.db", "the disk is full"],
+        full_disk="results",
+        hidden=["damaged"],
+    ),
+    Case(
+        "disk-full-report",
+        ["report", f"{NAME}.yaml", "--results-dir", "results"],
+        1,
+        [f"results/{NAME}/report.html", "the disk is full", "--out"],
+        full_disk="results",
+        absent=[f"results/{NAME}/.report.html*"],
+    ),
+    Case(
+        "disk-full-new-data-cache",  # the study elsewhere, the data cache on the full disk
+        [*RUN, DATA, "--storage", "sqlite:///side.db"],
+        1,
+        ["results/cache/data-", "the disk is full"],
+        data_file(lambda: (counts(seed=1), None)),
+        full_disk="results",
+        absent=["results/cache/.*tmp"],
+    ),
+    Case(
+        "disk-full-predict-output",
+        [*PREDICT, "--out", "results/o.h5ad"],
+        1,
+        ["results/o.h5ad", "the disk is full", "not written", "another --out"],
+        full_disk="results",
+        absent=["results/o.h5ad", "results/.o.h5ad*"],
+    ),
 ]
 
 
@@ -448,10 +801,17 @@ def test_the_table_is_big_enough():
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_fault(case: Case, case_dir: Path):
+    if case.skip and (why := case.skip()):
+        pytest.skip(why)
     if case.setup:
         case.setup(case_dir)
     before = snapshot(case_dir / "results")
-    with read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext():
+    with (
+        read_only(case_dir / case.read_only) if case.read_only else contextlib.nullcontext(),
+        full_disk(case_dir / case.full_disk) if case.full_disk else contextlib.nullcontext(),
+        warnings.catch_warnings(record=True) as raised,
+    ):
+        warnings.simplefilter("always")
         result = cli(case.args, case_dir, env=case.env or None)
     after = snapshot(case_dir / "results")
     everything = result.output
@@ -461,11 +821,16 @@ def test_fault(case: Case, case_dir: Path):
     assert before == after, "the stored trials changed"
     for secret in case.hidden:
         assert secret not in everything
+    for pattern in case.absent:
+        assert not list(case_dir.glob(pattern)), f"{pattern} left behind"
     if case.id.startswith("storage-"):
         assert "data:" not in result.stdout, "a bad --storage must fail before the data are prepared"
     if case.code == 0:
         for text in case.says:
             assert text in result.stdout, result.stdout
+        if case.quiet:
+            assert not result.stderr.strip(), result.stderr
+            assert not [w for w in raised if not issubclass(w.category, DeprecationWarning)], [str(w) for w in raised]
         return
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -638,3 +1003,83 @@ def test_four_processes_open_a_new_sqlite_file_at_once(tmp_path: Path):
         for p in procs:
             p.join(timeout=60)
         assert [results.get(timeout=5) for _ in procs] == ["ok"] * 4
+
+
+# ----------------------------------------------------------------------------- a disk that fills up
+
+
+MID = [*RUN, "--study-name", "mid", "finetune.epoch=3", "study.n_trials=2"]
+
+
+def one_line(result, *texts: str) -> str:
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for text in texts:
+        assert text in lines[0], lines[0]
+    return lines[0]
+
+
+def test_disk_fills_up_during_a_trial(case_dir: Path, monkeypatch):
+    """The disk fills up after the first epoch of a trial (real ENOSPC on a tmpfs): one line
+    naming the study file, exit 1, the other study untouched; the trial is left for the next
+    run, which re-queues it and reaches the target once there is room again."""
+    from deepsc_tune import progress
+
+    results = case_dir / "results"
+    before = snapshot(results)
+    epoch = progress.Progress.epoch
+
+    def fill_at_first_epoch(self, number, m):
+        if not (results / ".filler").exists():
+            fill(results)
+            time.sleep(2.5)  # a heartbeat (every second here) meets the full disk in its thread
+        return epoch(self, number, m)
+
+    thread_errors: list[BaseException] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: thread_errors.append(args.exc_value))
+    monkeypatch.setattr(progress.Progress, "epoch", fill_at_first_epoch)
+    fast_heartbeats = {"DEEPSC_TUNE_HEARTBEAT": "1", "DEEPSC_TUNE_GRACE": "2"}
+    with full_disk(results, filled=False):
+        result = cli(MID, case_dir, env=fast_heartbeats)
+    assert result.exit_code == 1, result.output
+    one_line(result, "results/mid/study.db", "the disk is full", "trial 0 was stopped", "run the same command")
+    assert not thread_errors, thread_errors  # no traceback from the heartbeat thread either
+    after = snapshot(results)
+    assert after[NAME] == before[NAME]
+    assert not finished(after["mid"]), after["mid"]
+    monkeypatch.setattr(progress.Progress, "epoch", epoch)
+    # Here the "dead" worker is this test process, so its trial is found by its stopped
+    # heartbeat, after a short grace period (a real run's next process re-queues it at once).
+    again = cli(MID, case_dir, env=fast_heartbeats)
+    assert again.exit_code == 0 and "Traceback" not in again.output, again.output
+    resumed = snapshot(results)
+    assert resumed[NAME] == before[NAME] and len(finished(resumed["mid"])) == 2, resumed["mid"]
+
+
+def test_disk_full_while_the_model_is_kept(case_dir: Path, monkeypatch):
+    """ENOSPC while the best run's weights are written (the kept model's write site): one line
+    naming the file, the kept model and the other study untouched, no temporary folder left,
+    the trial's settings re-queued."""
+    import errno
+
+    import torch
+
+    results = case_dir / "results"
+    before = snapshot(results)
+    model = {p.name: p.read_bytes() for p in (results / NAME / "model").iterdir()}
+
+    def no_space(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(torch, "save", no_space)
+    result = cli(MID, case_dir)
+    assert result.exit_code == 1, result.output
+    one_line(result, "results/mid/model.tmp-", "weights.pt", "the disk is full", "re-queued")
+    after = snapshot(results)
+    assert after[NAME] == before[NAME]
+    assert [t[1] for t in after["mid"]] == ["FAIL", "WAITING"], after["mid"]
+    assert {p.name: p.read_bytes() for p in (results / NAME / "model").iterdir()} == model
+    assert not list((results / NAME).glob("model.*")), list((results / NAME).iterdir())

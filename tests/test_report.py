@@ -194,7 +194,8 @@ def test_cli_report_missing_study(tmp_path):
 
 
 def test_index_keeps_reports_of_same_named_studies_apart(tmp_path):
-    """Studies are placed by their database's folder, so equal names never overwrite each other."""
+    """Each study reports in its own folder (RESULTS/STUDY); one whose folder holds another study
+    of its name stays beside its database, so equal names never overwrite each other."""
     results = tmp_path / "results"
     for folder, names in (("a", ["pbmc68k"]), ("pbmc68k", ["pbmc68k", "pbmc68k-2"])):
         (results / folder).mkdir(parents=True)
@@ -210,7 +211,9 @@ def test_index_keeps_reports_of_same_named_studies_apart(tmp_path):
     assert [(r.name, r.report) for r in index.rows] == [
         ("pbmc68k", "a/report.html"),
         ("pbmc68k", "pbmc68k/report.html"),
-        ("pbmc68k-2", "pbmc68k/pbmc68k-2/report.html"),
+        ("pbmc68k-2", "pbmc68k-2/report.html"),  # kept as before in pbmc68k/study.db: said once
     ]
     assert all((results / r.report).is_file() for r in index.rows)
+    assert len(index.notes) == 1 and "study 'pbmc68k-2' found in" in index.notes[0]
+    assert not (results / "pbmc68k" / "pbmc68k-2").exists()
     assert [name for name, _ in index.errors] == ["broken"]

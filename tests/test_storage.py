@@ -67,6 +67,24 @@ def test_redact_hides_the_password():
     assert redact("sqlite:///results/x/study.db") == "sqlite:///results/x/study.db"
 
 
+def test_redact_shows_no_part_of_a_password_with_an_at_sign():
+    # SQLAlchemy reads u:p@ss@host as password "p", host "ss@host": nothing before the last @.
+    assert redact("postgresql+psycopg://u:p@ss@db:5432/x") == "postgresql+psycopg://***@db:5432/x"
+    assert redact("postgresql://u:p%40ss@db/x") == "postgresql://u:***@db/x"
+    assert redact("postgres:/u:secret@db/x") == "***@db/x"  # not a URL: nothing before the @
+    assert redact("postgresql://u@db/x?password=secret&sslmode=require") == (
+        "postgresql://u@db/x?password=***&sslmode=require"
+    )
+
+
+def test_scrub_hides_the_password_in_a_driver_message():
+    from deepsc_tune.storage import scrub
+
+    url = "postgresql://u:p%40ss@db/x"
+    assert scrub("failed for p@ss and p%40ss", url) == "failed for *** and ***"
+    assert scrub("password secret refused", "postgresql://u@db/x?password=secret") == "password *** refused"
+
+
 def test_a_study_remembers_the_storage_it_was_opened_on(tmp_path):
     storage = open_storage(default_storage_url("curve", tmp_path), heartbeat=False)
     study = optuna.create_study(study_name="curve", storage=storage)

@@ -135,7 +135,7 @@ def test_predict_counts_missing_genes(results, tmp_path):
         (["--out", "{query}"], 2, "is the query file itself"),
         (["--out", "{split}/exists.h5ad"], 2, "exists; choose another path or pass --overwrite"),
         (["--out", "{split}/x.csv"], 2, "does not end in .h5ad"),
-        (["--device", "gpu"], 2, "--device: expected auto, cpu, cuda or cuda:N, got 'gpu'"),
+        (["--device", "gpu"], 2, "--device gpu: expected auto, cpu, cuda or cuda:N"),
         (["--results-dir", "{tmp}/empty"], 1, "no tuned model in"),
         (["--out", "{tmp}/no/such/folder/o.h5ad"], 2, "does not exist; expected an existing folder"),
     ],

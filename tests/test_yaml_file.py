@@ -35,3 +35,13 @@ def test_text_must_be_utf8_and_the_line_of_the_bad_byte_is_named(tmp_path):
         read_yaml_text(path)
     with pytest.raises(ConfigError, match="cannot read"):
         read_yaml_text(tmp_path / "missing.yaml")
+
+
+def test_aliases_within_the_limit_still_work():
+    from deepsc_tune.yaml_file import load_mapping
+
+    text = "base: &b {low: 1, high: 2}\nsearch: {a: *b, c: *b}\n"
+    assert load_mapping(text, source="x.yaml", keys=["search"])["search"] == {
+        "a": {"low": 1, "high": 2},
+        "c": {"low": 1, "high": 2},
+    }
