@@ -170,6 +170,11 @@ def run(
                 verbose=verbose,
                 timeout=budget.seconds,
             )
+            if get_backend(space.backend).runs_program:  # after the workers' last trials, said once
+                from deepsc_tune.checkpoints import CheckpointKeeper
+
+                trials = results_dir / space.name / "trials"
+                _prune_checkpoints(CheckpointKeeper(study, trials, space.settings.keep_checkpoints), echo=True)
             summary = _summarise(study, space, budget=budget)
         else:
             if child:
@@ -192,7 +197,7 @@ def run(
                 progress=progress,
                 trials_dir=folder.trials,
             )
-            _prune_checkpoints(finetuner, echo=not child)
+            _prune_checkpoints(getattr(finetuner, "checkpoint_keeper", None), echo=not child)
             if confirmed is not None and not child:
                 _echo(
                     f"confirmation (study.confirm top {space.confirm['top']}, seeds "
@@ -322,9 +327,9 @@ def _keep_models(finetuner, space, study, folder) -> None:
     )
 
 
-def _prune_checkpoints(finetuner, *, echo: bool) -> None:
-    """After the last trial: remove the checkpoints the trials' own pruning could not yet."""
-    keeper = getattr(finetuner, "checkpoint_keeper", None)
+def _prune_checkpoints(keeper, *, echo: bool) -> None:
+    """After the last trial: remove the checkpoints the trials' own pruning could not yet
+    (``keeper``: a :class:`~deepsc_tune.checkpoints.CheckpointKeeper`, or ``None``)."""
     if keeper is None:
         return
     from deepsc_tune.checkpoints import disk_usage, format_bytes
@@ -492,7 +497,7 @@ def repeat(
             progress=Progress(metric=space.metric, verbose=verbose),
             trials_dir=folder.trials,
         )
-        _prune_checkpoints(finetuner, echo=True)
+        _prune_checkpoints(getattr(finetuner, "checkpoint_keeper", None), echo=True)
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
             + (f" and {len(summary.search)} queued search trials" if summary.search else "")

@@ -59,6 +59,7 @@ from deepsc_tune.hydra_overrides import (
     format_value,
 )
 from deepsc_tune.metrics_parsing import DEFAULT_EPOCH_REGEX, DEFAULT_METRICS_REGEX
+from deepsc_tune.output_folders import StartSpacing, start_lock_path
 
 
 class CommandFinetuner:
@@ -72,6 +73,9 @@ class CommandFinetuner:
         GPU(s) for every run of this finetuner (``CUDA_VISIBLE_DEVICES`` in the child's
         environment); one GPU per trial when workers run in parallel. ``None`` leaves the
         environment's value.
+    start_lock
+        Lock file that spaces the starts of parallel runs (:mod:`deepsc_tune.output_folders`);
+        by default DeepSC 2416d85's, in its hard-coded output folder, and none for other programs.
 
     Raises
     ------
@@ -80,7 +84,9 @@ class CommandFinetuner:
         checkout path fails before any trial runs.
     """
 
-    def __init__(self, settings: CommandSettings, *, cuda_visible_devices: str | None = None) -> None:
+    def __init__(
+        self, settings: CommandSettings, *, cuda_visible_devices: str | None = None, start_lock: Path | None = None
+    ) -> None:
         self.settings = settings
         self.cuda_visible_devices = None if cuda_visible_devices is None else str(cuda_visible_devices)
         #: A :class:`~deepsc_tune.checkpoints.CheckpointKeeper` (set by the caller that owns the study).
@@ -101,6 +107,7 @@ class CommandFinetuner:
                 + (" on PATH" if os.sep not in program else f" (relative to {cwd or Path.cwd()})")
                 + "; give the full path of the Python that has DeepSC installed"
             )
+        self.start_lock = start_lock if start_lock is not None else start_lock_path(cwd or Path.cwd(), settings.command)
 
     def warmup_plan(self, params: Mapping[str, Any]) -> WarmupPlan | None:
         """How a DeepSC cosine run's ``warmup_ratio`` (a fraction of its real optimizer steps) is
@@ -201,6 +208,7 @@ class CommandFinetuner:
         argv = self.build_argv(params, run_dir=run_dir)
         env = self.build_env(run_dir, cuda_visible_devices=gpu)
         gpu = env.get("CUDA_VISIBLE_DEVICES") if gpu is None else gpu
+        spacing = StartSpacing(self.start_lock) if self.start_lock is not None else None
         child = ChildRun(
             self.settings,
             argv=argv,
@@ -209,6 +217,7 @@ class CommandFinetuner:
             on_epoch=on_epoch,
             notes=notes,
             warmup_steps=None if plan is None else plan.warmup_steps,
+            spacing=spacing,
         )
         try:
             outcome = child.execute()

@@ -28,6 +28,7 @@ from deepsc_tune.checkpoints import checkpoint_folder, record_checkpoint, saved_
 from deepsc_tune.command_settings import CommandSettings
 from deepsc_tune.errors import FinetuneError
 from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
+from deepsc_tune.output_folders import StartSpacing, claim_output_dir
 from deepsc_tune.processes import KILL_WAIT_S, describe_exit, start_group, stop_group
 
 #: Environment variable naming the JSON-lines metrics file the child may append to.
@@ -39,8 +40,9 @@ LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 #: Lines of the child's output quoted in a failure message.
 TAIL_LINES = 10
-#: DeepSC 2416d85 prints where it writes checkpoints, logs and plots (a hard-coded folder).
-_OUTPUT_DIR_LINE = re.compile(r"^Output directory created:\s*(?P<path>\S.*)$")
+#: Where DeepSC writes checkpoints, logs and plots: 2416d85 prints "Output directory created: F"
+#: (a hard-coded folder + timestamp), abcf2be "Output directory: F" (Hydra's run directory).
+_OUTPUT_DIR_LINE = re.compile(r"^Output directory(?: created)?:\s*(?P<path>\S.*)$")
 #: DeepSC's cosine banner (cell_type_annotation.py:244): the warmup steps it computed.
 _WARMUP_LINE = re.compile(r"^-\s*Warmup steps:\s*(?P<steps>\d+)\s*$")
 
@@ -70,11 +72,13 @@ class ChildRun:
         on_epoch: EpochCallback | None,
         notes: list[str] | tuple[str, ...] = (),
         warmup_steps: int | None = None,
+        spacing: StartSpacing | None = None,
     ) -> None:
         self.settings = settings
         self.notes = list(notes)  # lines of our own for the top of the log (the warmup plan)
         self.warmup_steps = warmup_steps  # what DeepSC's "Warmup steps:" line must say
         self.printed_warmup: int | None = None
+        self.spacing = spacing  # DeepSC 2416d85: held until it names its timestamped folder
         self.argv = argv
         self.env = env
         self.run_dir = run_dir
@@ -86,6 +90,8 @@ class ChildRun:
         self.cause: str | None = None
         self.last_exception: str | None = None
         self.output_dir: str | None = None  # where DeepSC says it writes checkpoints
+        self.named_at: float | None = None  # when it said so (wall clock)
+        self.clash: str | None = None  # why that folder is another run's
         self.checkpoints: list[str] = []  # the checkpoint files DeepSC said it saved
         self.checkpoint_dir: str | None = None  # and the folder it said it saves them in
         self.history: list[EpochMetrics] = []
@@ -113,6 +119,8 @@ class ChildRun:
             self._note(f"checkout: {s.cwd or Path.cwd()} (on PYTHONPATH); working directory: {self.run_dir}")
             for note in self.notes:
                 self._note(note)
+            if self.spacing is not None:
+                self.spacing.acquire(f"trial folder {self.run_dir} (pid {os.getpid()})", note=self._note)
             self.start = self.last_report = time.monotonic()
             try:
                 # In its own process group, so that stopping it reaches DataLoader workers,
@@ -148,6 +156,8 @@ class ChildRun:
                 reader.join(timeout=KILL_WAIT_S)
             return outcome
         finally:
+            if self.spacing is not None:
+                self.spacing.release(named_at=self.named_at)
             with self.log_lock:
                 self.log.close()
 
@@ -168,6 +178,11 @@ class ChildRun:
                 return "pruned"
             if tail is not None and self._read_json(tail, final=False):
                 return "pruned"
+            if self.clash is not None:
+                self._note(f"{self.clash}: stopping the process group")
+                return "clash"
+            if self.spacing is not None:
+                self.spacing.release_when(named_at=self.named_at, exited=self.proc.poll() is not None)
             if self.proc.poll() is not None:
                 if eof:
                     # EOF is queued after the last line, so every stdout epoch has been seen.
@@ -257,9 +272,15 @@ class ChildRun:
         out = _OUTPUT_DIR_LINE.match(line)
         if out and self.output_dir is None:
             self.output_dir = out.group("path")
+            self.clash = claim_output_dir(self.output_dir, self.run_dir)
+            self.named_at = time.time()
+            if _inside(self.output_dir, self.run_dir):
+                where = "this trial's folder, Hydra's run directory"
+            else:
+                where = "hard-coded in DeepSC, not in this folder; see docs/deepsc.md"
             self._note(
                 f"DeepSC writes this run's checkpoints (two full ones per epoch), logs and plots to "
-                f"{self.output_dir} (hard-coded in DeepSC, not in this folder; see docs/deepsc.md)"
+                f"{self.output_dir} ({where})"
             )
         saved, folder = saved_path(line), checkpoint_folder(line)
         if (saved is not None and saved not in self.checkpoints) or (folder and self.checkpoint_dir is None):
@@ -311,6 +332,8 @@ class ChildRun:
         assert self.proc is not None
         rc = self.proc.returncode
         n = len(self.history)
+        if outcome == "clash":
+            raise self._failure(self.clash or "its output folder is another run's", cause=False)
         if outcome == "timeout":
             raise self._failure(
                 f"timed out after {self.settings.timeout:g}s (finetune.timeout) with {n} epoch(s) reported"
@@ -348,8 +371,8 @@ class ChildRun:
             },
         )
 
-    def _failure(self, headline: str) -> FinetuneError:
-        cause = self.cause or self.last_exception
+    def _failure(self, headline: str, *, cause: bool = True) -> FinetuneError:
+        cause = (self.cause or self.last_exception) if cause else None
         if cause:
             headline = f"{headline}: {cause}"
             hydra_key = re.search(r"Could not override '([^']*)'", cause)
@@ -362,6 +385,13 @@ class ChildRun:
         ]
         lines += [f"    {line}" for line in self.tail] or ["    (no output)"]
         return FinetuneError("\n".join(lines))
+
+
+def _inside(path: str, folder: Path) -> bool:
+    """Whether ``path`` (as the child printed it, relative to its working directory ``folder``)
+    is ``folder`` or under it."""
+    resolved = Path(os.path.normpath(folder / os.path.expanduser(path)))
+    return resolved == folder or folder in resolved.parents
 
 
 def _exit_cause(rc: int) -> str:

@@ -440,7 +440,7 @@ def check_command_space(
     out.add(schedule_problems(settings, search, enqueue=enqueue, n_train=n_train))
     out.problems.extend(device_problems(settings, search))
     out.problems.extend(inputs)
-    out.add(output_notes(cwd))
+    out.add(output_notes(cwd, run_dir_override=run_dir_override, config=config))
     for key in UNREAD_OUTPUT_KEYS:
         for where, given in (("finetune.overrides", overrides), ("finetune", fixed)):
             if key in given:

@@ -1,12 +1,12 @@
-"""A DeepSC checkout as deepsc-tune reads it without running it: entry module, Hydra config, output folder.
+"""A DeepSC checkout as deepsc-tune reads it without running it: Hydra config, output folder.
 
-Facts are those of DeepSC at commit ``2416d85``, the last commit whose cell-type fine-tuner
-deepsc-tune supports; they are read from the checkout itself where it can be done without
-running it (config files, the output folder in its source). Functions return findings, never
-raise for them: :class:`Problem` (the key of the search-space file, what is wrong, what is
-expected and the fix) and notes (plain lines). The checks of a search space that build on
-these are in :mod:`deepsc_tune.deepsc`. This module imports PyYAML only (no torch, Hydra or
-Optuna).
+Which commit a checkout is and its entry module are in :mod:`deepsc_tune.deepsc_commits`
+(re-exported here); this module reads the checkout's own Hydra config and where its trainer
+writes: a hard-coded folder plus a timestamp at ``2416d85`` (read from its source), Hydra's run
+directory at ``abcf2be``. Functions return findings, never raise for them: :class:`Problem`
+(the key of the search-space file, what is wrong, what is expected and the fix) and notes
+(plain lines). The checks of a search space that build on these are in
+:mod:`deepsc_tune.deepsc`. This module imports PyYAML only (no torch, Hydra or Optuna).
 """
 
 from __future__ import annotations
@@ -15,26 +15,29 @@ import difflib
 import getpass
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from deepsc_tune.deepsc_commits import (
+    COMMITS,
+    DEEPSC_MODULES,
+    ENTRY_FILE,
+    HYDRA_RUN_DIR,
+    RUN_CTA_FILE,
+    RUN_CTA_MODULES,
+    TRAINER_FILE,
+    detect_commit,
+    entry_module,
+    entry_module_problems,
+    is_deepsc_command,
+)
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.schema import Problem
 
-#: Entry modules of DeepSC's cell-type fine-tuner at 2416d85 (root on ``PYTHONPATH``, or
-#: ``PYTHONPATH=src`` as DeepSC's own scripts launch it with torchrun).
-DEEPSC_MODULES = ("src.deepsc.finetune.finetune", "deepsc.finetune.finetune")
-#: The entry point of later commits (``b3348a3``), recognised so it can be refused clearly.
-RUN_CTA_MODULES = ("src.deepsc.finetune.run_cta", "deepsc.finetune.run_cta")
-#: The DeepSC commit deepsc-tune supports and tests against.
-SUPPORTED_COMMIT = "2416d85"
-ENTRY_FILE = Path("src/deepsc/finetune/finetune.py")
-RUN_CTA_FILE = Path("src/deepsc/finetune/run_cta.py")
-TRAINER_FILE = Path("src/deepsc/finetune/cell_type_annotation.py")
 CONFIG_DIR = Path("configs/finetune")
 CONFIG_FILE = CONFIG_DIR / "finetune.yaml"
 
@@ -60,95 +63,6 @@ class Findings:
         self.lows.update(other.lows)
         self.highs.update(other.highs)
         return self
-
-
-# ----------------------------------------------------------------------------- entry point
-
-
-def entry_module(command: Sequence[str]) -> str | None:
-    """The Python module a command runs (``python -m M``, ``torchrun ... -m M``, or a
-    ``.../deepsc/finetune/X.py`` script as a dotted name), or ``None``."""
-    args = [str(a) for a in command]
-    found: list[str] = []
-    for i, arg in enumerate(args):
-        if arg in ("-m", "--module") and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            found.append(args[i + 1])
-        elif arg.startswith("-m") and len(arg) > 2 and not arg.startswith("--"):
-            found.append(arg[2:])
-        elif arg.endswith(".py") and "deepsc/finetune/" in arg.replace(os.sep, "/"):
-            parts = Path(arg[:-3]).parts
-            start = parts.index("src") if "src" in parts else parts.index("deepsc")
-            found.append(".".join(parts[start:]))
-    # python -m torch.distributed.run ... -m deepsc.finetune.finetune: the launcher comes first.
-    known = [m for m in found if m in (*DEEPSC_MODULES, *RUN_CTA_MODULES)]
-    return (known or found or [None])[0]
-
-
-def is_deepsc_command(command: Sequence[str]) -> bool:
-    """Whether ``command`` runs DeepSC's cell-type fine-tuner (``src.deepsc.finetune.finetune``
-    or ``deepsc.finetune.finetune``, with python or torchrun; also the later ``run_cta``)."""
-    return entry_module(command) in (*DEEPSC_MODULES, *RUN_CTA_MODULES)
-
-
-def _module_file(cwd: Path, module: str) -> Path:
-    parts = module.split(".")
-    if parts[0] != "src":
-        parts = ["src", *parts]
-    return cwd.joinpath(*parts[:-1], parts[-1] + ".py")
-
-
-def entry_module_problems(cwd: Path | str, command: Sequence[str]) -> list[Problem]:
-    """Whether the entry module's file exists under ``cwd`` (the checkout), and if not, what
-    was found instead and how to fix it. Empty for commands that are not DeepSC."""
-    module = entry_module(command)
-    if module not in (*DEEPSC_MODULES, *RUN_CTA_MODULES):
-        return []
-    cwd = Path(cwd)
-    fix = f"check out {SUPPORTED_COMMIT} (git -C {cwd} checkout {SUPPORTED_COMMIT}) and run -m {DEEPSC_MODULES[0]}"
-    if not (cwd / "src" / "deepsc").is_dir():
-        return [
-            Problem(
-                "finetune.cwd",
-                f"{str(cwd)!r} is not a DeepSC checkout (no src/deepsc/); "
-                f"expected the root of a clone of MouYongli/DeepSC at {SUPPORTED_COMMIT}",
-            )
-        ]
-    found = _module_file(cwd, module)
-    if module in RUN_CTA_MODULES:
-        if found.is_file():
-            return [
-                Problem(
-                    "finetune.command",
-                    f"runs {module} ({RUN_CTA_FILE}, the entry point "
-                    f"of DeepSC after cc84b98, e.g. b3348a3), which deepsc-tune does not support "
-                    f"or test; {fix}",
-                )
-            ]
-    elif found.is_file():
-        return []
-    has_cta = (cwd / RUN_CTA_FILE).is_file()
-    has_trainer = (cwd / TRAINER_FILE).is_file()
-    if has_cta and has_trainer:
-        instead = (
-            f"found {RUN_CTA_FILE} instead (a checkout after cc84b98, like b3348a3): a "
-            "different entry point, not supported or tested by deepsc-tune"
-        )
-    elif has_cta:
-        instead = (
-            f"found {RUN_CTA_FILE} but not {TRAINER_FILE.name}, which it imports: DeepSC's "
-            "newest commits (2227f88) cannot run cell-type fine-tuning at all"
-        )
-    else:
-        instead = (
-            f"found neither it nor {RUN_CTA_FILE.name}: this checkout has no cell-type "
-            "fine-tuning (DeepSC's newest commit, 2227f88, cannot run it)"
-        )
-    return [
-        Problem(
-            "finetune.command",
-            f"runs {module}, but {found.relative_to(cwd)} does not exist under {cwd}; {instead}; {fix}",
-        )
-    ]
 
 
 # ----------------------------------------------------------------------------- config
@@ -284,42 +198,66 @@ def unknown_keys(
 # ----------------------------------------------------------------------------- outputs
 
 
-def output_notes(cwd: Path | str) -> Findings:
+def timestamped_base(cwd: Path | str) -> tuple[str, str] | None:
+    """``(folder, "file:line")`` of the hard-coded ``base_dir`` under which a 2416d85-style
+    trainer makes one ``%Y%m%d_%H%M%S`` folder per run; ``None`` when the checkout's trainer has
+    no such line (abcf2be writes into Hydra's run directory) or cannot be read."""
+    try:
+        source = (Path(cwd) / TRAINER_FILE).read_text(errors="replace")
+    except OSError:
+        return None
+    match = _BASE_DIR.search(source)
+    if match is None:
+        return None
+    return match.group("path"), f"{TRAINER_FILE}:{source.count(chr(10), 0, match.start()) + 1}"
+
+
+def _checkpoint_note() -> str:
+    return (
+        "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
+        "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
+        "epochs leaves E + 1; deepsc-tune removes those of trials that cannot be the best "
+        "(finetune.keep_checkpoints: best, the default; all keeps every one)"
+    )
+
+
+def output_notes(
+    cwd: Path | str, *, run_dir_override: str | None = "hydra.run.dir", config: Mapping[str, Any] | None = None
+) -> Findings:
     """Where DeepSC itself writes checkpoints, logs and plots, and whether it can.
 
     At 2416d85 ``CellTypeAnnotation.setup_output_directory`` (cell_type_annotation.py:70)
     writes under a hard-coded folder plus a ``%Y%m%d_%H%M%S`` timestamp; the folder is read
-    from the checkout's source, so a patched line is reported as it is.
+    from the checkout's source, so a patched line is reported as it is. At abcf2be it writes
+    into Hydra's run directory: the trial's folder when deepsc-tune passes ``hydra.run.dir``
+    (``run_dir_override``, the default), else the config's own ``hydra.run.dir``.
 
     Returns
     -------
     Findings
-        Notes (the folder, two full checkpoints per epoch, trials starting in the same second
-        sharing a folder, ``ckpt_dir``/``output_dir`` never read) and a problem when the folder
-        cannot be created or written by the current user (every trial would then fail with
-        PermissionError), with the fix.
+        Notes (the folder, two full checkpoints per epoch, how parallel trials are kept apart,
+        ``ckpt_dir``/``output_dir`` never read) and a problem when the folder cannot be created
+        or written by the current user (every trial would then fail with PermissionError), with
+        the fix.
     """
     cwd = Path(cwd)
-    path = cwd / TRAINER_FILE
+    commit = detect_commit(cwd)
+    if commit is not None and commit.outputs == HYDRA_RUN_DIR:
+        return _hydra_output_notes(cwd, commit.name, run_dir_override, config)
     out = Findings()
-    try:
-        source = path.read_text(errors="replace")
-    except OSError:
+    found = timestamped_base(cwd)
+    if found is None:
+        if (cwd / TRAINER_FILE).is_file():
+            out.notes.append(
+                f'could not find DeepSC\'s output folder (base_dir = "...") in {cwd / TRAINER_FILE}: '
+                "check where setup_output_directory writes its checkpoints"
+            )
         return out  # no trainer: entry_module_problems says what the checkout lacks
-    match = _BASE_DIR.search(source)
-    if match is None:
-        out.notes.append(
-            f'could not find DeepSC\'s output folder (base_dir = "...") in {path}: '
-            "check where setup_output_directory writes its checkpoints"
-        )
-        return out
-    base = match.group("path")
-    line = source.count("\n", 0, match.start()) + 1
-    where = f"{TRAINER_FILE}:{line}"
+    base, where = found
     if not os.path.isabs(base):
         out.notes.append(
             f"DeepSC writes checkpoints, logs and plots to {base}/<YYYYmmdd_HHMMSS>/ "
-            f"({where}), relative to the directory it runs in"
+            f"({where}), relative to the directory it runs in (the trial's folder)"
         )
     else:
         out.notes.append(
@@ -327,16 +265,13 @@ def output_notes(cwd: Path | str) -> Findings:
             f"{base}/<YYYYmmdd_HHMMSS>/ (hard-coded at {where}), not to the trial's "
             f"folder; its ckpt_dir and output_dir settings are never read"
         )
-    out.notes.append(
-        "every epoch DeepSC saves two full checkpoints (model + optimizer state): "
-        "epoch_N.ckpt, kept, and latest_checkpoint.ckpt, overwritten; a trial of E "
-        "epochs leaves E + 1; deepsc-tune removes those of trials that cannot be the best "
-        "(finetune.keep_checkpoints: best, the default; all keeps every one)"
-    )
-    out.notes.append(
-        "two trials that start in the same second (parallel workers, run --gpus) "
-        "share one timestamped folder and overwrite each other's checkpoints"
-    )
+        out.notes.append(
+            "trials run at the same time (run --workers/--gpus) would share that folder if they "
+            "started in the same second: deepsc-tune starts them one at a time on this machine, each "
+            "after the one before has named its folder, and fails a trial whose folder another trial "
+            "already uses (DeepSC abcf2be writes into each trial's own folder instead)"
+        )
+    out.notes.append(_checkpoint_note())
     if os.path.isabs(base) and (owner := _other_users_home(Path(base))) is not None:
         out.notes.append(
             f"DeepSC would write every trial's checkpoints under another user's home: {base} "
@@ -354,10 +289,54 @@ def output_notes(cwd: Path | str) -> Findings:
                         f"DeepSC ({cwd / where}) writes to {base}, which user {_user()} cannot create or "
                         f"write ({blocked}), so every trial would fail with PermissionError; create it "
                         f"writable (mkdir -p {base}, owned by you) or change that line in the checkout "
-                        "to a folder you own"
+                        "to a folder you own, or check out abcf2be, which writes into each trial's folder"
                     ),
                 )
             )
+    return out
+
+
+def _hydra_output_notes(
+    cwd: Path, commit: str, run_dir_override: str | None, config: Mapping[str, Any] | None
+) -> Findings:
+    out = Findings()
+    if config is None:
+        try:
+            config = load_deepsc_config(cwd)
+        except ConfigError:
+            config = {}
+    node: Any = config
+    for part in ("hydra", "run", "dir"):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    own = str(node) if node is not None else "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S} (Hydra's default)"
+    if run_dir_override == "hydra.run.dir":
+        out.notes.append(
+            f"DeepSC {commit} writes each trial's checkpoints, logs and plots into Hydra's run directory, "
+            f"which deepsc-tune sets to the trial's folder (hydra.run.dir=results/STUDY/trials/NNNNN; "
+            f"the config's own {own} is not used)"
+        )
+        out.notes.append(_checkpoint_note())
+        return out
+    fixed = own.split("${", 1)[0].rstrip("/") or "."
+    out.notes.append(
+        f"DeepSC {commit} writes into Hydra's run directory, and finetune.run_dir_override is "
+        f"{run_dir_override!r}, so each trial writes to the config's hydra.run.dir {own} "
+        f"({CONFIG_FILE}): trials starting in the same second share it"
+    )
+    out.notes.append(_checkpoint_note())
+    blocked = _unwritable(Path(fixed)) if os.path.isabs(fixed) else None
+    if blocked:
+        out.problems.append(
+            Problem(
+                "finetune.run_dir_override",
+                (
+                    f"{run_dir_override!r}: DeepSC {commit} then writes to its config's hydra.run.dir {own} "
+                    f"({cwd / CONFIG_FILE}), which user {_user()} cannot create or write ({blocked}), so every "
+                    "trial would fail with PermissionError; expected run_dir_override: hydra.run.dir (the "
+                    "default: each trial writes into its own folder)"
+                ),
+            )
+        )
     return out
 
 
@@ -391,3 +370,24 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # pragma: no cover - no passwd entry
         return str(os.getuid())
+
+
+__all__ = [  # the commit's names, re-exported from deepsc_commits for the checks built on both
+    "COMMITS",
+    "CONFIG_FILE",
+    "DEEPSC_MODULES",
+    "ENTRY_FILE",
+    "RUN_CTA_FILE",
+    "RUN_CTA_MODULES",
+    "TRAINER_FILE",
+    "Findings",
+    "Problem",
+    "detect_commit",
+    "entry_module",
+    "entry_module_problems",
+    "is_deepsc_command",
+    "load_deepsc_config",
+    "output_notes",
+    "timestamped_base",
+    "unknown_keys",
+]

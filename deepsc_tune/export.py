@@ -31,6 +31,7 @@ from deepsc_tune.command import (
     checkout_pythonpath,
     format_value,
 )
+from deepsc_tune.deepsc_commits import HYDRA_RUN_DIR, commit_of_module, entry_module
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.objective import read_trial_file
 from deepsc_tune.selection import Selection, pick_notes, pick_record, select
@@ -49,6 +50,8 @@ from deepsc_tune.trial_record import (
 
 #: DeepSC's fine-tuning command, as its users type it.
 DEEPSC_COMMAND = shlex.join(DEFAULT_COMMAND)
+#: Where a re-run of DeepSC abcf2be writes (Hydra's default run directory, under the checkout).
+RERUN_DIR = "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}"
 #: Settings that mean the same in DeepSC's config, exported with the searched ones.
 DEEPSC_KEYS = ("lr_scheduler_type", "learning_rate", "warmup_ratio", "epoch", "batch_size", "grad_acc")
 FORMATS = ("yaml", "hydra", "json")
@@ -95,7 +98,8 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder |
     (``space_record.py``) and each trial's ``trials/NNNNN/trial.json``. The overrides are the
     trial's own command line (``argv`` in that file, relative paths already resolved) less the
     run-folder override (``hydra.run.dir``), so that the re-run writes where DeepSC writes by
-    default. Where the file is not (a trial run on another machine) the command is rebuilt from
+    default; at abcf2be, whose config hard-codes ``hydra.run.dir`` under its authors' home, the
+    override becomes Hydra's own default, :data:`RERUN_DIR` under the checkout. Where the file is not (a trial run on another machine) the command is rebuilt from
     the search space and the trial's settings, the same way the backend builds it.
 
     Raises
@@ -128,6 +132,11 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder |
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
         args = [a for a in args if not a.lstrip("+").startswith(settings.run_dir_override + "=")]
+        commit = commit_of_module(entry_module(program))
+        if commit is not None and commit.outputs == HYDRA_RUN_DIR and settings.run_dir_override == "hydra.run.dir":
+            # abcf2be writes into Hydra's run directory, which its config hard-codes under its
+            # authors' home: the re-run writes under the checkout, as Hydra apps do by default.
+            args.append(f"hydra.run.dir={RERUN_DIR}")
     env = {k: v.replace(RUN_DIR_PLACEHOLDER, run_dir) for k, v in settings.env.items()}
     env = {"PYTHONPATH": ":".join([*checkout_pythonpath(checkout), "$PYTHONPATH"]), **env}
     return {"program": program, "cwd": checkout, "env": env, "overrides": args}
@@ -217,7 +226,8 @@ def best_notes(
     if get_backend(backend).runs_program:
         notes.append(
             "the command re-runs this trial as it ran (same data files, validation file included); "
-            "DeepSC writes its checkpoints to its own hard-coded, timestamped folder"
+            "DeepSC writes its checkpoints to its own hard-coded, timestamped folder (2416d85) or, at "
+            f"abcf2be, to {RERUN_DIR} under the checkout"
         )
     return notes
 

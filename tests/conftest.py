@@ -21,8 +21,9 @@ import pytest
 from report_studies import real_copy, real_results, real_study, synthetic  # noqa: F401
 
 POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
-#: DeepSC at 2416d85, read only (the shared folder beside the repository).
+#: DeepSC at 2416d85 and at abcf2be, read only (the shared folder beside the repository).
 CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
+CHECKOUT_ABCF2BE = CHECKOUT.parent / "DeepSC-abcf2be"
 BARON = Path(__file__).parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
 
 
@@ -89,6 +90,27 @@ def copy(checkout, tmp_path) -> Path:
     """A writable copy of the checkout, for simulating other commits."""
     dest = tmp_path / "DeepSC"
     shutil.copytree(checkout, dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def checkout_abcf2be() -> Path:
+    """DeepSC's real checkout at abcf2be (run_cta); fails in CI when it is missing."""
+    from deepsc_tune.deepsc_commits import RUN_CTA_FILE
+
+    if not (CHECKOUT_ABCF2BE / RUN_CTA_FILE).is_file():
+        reason = f"DeepSC checkout not found: {CHECKOUT_ABCF2BE} (the shared folder beside the repository)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; CI must provide it")
+        pytest.skip(reason)
+    return CHECKOUT_ABCF2BE
+
+
+@pytest.fixture
+def copy_abcf2be(checkout_abcf2be, tmp_path) -> Path:
+    """A writable copy of the abcf2be checkout, for simulating later commits."""
+    dest = tmp_path / "DeepSC-abcf2be"
+    shutil.copytree(checkout_abcf2be, dest)
     return dest
 
 

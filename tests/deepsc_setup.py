@@ -1,10 +1,11 @@
-"""A CPU copy of DeepSC 2416d85 and small real data for it: shared by the tests that run DeepSC's
-real fine-tuner (tests/test_deepsc_real.py) and bench/deepsc_overhead.py.
+"""A CPU copy of DeepSC (2416d85 or abcf2be) and small real data for it: shared by the tests that
+run DeepSC's real fine-tuner (tests/test_deepsc_real.py) and bench/deepsc_overhead.py.
 
-``copy_for_cpu`` copies ``../shared/deepsc/DeepSC-2416d85`` and changes ONE thing:
-``Fabric(accelerator="cuda", ...)`` in ``src/deepsc/finetune/finetune.py`` becomes ``"cpu"``,
-because these machines have no GPU (DeepSC hard-codes CUDA; bf16-mixed and DDP over gloo then run
-on the CPU). Everything else is DeepSC's own code.
+``copy_for_cpu`` copies ``../shared/deepsc/DeepSC-<commit>`` and changes ONE thing:
+``Fabric(accelerator="cuda", ...)`` in the entry module (``src/deepsc/finetune/finetune.py:25``
+at 2416d85, ``src/deepsc/finetune/run_cta.py:22`` at abcf2be) becomes ``"cpu"``, because these
+machines have no GPU (DeepSC hard-codes CUDA; bf16-mixed and DDP over gloo then run on the CPU).
+Everything else is DeepSC's own code.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CHECKOUT = SHARED / "deepsc" / "DeepSC-2416d85"
+#: The two commits whose cell-type fine-tuner runs: their shared copies and entry modules.
+CHECKOUTS = {"2416d85": CHECKOUT, "abcf2be": SHARED / "deepsc" / "DeepSC-abcf2be"}
+MODULES = {"2416d85": "src.deepsc.finetune.finetune", "abcf2be": "src.deepsc.finetune.run_cta"}
 BARON = SHARED / "data" / "baron_human_pancreas.h5ad"
 #: Environment variable naming the Python of DeepSC's environment (scripts/deepsc-env.sh makes one).
 PYTHON_ENV = "DEEPSC_TUNE_TEST_DEEPSC_PYTHON"
@@ -53,12 +57,13 @@ def write_labels(path: Path, labels: list[str], *, column: str = "celltype") -> 
     return write_h5ad(path, counts(len(labels), 5), labels, label_key=column)
 
 
-def copy_for_cpu(dest: Path) -> Path:
-    """Copy DeepSC 2416d85 to ``dest`` with the accelerator changed to the CPU; returns ``dest``."""
-    shutil.copytree(CHECKOUT, dest)
+def copy_for_cpu(dest: Path, commit: str = "2416d85") -> Path:
+    """Copy DeepSC at ``commit`` (a key of :data:`CHECKOUTS`) to ``dest`` with the accelerator
+    changed to the CPU; returns ``dest``."""
+    shutil.copytree(CHECKOUTS[commit], dest)
     for path in [dest, *dest.rglob("*")]:
         path.chmod(path.stat().st_mode | 0o200)  # shared/ is read-only; the copy need not be
-    entry = dest / "src" / "deepsc" / "finetune" / "finetune.py"
+    entry = dest.joinpath(*MODULES[commit].split(".")[:-1], MODULES[commit].split(".")[-1] + ".py")
     text = entry.read_text()
     if text.count('accelerator="cuda"') != 1:
         raise RuntimeError(f"DeepSC's Fabric call in {entry} changed: update tests/deepsc_setup.py")
@@ -104,16 +109,18 @@ def tiny_space(
     name: str = "deepsc-tune-tiny",
     study: dict[str, Any] | None = None,
     fixed: dict[str, Any] | None = None,
+    commit: str = "2416d85",
 ) -> dict[str, Any]:
     """A command-backend search space for the tiny model, as a user would write it: the data
     block for ``deepsc-tune split`` (a quarter of the cells for validation) and DeepSC's
-    overrides reading what split writes into ``split_dir`` (relative: where deepsc-tune runs)."""
+    overrides reading what split writes into ``split_dir`` (relative: where deepsc-tune runs);
+    ``commit`` chooses the entry module (``deepsc`` must be a copy of that commit)."""
     return {
         "name": name,
         "data": {"train": str(data["cells"]), "label_key": "cell_type1", "val_fraction": 0.25, "split_seed": 0},
         "finetune": {
             "backend": "command",
-            "command": [python, "-m", "src.deepsc.finetune.finetune"],
+            "command": [python, "-m", MODULES[commit]],
             "cwd": str(deepsc),
             "env": {"WANDB_MODE": "disabled"},
             "grace_period": 5,

@@ -28,7 +28,8 @@ Extra keys (pass them with ``+``, as Hydra would require):
 Files in the run folder: ``pid``, ``argv.json``, ``config.json`` (the parsed config),
 ``env.json`` (variables deepsc-tune sets), ``checkpoints/epoch_N.ckpt``, ``done``. Like DeepSC,
 it also writes ``finetune_<timestamp>.log`` into its working directory and prints
-``Output directory created: ...`` (DeepSC's hard-coded checkpoint folder; here ``./outputs/...``).
+``Output directory created: ...`` (DeepSC's hard-coded checkpoint folder; here ``./outputs/...``,
+or, copied into a fake checkout, the ``base_dir`` of the ``cell_type_annotation.py`` beside it).
 
 What it mirrors of DeepSC 2416d85 (tests/test_deepsc_real.py runs the real one): the defaults
 of ``configs/finetune/finetune.yaml`` for the keys below, tqdm's progress lines on stderr with
@@ -217,6 +218,18 @@ def progress(epoch: int, sleep: float) -> None:
         time.sleep(sleep / 3)
 
 
+def output_dir() -> Path:
+    """DeepSC 2416d85's folder: a hard-coded base + the second it gets here. In a fake checkout
+    (this file as src/deepsc/finetune/finetune.py) the base is read from the
+    cell_type_annotation.py beside it, as DeepSC's own line; else ./outputs."""
+    trainer = Path(__file__).with_name("cell_type_annotation.py")
+    found = re.search(r'base_dir = "([^"]+)"', trainer.read_text()) if trainer.is_file() else None
+    folder = Path(found.group(1) if found else Path.cwd() / "outputs") / time.strftime("%Y%m%d_%H%M%S")
+    if found:
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def main(args: list[str]) -> None:
     cfg = parse_overrides(args)
     run_dir = Path(str(cfg["hydra.run.dir"]))
@@ -236,7 +249,7 @@ def main(args: list[str]) -> None:
     stamp = time.strftime("%Y%m%d_%H%M%S")
     Path(f"finetune_{stamp}.log").write_text("fake DeepSC log\n")  # DeepSC: setup_logging(log_path=".")
     print("Getting common cell type count from separated datasets...")
-    print(f"Output directory created: {Path.cwd() / 'outputs' / stamp}")
+    print(f"Output directory created: {output_dir()}")
     if cfg["finetune_mode"] not in ("full", "head_only"):
         crash_and_exit(
             args,

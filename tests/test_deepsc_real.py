@@ -1,12 +1,15 @@
-"""deepsc-tune against DeepSC's real fine-tuner (commit 2416d85), end to end.
+"""deepsc-tune against DeepSC's real fine-tuner (commits 2416d85 and abcf2be), end to end.
 
-The checkout in ``../shared/deepsc/DeepSC-2416d85`` is copied to a temporary folder and ONE
-thing is changed there: ``Fabric(accelerator="cuda", ...)`` in ``src/deepsc/finetune/finetune.py``
-becomes ``"cpu"``, because these machines have no GPU (``tests/deepsc_setup.py``). Everything
-else is DeepSC's own code: its Hydra config, its data loading (8 DataLoader workers per loader),
-its schedules, its printed metrics and errors.
+The checkout in ``../shared/deepsc/DeepSC-<commit>`` is copied to a temporary folder and ONE
+thing is changed there: ``Fabric(accelerator="cuda", ...)`` in the entry module
+(``finetune.py`` at 2416d85, ``run_cta.py`` at abcf2be) becomes ``"cpu"``, because these
+machines have no GPU (``tests/deepsc_setup.py``). Everything else is DeepSC's own code: its
+Hydra config, its data loading (8 DataLoader workers per loader), its schedules, its printed
+metrics and errors.
 The model is a tiny random-init one (``load_pretrained_model=false``) on 300 + 100 cells of real
-Baron pancreas data, 1-3 epochs a trial.
+Baron pancreas data, 1-3 epochs a trial. The search (two workers), its checks and the re-run of
+the winning command run at both commits; stopping (pruning, Ctrl-C) and DeepSC's own errors do
+not depend on the commit and run at 2416d85 only, to keep the added time to a few minutes.
 
 DeepSC runs in its own environment, as its users run it: ``scripts/deepsc-env.sh`` makes one and
 ``.ci/run`` exports its Python as ``DEEPSC_TUNE_TEST_DEEPSC_PYTHON``. Without it these tests are
@@ -32,7 +35,7 @@ import yaml
 from conftest import in_ci
 from deepsc_setup import (
     BARON,
-    CHECKOUT,
+    CHECKOUTS,
     PYTHON_ENV,
     SHARED,
     copy_for_cpu,
@@ -42,6 +45,8 @@ from deepsc_setup import (
 )
 from optuna.trial import TrialState
 
+from deepsc_tune.output_folders import CLAIM_NAME
+
 pytestmark = [pytest.mark.deepsc, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +54,16 @@ EVAL_LINE = re.compile(
     r"Evaluation Loss: (?P<loss>[\d.]+), Error Rate: [\d.]+, Accuracy: (?P<acc>[\d.]+), "
     r"Precision: [\d.]+, Recall: [\d.]+, Macro F1: (?P<f1>[\d.]+)"
 )
+#: Tests marked with this run at both commits; the others at 2416d85 (the same module-scoped
+#: copy and split: pytest caches an indirect parameter by its value).
+BOTH_COMMITS = pytest.mark.parametrize("commit", sorted(CHECKOUTS), indirect=True)
+AT_2416D85 = pytest.mark.parametrize("commit", ["2416d85"], indirect=True)
+#: Trials of the search, run by two workers: at abcf2be one round of two parallel trials, to keep
+#: the added time to a few minutes (2416d85's third trial starts when a worker is free).
+SEARCH_TRIALS = {"2416d85": 3, "abcf2be": 2}
+COSINE_TRIAL = {"lr_scheduler_type": "cosine", "learning_rate": 0.001, "warmup_ratio": 0.1}
+#: DeepSC 2416d85's hard-coded output folder (cell_type_annotation.py:70).
+BASE_2416D85 = "/home/angli/DeepSC/results/cell_type_annotation/"
 # What DeepSC prints for a finetune_mode it does not know (cell_type_annotation.py).
 FINETUNE_MODE_ERROR = "ValueError: Unknown finetune_mode: everything. Must be one of: 'full', 'head_only'"
 
@@ -67,7 +82,7 @@ def deepsc_python() -> str:
             f"{PYTHON_ENV} is not set; `scripts/deepsc-env.sh VENV` makes DeepSC's environment and "
             ".ci/run exports VENV/bin/python"
         )
-    if not CHECKOUT.is_dir() or not BARON.is_file():
+    if not all(c.is_dir() for c in CHECKOUTS.values()) or not BARON.is_file():
         _need(f"DeepSC's checkout or the Baron data are missing under {SHARED}")
     check = subprocess.run(
         [python, "-c", "import lightning, hydra, scanpy, seaborn, wandb"], capture_output=True, text=True
@@ -78,9 +93,15 @@ def deepsc_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def deepsc(tmp_path_factory, deepsc_python) -> Path:
-    """A copy of DeepSC 2416d85 with the accelerator changed to the CPU (the only change)."""
-    return copy_for_cpu(tmp_path_factory.mktemp("deepsc") / "DeepSC")
+def commit(request) -> str:
+    """The DeepSC commit under test (:data:`BOTH_COMMITS`, :data:`AT_2416D85`)."""
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def deepsc(tmp_path_factory, deepsc_python, commit) -> Path:
+    """A copy of DeepSC at ``commit`` with the accelerator changed to the CPU (the only change)."""
+    return copy_for_cpu(tmp_path_factory.mktemp(f"deepsc-{commit}") / "DeepSC", commit)
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +110,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
 
 
 def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], **kw) -> Path:
+    """``tiny_space`` written to ``folder``; ``commit=`` as the copy ``deepsc`` is."""
     space = tiny_space(deepsc, python, data, **kw)
     path = folder / f"{space['name']}.yaml"
     path.write_text(yaml.safe_dump(space, sort_keys=False))
@@ -96,10 +118,12 @@ def write_space(folder: Path, deepsc: Path, python: str, data: dict[str, Path], 
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, deepsc, deepsc_python, data) -> tuple[Path, Path]:
+def prepared(tmp_path_factory, deepsc, deepsc_python, data, commit) -> tuple[Path, Path]:
     """A user's folder after ``validate`` and ``split``: (folder, search-space file)."""
-    work = tmp_path_factory.mktemp("work")
-    space = write_space(work, deepsc, deepsc_python, data)
+    work = tmp_path_factory.mktemp(f"work-{commit}")
+    # One cosine trial for certain, whatever the sampler draws: its warmup is checked in DeepSC.
+    study = {"n_trials": SEARCH_TRIALS[commit], "enqueue": [COSINE_TRIAL]}
+    space = write_space(work, deepsc, deepsc_python, data, commit=commit, study=study)
     # Before split, validate says what is missing and how to make it, in one line per problem.
     early = deepsc_tune("validate", str(space), cwd=work)
     assert early.returncode == 2 and "Traceback" not in early.stdout + early.stderr
@@ -109,7 +133,10 @@ def prepared(tmp_path_factory, deepsc, deepsc_python, data) -> tuple[Path, Path]
     assert re.search(r"data_path_eval: \S*split/val.h5ad", written.stdout), written.stdout
     ok = deepsc_tune("validate", str(space), cwd=work)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "/home/angli/DeepSC/results/cell_type_annotation" in ok.stdout  # where DeepSC writes
+    if commit == "2416d85":  # where DeepSC writes
+        assert f"{BASE_2416D85}<YYYYmmdd_HHMMSS>/" in ok.stdout
+    else:
+        assert "DeepSC abcf2be writes each trial's checkpoints, logs and plots into Hydra's run directory" in ok.stdout
     return work, space
 
 
@@ -190,19 +217,20 @@ def log_epochs(log: Path) -> list[tuple[float, float, float]]:
 
 @pytest.fixture(scope="module")
 def search(prepared, deepsc):
-    """A finished 3-trial search on DeepSC, run as a user runs it."""
+    """A finished search on DeepSC (:data:`SEARCH_TRIALS`) with two workers, run as a user runs it."""
     work, space = prepared
     before = sorted(p.name for p in deepsc.iterdir())
-    result = deepsc_tune("run", str(space), "--results-dir", "results", cwd=work)
+    result = deepsc_tune("run", str(space), "--results-dir", "results", "--workers", "2", cwd=work)
     return work, space, result, before
 
 
-def test_every_epoch_reaches_the_study(search, deepsc):
+@BOTH_COMMITS
+def test_every_epoch_reaches_the_study(search, deepsc, commit):
     work, _, result, before = search
     assert result.returncode == 0, result.stdout + result.stderr
     study = load(work / "results")
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    assert len(finished) == 3
+    assert len(finished) == SEARCH_TRIALS[commit]
     cosine: list[int] = []
     for t in finished:
         run_dir, record = trial_record(work / "results", t.number)
@@ -214,10 +242,17 @@ def test_every_epoch_reaches_the_study(search, deepsc):
         assert [(h["val_loss"], h["val_accuracy"], h["val_macro_f1"]) for h in record["history"]] == printed
         if t.state == TrialState.COMPLETE:
             assert len(printed) == 2 and t.value == max(f1 for _, _, f1 in printed)
-        # What DeepSC writes into its working directory stays with the trial; its hard-coded
-        # checkpoint folder is named in the trial's log and record.
-        assert list(run_dir.glob("finetune_*.log")), f"DeepSC's log file is not in {run_dir}"
-        assert record["program_output_dir"].startswith("/home/angli/DeepSC/results/cell_type_annotation/")
+        # What DeepSC writes into its working directory stays with the trial; its checkpoint
+        # folder (2416d85: hard-coded; abcf2be: Hydra's run directory) is named in the trial's
+        # log and record.
+        if commit == "2416d85":
+            assert list(run_dir.glob("finetune_*.log")), f"DeepSC's log file is not in {run_dir}"
+            assert record["program_output_dir"].startswith(BASE_2416D85)
+        else:
+            assert list(run_dir.glob("logs/finetune_*.log")), f"DeepSC's log file is not in {run_dir}/logs"
+            assert Path(record["program_output_dir"]) == run_dir.resolve()
+            saved = json.loads((run_dir / "checkpoints.json").read_text())["folder"]
+            assert Path(saved) == run_dir.resolve() / "checkpoints"  # kept or removed there, in the trial
         assert "DeepSC writes this run's checkpoints" in log.read_text()
         if t.params.get("lr_scheduler_type") == "cosine":
             cosine.append(t.number)
@@ -226,6 +261,27 @@ def test_every_epoch_reaches_the_study(search, deepsc):
     assert sorted(p.name for p in deepsc.iterdir()) == before, "DeepSC wrote into its checkout"
 
 
+@BOTH_COMMITS
+def test_parallel_trials_never_share_a_folder(search, commit):
+    work, _, result, _ = search
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = load(work / "results")
+    assert [t.state for t in study.trials].count(TrialState.FAIL) == 0
+    folders = {}
+    for t in study.trials:
+        run_dir, record = trial_record(work / "results", t.number)
+        folders[t.number] = Path(record["program_output_dir"])
+        if commit == "2416d85":  # the folder is claimed by this trial, and no other
+            claim = json.loads((folders[t.number] / CLAIM_NAME).read_text())
+            assert claim["run_dir"] == str(run_dir.resolve())
+    assert len(set(folders.values())) == len(folders), folders
+    if commit == "2416d85":
+        # Two workers started together: one of them waited for the other's DeepSC to name its folder.
+        logs = [(trial_record(work / "results", n)[0] / "log.txt").read_text() for n in folders]
+        assert any("to name its DeepSC output folder" in log for log in logs)
+
+
+@BOTH_COMMITS
 def test_only_the_best_trials_checkpoints_stay(search):
     """keep_checkpoints: best (the default): of DeepSC's two full checkpoints per epoch, only the
     chosen trial's remain after the search; the files are those DeepSC printed it saved."""
@@ -256,7 +312,8 @@ def check_warmup(t, log: str, record: dict) -> None:
     assert t.user_attrs["deepsc_warmup"]["n_train"] == n_train and t.user_attrs["deepsc_warmup"]["real_steps"] == real
 
 
-def test_best_command_runs_again_in_deepsc(search, deepsc):
+@BOTH_COMMITS
+def test_best_command_runs_again_in_deepsc(search, deepsc, commit):
     work, space, result, _ = search
     assert result.returncode == 0, result.stdout + result.stderr
     best = deepsc_tune("best", str(space), "--results-dir", "results", "--format", "hydra", cwd=work)
@@ -268,7 +325,10 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
     trial = study.best_trial
     for key in {**trial.params, "seed": 0, "epoch": 2, "model.num_layers": 2}:
         assert re.search(rf"(?<![\w.]){re.escape(key)}=", command), f"{key} missing from {command}"
-    assert "hydra.run.dir" not in command
+    if commit == "2416d85":
+        assert "hydra.run.dir" not in command
+    else:  # not its config's folder under another user's home: Hydra's default, in the checkout
+        assert "'hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}'" in command
     rerun = subprocess.run(
         ["bash", "-c", command],
         capture_output=True,
@@ -281,8 +341,11 @@ def test_best_command_runs_again_in_deepsc(search, deepsc):
     # so a random-init model differs between runs with one seed; docs/deepsc.md says so.)
     assert len(EVAL_LINE.findall(rerun.stdout + rerun.stderr)) == 2
     assert "Using CONSTANT" in rerun.stdout or "Using COSINE" in rerun.stdout
+    if commit == "abcf2be":
+        assert list(deepsc.glob("outputs/*/*/checkpoints/epoch_2.ckpt")), "the re-run wrote no checkpoint"
 
 
+@AT_2416D85
 def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, deepsc_python, data):
     # Every trial is hopeless for a threshold of 1.01, so the first epoch prunes it.
     space = write_space(
@@ -308,6 +371,7 @@ def test_pruned_trial_stops_deepsc_and_its_workers(tmp_path, prepared, deepsc, d
     assert "stopped after epoch 1: stopping the process group" in (run_dir / "log.txt").read_text()
 
 
+@AT_2416D85
 def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, deepsc_python, data):
     space = write_space(
         tmp_path,
@@ -341,6 +405,7 @@ def test_ctrl_c_while_workers_run_leaves_nothing(tmp_path, prepared, deepsc, dee
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
 
 
+@AT_2416D85
 def test_setting_deepsc_rejects_fails_with_its_own_error(tmp_path, prepared, deepsc, deepsc_python, data):
     space = write_space(
         tmp_path,

@@ -131,6 +131,8 @@ def fake_checkout(tmp_path) -> Path:
     root = tmp_path / "DeepSC"
     (root / "src" / "deepsc" / "finetune").mkdir(parents=True)
     shutil.copy(FAKE, root / "src" / "deepsc" / "finetune" / "finetune.py")
+    # finetune.py imports its trainer: without it the checkout is no working commit.
+    (root / "src" / "deepsc" / "finetune" / "cell_type_annotation.py").write_text("# DeepSC's trainer\n")
     (root / "configs" / "finetune").mkdir(parents=True)
     config = {k: v for k, v in fake_deepsc.DEFAULTS.items() if not k.startswith("hydra.")}
     (root / "configs" / "finetune" / "finetune.yaml").write_text(yaml.safe_dump(config))
