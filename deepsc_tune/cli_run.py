@@ -173,8 +173,8 @@ def run(
             if get_backend(space.backend).runs_program:  # after the workers' last trials, said once
                 from deepsc_tune.checkpoints import CheckpointKeeper
 
-                trials = results_dir / space.name / "trials"
-                _prune_checkpoints(CheckpointKeeper(study, trials, space.settings.keep_checkpoints), echo=True)
+                keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
+                _prune_checkpoints(keeper, echo=True)
             summary = _summarise(study, space, budget=budget)
         else:
             if child:
