@@ -48,18 +48,23 @@ from deepsc_setup import CHECKOUTS, PYTHON_ENV, copy_for_cpu, split, tiny_space,
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.command import CommandFinetuner, CommandSettings, checkout_pythonpath  # noqa: E402
 
-IMPORTS = (
-    "import time; t = time.perf_counter(); "
-    "import lightning, hydra, scanpy, seaborn, wandb; "
-    "from deepsc.finetune.cell_type_annotation import CellTypeAnnotation; "
-    "from deepsc.models.deepsc_experiment.model import DeepSCClassifier; "
-    "print(time.perf_counter() - t)"
-)
+#: The fine-tuner's modules and the model its config names (configs/finetune/model/deepsc.yaml).
+MODEL_MODULES = {"2416d85": "deepsc.models.deepsc_experiment.model", "abcf2be": "deepsc.models.deepsc.model"}
 
 
-def time_imports(python: str, checkout: Path) -> float:
+def imports(commit: str) -> str:
+    return (
+        "import time; t = time.perf_counter(); "
+        "import lightning, hydra, scanpy, seaborn, wandb; "
+        "from deepsc.finetune.cell_type_annotation import CellTypeAnnotation; "
+        f"from {MODEL_MODULES[commit]} import DeepSCClassifier; "
+        "print(time.perf_counter() - t)"
+    )
+
+
+def time_imports(python: str, checkout: Path, commit: str) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(checkout_pythonpath(checkout)), "WANDB_MODE": "disabled"}
-    out = subprocess.run([python, "-c", IMPORTS], env=env, cwd=checkout, capture_output=True, text=True, check=True)
+    out = subprocess.run([python, "-c", imports(commit)], env=env, cwd=checkout, capture_output=True, text=True, check=True)
     return round(float(out.stdout.strip().splitlines()[-1]), 2)
 
 
@@ -148,7 +153,7 @@ def bench_commit(args: argparse.Namespace, commit: str) -> None:
         checkout = copy_for_cpu(tmp / "DeepSC", commit)
         data = write_data(tmp / "data", n_cells=round(args.cells / 0.75))  # a quarter for validation
         load_before = load_average()
-        imports = [time_imports(args.python, checkout) for _ in range(2)]
+        imports_s = [time_imports(args.python, checkout, commit) for _ in range(2)]
         space = tiny_space(
             checkout, args.python, data, split_dir=tmp / "split", fixed={"epoch": args.epochs}, commit=commit
         )
@@ -185,7 +190,7 @@ def bench_commit(args: argparse.Namespace, commit: str) -> None:
         "train_cells": args.cells,
         "val_cells": round(args.cells / 0.75) - args.cells,
         "batch_size": 32,
-        "imports_s": imports,
+        "imports_s": imports_s,
         "trials": trials,
         "median_overhead_s": round(overhead, 2),
         "median_epoch_s": round(epoch, 2),
@@ -209,7 +214,7 @@ def bench_commit(args: argparse.Namespace, commit: str) -> None:
         "",
         "| | seconds |",
         "|---|---|",
-        f"| importing DeepSC's modules (fresh interpreter, 1st / 2nd) | {imports[0]} / {imports[1]} |",
+        f"| importing DeepSC's modules (fresh interpreter, 1st / 2nd) | {imports_s[0]} / {imports_s[1]} |",
         f"| a 1-epoch trial, start to exit (median of {args.repeats}) | {statistics.median(short):.1f} |",
         f"| a {args.epochs}-epoch trial (median of {args.repeats}) | {statistics.median(long):.1f} |",
         f"| one more epoch (training, evaluation, plots, 2 checkpoints) | {epoch:.1f} |",

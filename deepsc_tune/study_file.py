@@ -162,8 +162,8 @@ def check_study_file_unchanged(storage: Any) -> None:
     StudyFileGone
         When the file (or its folder) was deleted, or another file was put in its place.
     """
-    watched = _WATCHED.get(storage)
-    if watched is None:
+    watched = None if storage is None else _WATCHED.get(storage)
+    if watched is None:  # an in-memory study, or a database server: no file to watch
         return
     path, identity = watched
     try:

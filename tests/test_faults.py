@@ -1281,7 +1281,7 @@ def test_repeat_sigkill_then_resume_completes_the_repeats(case_dir: Path):
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0 and "Traceback" not in out + err, out + err
     assert "re-queued trials left running by a dead process: [1]" in out, out
-    storage = optuna.storages.RDBStorage(f"sqlite:///{case_dir / 'results' / NAME / 'study.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{case_dir / 'results' / 'long' / 'study.db'}")
     try:
         trials = optuna.load_study(study_name="long", storage=storage).trials
     finally:
