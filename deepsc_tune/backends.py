@@ -31,10 +31,14 @@ def _parse_builtin(block: Mapping[str, Any], fixed_so_far: dict[str, Any]) -> Fi
     fixed = {k: v for k, v in block.items() if k != "backend"}
     fixed_so_far.update(fixed)
     try:
-        return FinetuneBlock(validate_python(TrainSettings, fixed), fixed)
+        settings = validate_python(TrainSettings, fixed)
     except ValidationError as e:
         raise_errors(line_errors(e, model=TrainSettings))  # with the did-you-mean of unknown keys
         raise
+    # The fixed settings with their types (PyYAML reads 1e-4 as the string '1e-4'): what trials
+    # store and readers use is the validated value, never the text.
+    typed = settings.to_dict()
+    return FinetuneBlock(settings, {k: typed[k] for k in fixed})
 
 
 def _parse_command(block: Mapping[str, Any], fixed_so_far: dict[str, Any]) -> FinetuneBlock:

@@ -273,3 +273,23 @@ def test_unknown_name_lists_known(tmp_path, monkeypatch):
         load_search_space("nope")
     with pytest.raises(ConfigError, match="search-space file not found: missing.yaml"):
         load_search_space("missing.yaml")
+
+
+def test_fixed_settings_are_stored_with_their_types(tmp_path):
+    """PyYAML reads 1e-4 as the string '1e-4': the fixed settings trials start from (and store)
+    hold the validated float, not the text."""
+    import yaml
+
+    from deepsc_tune.search_space import load_search_space
+
+    d = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces" / "pbmc68k.yaml").read_text())
+    d["finetune"].update(learning_rate="1e-4", weight_decay="1e-5", epoch="3")
+    del d["search"]["learning_rate"]
+    d["study"]["enqueue"] = []
+    path = tmp_path / "typed.yaml"
+    path.write_text(yaml.safe_dump(d))
+    space = load_search_space(str(path))
+    settings = space.settings_for({"lr_scheduler_type": "constant"})
+    assert settings["learning_rate"] == 1e-4 and isinstance(settings["learning_rate"], float)
+    assert settings["weight_decay"] == 1e-5 and settings["epoch"] == 3 and isinstance(settings["epoch"], int)
+    assert settings["hidden"] == [256, 128]
