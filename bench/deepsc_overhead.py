@@ -64,7 +64,9 @@ def imports(commit: str) -> str:
 
 def time_imports(python: str, checkout: Path, commit: str) -> float:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(checkout_pythonpath(checkout)), "WANDB_MODE": "disabled"}
-    out = subprocess.run([python, "-c", imports(commit)], env=env, cwd=checkout, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [python, "-c", imports(commit)], env=env, cwd=checkout, capture_output=True, text=True, check=True
+    )
     return round(float(out.stdout.strip().splitlines()[-1]), 2)
 
 
