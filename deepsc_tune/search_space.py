@@ -267,6 +267,9 @@ def folder_name_problem(name: str) -> str | None:
 
 
 def _name(raw: Any, info: ValidationInfo) -> str:
+    if raw is not None and not (isinstance(raw, str) and raw.strip()):
+        # name: "" (or blanks) is a mistake, not "use the file's name": leave the key out for that
+        raise expected("a short name that is one plain folder name, or no name key for the file's own name")
     name = raw or info.context["default_name"]
     plain = isinstance(name, str) and folder_name_problem(name) is None
     if not plain or not name.replace("-", "_").replace(".", "_").isidentifier():

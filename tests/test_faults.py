@@ -433,6 +433,13 @@ CASES = [
         absent=["study.db", "results/study.db", "results/model", "results/trials"],
     ),
     Case("name-hidden", BAD, 2, ["bad.yaml", "name", "'.x'"], space_with(replace=(f"name: {NAME}", "name: .x"))),
+    Case(
+        "name-empty",
+        BAD,
+        2,
+        ["bad.yaml", "name", "no name key for the file's own name"],
+        space_with(replace=(f"name: {NAME}", 'name: ""')),
+    ),
     Case("study-name-parent-folder", [*RUN, "--study-name", "../x"], 2, ["--study-name", "'../x'", "folder name"]),
     Case("study-name-empty", [*RUN, "--study-name", ""], 2, ["--study-name", "''"]),
     Case(
