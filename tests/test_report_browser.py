@@ -18,6 +18,7 @@ skipped with the reason.
 from __future__ import annotations
 
 import html
+import importlib.util
 import json
 import os
 import re
@@ -39,22 +40,20 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 #: Where the screenshot of the test report goes (``results/*`` is ignored by git).
 ARTIFACT = ROOT / "results" / "browser" / "report-ci.png"
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-#: Headless, sandbox-free (containers), and nothing that reaches the network.
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-default-apps",
-    "--disable-extensions",
-    "--host-resolver-rules=MAP * ~NOTFOUND",
-    "--hide-scrollbars",
-)
+
+
+def _screenshot_script():
+    """bench/readme_screenshot.py: the one place that says how headless Chromium is started."""
+    spec = importlib.util.spec_from_file_location("readme_screenshot", ROOT / "bench" / "readme_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+#: Browsers looked for, and headless, sandbox-free flags that reach no network (the README
+#: screenshot's, so the picture and the test see the same page).
+_SCRIPT = _screenshot_script()
+BROWSERS, FLAGS = _SCRIPT.BROWSERS, _SCRIPT.FLAGS
 FIGURES = ("fig-frontier", "fig-curves", "fig-history", "fig-importances", "fig-contour", "fig-stability")
 
 PROBE = """
