@@ -106,7 +106,7 @@ def search_disk(python: str, checkout: Path, data: dict, tmp: Path, *, commit: s
     )
     split(space, work / "split")
     (work / "space.yaml").write_text(yaml.safe_dump(space))
-    cli = [sys.executable, "-c", "from deepsc_tune.cli import app; app()"]
+    cli = [sys.executable, "-c", "from deepsc_tune.cli import entry; entry()"]
     start = time.monotonic()
     subprocess.run(
         [*cli, "run", str(work / "space.yaml"), "--results-dir", str(work / "results")], cwd=work, check=True

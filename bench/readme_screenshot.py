@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with tempfile.TemporaryDirectory() as tmp:
         results = args.keep or Path(tmp) / "results"
-        cli = [sys.executable, "-c", "from deepsc_tune.cli import app; app()"]
+        cli = [sys.executable, "-c", "from deepsc_tune.cli import entry; entry()"]
         for command in (["run", "pbmc68k"], ["report", "pbmc68k"]):
             subprocess.run([*cli, *command, "--results-dir", str(results)], check=True)
         screenshot(chromium, results / "pbmc68k" / "report.html", args.out, profile=Path(tmp) / "profile")

@@ -1,6 +1,6 @@
 """The ``deepsc-tune`` command line: a thin shell over plain functions.
 
-This module is the typer app (the console entry point ``deepsc_tune.cli:app``, also
+This module is the typer app (the console entry point ``deepsc_tune.cli:entry``, also
 ``python -m deepsc_tune.cli``): its commands, in the order of ``--help``, and the help layout.
 The commands themselves live in one module per group: ``cli_run`` (run, repeat),
 ``cli_results`` (best, status, report), ``cli_spaces`` (validate, list), ``cli_data`` (split)
@@ -108,5 +108,13 @@ if not isinstance(app.info.cls, type):  # typer's default placeholder: nobody ch
     app.info.cls = _HelpGroup
 
 
-if __name__ == "__main__":  # pragma: no cover
+def entry() -> None:
+    """The ``deepsc-tune`` console script (and ``python -m deepsc_tune.cli``, a worker's)."""
+    from deepsc_tune import cli_common
+
+    cli_common.PROCESS_ENDS_WITH_COMMAND = True
     app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

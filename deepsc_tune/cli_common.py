@@ -91,6 +91,11 @@ def user_errors() -> Iterator[None]:
         _fail(str(full), EXIT_ERROR)
 
 
+#: Set by the console script (:func:`deepsc_tune.cli.entry`): this process ends with the
+#: command, so a stopped command may leave SIGINT/SIGTERM ignored while it exits. Commands
+#: invoked in-process (tests, a notebook) leave the handlers as they found them.
+PROCESS_ENDS_WITH_COMMAND = False
+
 #: How the one line after an interruption names its cause (see :mod:`deepsc_tune.interrupts`).
 _STOPPED_BY = {"SIGINT": "interrupted", "SIGTERM": "interrupted by SIGTERM", "stdout closed": "stdout was closed"}
 
@@ -107,7 +112,7 @@ def stops_end_the_command(what: str | None, *, prefix: str = "") -> Iterator[Non
     from deepsc_tune.interrupts import Interrupted, exit_code, stop_requests
 
     try:
-        with stop_requests():
+        with stop_requests(process_ends=PROCESS_ENDS_WITH_COMMAND):
             yield
     except KeyboardInterrupt as e:
         if what is not None:

@@ -106,12 +106,20 @@ class StopRequests:
 
 
 @contextlib.contextmanager
-def stop_requests(*, raising: bool = True) -> Iterator[StopRequests]:
+def stop_requests(*, raising: bool = True, process_ends: bool = False) -> Iterator[StopRequests]:
     """SIGINT, SIGTERM and a closed stdout/stderr become stop requests in this block.
 
     ``raising``: the first request raises :class:`Interrupted` (in the main thread); otherwise
     requests are only counted for the caller to act on. Outside the main thread (signals live
     there) this does nothing but yield.
+
+    On leaving, the previous handlers come back, with one exception: with ``process_ends``
+    (the console script, which exits right after a stop) a stopped block leaves SIGINT and
+    SIGTERM ignored, so a second Ctrl-C cannot cut the exit short, not even late in the
+    interpreter's exit, which resets Python's own handlers to the default but leaves an ignored
+    signal ignored. Only the process's owner may do that: an ignored signal is inherited by
+    every child started later (a library caller's, a notebook's), which then cannot be stopped
+    with SIGTERM.
     """
     stops = StopRequests(raising=raising)
     if threading.current_thread() is not threading.main_thread():
@@ -129,11 +137,9 @@ def stop_requests(*, raising: bool = True) -> Iterator[StopRequests]:
         yield stops
     finally:
         sys.stdout, sys.stderr = streams
+        ignore = process_ends and stops.first is not None
         for s, h in previous.items():
-            # Interrupted: the command is ending, and a later signal must not cut that short,
-            # not even late in the interpreter's exit, which resets Python's own handlers to
-            # the default (death by SIGINT) but leaves an ignored signal ignored.
-            signal.signal(s, h if stops.first is None else signal.SIG_IGN)
+            signal.signal(s, signal.SIG_IGN if ignore else h)
 
 
 def _unguarded(stream: TextIO) -> TextIO:
