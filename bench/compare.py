@@ -67,20 +67,20 @@ import optuna  # noqa: E402
 from selection_eval import repeat_records, variants  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.builtin import BuiltinFinetuner  # noqa: E402
-from deepsc_tune.confirm import run_confirmation  # noqa: E402
-from deepsc_tune.data import PreparedData, prepare_data  # noqa: E402
-from deepsc_tune.evaluation import classification_metrics  # noqa: E402
-from deepsc_tune.progress import Progress  # noqa: E402
-from deepsc_tune.search_space import (  # noqa: E402
+from deepsc_tune.backends.builtin._evaluation import classification_metrics  # noqa: E402
+from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner  # noqa: E402
+from deepsc_tune.cli._progress import Progress  # noqa: E402
+from deepsc_tune.config._search_space import (  # noqa: E402
     SearchSpace,
     build_search_space,
     parse_yaml,
     resolve_search_space_path,
 )
-from deepsc_tune.study import open_study, run_study  # noqa: E402
-from deepsc_tune.study_settings import DEFAULT_STUDY  # noqa: E402
-from deepsc_tune.trial_record import best_search_trial, search_trials  # noqa: E402
+from deepsc_tune.config._study_settings import DEFAULT_STUDY  # noqa: E402
+from deepsc_tune.data._prepare import PreparedData, prepare_data  # noqa: E402
+from deepsc_tune.study._confirm import run_confirmation  # noqa: E402
+from deepsc_tune.study._study import open_study, run_study  # noqa: E402
+from deepsc_tune.study._trial_record import best_search_trial, search_trials  # noqa: E402
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).
 GRID_LEARNING_RATES = (1e-5, 5e-5, 1e-4, 5e-4)
@@ -405,7 +405,7 @@ def logistic_regression(data: PreparedData) -> dict[str, Any]:
     """scikit-learn's LogisticRegression on the prepared training cells, scored on the test cells.
 
     Same features and split as the fine-tuner (the validation cells are not used for fitting),
-    scored with :func:`deepsc_tune.evaluation.classification_metrics`, the fine-tuner's own metrics.
+    scored with :func:`deepsc_tune.backends.builtin._evaluation.classification_metrics`, the fine-tuner's own metrics.
     """
     from sklearn.linear_model import LogisticRegression
 

@@ -1,6 +1,6 @@
 """Benchmark: does starting the search from `deepsc-tune lr-find`'s range reach the grid's best sooner?
 
-Per benchmark: run the LR range test (:func:`deepsc_tune.lr_find.run_lr_find`, one torch thread)
+Per benchmark: run the LR range test (:func:`deepsc_tune.results._lr_find.run_lr_find`, one torch thread)
 on the training cells with the search space's fixed settings, then run ``bench/compare.py``'s
 ``default`` strategy with that ``learning_rate`` range (and no enqueued guide configurations, which
 may fall outside it). The grid runs and the shipped ranges' default-search runs are read from
@@ -29,10 +29,10 @@ sys.path.insert(1, str(REPO / "bench"))
 
 import compare
 
-from deepsc_tune.data import prepare_data
-from deepsc_tune.lr_find import run_lr_find
-from deepsc_tune.search_space import load_search_space
-from deepsc_tune.train_settings import TrainSettings
+from deepsc_tune.backends.builtin._settings import TrainSettings
+from deepsc_tune.config._search_space import load_search_space
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.results._lr_find import run_lr_find
 
 OUT = REPO / "results" / "benchmarks"
 SHIPPED = OUT / "compare-confirm.json"

@@ -1,12 +1,12 @@
 """Selection with and without confirmation, evaluated on one finished study (used by compare.py).
 
 After the default search of a benchmark seed, ``compare.py`` confirms the ``k_max`` best
-configurations (by search value) with ``n_max`` further seeds (:func:`deepsc_tune.confirm.run_confirmation`).
+configurations (by search value) with ``n_max`` further seeds (:func:`deepsc_tune.study._confirm.run_confirmation`).
 From that one study every smaller variant is replayed without training again: for each selection
-rule (:data:`deepsc_tune.selection.RULES`) and each ``(K, N)`` with ``K <= k_max``,
+rule (:data:`deepsc_tune.study._selection.RULES`) and each ``(K, N)`` with ``K <= k_max``,
 ``N <= n_max`` (``(0, 0)``: no confirmation), the trials the variant would have had (the search
 trials and the repeats of the top K with the first N extra seeds) go through
-:func:`deepsc_tune.selection.select`, and the pick is recorded with:
+:func:`deepsc_tune.study._selection.select`, and the pick is recorded with:
 
 - ``val``: the score it was picked on (mean over its seeds under the rule);
 - ``val_fresh``: the study metric (best epoch) of the pick on the *held-out* seed, the last
@@ -26,8 +26,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.repeat import top_trials, trial_seed
-from deepsc_tune.selection import RULES, is_repeat, select
+from deepsc_tune.study._repeat import top_trials, trial_seed
+from deepsc_tune.study._selection import RULES, is_repeat, select
 
 
 def _epochs(t: FrozenTrial) -> int:

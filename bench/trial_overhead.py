@@ -1,7 +1,7 @@
 """Benchmark: what the study costs per trial, on SQLite and in memory.
 
 A fine-tuner that returns at once (fixed per-epoch metrics, no training) runs through the real
-objective and worker loop (:func:`deepsc_tune.study.run_study`), so each trial's wall time is the
+objective and worker loop (:func:`deepsc_tune.study._study.run_study`), so each trial's wall time is the
 overhead of recording it: asking the sampler, the per-epoch ``trial.report`` (the only write per
 epoch), the result attributes, the trial file, the heartbeat and the start lock. Compared:
 
@@ -37,10 +37,10 @@ sys.path.insert(1, str(REPO / "bench"))
 import optuna
 from benchinfo import cpu_model, git_commit, load_average
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.storage import open_storage
-from deepsc_tune.study import open_study, run_study
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
+from deepsc_tune.config._search_space import build_search_space
+from deepsc_tune.study._storage import open_storage
+from deepsc_tune.study._study import open_study, run_study
 
 OUT = REPO / "results" / "benchmarks"
 

@@ -75,7 +75,7 @@ def postgres_study(postgres_url: str) -> Iterator[tuple[str, str]]:
 @pytest.fixture(scope="module")
 def checkout() -> Path:
     """DeepSC's real checkout at 2416d85 (tests/test_deepsc*.py); fails in CI when it is missing."""
-    from deepsc_tune.deepsc_checkout import ENTRY_FILE
+    from deepsc_tune.backends.command.deepsc._checkout import ENTRY_FILE
 
     if not (CHECKOUT / ENTRY_FILE).is_file():
         reason = f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)"
@@ -96,7 +96,7 @@ def copy(checkout, tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def checkout_abcf2be() -> Path:
     """DeepSC's real checkout at abcf2be (run_cta); fails in CI when it is missing."""
-    from deepsc_tune.deepsc_commits import RUN_CTA_FILE
+    from deepsc_tune.backends.command.deepsc._commits import RUN_CTA_FILE
 
     if not (CHECKOUT_ABCF2BE / RUN_CTA_FILE).is_file():
         reason = f"DeepSC checkout not found: {CHECKOUT_ABCF2BE} (the shared folder beside the repository)"
@@ -128,7 +128,7 @@ def baron() -> Path:
 @pytest.fixture
 def fresh_data_memo() -> Iterator[None]:
     """Each test sees prepare_data as a new process would (its own disk cache, if any, survives)."""
-    from deepsc_tune.data_cache import clear_memo
+    from deepsc_tune.data._cache import clear_memo
 
     clear_memo()
     yield

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from deepsc_tune.data_settings import DataSettings
+from deepsc_tune.data._settings import DataSettings
 
 
 def settings(**kw) -> DataSettings:

@@ -93,8 +93,8 @@ def write_data(folder: Path, *, n_cells: int = 400, seed: int = 0) -> dict[str, 
 
 def split(space: dict[str, Any], out: Path) -> dict[str, Path]:
     """What ``deepsc-tune split --out OUT`` writes for ``space`` (the library call)."""
-    from deepsc_tune.data_settings import DataSettings
-    from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split
+    from deepsc_tune.backends.command.deepsc._split import deepsc_options, write_deepsc_split
+    from deepsc_tune.data._settings import DataSettings
 
     result = write_deepsc_split(DataSettings.from_dict(space["data"]), out, **deepsc_options(space["finetune"]))
     return result.paths

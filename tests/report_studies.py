@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.storage import open_storage
+from deepsc_tune.study._storage import open_storage
 
 #: A real search small enough for a test: 8 trials of 4 epochs on scanpy's bundled PBMC data.
 REAL_OVERRIDES = ["study.n_trials=8", "finetune.epoch=4", "finetune.hidden=[32]"]

@@ -1,10 +1,10 @@
-"""deepsc_tune.atomic: a reader sees the old file or the new one; a failed write leaves no temporary."""
+"""deepsc_tune.utils._atomic: a reader sees the old file or the new one; a failed write leaves no temporary."""
 
 from __future__ import annotations
 
 import pytest
 
-from deepsc_tune.atomic import atomic_path, write_text
+from deepsc_tune.utils._atomic import atomic_path, write_text
 
 
 def test_write_replaces_the_whole_file(tmp_path):

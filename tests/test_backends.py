@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
-from deepsc_tune.backends import BACKENDS, get_backend
-from deepsc_tune.command_settings import CommandSettings
-from deepsc_tune.data_settings import DataSettings
+from deepsc_tune.backends._registry import BACKENDS, get_backend
+from deepsc_tune.backends.builtin._settings import TrainSettings
+from deepsc_tune.backends.command._settings import CommandSettings
+from deepsc_tune.config._search_space import build_search_space
+from deepsc_tune.data._settings import DataSettings
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.train_settings import TrainSettings
 
 DATA = {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"}
 

@@ -1,4 +1,4 @@
-"""The logistic-regression baseline every study is measured against (deepsc_tune.baseline)."""
+"""The logistic-regression baseline every study is measured against (deepsc_tune.data._baseline)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import optuna
 import pytest
 from typer.testing import CliRunner
 
-from deepsc_tune import baseline as bl
 from deepsc_tune.cli import app
-from deepsc_tune.data import prepare_data
-from deepsc_tune.search_space import load_search_space
+from deepsc_tune.config._search_space import load_search_space
+from deepsc_tune.data import _baseline as bl
+from deepsc_tune.data._prepare import prepare_data
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -115,7 +115,7 @@ def test_deepsc_study_baseline_from_the_files_deepsc_reads(tmp_path, monkeypatch
     import yaml
     from sklearn.linear_model import LogisticRegression
 
-    from deepsc_tune.deepsc_data import deepsc_inputs
+    from deepsc_tune.backends.command.deepsc._data import deepsc_inputs
 
     monkeypatch.chdir(tmp_path)
     data = deepsc_setup.write_data(tmp_path / "data", n_cells=300)
@@ -134,7 +134,7 @@ def test_deepsc_study_baseline_from_the_files_deepsc_reads(tmp_path, monkeypatch
     # Independently: the same model on the same genes gives the same validation accuracy.
     import pandas as pd
 
-    from deepsc_tune.preprocess import dense, select_genes
+    from deepsc_tune.data._preprocess import dense, select_genes
 
     keep, _ = select_genes(train.X, pd.Index(train.var_names), n_top_genes=bl.FILE_TOP_GENES)
     classes = sorted(set(train.obs["celltype"].astype(str)))

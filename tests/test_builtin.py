@@ -11,10 +11,10 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
-from deepsc_tune.builtin import BuiltinFinetuner
-from deepsc_tune.data import prepare_data
-from deepsc_tune.data_settings import DataSettings
-from deepsc_tune.search_space import load_search_space
+from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner
+from deepsc_tune.config._search_space import load_search_space
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.data._settings import DataSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

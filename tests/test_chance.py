@@ -1,4 +1,4 @@
-"""Trials that complete at chance level are flagged in `status` and the report (deepsc_tune.chance)."""
+"""Trials that complete at chance level are flagged in `status` and the report (deepsc_tune.data._chance)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from deepsc_tune.chance import CHANCE_ATTR, chance_levels, chance_note, chance_trials
 from deepsc_tune.cli import app
-from deepsc_tune.report import build_report_data
+from deepsc_tune.data._chance import CHANCE_ATTR, chance_levels, chance_note, chance_trials
+from deepsc_tune.results.report._files import build_report_data
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

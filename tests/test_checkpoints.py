@@ -1,4 +1,4 @@
-"""DeepSC's checkpoints bounded by finetune.keep_checkpoints (deepsc_tune/checkpoints.py)."""
+"""DeepSC's checkpoints bounded by finetune.keep_checkpoints (deepsc_tune/backends/command/deepsc/_checkpoints.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,14 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 from typer.testing import CliRunner
 
-from deepsc_tune.checkpoints import CHECKPOINTS_FILE, CheckpointKeeper, best_epoch_checkpoint, saved_path
+from deepsc_tune.backends.command.deepsc._checkpoints import (
+    CHECKPOINTS_FILE,
+    CheckpointKeeper,
+    best_epoch_checkpoint,
+    saved_path,
+)
 from deepsc_tune.cli import app
-from deepsc_tune.objective import trial_dir
+from deepsc_tune.study._objective import trial_dir
 
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
 optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -160,7 +160,7 @@ def test_status_table(results):
 
 
 def test_status_shows_test_metrics_for_the_chosen_configuration_only(results):
-    from deepsc_tune.selection import select
+    from deepsc_tune.study._selection import select
 
     study = load(results)
     best = select(study.trials).best

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from deepsc_tune.backend import EpochMetrics
-from deepsc_tune.command import (
+from deepsc_tune.backends._interface import EpochMetrics
+from deepsc_tune.backends.command._finetuner import (
     COMMAND_KEYS,
     METRICS_ENV,
     CommandFinetuner,
@@ -26,8 +26,8 @@ from deepsc_tune.command import (
     format_override,
     format_value,
 )
+from deepsc_tune.backends.command._metrics_parsing import JsonLinesTail, StdoutParser
 from deepsc_tune.errors import ConfigError, FinetuneError
-from deepsc_tune.metrics_parsing import JsonLinesTail, StdoutParser
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
@@ -508,7 +508,7 @@ def test_program_that_cannot_start(tmp_path):
 DRIVER = """
 import signal, sys
 from pathlib import Path
-from deepsc_tune.command import CommandFinetuner, CommandSettings
+from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
 
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
 settings, fixed = CommandSettings.from_dict(
@@ -553,7 +553,7 @@ def test_ctrl_c_stops_the_child_before_the_driver_exits(tmp_path, run_dir):
 
 
 def test_module_does_not_import_optuna():
-    code = "import sys, deepsc_tune.command; sys.exit('optuna' in sys.modules)"
+    code = "import sys, deepsc_tune.backends.command._finetuner; sys.exit('optuna' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     assert subprocess.run([sys.executable, "-c", code], env=env).returncode == 0
 

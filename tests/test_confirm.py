@@ -12,15 +12,15 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
-from deepsc_tune.confirm import run_confirmation
+from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.repeat import top_trials
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.storage import default_storage_url, open_storage
-from deepsc_tune.study import open_study, run_study
-from deepsc_tune.trial_record import count_states
+from deepsc_tune.study._confirm import run_confirmation
+from deepsc_tune.study._repeat import top_trials
+from deepsc_tune.study._storage import default_storage_url, open_storage
+from deepsc_tune.study._study import open_study, run_study
+from deepsc_tune.study._trial_record import count_states
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

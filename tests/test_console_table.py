@@ -1,6 +1,6 @@
-"""Tests of deepsc_tune.console_table: rich tables as plain, greppable text."""
+"""Tests of deepsc_tune.cli._console_table: rich tables as plain, greppable text."""
 
-from deepsc_tune.console_table import Column, print_table
+from deepsc_tune.cli._console_table import Column, print_table
 
 
 def test_columns_are_aligned_two_spaces_apart_without_borders(capsys):

@@ -1,4 +1,4 @@
-"""Tests for deepsc_tune.data_cache through prepare_data: the in-process memo, the disk cache and
+"""Tests for deepsc_tune.data._cache through prepare_data: the in-process memo, the disk cache and
 the fingerprint that keys both."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from data_helpers import balanced_labels, counts, settings, write_h5ad
 
-from deepsc_tune import data, data_cache
-from deepsc_tune.data import prepare_data
+from deepsc_tune.data import _cache as data_cache
+from deepsc_tune.data import _prepare as data
+from deepsc_tune.data._prepare import prepare_data
 
 pytestmark = pytest.mark.usefixtures("fresh_data_memo")
 

@@ -1,4 +1,4 @@
-"""Tests for deepsc_tune.data_loading: input files resolved, read and checked, labels read;
+"""Tests for deepsc_tune.data._loading: input files resolved, read and checked, labels read;
 errors name the key path, the file and how to get it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 from data_helpers import balanced_labels, counts, settings, write_h5ad
 
-from deepsc_tune.data import prepare_data
-from deepsc_tune.data_split import split_cells
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.data._split import split_cells
 from deepsc_tune.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("fresh_data_memo")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from data_helpers import settings
 
-from deepsc_tune.data_settings import DataSettings, ObsSplit
+from deepsc_tune.data._settings import DataSettings, ObsSplit
 from deepsc_tune.errors import ConfigError
 
 

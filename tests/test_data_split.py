@@ -1,4 +1,4 @@
-"""Tests for deepsc_tune.data_split: test cells from each source, class dropping, the seeded
+"""Tests for deepsc_tune.data._split: test cells from each source, class dropping, the seeded
 stratified validation carve-out; tiny synthetic files for edge cases, Baron pancreas
 (../shared/data) for the real thing."""
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from data_helpers import balanced_labels, counts, settings, write_h5ad
 
-from deepsc_tune.data import prepare_data
-from deepsc_tune.data_split import split_cells
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.data._split import split_cells
 from deepsc_tune.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("fresh_data_memo")
@@ -130,8 +130,8 @@ def test_baron_cross_donor_split(baron):
 def test_subsample_is_stratified_seeded_and_keeps_the_test_cells():
     """data.subsample on scanpy's pbmc68k: at most N cells for training + validation, class shares
     kept, the same cells every time, the test cells untouched, and a fingerprint of its own."""
-    from deepsc_tune.data_cache import data_fingerprint
-    from deepsc_tune.data_settings import DataSettings
+    from deepsc_tune.data._cache import data_fingerprint
+    from deepsc_tune.data._settings import DataSettings
 
     block = {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels", "test_fraction": 0.2}
     full = split_cells(DataSettings.from_dict(block))
@@ -161,7 +161,7 @@ def test_subsample_is_stratified_seeded_and_keeps_the_test_cells():
 
 @pytest.mark.parametrize("value", [0, -5, 2.5, "many"])
 def test_subsample_bad_values(value):
-    from deepsc_tune.data_settings import DataSettings
+    from deepsc_tune.data._settings import DataSettings
     from deepsc_tune.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.subsample: .*a positive number of cells"):

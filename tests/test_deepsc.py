@@ -1,4 +1,4 @@
-"""What a DeepSC checkout accepts, checked on a search space (deepsc_tune/deepsc.py), and
+"""What a DeepSC checkout accepts, checked on a search space (deepsc_tune/backends/command/deepsc/_space.py), and
 `validate`/`run` refusing what DeepSC would refuse.
 
 Against DeepSC's real code at 2416d85 (../shared/deepsc/DeepSC-2416d85, read only; the
@@ -20,11 +20,12 @@ import yaml
 from deepsc_setup import deepsc_loop_steps, write_labels
 from typer.testing import CliRunner
 
-from deepsc_tune import deepsc, deepsc_checkout
+from deepsc_tune.backends.command.deepsc import _checkout as deepsc_checkout
+from deepsc_tune.backends.command.deepsc import _space as deepsc
+from deepsc_tune.backends.command.deepsc._space import Setting
 from deepsc_tune.cli import app
-from deepsc_tune.deepsc import Setting
+from deepsc_tune.config._search_space import ParamSpec, build_search_space, load_search_space
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.search_space import ParamSpec, build_search_space, load_search_space
 
 MODULE = "src.deepsc.finetune.finetune"
 runner = CliRunner()
@@ -238,7 +239,7 @@ def test_clipped_range_is_what_the_study_samples(checkout, tmp_path):
             assert trial.distributions["warmup_ratio"].low == pytest.approx(low)
 
     # The hash is of the file: the same file opens the same study, a changed range does not.
-    from deepsc_tune.study import open_study
+    from deepsc_tune.study._study import open_study
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     open_study(space, storage=url, study_name="dsc")

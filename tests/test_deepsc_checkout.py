@@ -1,4 +1,4 @@
-"""What deepsc-tune reads from a DeepSC checkout (deepsc_tune/deepsc_checkout.py): the entry
+"""What deepsc-tune reads from a DeepSC checkout (deepsc_tune/backends/command/deepsc/_checkout.py): the entry
 module, the Hydra config and its keys, the output folder.
 
 Against DeepSC's real code at 2416d85 and abcf2be (../shared/deepsc/DeepSC-*, read only). Other
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deepsc_tune import deepsc_checkout
+from deepsc_tune.backends.command.deepsc import _checkout as deepsc_checkout
 from deepsc_tune.errors import ConfigError
 
 MODULE = "src.deepsc.finetune.finetune"

@@ -139,7 +139,7 @@ GOLDEN_ABCF2BE = Path(__file__).resolve().parent / "data" / "deepsc_abcf2be_stdo
 
 
 def test_real_abcf2be_output_golden(tmp_path):
-    from deepsc_tune.command import CommandFinetuner, CommandSettings
+    from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
 
     replay = (
         f"import os, sys; sys.stdout.buffer.write(open({str(GOLDEN_ABCF2BE)!r}, 'rb').read()"

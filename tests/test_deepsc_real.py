@@ -45,7 +45,7 @@ from deepsc_setup import (
 )
 from optuna.trial import TrialState
 
-from deepsc_tune.output_folders import CLAIM_NAME
+from deepsc_tune.backends.command.deepsc._output_folders import CLAIM_NAME
 
 pytestmark = [pytest.mark.deepsc, pytest.mark.slow]
 
@@ -285,7 +285,7 @@ def test_parallel_trials_never_share_a_folder(search, commit):
 def test_only_the_best_trials_checkpoints_stay(search):
     """keep_checkpoints: best (the default): of DeepSC's two full checkpoints per epoch, only the
     chosen trial's remain after the search; the files are those DeepSC printed it saved."""
-    from deepsc_tune.checkpoints import recorded
+    from deepsc_tune.backends.command.deepsc._checkpoints import recorded
 
     work, _, result, _ = search
     assert result.returncode == 0, result.stdout + result.stderr

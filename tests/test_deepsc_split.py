@@ -1,4 +1,4 @@
-"""`deepsc-tune split` (deepsc_tune/deepsc_split.py): the files are read back and compared with
+"""`deepsc-tune split` (deepsc_tune/backends/command/deepsc/_split.py): the files are read back and compared with
 the original counts of a Baron pancreas subsample (../shared/data); with --for original
 (write_split) they keep the input's own values and columns."""
 
@@ -19,12 +19,12 @@ import yaml
 from data_helpers import balanced_labels, counts, settings, write_h5ad
 from typer.testing import CliRunner
 
-from deepsc_tune import data_cache
+from deepsc_tune.backends.command.deepsc._split import deepsc_options, write_deepsc_split, write_split
 from deepsc_tune.cli import app
-from deepsc_tune.data import prepare_data
-from deepsc_tune.data_settings import DataSettings
-from deepsc_tune.data_split import split_cells
-from deepsc_tune.deepsc_split import deepsc_options, write_deepsc_split, write_split
+from deepsc_tune.data import _cache as data_cache
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.data._settings import DataSettings
+from deepsc_tune.data._split import split_cells
 from deepsc_tune.errors import DataError
 
 BARON = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"

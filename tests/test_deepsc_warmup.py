@@ -1,5 +1,5 @@
-"""DeepSC's warmup in real steps (deepsc_tune/deepsc_schedule.py) and its chance level from the
-labels of data_path_eval (deepsc_tune/deepsc_data.py), up to `validate`, `run`, `status` and
+"""DeepSC's warmup in real steps (deepsc_tune/backends/command/deepsc/_schedule.py) and its chance level from the
+labels of data_path_eval (deepsc_tune/backends/command/deepsc/_data.py), up to `validate`, `run`, `status` and
 `best --format hydra` over the fake DeepSC (tests/fake_deepsc.py) in a checkout of its own.
 
 The real steps are checked against a re-enactment of DeepSC's own training loop
@@ -25,13 +25,13 @@ import yaml
 from deepsc_setup import deepsc_loop_steps, write_labels
 from typer.testing import CliRunner
 
-from deepsc_tune import deepsc_schedule as ds
-from deepsc_tune.chance import CHANCE_ATTR
+from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
+from deepsc_tune.backends.command.deepsc import _schedule as ds
+from deepsc_tune.backends.command.deepsc._data import CellsError, deepsc_cells, deepsc_chance
 from deepsc_tune.cli import app
-from deepsc_tune.command import CommandFinetuner, CommandSettings
-from deepsc_tune.deepsc_data import CellsError, deepsc_cells, deepsc_chance
+from deepsc_tune.data._chance import CHANCE_ATTR
 from deepsc_tune.errors import FinetuneError
-from deepsc_tune.trial_record import DEEPSC_WARMUP
+from deepsc_tune.study._trial_record import DEEPSC_WARMUP
 
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
 MODULE = "src.deepsc.finetune.finetune"

@@ -1,11 +1,11 @@
-"""Tests of deepsc_tune.evaluation: metrics, DeepSC's epoch lines, batched prediction."""
+"""Tests of deepsc_tune.backends.builtin._evaluation: metrics, DeepSC's epoch lines, batched prediction."""
 
 import numpy as np
 import pytest
 import torch
 
-from deepsc_tune.evaluation import classification_metrics, format_epoch_lines, predict_logits
-from deepsc_tune.model import MLPClassifier
+from deepsc_tune.backends.builtin._evaluation import classification_metrics, format_epoch_lines, predict_logits
+from deepsc_tune.backends.builtin._model import MLPClassifier
 
 
 def test_macro_metrics_over_classes_present_or_predicted():

@@ -35,7 +35,7 @@ import scipy.sparse as sp
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.processes import group_alive
+from deepsc_tune.utils._processes import group_alive
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -1342,7 +1342,7 @@ def test_two_processes_started_together_on_one_sqlite_study(prepared: Path, tmp_
 
 
 def _open_at_once(url: str, barrier, results) -> None:
-    from deepsc_tune.storage import open_storage
+    from deepsc_tune.study._storage import open_storage
 
     barrier.wait()
     try:
@@ -1389,7 +1389,7 @@ def test_disk_fills_up_during_a_trial(case_dir: Path, monkeypatch):
     """The disk fills up after the first epoch of a trial (real ENOSPC on a tmpfs): one line
     naming the study file, exit 1, the other study untouched; the trial is left for the next
     run, which re-queues it and reaches the target once there is room again."""
-    from deepsc_tune import progress
+    from deepsc_tune.cli import _progress as progress
 
     results = case_dir / "results"
     before = snapshot(results)

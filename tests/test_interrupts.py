@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from deepsc_tune.interrupts import (
+from deepsc_tune.utils._interrupts import (
     EXIT_STDOUT_CLOSED,
     EXIT_TERMINATED,
     Interrupted,
@@ -134,7 +134,7 @@ def test_a_command_stopped_in_process_leaves_the_handlers_as_it_found_them():
 
     import typer
 
-    from deepsc_tune.cli_common import stops_end_the_command
+    from deepsc_tune.cli._common import stops_end_the_command
 
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     with pytest.raises(typer.Exit) as ended:

@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.lr_find import DIVERGE_FACTOR, suggest_range
-from deepsc_tune.search_space import load_search_space
+from deepsc_tune.config._search_space import load_search_space
+from deepsc_tune.results._lr_find import DIVERGE_FACTOR, suggest_range
 
 runner = CliRunner()
 
@@ -100,8 +100,8 @@ def test_range_test_trains_through_the_trials_own_step(extra):
     import numpy as np
     from test_train import make_data, settings
 
-    from deepsc_tune.schedules import ExponentialRange, steps_per_epoch
-    from deepsc_tune.train import run_range_test, run_training
+    from deepsc_tune.backends.builtin._schedules import ExponentialRange, steps_per_epoch
+    from deepsc_tune.backends.builtin._train import run_range_test, run_training
 
     data = make_data(n_train=200)
     s = settings(epoch=1, lr_scheduler_type="constant", learning_rate=3e-3, **extra)
@@ -126,7 +126,7 @@ def test_range_test_trains_through_the_trials_own_step(extra):
 
 
 def test_range_test_rate_rises_exponentially():
-    from deepsc_tune.schedules import ExponentialRange
+    from deepsc_tune.backends.builtin._schedules import ExponentialRange
 
     r = ExponentialRange(1e-5, 1e-1, 5)
     assert [r.lr(k) for k in range(5)] == pytest.approx([1e-5, 1e-4, 1e-3, 1e-2, 1e-1])

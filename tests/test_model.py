@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepsc_tune.errors import FinetuneError
-from deepsc_tune.model import (
+from deepsc_tune.backends.builtin._model import (
     GeneTransformerClassifier,
     MLPClassifier,
     load_init_checkpoint,
     tokenize,
 )
+from deepsc_tune.errors import FinetuneError
 
 
 @pytest.fixture(autouse=True)

@@ -9,13 +9,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
-from deepsc_tune.command import CommandFinetuner, CommandSettings
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
+from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
+from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.objective import build_objective
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.storage import open_storage
-from deepsc_tune.study import open_study, run_study
+from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._storage import open_storage
+from deepsc_tune.study._study import open_study, run_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 FAKE = Path(__file__).with_name("fake_deepsc.py")

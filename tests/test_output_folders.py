@@ -1,4 +1,4 @@
-"""Parallel trials never share DeepSC's output folder (deepsc_tune/output_folders.py).
+"""Parallel trials never share DeepSC's output folder (deepsc_tune/backends/command/deepsc/_output_folders.py).
 
 DeepSC 2416d85 names its folder after the second it reaches setup_output_directory; here
 tests/fake_deepsc.py does the same, copied into a fake checkout (DeepSC's real config and a
@@ -22,9 +22,15 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from deepsc_tune.command import CommandFinetuner, CommandSettings
+from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
+from deepsc_tune.backends.command.deepsc._output_folders import (
+    CLAIM_NAME,
+    LOCK_NAME,
+    StartSpacing,
+    claim_output_dir,
+    start_lock_path,
+)
 from deepsc_tune.errors import FinetuneError
-from deepsc_tune.output_folders import CLAIM_NAME, LOCK_NAME, StartSpacing, claim_output_dir, start_lock_path
 
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
 REPO = Path(__file__).resolve().parents[1]

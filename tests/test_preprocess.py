@@ -1,4 +1,4 @@
-"""Tests for deepsc_tune.preprocess: per-cell normalisation, highly variable genes chosen on the
+"""Tests for deepsc_tune.data._preprocess: per-cell normalisation, highly variable genes chosen on the
 training cells only, test genes aligned by name (scanpy's pbmc68k_reduced and tiny synthetic
 files)."""
 
@@ -12,8 +12,8 @@ import pytest
 import scanpy as sc
 from data_helpers import balanced_labels, counts, log_cp10k, settings, write_h5ad
 
-from deepsc_tune.data import prepare_data
-from deepsc_tune.data_split import split_cells
+from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.data._split import split_cells
 from deepsc_tune.errors import DataError
 
 pytestmark = pytest.mark.usefixtures("fresh_data_memo")

@@ -1,4 +1,4 @@
-"""Process groups (``deepsc_tune/processes.py``) on real subprocesses.
+"""Process groups (``deepsc_tune/utils/_processes.py``) on real subprocesses.
 
 Each test starts a small Python child that starts a grandchild in its group, so "the group is
 stopped" is checked on a process the child itself did not reap.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from deepsc_tune import processes
-from deepsc_tune.processes import (
+from deepsc_tune.utils import _processes as processes
+from deepsc_tune.utils._processes import (
     EXIT_INTERRUPTED,
     describe_exit,
     group_alive,

@@ -1,11 +1,11 @@
-"""Tests of deepsc_tune.progress: trial lines, and the live epoch line only on a terminal."""
+"""Tests of deepsc_tune.cli._progress: trial lines, and the live epoch line only on a terminal."""
 
 import io
 
 import optuna
 
-from deepsc_tune.backend import EpochMetrics
-from deepsc_tune.progress import Progress, format_params
+from deepsc_tune.backends._interface import EpochMetrics
+from deepsc_tune.cli._progress import Progress, format_params
 
 
 class Terminal(io.StringIO):

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy.exc
 
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.reconnect import (
+from deepsc_tune.study._reconnect import (
     DatabaseUnreachable,
     _Outage,
     connection_lost,
@@ -24,7 +24,7 @@ def lost() -> sqlalchemy.exc.OperationalError:
 
 
 def test_a_connection_that_comes_back_is_waited_for(monkeypatch):
-    monkeypatch.setattr("deepsc_tune.reconnect._PAUSE_S", 0.01)
+    monkeypatch.setattr("deepsc_tune.study._reconnect._PAUSE_S", 0.01)
     outage = _Outage(5, "postgresql://u:***@h/db")
     calls = []
 
@@ -38,7 +38,7 @@ def test_a_connection_that_comes_back_is_waited_for(monkeypatch):
 
 
 def test_gives_up_after_the_bound_then_fails_at_once(monkeypatch):
-    monkeypatch.setattr("deepsc_tune.reconnect._PAUSE_S", 0.01)
+    monkeypatch.setattr("deepsc_tune.study._reconnect._PAUSE_S", 0.01)
     outage = _Outage(0.2, "postgresql://u:***@h/db")
 
     def down():
@@ -68,7 +68,7 @@ def test_other_errors_are_not_retried():
 
 
 def test_sqlite_retries_only_a_locked_database(monkeypatch):
-    monkeypatch.setattr("deepsc_tune.reconnect._PAUSE_S", 0.01)
+    monkeypatch.setattr("deepsc_tune.study._reconnect._PAUSE_S", 0.01)
     outage = _Outage(5, "sqlite:///x.db", sqlite=True)
     calls = []
 

@@ -15,10 +15,10 @@ import pytest
 from optuna.trial import TrialState
 from test_study import CurveFinetuner, make_space
 
-from deepsc_tune.recovery import MAX_RETRIES, recover_orphaned_trials, requeue
-from deepsc_tune.storage import default_storage_url, open_storage
-from deepsc_tune.study import open_study, run_study
-from deepsc_tune.trial_record import search_trials
+from deepsc_tune.study._recovery import MAX_RETRIES, recover_orphaned_trials, requeue
+from deepsc_tune.study._storage import default_storage_url, open_storage
+from deepsc_tune.study._study import open_study, run_study
+from deepsc_tune.study._trial_record import search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
@@ -61,7 +61,7 @@ def test_live_workers_trials_are_left_alone(storage):
     space = make_space(n_trials=2)
     study = open_study(space, storage=storage, study_name="curve")
     trial = study.ask()
-    from deepsc_tune.objective import worker_identity
+    from deepsc_tune.study._objective import worker_identity
 
     trial.set_user_attr("worker", worker_identity())
     assert recover_orphaned_trials(study, storage) == []

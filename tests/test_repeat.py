@@ -9,10 +9,12 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
+from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.repeat import (
+from deepsc_tune.results.report._data import stability_data
+from deepsc_tune.study._repeat import (
     check_same_data,
     enqueue_repeats,
     open_for_repeats,
@@ -22,11 +24,9 @@ from deepsc_tune.repeat import (
     top_trials,
     waiting_repeats,
 )
-from deepsc_tune.report_data import stability_data
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.storage import default_storage_url, open_storage
-from deepsc_tune.study import open_study, run_study
-from deepsc_tune.trial_record import count_states, search_trials
+from deepsc_tune.study._storage import default_storage_url, open_storage
+from deepsc_tune.study._study import open_study, run_study
+from deepsc_tune.study._trial_record import count_states, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

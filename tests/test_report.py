@@ -16,11 +16,11 @@ import optuna
 from optuna.trial import TrialState
 from report_studies import REAL_EPOCHS, add, const, cos, run_cli
 
-from deepsc_tune.export import format_best
-from deepsc_tune.report import build_report_data, trial_rows, write_index, write_report
-from deepsc_tune.report_data import metric_value
-from deepsc_tune.storage import open_storage
-from deepsc_tune.trial_record import best_search_trial, search_trials
+from deepsc_tune.results._export import format_best
+from deepsc_tune.results.report._data import metric_value
+from deepsc_tune.results.report._files import build_report_data, trial_rows, write_index, write_report
+from deepsc_tune.study._storage import open_storage
+from deepsc_tune.study._trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -32,8 +32,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.report import build_report_data
-from deepsc_tune.report_data import MIN_CONTOUR_SHADING
+from deepsc_tune.results.report._data import MIN_CONTOUR_SHADING
+from deepsc_tune.results.report._files import build_report_data
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from report_studies import REAL_EPOCHS, add, const, cos
 
-from deepsc_tune.report_data import (
+from deepsc_tune.results.report._data import (
     MIN_CONTOUR_SHADING,
     MIN_IMPORTANCE_TRIALS,
     FrontierPoint,
@@ -29,8 +29,8 @@ from deepsc_tune.report_data import (
     param_importances,
     stability_data,
 )
-from deepsc_tune.selection import select
-from deepsc_tune.trial_record import best_search_trial, search_trials
+from deepsc_tune.study._selection import select
+from deepsc_tune.study._trial_record import best_search_trial, search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -237,7 +237,7 @@ def test_epochs_saved_on_real_study(real_study):
 
 def test_stability_exact(synthetic):
     rows = stability_data(synthetic.trials, top=3, last=3)
-    # The one ranking (deepsc_tune.selection), as `best` chooses: #5, confirmed over 3 seeds (mean
+    # The one ranking (deepsc_tune.study._selection), as `best` chooses: #5, confirmed over 3 seeds (mean
     # 0.84), first; then the single-seed trials by value, #3 (0.9) and #7 (0.8).
     assert [r.number for r in rows] == [5, 3, 7]
     five = rows[0]

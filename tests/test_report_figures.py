@@ -9,8 +9,8 @@ import numpy as np
 import optuna
 import pytest
 
-from deepsc_tune.report_data import MIN_CONTOUR_SHADING, ContourData, contour_grid, frontier_data
-from deepsc_tune.report_figures import plot_contour, plot_frontier
+from deepsc_tune.results.report._data import MIN_CONTOUR_SHADING, ContourData, contour_grid, frontier_data
+from deepsc_tune.results.report._figures import plot_contour, plot_frontier
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -20,7 +20,7 @@ def test_frontier_marks_confirmed_configurations(synthetic):
     points = {p.number: p for ps in frontier_data(synthetic.trials).points.values() for p in ps}
     assert points[5].seeds == 3
     assert all(p.seeds == 1 for n, p in points.items() if n != 5)
-    from deepsc_tune.selection import configurations
+    from deepsc_tune.study._selection import configurations
 
     config = next(c for c in configurations(synthetic.trials) if c.number == 5)
     assert points[5].value == pytest.approx(config.mean)  # moved to the mean over seeds

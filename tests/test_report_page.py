@@ -11,8 +11,8 @@ import pytest
 from optuna.trial import TrialState
 from report_studies import add, const, cos
 
-from deepsc_tune.report import build_report_data
-from deepsc_tune.report_page import _stability_html, render_index, render_report
+from deepsc_tune.results.report._files import build_report_data
+from deepsc_tune.results.report._page import _stability_html, render_index, render_report
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -63,10 +63,14 @@ def test_index_escapes_studies_and_errors():
 
 def test_templates_are_installed_with_the_package():
     tomllib = pytest.importorskip("tomllib")
-    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    templates = sorted(
-        p.relative_to(ROOT / "deepsc_tune").as_posix() for p in (ROOT / "deepsc_tune" / "templates").iterdir()
-    )
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    package = ROOT / "deepsc_tune" / "results" / "report"
+    templates = sorted(p.relative_to(package).as_posix() for p in (package / "templates").iterdir())
     assert {"templates/page.html", "templates/report.html", "templates/index.html"} <= set(templates)
     for name in templates:
-        assert any(fnmatch.fnmatch(name, pattern) for pattern in package_data["deepsc_tune"]), name
+        assert any(
+            fnmatch.fnmatch(name, pattern) for pattern in setuptools["package-data"]["deepsc_tune.results.report"]
+        )
+    # Every subpackage is installed (a wheel without one would fail at the first import).
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "deepsc_tune").rglob("__init__.py")}
+    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))

@@ -1,5 +1,5 @@
 """Continuations explore: a resumed study, a raised target or a second process propose new
-settings, while a seeded single-process run from scratch stays reproducible (deepsc_tune.reseed)."""
+settings, while a seeded single-process run from scratch stays reproducible (deepsc_tune.study._reseed)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import optuna
 import pytest
 from test_study import CurveFinetuner, make_space
 
-from deepsc_tune.reseed import PerTrialSeedSampler, trial_seed
-from deepsc_tune.storage import default_storage_url, open_storage
-from deepsc_tune.study import build_study_sampler, open_study, run_study
+from deepsc_tune.study._reseed import PerTrialSeedSampler, trial_seed
+from deepsc_tune.study._storage import default_storage_url, open_storage
+from deepsc_tune.study._study import build_study_sampler, open_study, run_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

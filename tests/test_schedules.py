@@ -11,8 +11,7 @@ import math
 import pytest
 import torch
 
-from deepsc_tune.errors import ConfigError
-from deepsc_tune.schedules import (
+from deepsc_tune.backends.builtin._schedules import (
     SCHEDULER_TYPES,
     LRSchedule,
     build_lr_scheduler,
@@ -22,6 +21,7 @@ from deepsc_tune.schedules import (
     steps_per_epoch,
     total_steps,
 )
+from deepsc_tune.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,13 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from deepsc_tune.errors import ConfigError
-from deepsc_tune.search_space import (
+from deepsc_tune.config._search_space import (
     apply_overrides,
     build_search_space,
     list_search_spaces,
     load_search_space,
 )
+from deepsc_tune.errors import ConfigError
 
 BASE = {
     "name": "demo",
@@ -280,7 +280,7 @@ def test_fixed_settings_are_stored_with_their_types(tmp_path):
     hold the validated float, not the text."""
     import yaml
 
-    from deepsc_tune.search_space import load_search_space
+    from deepsc_tune.config._search_space import load_search_space
 
     d = yaml.safe_load((Path(__file__).resolve().parents[1] / "search_spaces" / "pbmc68k.yaml").read_text())
     d["finetune"].update(learning_rate="1e-4", weight_decay="1e-5", epoch="3")

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from scipy import stats
 
-from deepsc_tune.selection import (
+from deepsc_tune.study._selection import (
     compare_leaders,
     configurations,
     format_mean_sd,
@@ -170,7 +170,7 @@ def test_mean_sd_match_statistics(study):
 
 
 def test_pick_notes_and_record(study):
-    from deepsc_tune.selection import pick_notes, pick_record
+    from deepsc_tune.study._selection import pick_notes, pick_record
 
     sel = select(study.trials)
     notes = pick_notes(sel, 1, metric="val_accuracy")

@@ -10,8 +10,8 @@ import threading
 
 import optuna
 
-from deepsc_tune.start_lock import StartLock, start_lock
-from deepsc_tune.storage import default_storage_url, open_storage
+from deepsc_tune.study._start_lock import StartLock, start_lock
+from deepsc_tune.study._storage import default_storage_url, open_storage
 
 
 def test_two_locks_on_one_sqlite_study_exclude_each_other(tmp_path):

@@ -6,7 +6,7 @@ import optuna
 import pytest
 
 from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.storage import (
+from deepsc_tune.study._storage import (
     default_storage_url,
     heartbeat_settings,
     open_storage,
@@ -78,7 +78,7 @@ def test_redact_shows_no_part_of_a_password_with_an_at_sign():
 
 
 def test_scrub_hides_the_password_in_a_driver_message():
-    from deepsc_tune.storage import scrub
+    from deepsc_tune.study._storage import scrub
 
     url = "postgresql://u:p%40ss@db/x"
     assert scrub("failed for p@ss and p%40ss", url) == "failed for *** and ***"
@@ -96,7 +96,7 @@ def test_a_study_file_deleted_or_replaced_under_a_writer_is_noticed(tmp_path):
     import os
     import shutil
 
-    from deepsc_tune.study_file import StudyFileGone, check_study_file_unchanged
+    from deepsc_tune.study._file import StudyFileGone, check_study_file_unchanged
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     storage = open_storage(url)

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.study_file import study_names
-from deepsc_tune.study_folder import StudyFolder, as_folder, command_args, find_databases
+from deepsc_tune.study._file import study_names
+from deepsc_tune.study._folder import StudyFolder, as_folder, command_args, find_databases
 
 runner = CliRunner()
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
@@ -151,7 +151,7 @@ def test_find_reads_a_database_in_use_through_its_write_ahead_log(tmp_path):
 
 
 def test_the_record_of_a_study_kept_as_before_is_read_from_the_old_folder(tmp_path):
-    from deepsc_tune.space_record import read_record, record_path
+    from deepsc_tune.study._space_record import read_record, record_path
 
     sha = "cd" * 32
     (tmp_path / A).mkdir()
@@ -179,9 +179,9 @@ def test_a_missing_study_names_its_run_command(tmp_path):
 def test_the_reports_repeat_hint_names_the_study():
     from report_studies import add, const
 
-    from deepsc_tune.report import build_report_data
-    from deepsc_tune.report_page import render_report
-    from deepsc_tune.trial_record import SEARCH_SPACE_NAME
+    from deepsc_tune.results.report._files import build_report_data
+    from deepsc_tune.results.report._page import render_report
+    from deepsc_tune.study._trial_record import SEARCH_SPACE_NAME
 
     study = optuna.create_study(direction="maximize", study_name=B)
     study.set_user_attr(SEARCH_SPACE_NAME, A)

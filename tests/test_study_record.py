@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.objective import TRIAL_FILE, epoch_history
-from deepsc_tune.space_record import read_record, record_path
+from deepsc_tune.study._objective import TRIAL_FILE, epoch_history
+from deepsc_tune.study._space_record import read_record, record_path
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

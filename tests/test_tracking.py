@@ -22,12 +22,12 @@ from conftest import in_ci
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
+from deepsc_tune.config._search_space import build_search_space
+from deepsc_tune.config._tracking import MlflowTracker
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.objective import build_objective
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.tracking import MlflowTracker
+from deepsc_tune.study._objective import build_objective
 
 if in_ci():  # CI installs '.[test]', which has both: a missing one must fail there, not skip
     import mlflow
@@ -316,7 +316,7 @@ def test_validate_does_not_import_the_tracking_libraries(tmp_path):
     space = tmp_path / "s.yaml"
     space.write_text(json.dumps({**SPACE, "study": {"tracking": {"mlflow": {}, "wandb": {}}}}))
     code = (
-        "import sys; from deepsc_tune.search_space import load_search_space; "
+        "import sys; from deepsc_tune.config._search_space import load_search_space; "
         f"load_search_space({str(space)!r}); "
         "print(sorted(m for m in ('mlflow', 'wandb') if m in sys.modules))"
     )

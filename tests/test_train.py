@@ -12,17 +12,17 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from deepsc_tune.backend import EpochMetrics
-from deepsc_tune.data import PreparedData, prepare_data
-from deepsc_tune.data_settings import DataSettings
-from deepsc_tune.errors import ConfigError, FinetuneError
-from deepsc_tune.model import MLPClassifier
-from deepsc_tune.train import (
+from deepsc_tune.backends._interface import EpochMetrics
+from deepsc_tune.backends.builtin._model import MLPClassifier
+from deepsc_tune.backends.builtin._train import (
     TRAIN_KEYS,
     TrainSettings,
     balanced_class_weights,
     run_training,
 )
+from deepsc_tune.data._prepare import PreparedData, prepare_data
+from deepsc_tune.data._settings import DataSettings
+from deepsc_tune.errors import ConfigError, FinetuneError
 
 
 @pytest.fixture(autouse=True)
@@ -358,7 +358,7 @@ def test_read_only_arrays_are_used_without_copy_or_warning(recwarn):
 
 
 def test_tiny_optimizer_moments_are_flushed_before_turning_subnormal():
-    from deepsc_tune.optimizer import TINY_STATE, flush_tiny_optimizer_state
+    from deepsc_tune.backends.builtin._optimizer import TINY_STATE, flush_tiny_optimizer_state
 
     p = torch.nn.Parameter(torch.zeros(4))
     opt = torch.optim.AdamW([p], lr=1e-3)

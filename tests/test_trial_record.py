@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.trial_record import (
+from deepsc_tune.study._trial_record import (
     STALE_REASON,
     best_search_trial,
     complete_repeats,
@@ -73,9 +73,9 @@ def test_repeats_are_not_search_trials_and_are_never_pruned(study):
 
 
 def test_best_search_trial_ignores_repeats_and_breaks_ties_by_number(study):
-    # One ranking (deepsc_tune.selection): trial 0 has a repeat (#2), so it leads as confirmed;
+    # One ranking (deepsc_tune.study._selection): trial 0 has a repeat (#2), so it leads as confirmed;
     # then the single-seed trials by value, ties to the lower number. Repeats are never listed.
-    from deepsc_tune.selection import rank_configurations
+    from deepsc_tune.study._selection import rank_configurations
 
     assert [c.number for c in rank_configurations(study.get_trials())] == [0, 1, 4]
     assert best_search_trial(study).number == 0

@@ -21,9 +21,8 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
-from deepsc_tune.cli import app
-from deepsc_tune.tuned_model import (
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
+from deepsc_tune.backends.builtin._tuned_model import (
     CARD_FILE,
     LABEL_COLUMN,
     PROBABILITIES_KEY,
@@ -32,6 +31,7 @@ from deepsc_tune.tuned_model import (
     ModelKeeper,
     read_card,
 )
+from deepsc_tune.cli import app
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]

@@ -18,15 +18,15 @@ import pytest
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from deepsc_tune.backend import EpochMetrics, FinetuneResult
+from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
+from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.objective import epoch_history
-from deepsc_tune.recovery import trial_id
-from deepsc_tune.search_space import build_search_space
-from deepsc_tune.storage import default_storage_url, open_storage
-from deepsc_tune.study import open_study, run_study, sampler_label, worker_seed
-from deepsc_tune.trial_record import STALE_REASON, failure_reason
-from deepsc_tune.workers import WorkerPlan, describe_exit, parse_gpus, plan_workers
+from deepsc_tune.study._objective import epoch_history
+from deepsc_tune.study._recovery import trial_id
+from deepsc_tune.study._storage import default_storage_url, open_storage
+from deepsc_tune.study._study import open_study, run_study, sampler_label, worker_seed
+from deepsc_tune.study._trial_record import STALE_REASON, failure_reason
+from deepsc_tune.study._workers import WorkerPlan, describe_exit, parse_gpus, plan_workers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

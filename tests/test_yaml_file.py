@@ -1,9 +1,9 @@
-"""Tests of deepsc_tune.yaml_file: strict YAML mappings with one-line errors naming the line."""
+"""Tests of deepsc_tune.utils._yaml_file: strict YAML mappings with one-line errors naming the line."""
 
 import pytest
 
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.yaml_file import load_mapping, read_yaml_text
+from deepsc_tune.utils._yaml_file import load_mapping, read_yaml_text
 
 KEYS = ("name", "data")
 
@@ -38,7 +38,7 @@ def test_text_must_be_utf8_and_the_line_of_the_bad_byte_is_named(tmp_path):
 
 
 def test_aliases_within_the_limit_still_work():
-    from deepsc_tune.yaml_file import load_mapping
+    from deepsc_tune.utils._yaml_file import load_mapping
 
     text = "base: &b {low: 1, high: 2}\nsearch: {a: *b, c: *b}\n"
     assert load_mapping(text, source="x.yaml", keys=["search"])["search"] == {

@@ -1,0 +1,241 @@
+"""The trial function: suggest settings, run a fine-tuner, report every epoch, prune.
+
+This is the only module that calls ``trial.report`` and ``trial.should_prune``. The fine-tuners
+never see Optuna; they call back after every epoch and stop when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from deepsc_tune.backends._interface import EpochMetrics, Finetuner, FinetuneResult
+from deepsc_tune.config._search_space import SearchSpace
+from deepsc_tune.config._tracking import Tracker, TrialRun, build_tracker
+from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.study import _trial_record as tr
+from deepsc_tune.study._folder import trial_dir
+from deepsc_tune.utils._interrupts import interrupt_reason
+from deepsc_tune.utils._processes import process_start_time
+
+#: Called with (trial number, epoch metrics) after every epoch, for progress display.
+EpochProgress = Callable[[int, EpochMetrics], None]
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who is running a trial: host, pid and the pid's start time."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid)}
+
+
+def build_objective(
+    space: SearchSpace,
+    finetuner: Finetuner,
+    *,
+    trials_dir: Path | None = None,
+    on_epoch: EpochProgress | None = None,
+    tracker: Tracker | None = None,
+) -> Callable[[optuna.trial.Trial], float]:
+    """Build the function Optuna optimises.
+
+    Parameters
+    ----------
+    space
+        The validated search space: what to suggest, fixed settings, the metric.
+    finetuner
+        A backend (:class:`~deepsc_tune.backends._interface.Finetuner`).
+    trials_dir
+        Folder for per-trial run directories (``NNNNN/``), used by the subprocess backend.
+    on_epoch
+        Progress hook, called after each epoch has been reported.
+    tracker
+        Experiment tracker (:mod:`~deepsc_tune.config._tracking`): one run per trial, every epoch, the
+        end state. Default: the one ``study.tracking`` asks for, if any.
+
+    The returned value is the best validation metric over the epochs run. Test metrics are
+    stored as user attributes and never returned.
+    """
+    metric = space.metric
+    tracker = tracker if tracker is not None else build_tracker(space.tracking)
+
+    def objective(trial: optuna.trial.Trial) -> float:
+        params = space.suggest(trial)
+        settings = space.settings_for(params)
+        # `deepsc-tune repeat` enqueues a known configuration with another seed.
+        seed = trial.user_attrs.get(tr.REPEAT_SEED)
+        if seed is not None:
+            settings["seed"] = seed
+        trial.set_user_attr(tr.SETTINGS, settings)
+        trial.set_user_attr(tr.SEED, settings.get("seed"))
+        trial.set_user_attr(tr.WORKER, worker_identity())
+        attrs = {tr.SEED: settings.get("seed"), tr.REPEAT_OF: trial.user_attrs.get(tr.REPEAT_OF)}
+        tracked = (
+            tracker.start_trial(
+                study_name=trial.study.study_name,
+                number=trial.number,
+                params=params,
+                attrs={k: v for k, v in attrs.items() if v is not None},
+            )
+            if tracker is not None
+            else None
+        )
+        history: list[dict[str, Any]] = []
+        pruned_at: list[int] = []
+        last_epoch = settings.get("epoch")
+        last_epoch = int(last_epoch) if isinstance(last_epoch, (int, float)) else None
+        prunable = tr.prunable(trial)
+
+        def report(m: EpochMetrics) -> bool:
+            value = m.metric(metric)
+            if value is None:
+                raise DeepscTuneError(
+                    f"the fine-tuner reported no {metric} at epoch {m.epoch}; "
+                    "choose study.metric=val_accuracy or report macro-F1"
+                )
+            trial.report(float(value), m.epoch)  # the only write per epoch: pruning needs it
+            history.append(m.to_dict())
+            if tracked is not None:
+                tracked.log_epoch(m.epoch, history[-1])
+            if on_epoch is not None:
+                on_epoch(trial.number, m)
+            # Pruning after the last epoch would save nothing and hide a finished result; a
+            # repeat exists to measure the full curve of a known configuration, so it runs on.
+            may_prune = prunable and (last_epoch is None or m.epoch < last_epoch)
+            if may_prune and trial.should_prune():
+                pruned_at.append(m.epoch)
+                return True
+            return False
+
+        run_dir = trial_dir(trials_dir, trial.number) if trials_dir is not None else None
+        started = time.perf_counter()
+        try:
+            # What the backend derives from the settings before it runs them (DeepSC's warmup
+            # in real steps, and the ratio it is passed): stored with the trial, failed or not.
+            trial_attrs = getattr(finetuner, "trial_attrs", None)
+            for key, value in (trial_attrs(settings) if trial_attrs is not None else {}).items():
+                trial.set_user_attr(key, value)
+            result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
+        except (KeyboardInterrupt, Exception) as e:
+            # KeyboardInterrupt, a DeepscTuneError, or a bug or crash in a backend: keep the reason
+            if isinstance(e, KeyboardInterrupt):
+                reason = interrupt_reason(e)  # Ctrl-C, SIGTERM, a closed stdout
+            elif isinstance(e, DeepscTuneError):
+                reason = str(e)
+            else:
+                reason = f"{type(e).__name__}: {e}"
+            _record_failure(trial, reason, started, history)
+            _write_trial_file(run_dir, history)
+            _end_tracking(tracked, "FAIL", None, reason)
+            raise
+        _record_result(trial, result, metric=metric, started=started)
+        _write_trial_file(run_dir, history, result.extra)
+        best = result.best()
+        value = best.metric(metric) if best is not None else None
+        if pruned_at:
+            _end_tracking(tracked, "PRUNED", value, None, pruned_at=pruned_at[0])
+            raise optuna.TrialPruned(f"pruned after epoch {pruned_at[0]}")
+        if value is None:
+            _end_tracking(tracked, "FAIL", None, "the fine-tuner finished without reporting any epoch")
+            raise DeepscTuneError("the fine-tuner finished without reporting any epoch")
+        _end_tracking(
+            tracked,
+            "COMPLETE",
+            float(value),
+            None,
+            best_epoch=result.best_epoch,
+            test_accuracy=result.test_accuracy,
+            test_macro_f1=result.test_macro_f1,
+        )
+        return float(value)
+
+    return objective
+
+
+def _end_tracking(
+    tracked: TrialRun | None, state: str, value: float | None, reason: str | None, **summary: Any
+) -> None:
+    if tracked is not None:
+        tracked.end(state=state, value=value, fail_reason=reason, summary=summary)
+
+
+def _record_failure(trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]) -> None:
+    trial.set_user_attr(tr.FAIL_REASON, reason.strip()[:2000])
+    trial.set_user_attr(tr.EPOCHS_RUN, len(history))
+    trial.set_user_attr(tr.DURATION_S, round(time.perf_counter() - started, 3))
+
+
+def _record_result(trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float) -> None:
+    last = result.history[-1] if result.history else None
+    best = result.best()
+    attrs = {
+        tr.VAL_ACCURACY: last.val_accuracy if last else None,
+        tr.VAL_MACRO_F1: last.val_macro_f1 if last else None,
+        tr.BEST_EPOCH: result.best_epoch,
+        tr.BEST_VAL_ACCURACY: best.val_accuracy if best else None,
+        tr.BEST_VAL_MACRO_F1: best.val_macro_f1 if best else None,
+        tr.TEST_ACCURACY: result.test_accuracy,
+        tr.TEST_MACRO_F1: result.test_macro_f1,
+        tr.EPOCHS_RUN: len(result.history),
+        tr.DURATION_S: round(time.perf_counter() - started, 3),
+        tr.DEVICE: result.device,
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+#: File in a trial's run directory: every epoch's metrics and the backend's details (schedule,
+#: step counts, precision, command line...). The study keeps the selection metric per epoch as
+#: intermediate values and the results as short attributes; the rest would make `optuna trials`
+#: unreadable and cost a database transaction per entry.
+TRIAL_FILE = "trial.json"
+
+
+def _compact(value: Any) -> Any:
+    """Floats to 4 significant digits, recursively (seconds, schedule shapes, weights)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_compact(v) for v in value]
+    return value
+
+
+def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    if run_dir is None:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"history": history, **_compact(extra or {})}
+        (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
+    except OSError:
+        pass  # details only: the study has the metric per epoch and the results
+
+
+def read_trial_file(trials_dir: Path | None, number: int) -> dict[str, Any] | None:
+    """A trial's ``trial.json`` (history and backend details), or ``None`` where it is not (a
+    study run on another machine, a deleted folder)."""
+    if trials_dir is None:
+        return None
+    try:
+        record = json.loads((trial_dir(trials_dir, number) / TRIAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def epoch_history(trial: FrozenTrial, *, metric: str = "val_accuracy") -> list[dict[str, Any]]:
+    """Per-epoch records of a trial: ``{"epoch": e, metric: value}`` from its intermediate values,
+    or the full ``history`` attribute of studies written before it moved out of the study."""
+    old = trial.user_attrs.get(tr.OLD_HISTORY)
+    if isinstance(old, list):
+        return old
+    return [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())]

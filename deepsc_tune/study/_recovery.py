@@ -1,0 +1,206 @@
+"""Trials whose worker died: mark them FAIL with a reason and queue their settings again.
+
+Two ways to tell a worker is dead. Heartbeats catch it anywhere, after a grace period: Optuna
+fails the trial (:func:`fail_stale_trials`) and calls :func:`requeue_stale_trial`, the storage's
+``heartbeat_stale_trial_callback`` (:func:`~deepsc_tune.study._storage.open_storage` sets it). A trial
+started on this host by a process that no longer exists is known dead at once
+(:func:`recover_orphaned_trials`).
+
+A retry is a WAITING trial queued with ``study.enqueue_trial`` and tagged ``retry_of``,
+``retry_reason`` and ``retry_count`` (keeping a repeat's ``repeat_of``/``repeat_seed`` and a guide
+configuration's ``enqueued``). Optuna's ``RetryFailedTrialCallback`` and
+``RetryHeartbeatStaleTrialCallback`` do not fit this record: they copy every user attribute of
+the failed trial into the retry (its worker, settings, epochs run and duration, which the retry
+would show while it waits) and keep the lineage in system attributes that the report, ``status``
+and ``trials.csv`` do not read; they also count retries by ``max_retry`` per chain, as
+``MAX_RETRIES`` does here.
+"""
+
+from __future__ import annotations
+
+import socket
+import warnings
+from collections.abc import Callable, Sequence
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune.study._reconnect import unreachable_in
+from deepsc_tune.study._trial_record import (
+    ENQUEUED,
+    FAIL_REASON,
+    REPEAT_OF,
+    REPEAT_SEED,
+    RETRY_COUNT,
+    RETRY_OF,
+    RETRY_REASON,
+    STALE_REASON,
+    WORKER,
+)
+from deepsc_tune.utils._interrupts import interrupt_reason
+from deepsc_tune.utils._processes import process_start_time
+
+#: A configuration whose worker keeps dying is not retried forever.
+MAX_RETRIES = 3
+#: What a retry keeps of the trial it retries.
+KEPT_ON_RETRY = (REPEAT_OF, REPEAT_SEED, ENQUEUED)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, reason: str) -> None:
+    """Queue ``trial``'s parameters again, tagged as its retry."""
+    user_attrs = {
+        RETRY_OF: trial.number,
+        RETRY_REASON: reason,
+        RETRY_COUNT: trial.user_attrs.get(RETRY_COUNT, 0) + 1,
+    }
+    for key in KEPT_ON_RETRY:
+        if key in trial.user_attrs:
+            user_attrs[key] = trial.user_attrs[key]
+    study.enqueue_trial(trial.params, user_attrs=user_attrs, skip_if_exists=False)
+
+
+def requeue_stale_trial(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Optuna's ``heartbeat_stale_trial_callback``: re-queue a trial whose worker stopped beating.
+
+    Optuna has already marked it FAIL (killed worker, preempted node); the retry carries
+    ``retry_of`` and the reason so reports can tell why the original failed.
+    """
+    if trial.user_attrs.get(RETRY_COUNT, 0) >= MAX_RETRIES:
+        return
+    requeue(study, trial, STALE_REASON)
+
+
+def recover_orphaned_trials(study: optuna.Study, storage: BaseStorage) -> list[int]:
+    """Fail and re-queue RUNNING trials whose worker on this host is gone.
+
+    ``storage``: the storage the study was opened on. Heartbeats catch dead workers anywhere,
+    but only after a grace period; a trial started on this host by a process that no longer
+    exists is known dead at once.
+    """
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.user_attrs.get(WORKER) or {}
+        if worker.get("host") != host or not worker.get("pid"):
+            continue
+        started = process_start_time(int(worker["pid"]))
+        if started is not None and started == worker.get("started"):
+            continue  # that worker is alive
+        reason = f"worker process {worker['pid']} on {host} died while the trial ran"
+        fail_trial(study, trial, reason, storage=storage)
+        recovered.append(trial.number)
+    return recovered
+
+
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Fail (and, through the storage's callback, re-queue) trials whose heartbeats stopped.
+
+    Does nothing on a storage without heartbeats.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+def fail_trial(
+    study: optuna.Study, trial: FrozenTrial, reason: str, *, storage: BaseStorage, retry: bool = True
+) -> None:
+    """Mark a RUNNING trial of another (dead) process FAIL with ``reason`` and re-queue its
+    parameters. ``storage``: the storage the study was opened on."""
+    tid = trial_id(storage, study, trial.number)
+    try:
+        storage.set_trial_user_attr(tid, FAIL_REASON, reason)
+        changed = storage.set_trial_state_values(tid, TrialState.FAIL)
+    except RuntimeError:  # finished meanwhile
+        return
+    if changed and retry and trial.user_attrs.get(RETRY_COUNT, 0) < MAX_RETRIES:
+        requeue(study, trial, reason)
+
+
+def trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study`` (what ``storage``'s trial methods take)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
+
+
+def requeue_interrupted(
+    study: optuna.Study, number: int, reason: str = "interrupted", *, storage: BaseStorage | None = None
+) -> None:
+    """Re-queue trial ``number`` of this process once an interruption has made it FAIL.
+
+    ``storage``: the one the study was opened on, read directly: the study's own cached view
+    may still show the trial RUNNING when another worker wrote meanwhile. A trial the
+    interruption left RUNNING (it came before Optuna could record the end) is failed here.
+    """
+    if storage is None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    else:
+        trials = [storage.get_trial(trial_id(storage, study, number))]
+    for trial in trials:
+        if trial.state == TrialState.RUNNING and storage is not None:
+            fail_trial(study, trial, reason, storage=storage)  # fails and re-queues it
+        elif trial.state == TrialState.FAIL:
+            requeue(study, trial, reason)
+
+
+def run_one_trial(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], float],
+    *,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    on_start: Callable[[optuna.trial.Trial], None] | None = None,
+) -> int | None:
+    """One ``study.optimize(n_trials=1)``, as every runner (search, confirmation, repeats) needs it.
+
+    ``on_start`` is called once the trial is RUNNING. An interruption (:mod:`deepsc_tune.utils._interrupts`:
+    Ctrl-C, SIGTERM, a closed stdout) is passed on after the objective has recorded the trial as
+    FAIL with its reason and its settings are re-queued here, tagged ``retry_of``.
+
+    Returns the number of a trial that was taken over while it ran, else ``None``: a worker
+    suspended (SLURM's SIGSTOP) for longer than the heartbeat grace period finds its trial failed
+    and re-queued by another worker when it continues; Optuna then refuses to record it, and
+    this worker drops its result and carries on. A full disk is raised as
+    :class:`~deepsc_tune.utils._disk.DiskFull` (the trial re-queued). A database that did not come back in time
+    (:mod:`deepsc_tune.study._reconnect`) is raised as :class:`~deepsc_tune.study._reconnect.DatabaseUnreachable`.
+    """
+    from deepsc_tune.study._storage import storage_of  # storage.py imports this module
+
+    current: list[int] = []
+
+    def tracked(trial: optuna.trial.Trial) -> float:
+        current[:] = [trial.number]
+        if on_start is not None:
+            on_start(trial)
+        return objective(trial)
+
+    from deepsc_tune.utils._disk import FullDiskStop
+
+    full_disk = FullDiskStop(study)  # a full disk stops the runner (DiskFull), not trial after trial
+    try:
+        with full_disk.optimizing():
+            study.optimize(full_disk.objective(tracked), n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+    except KeyboardInterrupt as e:
+        if current:
+            requeue_interrupted(study, current[0], interrupt_reason(e), storage=storage_of(study))
+        raise
+    except Exception as e:
+        lost = unreachable_in(e)
+        if lost is not None:  # the database did not come back: say that, not how Optuna failed
+            raise lost from None
+        # "Cannot tell a FAIL trial": someone else finished it while this process was stopped.
+        taken = isinstance(e, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
+        if taken and current and _finished_elsewhere(study, current[0]):
+            return current[0]
+        raise
+    return None
+
+
+def _finished_elsewhere(study: optuna.Study, number: int) -> bool:
+    """Whether trial ``number``, which this process was running, was failed by another one.
+
+    The objective records a reason before a trial of its own fails; a stale-heartbeat FAIL by
+    another worker has none (the reason is on the retry)."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number == number:
+            return FAIL_REASON not in trial.user_attrs
+    return False

@@ -1,0 +1,218 @@
+"""The trial record: the attribute keys a study's trials carry, and the views read from them.
+
+Every module that writes or reads a trial's user attributes (the objective, recovery, repeat,
+the report, the export, the CLI) takes the key names and the derived views from here, so that
+"is this a repeat", "the search trials", "the best search trial", state counts, a pruned trial's
+value, why a trial failed and whether it may be pruned are each written once. The full list of
+attributes and what they hold is in docs/architecture.md ("Trial records").
+
+Read only: nothing here changes a study.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from deepsc_tune.errors import DeepscTuneError
+
+# ----------------------------------------------------------------------------- trial attributes
+
+#: The full fixed+searched settings a trial ran with, and the seed among them.
+SETTINGS = "settings"
+SEED = "seed"
+#: Who ran it: ``{"host", "pid", "started"}`` (recovery tells dead workers by it).
+WORKER = "worker"
+#: Results, written once when the trial ends.
+VAL_ACCURACY = "val_accuracy"
+VAL_MACRO_F1 = "val_macro_f1"
+BEST_VAL_ACCURACY = "best_val_accuracy"
+BEST_VAL_MACRO_F1 = "best_val_macro_f1"
+BEST_EPOCH = "best_epoch"
+TEST_ACCURACY = "test_accuracy"
+TEST_MACRO_F1 = "test_macro_f1"
+EPOCHS_RUN = "epochs_run"
+DURATION_S = "duration_s"
+DEVICE = "device"
+#: A DeepSC cosine trial's warmup (``deepsc_schedule.WarmupPlan.record``): the searched
+#: ``fraction`` of the real run, the ``deepsc_ratio`` passed to DeepSC, and the step counts.
+DEEPSC_WARMUP = "deepsc_warmup"
+#: Why a FAIL trial failed.
+FAIL_REASON = "fail_reason"
+#: A configuration of the usage guide, queued by ``study.enqueue``.
+ENQUEUED = "enqueued"
+#: A repeat (``deepsc-tune repeat``, ``study.confirm``): the trial it re-runs and its seed.
+REPEAT_OF = "repeat_of"
+REPEAT_SEED = "repeat_seed"
+#: A re-queued failed trial: the trial it retries, why, and how many retries led to it.
+RETRY_OF = "retry_of"
+RETRY_REASON = "retry_reason"
+RETRY_COUNT = "retry_count"
+#: Attributes of studies written by older versions (still read).
+OLD_HISTORY = "history"
+OLD_ARGV = "argv"
+
+# ----------------------------------------------------------------------------- study attributes
+
+SEARCH_SPACE_SHA256 = "search_space_sha256"
+SEARCH_SPACE_NAME = "search_space_name"
+SEARCH_SPACE_PATH = "search_space_path"
+METRIC = "metric"
+N_TRIALS = "n_trials"
+BACKEND = "backend"
+DATA_FINGERPRINT = "data_fingerprint"
+DEEPSC_TUNE_VERSION = "deepsc_tune_version"
+OPTUNA_VERSION = "optuna_version"
+CREATED_ON = "created_on"
+#: What a study that recorded none optimised, and ran with.
+DEFAULT_METRIC = "val_accuracy"
+DEFAULT_BACKEND = "builtin"
+
+#: States of a trial that has run to its end (counted towards ``n_trials``).
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+#: The reason of a trial Optuna failed because its worker stopped sending heartbeats.
+STALE_REASON = "worker stopped sending heartbeats (killed, preempted or lost)"
+
+
+def study_metric(study_attrs: Mapping[str, Any]) -> str:
+    """The metric a study optimises (its ``metric`` attribute)."""
+    return study_attrs.get(METRIC, DEFAULT_METRIC)
+
+
+def study_backend(study_attrs: Mapping[str, Any]) -> str:
+    """The backend a study's trials ran on (its ``backend`` attribute)."""
+    return study_attrs.get(BACKEND, DEFAULT_BACKEND)
+
+
+# ----------------------------------------------------------------------------- views
+
+
+def is_repeat(trial: FrozenTrial | optuna.trial.Trial) -> bool:
+    """Whether ``trial`` re-runs another trial's configuration with another seed (made by
+    ``deepsc-tune repeat`` or ``study.confirm``): not part of the search."""
+    return REPEAT_OF in trial.user_attrs
+
+
+def prunable(trial: FrozenTrial | optuna.trial.Trial) -> bool:
+    """Whether a pruner may stop ``trial``: never a repeat (its full curve is the point)."""
+    return not is_repeat(trial)
+
+
+def search_only(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The search trials among ``trials`` (repeats left out)."""
+    return [t for t in trials if not is_repeat(t)]
+
+
+def search_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+    """Trials of the search itself: repeats made by ``deepsc-tune repeat`` are left out."""
+    return search_only(study.get_trials(deepcopy=False, states=states))
+
+
+def best_search_trial(study: optuna.Study) -> FrozenTrial:
+    """The chosen configuration's search trial (:func:`deepsc_tune.study._selection.select`: by the mean
+    over seeds, confirmed configurations first; without repeats the best value, ties to the lower
+    number), the one ranking every command uses.
+
+    Raises
+    ------
+    DeepscTuneError
+        When no trial has completed yet.
+    """
+    from deepsc_tune.study._selection import select
+
+    trials = study.get_trials(deepcopy=False)
+    best = select(trials).best
+    if best is None:
+        raise DeepscTuneError(
+            f"study '{study.study_name}' has no completed trial yet ({len(trials)} trials in all); "
+            "run `deepsc-tune run` first or let it finish a trial"
+        )
+    return best.trial
+
+
+def complete_repeats(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
+    """COMPLETE repeats with a value, by the number of the trial they repeat (in trial order)."""
+    repeats: dict[int, list[FrozenTrial]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if is_repeat(t) and t.state == TrialState.COMPLETE and t.value is not None:
+            repeats.setdefault(int(t.user_attrs[REPEAT_OF]), []).append(t)
+    return repeats
+
+
+def state_counts(trials: Sequence[FrozenTrial]) -> dict[TrialState, int]:
+    """How many of ``trials`` are in each state (every state listed, zeros included)."""
+    counts = {s: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state] += 1
+    return counts
+
+
+def count_states(study: optuna.Study) -> dict[TrialState, int]:
+    """:func:`state_counts` of the study's search trials."""
+    return state_counts(search_trials(study))
+
+
+def n_finished(counts: Mapping[TrialState, int]) -> int:
+    """Finished trials (complete or pruned) in a :func:`state_counts` result."""
+    return sum(counts[s] for s in FINISHED)
+
+
+def last_reported(trial: FrozenTrial) -> float | None:
+    """The last intermediate value ``trial`` reported (a pruned trial's value), or ``None``."""
+    if not trial.intermediate_values:
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]
+
+
+def metric_value(trial: FrozenTrial) -> float | None:
+    """``trial.value`` when COMPLETE, the last reported intermediate value when PRUNED or RUNNING.
+
+    ``None`` for FAIL and WAITING trials and trials that reported nothing.
+    """
+    if trial.state == TrialState.COMPLETE:
+        return trial.value
+    if trial.state in (TrialState.FAIL, TrialState.WAITING):
+        return None
+    return last_reported(trial)
+
+
+def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
+    """A searched or fixed setting of ``trial`` (searched value first)."""
+    if key in trial.params:
+        return trial.params[key]
+    return (trial.user_attrs.get(SETTINGS) or {}).get(key, default)
+
+
+def epochs_run(trial: FrozenTrial) -> int:
+    """Epochs the trial trained (``epochs_run``; else the epochs it reported)."""
+    n = trial.user_attrs.get(EPOCHS_RUN)
+    if n is None:
+        return len(trial.intermediate_values)
+    return int(n)
+
+
+def failure_reason(trial: FrozenTrial) -> str | None:
+    """Why a trial failed, as recorded in the study (``None`` unless it is FAIL)."""
+    if trial.state != TrialState.FAIL:
+        return None
+    reason = trial.user_attrs.get(FAIL_REASON)
+    if reason:
+        return reason
+    if trial.system_attrs.get(FAIL_REASON):
+        return trial.system_attrs[FAIL_REASON]
+    return STALE_REASON
+
+
+def other_data(study_attrs: Mapping[str, Any], fingerprint: str | None) -> str | None:
+    """The study's data fingerprint when it differs from ``fingerprint`` (both known), else ``None``.
+
+    A different fingerprint means a data file changed since the study was made: its trials and
+    new ones would not be comparable.
+    """
+    stored = study_attrs.get(DATA_FINGERPRINT)
+    if stored and fingerprint and stored != fingerprint:
+        return stored
+    return None

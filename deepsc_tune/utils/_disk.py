@@ -1,0 +1,187 @@
+"""A full disk, told apart from other failures and said in one line naming the path.
+
+A full disk shows in many forms: ``OSError`` ENOSPC (or EDQUOT, a quota) from a file write,
+SQLite's "database or disk is full" deep inside SQLAlchemy and Optuna, and sometimes only
+"disk I/O error" when SQLite cannot create or grow its ``-shm``/``-wal`` files. :func:`disk_full`
+looks through an exception's whole chain and returns a :class:`DiskFull` error (a
+:class:`~deepsc_tune.errors.DeepscTuneError`) when the cause is a full disk; an I/O error counts
+only when the device really has (almost) no space left. :class:`FullDiskStop` stops a search
+(or the repeats) at the first trial a full disk stopped, instead of failing every trial after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from deepsc_tune.errors import DeepscTuneError
+
+#: Below this many free bytes a device counts as full (SQLite needs room for its journal pages).
+LOW_SPACE = 1 << 20
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_SQLITE_FULL = 13  # SQLITE_FULL
+_SQLITE_IOERR = 10  # SQLITE_IOERR (and its extended codes, modulo 256)
+
+
+class DiskFull(DeepscTuneError):
+    """The disk holding ``path`` is full: nothing more could be written there."""
+
+    def __init__(self, path: Path | str | None, what: str = "", *, elsewhere: str = "--results-dir") -> None:
+        self.path = None if path is None else Path(path)
+        where = f"{self.path}: " if self.path is not None else ""
+        free = free_bytes(self.path) if self.path is not None else None
+        room = f": {free} bytes free" if free is not None and free < LOW_SPACE else ""
+        super().__init__(
+            f"{where}the disk is full (no space left on the device{room}); {what}"
+            f"free some space there (or use another {elsewhere}) and run the same command again"
+        )
+
+
+def free_bytes(path: Path | str) -> int | None:
+    """Bytes an unprivileged user may still write on the device holding ``path`` (``None``: unknown)."""
+    path = Path(path)
+    for part in (path, *path.parents):
+        if part.exists():
+            try:
+                st = os.statvfs(part)
+            except OSError:
+                return None
+            return st.f_bavail * st.f_frsize
+    return None
+
+
+def disk_is_full(path: Path | str) -> bool:
+    """Whether the device holding ``path`` has (almost) no space left."""
+    free = free_bytes(path)
+    return free is not None and free < LOW_SPACE
+
+
+def _chain(error: BaseException):
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [error]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+
+
+def disk_full(error: BaseException, path: Path | str | None = None, *, what: str = "") -> DiskFull | None:
+    """A :class:`DiskFull` error when ``error`` (or anything in its chain) means a full disk.
+
+    ``path``: the file being written when the error does not name one (a study database).
+    ``what``: said before the advice (what happened to the work, e.g. a re-queued trial).
+    """
+    for e in _chain(error):
+        if isinstance(e, DiskFull):
+            return e
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return DiskFull(e.filename or path, what)
+        if isinstance(e, sqlite3.Error):
+            code = getattr(e, "sqlite_errorcode", None)
+            if code == _SQLITE_FULL or "database or disk is full" in str(e):
+                return DiskFull(path, what)
+            io_error = (code is not None and code % 256 == _SQLITE_IOERR) or "disk I/O error" in str(e)
+            if io_error and path is not None and disk_is_full(path):
+                return DiskFull(path, what)
+        if isinstance(e, (OSError, RuntimeError)) and "No space left on device" in str(e):  # h5py, torch
+            return DiskFull(getattr(e, "filename", None) or path, what)
+    return None
+
+
+def quiet_heartbeats_on_full_disk() -> None:
+    """A full disk in Optuna's heartbeat thread ends that thread without a traceback.
+
+    The trial goes on; its next write in the main thread meets the full disk too and stops the
+    search with one line (:class:`FullDiskStop`). Installed once, as ``threading.excepthook``;
+    any other exception of any thread goes to the hook that was there before.
+    """
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "deepsc_tune_full_disk", False):
+        return
+
+    def hook(args: Any) -> None:
+        frames, tb = [], args.exc_traceback
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        if "_record_heartbeat" in frames and args.exc_value is not None and disk_full(args.exc_value):
+            return
+        previous(args)
+
+    hook.deepsc_tune_full_disk = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+
+
+class FullDiskStop:
+    """Stops a loop of ``study.optimize(n_trials=1)`` calls at the first full disk.
+
+    Optuna records any exception of a trial as FAIL and goes on, so a full disk would fail
+    every further trial. Wrap the objective with :meth:`objective` and each ``optimize`` call
+    with :meth:`optimizing`: after a trial that a full disk stopped, the trial's settings are
+    re-queued (when the disk still lets the study record that; else it stays RUNNING and the
+    next run on this host re-queues it at once) and :class:`DiskFull` is raised.
+    """
+
+    def __init__(self, study: Any) -> None:
+        from optuna.storages import RDBStorage
+
+        from deepsc_tune.study._file import sqlite_file
+        from deepsc_tune.study._storage import storage_of
+
+        storage = storage_of(study) or getattr(study, "_storage", None)
+        self.study = study
+        self.db = sqlite_file(storage.url) if isinstance(storage, RDBStorage) else None
+        self.number: int | None = None
+        self.error: DiskFull | None = None
+
+    def objective(self, objective: Callable[[Any], float]) -> Callable[[Any], float]:
+        def watched(trial: Any) -> float:
+            self.number = trial.number
+            try:
+                return objective(trial)
+            except Exception as e:
+                self.error = disk_full(e, self.db)
+                raise
+
+        return watched
+
+    @contextlib.contextmanager
+    def optimizing(self) -> Iterator[None]:
+        self.number, self.error = None, None
+        try:
+            yield
+        except Exception as e:
+            # Optuna could not even record the trial's end (it stays RUNNING), or asked for none.
+            self.error = disk_full(e, self.db)
+            if self.error is None:
+                raise
+        if self.error is not None:
+            raise self._stopped() from None
+
+    def _stopped(self) -> DiskFull:
+        from optuna.trial import TrialState
+
+        from deepsc_tune.study._recovery import requeue
+
+        assert self.error is not None
+        if self.number is None:
+            return DiskFull(self.error.path, "no trial was running; ")
+        what = f"trial {self.number} was stopped (the next run re-queues it); "
+        try:
+            trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.number)
+            if trial.state == TrialState.FAIL:
+                requeue(self.study, trial, "disk full")
+                what = f"trial {self.number} was stopped and its settings re-queued; "
+        except Exception:  # noqa: BLE001 - the disk is full: say that, not this
+            pass
+        return DiskFull(self.error.path, what)
