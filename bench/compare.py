@@ -67,7 +67,7 @@ import optuna  # noqa: E402
 from selection_eval import repeat_records, variants  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.backends.builtin._evaluation import classification_metrics  # noqa: E402
+from deepsc_tune.data._metrics import classification_metrics  # noqa: E402
 from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner  # noqa: E402
 from deepsc_tune.cli._progress import Progress  # noqa: E402
 from deepsc_tune.config._search_space import (  # noqa: E402

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from deepsc_tune.backends.command.deepsc._checkpoints import (
     CHECKPOINTS_FILE,
-    CheckpointKeeper,
     best_epoch_checkpoint,
     saved_path,
 )
 from deepsc_tune.cli import app
+from deepsc_tune.study._checkpoints import CheckpointKeeper
 from deepsc_tune.study._objective import trial_dir
 
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")

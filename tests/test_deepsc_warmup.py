@@ -28,10 +28,10 @@ from typer.testing import CliRunner
 from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
 from deepsc_tune.backends.command.deepsc import _schedule as ds
 from deepsc_tune.backends.command.deepsc._data import CellsError, deepsc_cells, deepsc_chance
+from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
 from deepsc_tune.cli import app
 from deepsc_tune.data._chance import CHANCE_ATTR
 from deepsc_tune.errors import FinetuneError
-from deepsc_tune.study._trial_record import DEEPSC_WARMUP
 
 FAKE = Path(__file__).resolve().with_name("fake_deepsc.py")
 MODULE = "src.deepsc.finetune.finetune"

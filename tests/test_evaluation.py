@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepsc_tune.backends.builtin._evaluation import classification_metrics, format_epoch_lines, predict_logits
+from deepsc_tune.backends.builtin._evaluation import format_epoch_lines, predict_logits
 from deepsc_tune.backends.builtin._model import MLPClassifier
+from deepsc_tune.data._metrics import classification_metrics
 
 
 def test_macro_metrics_over_classes_present_or_predicted():

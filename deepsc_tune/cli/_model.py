@@ -91,8 +91,8 @@ def predict(
     uns['deepsc_tune']['classes']); QUERY itself is
     never changed. When QUERY has the training label column, prints the accuracy on it.
     """
-    from deepsc_tune.backends.builtin._tuned_model import predict_file, study_model
-    from deepsc_tune.study._folder import command_args
+    from deepsc_tune.backends.builtin._tuned_model import predict_file
+    from deepsc_tune.study._folder import command_args, study_model
 
     _quiet_libraries()
     with user_errors():

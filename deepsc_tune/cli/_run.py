@@ -171,7 +171,7 @@ def run(
                 timeout=budget.seconds,
             )
             if get_backend(space.backend).runs_program:  # after the workers' last trials, said once
-                from deepsc_tune.backends.command.deepsc._checkpoints import CheckpointKeeper
+                from deepsc_tune.study._checkpoints import CheckpointKeeper
 
                 keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
                 _prune_checkpoints(keeper, echo=True)
@@ -299,7 +299,7 @@ def _keep_models(finetuner, space, study, folder) -> None:
     from deepsc_tune.backends._registry import get_backend
 
     if get_backend(space.backend).runs_program:
-        from deepsc_tune.backends.command.deepsc._checkpoints import CheckpointKeeper
+        from deepsc_tune.study._checkpoints import CheckpointKeeper
 
         finetuner.checkpoint_keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
         return
@@ -307,7 +307,8 @@ def _keep_models(finetuner, space, study, folder) -> None:
         return
     from optuna.trial import TrialState
 
-    from deepsc_tune.backends.builtin._tuned_model import ModelKeeper, rehome_model
+    from deepsc_tune.backends.builtin._tuned_model import ModelKeeper
+    from deepsc_tune.study._folder import rehome_model
 
     moved = rehome_model(folder)
     if moved is not None:

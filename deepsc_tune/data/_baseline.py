@@ -9,7 +9,7 @@ has not earned its GPU hours, so every study fits one, once:
 * on the same prepared training cells and features the trials train on (HVGs and normalisation
   learned from the training split, :mod:`deepsc_tune.data._prepare`), never on the validation cells;
 * scored on the same validation cells the search selects on, with the trials' own metrics
-  (:func:`deepsc_tune.backends.builtin._evaluation.classification_metrics`); test cells are scored and reported
+  (:func:`deepsc_tune.data._metrics.classification_metrics`); test cells are scored and reported
   only;
 * cached beside the prepared data (``baseline-<fingerprint>.json``), so later runs and workers
   reuse it, and stored in the study as the user attribute :data:`BASELINE_ATTR`.
@@ -54,7 +54,7 @@ def fit_baseline(
     """Fit logistic regression on the training cells; validation (and test) metrics as a record."""
     from sklearn.linear_model import LogisticRegression
 
-    from deepsc_tune.backends.builtin._evaluation import classification_metrics
+    from deepsc_tune.data._metrics import classification_metrics
 
     t0 = time.perf_counter()
     model = LogisticRegression(C=1.0, max_iter=1000)

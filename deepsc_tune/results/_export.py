@@ -32,6 +32,7 @@ from deepsc_tune.backends.command._finetuner import (
     format_value,
 )
 from deepsc_tune.backends.command.deepsc._commits import HYDRA_RUN_DIR, commit_of_module, entry_module
+from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder, as_folder
 from deepsc_tune.study._objective import read_trial_file
@@ -39,7 +40,6 @@ from deepsc_tune.study._selection import Selection, pick_notes, pick_record, sel
 from deepsc_tune.study._space_record import read_record
 from deepsc_tune.study._trial_record import (
     BEST_EPOCH,
-    DEEPSC_WARMUP,
     EPOCHS_RUN,
     OLD_ARGV,
     SETTINGS,

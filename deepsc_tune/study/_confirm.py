@@ -27,12 +27,11 @@ import optuna
 from optuna.trial import TrialState
 
 from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.cli._progress import Progress
 from deepsc_tune.config._search_space import SearchSpace
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import run_one_trial
 from deepsc_tune.study._repeat import enqueue_repeats, plan_repeats, waiting_repeats
+from deepsc_tune.study._runner import Watcher, run_one_trial
 from deepsc_tune.study._selection import select
 from deepsc_tune.study._start_lock import start_lock
 
@@ -52,7 +51,7 @@ def run_confirmation(
     study: optuna.Study,
     storage: Any = None,
     trials_dir: Path | None = None,
-    progress: Progress | None = None,
+    progress: Watcher | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> ConfirmSummary | None:
     """Queue the repeats ``space.confirm`` asks for and run queued repeats until none is waiting.

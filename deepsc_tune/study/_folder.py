@@ -21,8 +21,12 @@ still read from there, and everything new is written to its own folder. Nothing 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from deepsc_tune.backends.builtin._tuned_model import model_lock, read_card
+from deepsc_tune.errors import DeepscTuneError
 
 DB_FILE = "study.db"
 TRIALS_DIR = "trials"
@@ -201,3 +205,51 @@ __all__ = [
     "record_name",
     "trial_dir",
 ]
+
+
+# The tuned model of a study (the built-in fine-tuner keeps it in the study's folder).
+
+
+def rehome_model(folder: StudyFolder) -> Path | None:
+    """Move another study's model out of ``folder.model`` into that study's own folder (where it
+    is kept since each study has its own), so that this study's runs do not replace it. Returns
+    where it went, or ``None`` when there was nothing to move (or that folder has a model)."""
+    card = read_card(folder.model)
+    other = card.get("study") if card is not None else None
+    if not other or other == folder.name or not isinstance(other, str) or "/" in other:
+        return None
+    target = StudyFolder(folder.results_dir, other).model
+    if target.exists():
+        return None
+    with model_lock(folder.model):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder.model, target)
+    return target
+
+
+def study_model(folder: StudyFolder, *, space_name: str | None = None) -> Path:
+    """The model folder of study ``folder.name``: its own (``RESULTS_DIR/STUDY/model``), else, for
+    a study from before, the old folder's when its card names this study.
+
+    Raises
+    ------
+    DeepscTuneError
+        When the only model found is another study's (kept in a shared folder before each study
+        had its own), instead of predicting with it.
+    """
+    others = []
+    for path in folder.models:
+        card = read_card(path)
+        if card is None:
+            continue
+        if card.get("study") == folder.name:
+            return path
+        others.append((path, card.get("study")))
+    if others:
+        path, study = others[0]
+        raise DeepscTuneError(
+            f"the model in {path} is study '{study}'s, not study '{folder.name}'s (kept there before each "
+            f"study had its own folder); predict with --study-name {study} to use it; this study's "
+            f"next trials (`deepsc-tune run {command_args(space_name or 'NAME', folder.name, space_name)}`) keep its own in {folder.model}"
+        )
+    return folder.model

@@ -20,13 +20,11 @@ from __future__ import annotations
 
 import socket
 import warnings
-from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.study._reconnect import unreachable_in
 from deepsc_tune.study._trial_record import (
     ENQUEUED,
     FAIL_REASON,
@@ -38,7 +36,6 @@ from deepsc_tune.study._trial_record import (
     STALE_REASON,
     WORKER,
 )
-from deepsc_tune.utils._interrupts import interrupt_reason
 from deepsc_tune.utils._processes import process_start_time
 
 #: A configuration whose worker keeps dying is not retried forever.
@@ -141,66 +138,3 @@ def requeue_interrupted(
             fail_trial(study, trial, reason, storage=storage)  # fails and re-queues it
         elif trial.state == TrialState.FAIL:
             requeue(study, trial, reason)
-
-
-def run_one_trial(
-    study: optuna.Study,
-    objective: Callable[[optuna.trial.Trial], float],
-    *,
-    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
-    on_start: Callable[[optuna.trial.Trial], None] | None = None,
-) -> int | None:
-    """One ``study.optimize(n_trials=1)``, as every runner (search, confirmation, repeats) needs it.
-
-    ``on_start`` is called once the trial is RUNNING. An interruption (:mod:`deepsc_tune.utils._interrupts`:
-    Ctrl-C, SIGTERM, a closed stdout) is passed on after the objective has recorded the trial as
-    FAIL with its reason and its settings are re-queued here, tagged ``retry_of``.
-
-    Returns the number of a trial that was taken over while it ran, else ``None``: a worker
-    suspended (SLURM's SIGSTOP) for longer than the heartbeat grace period finds its trial failed
-    and re-queued by another worker when it continues; Optuna then refuses to record it, and
-    this worker drops its result and carries on. A full disk is raised as
-    :class:`~deepsc_tune.utils._disk.DiskFull` (the trial re-queued). A database that did not come back in time
-    (:mod:`deepsc_tune.study._reconnect`) is raised as :class:`~deepsc_tune.study._reconnect.DatabaseUnreachable`.
-    """
-    from deepsc_tune.study._storage import storage_of  # storage.py imports this module
-
-    current: list[int] = []
-
-    def tracked(trial: optuna.trial.Trial) -> float:
-        current[:] = [trial.number]
-        if on_start is not None:
-            on_start(trial)
-        return objective(trial)
-
-    from deepsc_tune.utils._disk import FullDiskStop
-
-    full_disk = FullDiskStop(study)  # a full disk stops the runner (DiskFull), not trial after trial
-    try:
-        with full_disk.optimizing():
-            study.optimize(full_disk.objective(tracked), n_trials=1, catch=(Exception,), callbacks=list(callbacks))
-    except KeyboardInterrupt as e:
-        if current:
-            requeue_interrupted(study, current[0], interrupt_reason(e), storage=storage_of(study))
-        raise
-    except Exception as e:
-        lost = unreachable_in(e)
-        if lost is not None:  # the database did not come back: say that, not how Optuna failed
-            raise lost from None
-        # "Cannot tell a FAIL trial": someone else finished it while this process was stopped.
-        taken = isinstance(e, (ValueError, optuna.exceptions.UpdateFinishedTrialError))
-        if taken and current and _finished_elsewhere(study, current[0]):
-            return current[0]
-        raise
-    return None
-
-
-def _finished_elsewhere(study: optuna.Study, number: int) -> bool:
-    """Whether trial ``number``, which this process was running, was failed by another one.
-
-    The objective records a reason before a trial of its own fails; a stale-heartbeat FAIL by
-    another worker has none (the reason is on the retry)."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
-        if trial.number == number:
-            return FAIL_REASON not in trial.user_attrs
-    return False

@@ -29,13 +29,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.cli._progress import Progress
 from deepsc_tune.config._search_space import SearchSpace, build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, run_one_trial
+from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials
+from deepsc_tune.study._runner import Watcher, run_one_trial
 from deepsc_tune.study._selection import rank_configurations
 from deepsc_tune.study._space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.study._storage import open_storage, remember, storage_of
@@ -233,7 +233,7 @@ def run_repeats(
     finetuner: Finetuner,
     *,
     trials_dir: Path | None = None,
-    progress: Progress | None = None,
+    progress: Watcher | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> RepeatSummary:
     """Run queued trials, one ``study.optimize(n_trials=1)`` at a time, until no repeat is waiting.

@@ -27,14 +27,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import __version__
 from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.cli._progress import Progress
 from deepsc_tune.config._search_space import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, run_one_trial
+from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials
 from deepsc_tune.study._reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
+from deepsc_tune.study._runner import Watcher, run_one_trial
 from deepsc_tune.study._space_record import read_record, sqlite_folder, summary_attrs, write_record
 from deepsc_tune.study._start_lock import start_lock
 from deepsc_tune.study._storage import redact, remember, storage_of
@@ -251,7 +251,7 @@ def run_study(
     *,
     study: optuna.Study,
     trials_dir: Path | None = None,
-    progress: Progress | None = None,
+    progress: Watcher | None = None,
     stop: Callable[[], bool] | None = None,
 ) -> RunSummary:
     """Run trials until the study holds ``space.n_trials`` finished search trials.
@@ -275,7 +275,7 @@ def run_study(
         on after the running trial has been recorded as FAIL with the reason and its parameters
         re-queued.
     DiskFull
-        When a full disk stopped a trial (:class:`~deepsc_tune.utils._disk.FullDiskStop`).
+        When a full disk stopped a trial (:class:`~deepsc_tune.study._runner.FullDiskStop`).
     """
     recovered: list[int] = []
     objective = build_objective(

@@ -37,9 +37,7 @@ TEST_MACRO_F1 = "test_macro_f1"
 EPOCHS_RUN = "epochs_run"
 DURATION_S = "duration_s"
 DEVICE = "device"
-#: A DeepSC cosine trial's warmup (``deepsc_schedule.WarmupPlan.record``): the searched
-#: ``fraction`` of the real run, the ``deepsc_ratio`` passed to DeepSC, and the step counts.
-DEEPSC_WARMUP = "deepsc_warmup"
+#: A DeepSC cosine trial's warmup is set by the command backend (its ``DEEPSC_WARMUP``).
 #: Why a FAIL trial failed.
 FAIL_REASON = "fail_reason"
 #: A configuration of the usage guide, queued by ``study.enqueue``.

@@ -5,17 +5,15 @@ SQLite's "database or disk is full" deep inside SQLAlchemy and Optuna, and somet
 "disk I/O error" when SQLite cannot create or grow its ``-shm``/``-wal`` files. :func:`disk_full`
 looks through an exception's whole chain and returns a :class:`DiskFull` error (a
 :class:`~deepsc_tune.errors.DeepscTuneError`) when the cause is a full disk; an I/O error counts
-only when the device really has (almost) no space left. :class:`FullDiskStop` stops a search
-(or the repeats) at the first trial a full disk stopped, instead of failing every trial after it.
+only when the device really has (almost) no space left. (The study's runner stops at the
+first trial a full disk stopped: :class:`deepsc_tune.study._runner.FullDiskStop`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +98,7 @@ def quiet_heartbeats_on_full_disk() -> None:
     """A full disk in Optuna's heartbeat thread ends that thread without a traceback.
 
     The trial goes on; its next write in the main thread meets the full disk too and stops the
-    search with one line (:class:`FullDiskStop`). Installed once, as ``threading.excepthook``;
+    search with one line (:class:`deepsc_tune.study._runner.FullDiskStop`). Installed once, as ``threading.excepthook``;
     any other exception of any thread goes to the hook that was there before.
     """
     import threading
@@ -120,68 +118,3 @@ def quiet_heartbeats_on_full_disk() -> None:
 
     hook.deepsc_tune_full_disk = True  # type: ignore[attr-defined]
     threading.excepthook = hook
-
-
-class FullDiskStop:
-    """Stops a loop of ``study.optimize(n_trials=1)`` calls at the first full disk.
-
-    Optuna records any exception of a trial as FAIL and goes on, so a full disk would fail
-    every further trial. Wrap the objective with :meth:`objective` and each ``optimize`` call
-    with :meth:`optimizing`: after a trial that a full disk stopped, the trial's settings are
-    re-queued (when the disk still lets the study record that; else it stays RUNNING and the
-    next run on this host re-queues it at once) and :class:`DiskFull` is raised.
-    """
-
-    def __init__(self, study: Any) -> None:
-        from optuna.storages import RDBStorage
-
-        from deepsc_tune.study._file import sqlite_file
-        from deepsc_tune.study._storage import storage_of
-
-        storage = storage_of(study) or getattr(study, "_storage", None)
-        self.study = study
-        self.db = sqlite_file(storage.url) if isinstance(storage, RDBStorage) else None
-        self.number: int | None = None
-        self.error: DiskFull | None = None
-
-    def objective(self, objective: Callable[[Any], float]) -> Callable[[Any], float]:
-        def watched(trial: Any) -> float:
-            self.number = trial.number
-            try:
-                return objective(trial)
-            except Exception as e:
-                self.error = disk_full(e, self.db)
-                raise
-
-        return watched
-
-    @contextlib.contextmanager
-    def optimizing(self) -> Iterator[None]:
-        self.number, self.error = None, None
-        try:
-            yield
-        except Exception as e:
-            # Optuna could not even record the trial's end (it stays RUNNING), or asked for none.
-            self.error = disk_full(e, self.db)
-            if self.error is None:
-                raise
-        if self.error is not None:
-            raise self._stopped() from None
-
-    def _stopped(self) -> DiskFull:
-        from optuna.trial import TrialState
-
-        from deepsc_tune.study._recovery import requeue
-
-        assert self.error is not None
-        if self.number is None:
-            return DiskFull(self.error.path, "no trial was running; ")
-        what = f"trial {self.number} was stopped (the next run re-queues it); "
-        try:
-            trial = next(t for t in self.study.get_trials(deepcopy=False) if t.number == self.number)
-            if trial.state == TrialState.FAIL:
-                requeue(self.study, trial, "disk full")
-                what = f"trial {self.number} was stopped and its settings re-queued; "
-        except Exception:  # noqa: BLE001 - the disk is full: say that, not this
-            pass
-        return DiskFull(self.error.path, what)

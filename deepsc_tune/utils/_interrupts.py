@@ -5,7 +5,7 @@ inside :func:`stop_requests`. There the first SIGINT (Ctrl-C), SIGTERM (``kill``
 ``scancel``, a preemption) or write to a closed stdout (``| head``) raises :class:`Interrupted`,
 a ``KeyboardInterrupt``: the objective records the running trial as FAIL with
 :attr:`Interrupted.reason` (:mod:`deepsc_tune.study._objective`), the runner re-queues its settings
-(:func:`~deepsc_tune.study._recovery.run_one_trial`), and the CLI says so in one line and exits with
+(:func:`~deepsc_tune.study._runner.run_one_trial`), and the CLI says so in one line and exits with
 :attr:`Interrupted.exit_code`, 128 + the signal as a shell reports it: 130 (SIGINT), 143
 (SIGTERM), 141 (SIGPIPE: stdout closed).
 

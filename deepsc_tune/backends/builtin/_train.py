@@ -50,7 +50,6 @@ from deepsc_tune.backends._interface import METRICS, EpochCallback, EpochMetrics
 from deepsc_tune.backends.builtin._evaluation import (
     as_tensor,
     autocast_for,
-    classification_metrics,
     evaluate,
     format_epoch_lines,
 )
@@ -84,6 +83,7 @@ from deepsc_tune.backends.builtin._settings import (  # noqa: F401
     TrainSettings,
     device_problem,
 )
+from deepsc_tune.data._metrics import classification_metrics
 from deepsc_tune.errors import ConfigError, FinetuneError
 
 #: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.

@@ -34,7 +34,6 @@ from typing import Any
 
 from deepsc_tune import __version__
 from deepsc_tune.errors import ConfigError, DataError, DeepscTuneError
-from deepsc_tune.study._folder import StudyFolder, command_args
 from deepsc_tune.utils._disk import DiskFull, disk_full, disk_is_full
 
 WEIGHTS_FILE = "weights.pt"
@@ -50,7 +49,8 @@ UNS_KEY = "deepsc_tune"
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
+def model_lock(folder: Path) -> Iterator[None]:
+    """Hold the lock beside the model folder ``folder`` (writers and movers of a kept model)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.parent / LOCK_FILE, "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
@@ -120,7 +120,7 @@ class ModelKeeper:
         value = None if best is None else best.metric(self.metric)
         if result.state is None or result.stopped or value is None or trial is None:
             return False
-        with _locked(self.folder):
+        with model_lock(self.folder):
             if not float(value) > self._bar():
                 return False
             card = {
@@ -148,23 +148,6 @@ class ModelKeeper:
             self.stale = False
             self.floor = max(self.floor, float(value))
             return True
-
-
-def rehome_model(folder: StudyFolder) -> Path | None:
-    """Move another study's model out of ``folder.model`` into that study's own folder (where it
-    is kept since each study has its own), so that this study's runs do not replace it. Returns
-    where it went, or ``None`` when there was nothing to move (or that folder has a model)."""
-    card = read_card(folder.model)
-    other = card.get("study") if card is not None else None
-    if not other or other == folder.name or not isinstance(other, str) or "/" in other:
-        return None
-    target = StudyFolder(folder.results_dir, other).model
-    if target.exists():
-        return None
-    with _locked(folder.model):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(folder.model, target)
-    return target
 
 
 def _write(folder: Path, state: Mapping[str, Any], card: Mapping[str, Any]) -> None:
@@ -205,34 +188,6 @@ class TunedModel:
     batch_size: int
 
 
-def study_model(folder: StudyFolder, *, space_name: str | None = None) -> Path:
-    """The model folder of study ``folder.name``: its own (``RESULTS_DIR/STUDY/model``), else, for
-    a study from before, the old folder's when its card names this study.
-
-    Raises
-    ------
-    DeepscTuneError
-        When the only model found is another study's (kept in a shared folder before each study
-        had its own), instead of predicting with it.
-    """
-    others = []
-    for path in folder.models:
-        card = read_card(path)
-        if card is None:
-            continue
-        if card.get("study") == folder.name:
-            return path
-        others.append((path, card.get("study")))
-    if others:
-        path, study = others[0]
-        raise DeepscTuneError(
-            f"the model in {path} is study '{study}'s, not study '{folder.name}'s (kept there before each "
-            f"study had its own folder); predict with --study-name {study} to use it; this study's "
-            f"next trials (`deepsc-tune run {command_args(space_name or 'NAME', folder.name, space_name)}`) keep its own in {folder.model}"
-        )
-    return folder.model
-
-
 def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -> TunedModel:
     """Rebuild the kept model from ``weights.pt`` and ``model.json``.
 
@@ -253,7 +208,7 @@ def load_model(folder: Path, *, device: str = "auto", name: str | None = None) -
     )
     if not folder.parent.is_dir():  # nothing to lock, and nothing to create
         raise missing
-    with _locked(folder):
+    with model_lock(folder):
         if not (folder / CARD_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
             raise missing
         card = _checked_card(folder / CARD_FILE)

@@ -126,7 +126,7 @@ class CommandFinetuner:
 
     def trial_attrs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """What the objective stores with a trial before it runs: the warmup plan, if any."""
-        from deepsc_tune.study._trial_record import DEEPSC_WARMUP
+        from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
 
         plan = self.warmup_plan(params)
         return {} if plan is None else {DEEPSC_WARMUP: plan.record()}

@@ -5,7 +5,8 @@ kept, and ``latest_checkpoint.ckpt``, overwritten; it prints each (``Saved check
 ``Saved latest checkpoint: PATH``) and deletes none. A 30-trial, 10-epoch search would leave 330.
 The command backend records the paths DeepSC names in the trial's folder
 (:data:`CHECKPOINTS_FILE`, written as they are printed, so failed and interrupted trials have
-theirs too), and :class:`CheckpointKeeper` applies ``finetune.keep_checkpoints``:
+theirs too), and the study's :class:`~deepsc_tune.study._checkpoints.CheckpointKeeper` applies
+``finetune.keep_checkpoints``:
 
 ``best`` (default)
     after every trial, the checkpoints of finished trials that are not the chosen configuration
@@ -18,7 +19,7 @@ theirs too), and :class:`CheckpointKeeper` applies ``finetune.keep_checkpoints``
 
 Only files DeepSC named are removed, only when their name is DeepSC's (``epoch_N.ckpt``,
 ``latest_checkpoint.ckpt``) and they lie in the folder it reported; running and queued trials
-are never touched. This module knows no Optuna API beyond reading trials.
+are never touched. This module knows no study: it reads and records DeepSC's files.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
 
 from deepsc_tune.utils._atomic import write_text
 
@@ -42,7 +42,6 @@ CHECKPOINT_NAME = re.compile(r"^(?:epoch_(?P<epoch>\d+)|latest_checkpoint)\.ckpt
 #: DeepSC's lines naming a checkpoint it saved, and the folder it saves them in.
 SAVED_LINE = re.compile(r"^Saved (?:latest )?checkpoint:\s*(?P<path>\S.*?)\s*$")
 FOLDER_LINE = re.compile(r"^-\s*Checkpoints:\s*(?P<path>/\S.*?)\s*$")
-_FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 
 
 def saved_path(line: str) -> str | None:
@@ -100,59 +99,6 @@ def disk_usage(run_dirs: Iterable[Path]) -> tuple[int, int]:
             except OSError:
                 continue
     return files, size
-
-
-class Pruned(NamedTuple):
-    """What one :meth:`CheckpointKeeper.prune` removed."""
-
-    files: int
-    bytes: int
-    trials: tuple[int, ...]
-
-
-class CheckpointKeeper:
-    """Applies ``keep_checkpoints`` to a study's trials (``trials_dir/NNNNN`` are their folders)."""
-
-    def __init__(self, study: Any, trials_dir: Path, policy: str = DEFAULT_KEEP) -> None:
-        if policy not in KEEP_POLICIES:
-            raise ValueError(f"keep_checkpoints: expected one of {', '.join(KEEP_POLICIES)}, got {policy!r}")
-        self.study, self.trials_dir, self.policy = study, Path(trials_dir), policy
-
-    def keep(self, trials: Sequence[Any]) -> set[int]:
-        """Numbers of the trials whose checkpoints stay."""
-        if self.policy == "all":
-            return {t.number for t in trials}
-        if self.policy == "none":
-            return set()
-        from deepsc_tune.study._selection import select
-
-        best = select(trials).best
-        return set() if best is None else {t.number for t in best.trials}
-
-    def prune(self) -> Pruned:
-        """Remove the checkpoints of finished trials that are not kept; never raises for a file."""
-        from deepsc_tune.study._folder import trial_dir
-
-        if self.policy == "all":
-            return Pruned(0, 0, ())
-        trials = self.study.get_trials(deepcopy=False)
-        keep = self.keep(trials)
-        files = size = 0
-        touched = []
-        for t in trials:
-            if t.number in keep or t.state.name not in _FINISHED:
-                continue
-            removed = 0
-            for path in recorded(trial_dir(self.trials_dir, t.number)):
-                try:
-                    n = path.stat().st_size
-                    path.unlink()
-                except OSError:
-                    continue  # gone already (another worker), or not ours to remove
-                files, size, removed = files + 1, size + n, removed + 1
-            if removed:
-                touched.append(t.number)
-        return Pruned(files, size, tuple(touched))
 
 
 def format_bytes(n: int) -> str:

@@ -50,6 +50,10 @@ RESTART_WARMUP_MULTIPLE = 3
 #: DeepSC's peak decay at each restart.
 RESTART_DECAY = 0.9
 
+#: The trial attribute holding a cosine trial's :meth:`WarmupPlan.record`: the searched
+#: ``fraction`` of the real run, the ``deepsc_ratio`` passed to DeepSC, and the step counts.
+DEEPSC_WARMUP = "deepsc_warmup"
+
 
 def planned_steps(*, epoch: float, batch_size: float, grad_acc: float, world_size: float = 1) -> int:
     """Steps DeepSC's cosine schedule plans for:
@@ -145,7 +149,7 @@ class WarmupPlan:
         )
 
     def record(self) -> dict[str, Any]:
-        """The trial attribute (:data:`deepsc_tune.study._trial_record.DEEPSC_WARMUP`)."""
+        """The trial attribute (:data:`DEEPSC_WARMUP`)."""
         return {**asdict(self), "restart_steps": self.restart_steps}
 
 
