@@ -19,8 +19,9 @@ from report_studies import REAL_EPOCHS, add, const, cos, run_cli
 from deepsc_tune.results._export import format_best
 from deepsc_tune.results.report._data import metric_value
 from deepsc_tune.results.report._files import build_report_data, trial_rows, write_index, write_report
+from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._storage import open_storage
-from deepsc_tune.study._trial_record import best_search_trial, search_trials
+from deepsc_tune.study._trial_record import search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

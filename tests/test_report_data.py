@@ -29,8 +29,8 @@ from deepsc_tune.results.report._data import (
     param_importances,
     stability_data,
 )
-from deepsc_tune.study._selection import select
-from deepsc_tune.study._trial_record import best_search_trial, search_trials
+from deepsc_tune.study._selection import best_search_trial, select
+from deepsc_tune.study._trial_record import search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

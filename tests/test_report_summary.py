@@ -9,7 +9,7 @@ from report_studies import REAL_EPOCHS, add, cos
 
 from deepsc_tune.results._export import format_best
 from deepsc_tune.results.report._summary import summary_data
-from deepsc_tune.study._trial_record import best_search_trial
+from deepsc_tune.study._selection import best_search_trial
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

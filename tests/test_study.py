@@ -12,9 +12,9 @@ from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._objective import epoch_history
+from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import TooManyFailures, open_study, run_study
-from deepsc_tune.study._trial_record import best_search_trial
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

@@ -8,9 +8,9 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from deepsc_tune.errors import DeepscTuneError
+from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._trial_record import (
     STALE_REASON,
-    best_search_trial,
     complete_repeats,
     count_states,
     epochs_run,

@@ -25,8 +25,7 @@ def _print_best(study, backend: str, *, fmt: str, folder=None) -> None:
     """The chosen configuration (``folder``: the study's :class:`~deepsc_tune.study._folder.StudyFolder`,
     for a DeepSC study's search space and trial records)."""
     from deepsc_tune.results._export import best_notes, format_best
-    from deepsc_tune.study._selection import select
-    from deepsc_tune.study._trial_record import best_search_trial
+    from deepsc_tune.study._selection import best_search_trial, select
 
     try:
         best_search_trial(study)  # the clear error when nothing has completed
@@ -64,7 +63,7 @@ def best(
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend, folder = _load_study(name, results_dir, storage, study_name)
-        from deepsc_tune.study._trial_record import best_search_trial
+        from deepsc_tune.study._selection import best_search_trial
 
         best_search_trial(study)  # no completed trial: the error, on stderr, exit 1
         _print_best(study, backend, fmt=fmt, folder=folder)

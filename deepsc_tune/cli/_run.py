@@ -262,8 +262,8 @@ def _program_chance(space):
 
     if not get_backend(space.backend).runs_program or not is_deepsc_command(space.settings.command):
         return None
+    from deepsc_tune.backends.command.deepsc._checkout import deepsc_values
     from deepsc_tune.backends.command.deepsc._data import deepsc_chance
-    from deepsc_tune.backends.command.deepsc._schedule import deepsc_values
 
     return deepsc_chance(deepsc_values(space.settings, space.fixed))
 

@@ -31,8 +31,10 @@ import statistics
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study._trial_record import TEST_ACCURACY, TEST_MACRO_F1, complete_repeats, is_repeat
 
 #: Selection rules (how one trial's validation curve becomes one number).
@@ -270,3 +272,23 @@ def pick_record(selection: Selection, number: int) -> dict[str, Any]:
             selection.leader_test.distinguishable if leads and selection.leader_test is not None else None
         ),
     }
+
+
+def best_search_trial(study: optuna.Study) -> FrozenTrial:
+    """The chosen configuration's search trial (:func:`select`: by the mean
+    over seeds, confirmed configurations first; without repeats the best value, ties to the lower
+    number), the one ranking every command uses.
+
+    Raises
+    ------
+    DeepscTuneError
+        When no trial has completed yet.
+    """
+    trials = study.get_trials(deepcopy=False)
+    best = select(trials).best
+    if best is None:
+        raise DeepscTuneError(
+            f"study '{study.study_name}' has no completed trial yet ({len(trials)} trials in all); "
+            "run `deepsc-tune run` first or let it finish a trial"
+        )
+    return best.trial

@@ -17,8 +17,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.errors import DeepscTuneError
-
 # ----------------------------------------------------------------------------- trial attributes
 
 #: The full fixed+searched settings a trial ran with, and the seed among them.
@@ -107,28 +105,6 @@ def search_only(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
 def search_trials(study: optuna.Study, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
     """Trials of the search itself: repeats made by ``deepsc-tune repeat`` are left out."""
     return search_only(study.get_trials(deepcopy=False, states=states))
-
-
-def best_search_trial(study: optuna.Study) -> FrozenTrial:
-    """The chosen configuration's search trial (:func:`deepsc_tune.study._selection.select`: by the mean
-    over seeds, confirmed configurations first; without repeats the best value, ties to the lower
-    number), the one ranking every command uses.
-
-    Raises
-    ------
-    DeepscTuneError
-        When no trial has completed yet.
-    """
-    from deepsc_tune.study._selection import select
-
-    trials = study.get_trials(deepcopy=False)
-    best = select(trials).best
-    if best is None:
-        raise DeepscTuneError(
-            f"study '{study.study_name}' has no completed trial yet ({len(trials)} trials in all); "
-            "run `deepsc-tune run` first or let it finish a trial"
-        )
-    return best.trial
 
 
 def complete_repeats(trials: Sequence[FrozenTrial]) -> dict[int, list[FrozenTrial]]:

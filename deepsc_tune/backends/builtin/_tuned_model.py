@@ -3,7 +3,7 @@
 Only the built-in fine-tuner has weights to keep. While a study runs, every finished (not pruned)
 run offers its best epoch's weights to a :class:`ModelKeeper`; they are written only when the run
 beats every completed trial so far (ties: the earlier trial stays, as in
-:func:`deepsc_tune.study._trial_record.best_search_trial`), so the folder only ever holds one model:
+:func:`deepsc_tune.study._selection.best_search_trial`), so the folder only ever holds one model:
 
 - ``weights.pt``: ``torch.save`` of the model's ``state_dict`` (CPU tensors);
 - ``model.json``: what is needed to use it: the trial, its metrics, the training settings

@@ -119,7 +119,7 @@ class CommandFinetuner:
         if not is_deepsc_command(self.settings.command):
             return None
         if self._deepsc_config is None:
-            from deepsc_tune.backends.command.deepsc._schedule import load_config
+            from deepsc_tune.backends.command.deepsc._checkout import load_config
 
             self._deepsc_config = load_config(self.settings.cwd)
         return run_plan(self.settings, params, self._deepsc_config)

@@ -391,3 +391,32 @@ __all__ = [  # the commit's names, re-exported from deepsc_commits for the check
     "timestamped_base",
     "unknown_keys",
 ]
+
+
+#: 2416d85's values, used when the checkout's config cannot be read.
+FALLBACK_DEFAULTS = {
+    "epoch": 10,
+    "batch_size": 32,
+    "grad_acc": 20,
+    "num_device": 1,
+    "num_nodes": 1,
+    "lr_scheduler_type": "constant",
+    "warmup_ratio": 0.03,
+}
+
+
+def deepsc_values(settings: Any, params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DeepSC's effective top-level settings for a run of the ``command`` backend: its config
+    (``config``, else read from the checkout, else 2416d85's defaults), then
+    ``finetune.overrides``, then ``params`` (fixed settings and the trial's values)."""
+    if config is None:
+        config = load_config(settings.cwd)
+    return {**config, **settings.overrides, **params}
+
+
+def load_config(cwd: Any) -> dict[str, Any]:
+    """The checkout's ``configs/finetune/finetune.yaml`` (with its groups), else 2416d85's defaults."""
+    try:
+        return load_deepsc_config(Path(cwd or "."))
+    except ConfigError:
+        return dict(FALLBACK_DEFAULTS)

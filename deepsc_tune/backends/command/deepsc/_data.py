@@ -208,9 +208,8 @@ class DeepscInputs(NamedTuple):
 def deepsc_inputs(settings: Any) -> DeepscInputs | None:
     """The files a command-backend study running DeepSC reads (``None``: not DeepSC, or no
     ``data_path`` that is a file). ``settings``: its :class:`~deepsc_tune.backends.command._settings.CommandSettings`;
-    the values are DeepSC's effective ones (:func:`deepsc_tune.backends.command.deepsc._schedule.deepsc_values`)."""
-    from deepsc_tune.backends.command.deepsc._checkout import is_deepsc_command
-    from deepsc_tune.backends.command.deepsc._schedule import deepsc_values
+    the values are DeepSC's effective ones (:func:`deepsc_tune.backends.command.deepsc._checkout.deepsc_values`)."""
+    from deepsc_tune.backends.command.deepsc._checkout import deepsc_values, is_deepsc_command
 
     if not is_deepsc_command(settings.command):
         return None

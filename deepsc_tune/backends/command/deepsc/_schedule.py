@@ -220,30 +220,6 @@ __all__ = [
 # ----------------------------------------------------------------------------- one run
 
 
-def deepsc_values(settings: Any, params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """DeepSC's effective top-level settings for a run of the ``command`` backend: its config
-    (``config``, else read from the checkout, else 2416d85's defaults), then
-    ``finetune.overrides``, then ``params`` (fixed settings and the trial's values)."""
-    if config is None:
-        config = load_config(settings.cwd)
-    return {**config, **settings.overrides, **params}
-
-
-def load_config(cwd: Any) -> dict[str, Any]:
-    """The checkout's ``configs/finetune/finetune.yaml`` (with its groups), else 2416d85's defaults."""
-    from pathlib import Path
-
-    from deepsc_tune.backends.command.deepsc._checkout import load_deepsc_config
-    from deepsc_tune.errors import ConfigError
-
-    try:
-        return load_deepsc_config(Path(cwd or "."))
-    except ConfigError:
-        from deepsc_tune.backends.command.deepsc._space import FALLBACK_DEFAULTS
-
-        return dict(FALLBACK_DEFAULTS)
-
-
 def run_plan(settings: Any, params: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> WarmupPlan | None:
     """The warmup of one DeepSC cosine run (``settings``: the ``command`` backend's settings),
     or ``None`` for another program or schedule.
@@ -254,7 +230,7 @@ def run_plan(settings: Any, params: Mapping[str, Any], config: Mapping[str, Any]
         ``data_path`` cannot be counted, or the warmup cannot run as meant
         (:meth:`WarmupPlan.problem`): refused before DeepSC's 30 s start-up.
     """
-    from deepsc_tune.backends.command.deepsc._checkout import is_deepsc_command
+    from deepsc_tune.backends.command.deepsc._checkout import deepsc_values, is_deepsc_command
     from deepsc_tune.backends.command.deepsc._data import deepsc_cells
     from deepsc_tune.errors import FinetuneError
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from deepsc_tune.backends.command.deepsc._checkout import (
     CONFIG_FILE,
+    FALLBACK_DEFAULTS,
     Findings,
     Problem,
     entry_module_problems,
@@ -46,16 +47,6 @@ from deepsc_tune.errors import ConfigError
 
 #: Scheduler types DeepSC accepts (anything else: ``Unknown lr_scheduler_type``).
 SCHEDULER_TYPES = ("constant", "cosine")
-#: 2416d85's values, used when the checkout's config cannot be read.
-FALLBACK_DEFAULTS = {
-    "epoch": 10,
-    "batch_size": 32,
-    "grad_acc": 20,
-    "num_device": 1,
-    "num_nodes": 1,
-    "lr_scheduler_type": "constant",
-    "warmup_ratio": 0.03,
-}
 #: Keys DeepSC's config has but its fine-tuner never reads (outputs go elsewhere).
 UNREAD_OUTPUT_KEYS = ("ckpt_dir", "output_dir")
 
