@@ -22,9 +22,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 
-from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner
-from deepsc_tune.config._search_space import load_search_space
-from deepsc_tune.data._prepare import prepare_data
+from deepsc_tune.backends.builtin import BuiltinFinetuner
+from deepsc_tune.config import load_search_space
+from deepsc_tune.data import prepare_data
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "results" / "benchmarks"

@@ -67,20 +67,27 @@ import optuna  # noqa: E402
 from selection_eval import repeat_records, variants  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.data._metrics import classification_metrics  # noqa: E402
-from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner  # noqa: E402
-from deepsc_tune.cli._progress import Progress  # noqa: E402
-from deepsc_tune.config._search_space import (  # noqa: E402
+from deepsc_tune.backends.builtin import BuiltinFinetuner  # noqa: E402
+from deepsc_tune.cli import Progress  # noqa: E402
+from deepsc_tune.config import (  # noqa: E402
+    DEFAULT_STUDY,  # noqa: E402
     SearchSpace,
     build_search_space,
     parse_yaml,
     resolve_search_space_path,
 )
-from deepsc_tune.config._study_settings import DEFAULT_STUDY  # noqa: E402
-from deepsc_tune.data._prepare import PreparedData, prepare_data  # noqa: E402
-from deepsc_tune.study._confirm import run_confirmation  # noqa: E402
-from deepsc_tune.study._study import open_study, run_study  # noqa: E402
-from deepsc_tune.study._trial_record import best_search_trial, search_trials  # noqa: E402
+from deepsc_tune.data import (  # noqa: E402
+    PreparedData,
+    classification_metrics,  # noqa: E402
+    prepare_data,
+)
+from deepsc_tune.study import (  # noqa: E402  # noqa: E402
+    best_search_trial,
+    open_study,
+    run_confirmation,  # noqa: E402
+    run_study,
+    search_trials,
+)
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).
 GRID_LEARNING_RATES = (1e-5, 5e-5, 1e-4, 5e-4)

@@ -46,7 +46,7 @@ from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 from deepsc_setup import CHECKOUTS, PYTHON_ENV, copy_for_cpu, split, tiny_space, write_data  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings, checkout_pythonpath  # noqa: E402
+from deepsc_tune.backends.command import CommandFinetuner, CommandSettings, checkout_pythonpath  # noqa: E402
 
 #: The fine-tuner's modules and the model its config names (configs/finetune/model/deepsc.yaml).
 MODEL_MODULES = {"2416d85": "deepsc.models.deepsc_experiment.model", "abcf2be": "deepsc.models.deepsc.model"}
@@ -90,7 +90,7 @@ def search_disk(python: str, checkout: Path, data: dict, tmp: Path, *, commit: s
     written by its trials against those kept."""
     import yaml
 
-    from deepsc_tune.backends.command.deepsc._checkpoints import CHECKPOINTS_FILE, disk_usage
+    from deepsc_tune.backends.command.deepsc import CHECKPOINTS_FILE, disk_usage
 
     work = tmp / f"search-{commit}"
     work.mkdir()

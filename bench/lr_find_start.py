@@ -29,10 +29,10 @@ sys.path.insert(1, str(REPO / "bench"))
 
 import compare
 
-from deepsc_tune.backends.builtin._settings import TrainSettings
-from deepsc_tune.config._search_space import load_search_space
-from deepsc_tune.data._prepare import prepare_data
-from deepsc_tune.results._lr_find import run_lr_find
+from deepsc_tune.backends.builtin import TrainSettings
+from deepsc_tune.config import load_search_space
+from deepsc_tune.data import prepare_data
+from deepsc_tune.results import run_lr_find
 
 OUT = REPO / "results" / "benchmarks"
 SHIPPED = OUT / "compare-confirm.json"

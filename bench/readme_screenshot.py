@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import optuna
 
-        from deepsc_tune.results.report._files import build_report_data
+        from deepsc_tune.results.report import build_report_data
 
         study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{results / 'pbmc68k' / 'study.db'}")
         frontier = build_report_data(study).frontier

@@ -26,8 +26,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.study._repeat import top_trials, trial_seed
-from deepsc_tune.study._selection import RULES, is_repeat, select
+from deepsc_tune.study import RULES, is_repeat, select, top_trials, trial_seed
 
 
 def _epochs(t: FrozenTrial) -> int:

@@ -38,16 +38,16 @@ import torch  # noqa: E402
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.backends.builtin._train import TrainSettings, run_training  # noqa: E402
+from deepsc_tune.backends.builtin import TrainSettings, run_training  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "kang2018_pbmc_ifnb.h5ad"
 MLP_TARGET_CELLS_PER_S = 15_000
 
 
 def measure_preprocessing(data_path: Path, cache_dir: Path) -> tuple[object, dict]:
+    from deepsc_tune.data import DataSettings
     from deepsc_tune.data import _cache as data_cache
     from deepsc_tune.data import _prepare as data_mod
-    from deepsc_tune.data._settings import DataSettings
 
     settings = DataSettings.from_dict({"train": str(data_path), "label_key": "cell_type", "n_top_genes": 2000})
     data_cache.clear_memo()

@@ -37,10 +37,9 @@ sys.path.insert(1, str(REPO / "bench"))
 import optuna
 from benchinfo import cpu_model, git_commit, load_average
 
-from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
-from deepsc_tune.config._search_space import build_search_space
-from deepsc_tune.study._storage import open_storage
-from deepsc_tune.study._study import open_study, run_study
+from deepsc_tune.backends import EpochMetrics, FinetuneResult
+from deepsc_tune.config import build_search_space
+from deepsc_tune.study import open_storage, open_study, run_study
 
 OUT = REPO / "results" / "benchmarks"
 

@@ -50,9 +50,9 @@ import torch  # noqa: E402
 from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 
 from deepsc_tune import __version__  # noqa: E402
-from deepsc_tune.config._search_space import load_search_space  # noqa: E402
-from deepsc_tune.data._prepare import prepare_data  # noqa: E402
-from deepsc_tune.study._storage import open_storage  # noqa: E402
+from deepsc_tune.config import load_search_space  # noqa: E402
+from deepsc_tune.data import prepare_data  # noqa: E402
+from deepsc_tune.study import open_storage  # noqa: E402
 
 NAME = "pbmc68k"
 DEFAULT_THREADS = "1 worker, default threads"

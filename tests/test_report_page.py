@@ -71,6 +71,3 @@ def test_templates_are_installed_with_the_package():
         assert any(
             fnmatch.fnmatch(name, pattern) for pattern in setuptools["package-data"]["deepsc_tune.results.report"]
         )
-    # Every subpackage is installed (a wheel without one would fail at the first import).
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "deepsc_tune").rglob("__init__.py")}
-    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))

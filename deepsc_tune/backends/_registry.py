@@ -14,9 +14,9 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from deepsc_tune.backends.builtin._settings import TRAIN_KEYS, TrainSettings
-from deepsc_tune.backends.command._settings import CommandSettings
-from deepsc_tune.utils._schema import line_errors, raise_errors, validate_python
+from deepsc_tune.backends.builtin import TRAIN_KEYS, TrainSettings
+from deepsc_tune.backends.command import CommandSettings
+from deepsc_tune.utils import line_errors, raise_errors, validate_python
 
 
 class FinetuneBlock(NamedTuple):
@@ -47,7 +47,7 @@ def _parse_command(block: Mapping[str, Any], fixed_so_far: dict[str, Any]) -> Fi
 
 
 def _check_command(block: FinetuneBlock, params: Mapping[str, Any], enqueue: list[dict]) -> Any:
-    from deepsc_tune.backends.command.deepsc._space import check_command_space
+    from deepsc_tune.backends.command.deepsc import check_command_space
 
     s = block.settings
     return check_command_space(
@@ -63,20 +63,20 @@ def _check_command(block: FinetuneBlock, params: Mapping[str, Any], enqueue: lis
 
 
 def _builtin_finetuner(settings: Any, data: Any, *, log: Any = None, defaults: Mapping[str, Any] | None = None) -> Any:
-    from deepsc_tune.backends.builtin._finetuner import BuiltinFinetuner  # torch: only when a run starts
+    from deepsc_tune.backends.builtin import BuiltinFinetuner  # torch: only when a run starts
 
     defaults = {k: v for k, v in (defaults or {}).items() if k != "cuda_visible_devices"}
     return BuiltinFinetuner(data, log=log, defaults=defaults)
 
 
 def _command_finetuner(settings: Any, data: Any, *, log: Any = None, defaults: Mapping[str, Any] | None = None) -> Any:
-    from deepsc_tune.backends.command._finetuner import CommandFinetuner
+    from deepsc_tune.backends.command import CommandFinetuner
 
     return CommandFinetuner(settings, cuda_visible_devices=(defaults or {}).get("cuda_visible_devices"))
 
 
 def _builtin_files(settings: Any, data_settings: Any, *, hint: str | None = None) -> None:
-    from deepsc_tune.data._loading import check_inputs
+    from deepsc_tune.data import check_inputs
 
     check_inputs(data_settings, hint=hint)
 

@@ -82,8 +82,8 @@ def user_errors() -> Iterator[None]:
     except Exception as e:
         # A full disk met inside Optuna or SQLAlchemy (SQLite's "database or disk is full"):
         # one line naming the study file; anything else is a bug, with its traceback.
-        from deepsc_tune.study._storage import last_study_file
-        from deepsc_tune.utils._disk import disk_full
+        from deepsc_tune.study import last_study_file
+        from deepsc_tune.utils import disk_full
 
         full = None if isinstance(e, typer.Exit) else disk_full(e, last_study_file())
         if full is None:
@@ -109,7 +109,7 @@ def stops_end_the_command(what: str | None, *, prefix: str = "") -> Iterator[Non
     "`` + ``what`` (``None``: nothing, a worker whose parent speaks for it), and the exit status
     is 130 (SIGINT), 143 (SIGTERM) or 141 (stdout closed).
     """
-    from deepsc_tune.utils._interrupts import Interrupted, exit_code, stop_requests
+    from deepsc_tune.utils import Interrupted, exit_code, stop_requests
 
     try:
         with stop_requests(process_ends=PROCESS_ENDS_WITH_COMMAND):
@@ -124,7 +124,7 @@ def stops_end_the_command(what: str | None, *, prefix: str = "") -> Iterator[Non
 def _os_error(e: OSError) -> str:
     import errno
 
-    from deepsc_tune.utils._disk import disk_full
+    from deepsc_tune.utils import disk_full
 
     full = disk_full(e)
     if full is not None:
@@ -167,7 +167,7 @@ def _storage_label(storage: str | None) -> str | None:
 
 def _check_study_name(study_name: str | None) -> None:
     """``--study-name`` names a folder under ``--results-dir`` too: one plain folder name."""
-    from deepsc_tune.config._search_space import folder_name_problem
+    from deepsc_tune.config import folder_name_problem
 
     if study_name is not None and (why := folder_name_problem(study_name)):
         raise ConfigError(f"--study-name {study_name!r}: {why}")
@@ -177,9 +177,9 @@ def _check_device(space, device: str | None, overrides: list[str] | None = None)
     """The devices a command will train on, checked before anything is written: ``--device``,
     else ``finetune.device`` and any searched ``device`` (built-in fine-tuner only: a command
     backend's program chooses its own). Imports torch."""
-    from deepsc_tune.backends._registry import get_backend
-    from deepsc_tune.backends.builtin._settings import device_problem
-    from deepsc_tune.config._overrides import override_paths
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.backends.builtin import device_problem
+    from deepsc_tune.config import override_paths
 
     if not get_backend(space.backend).in_process:
         return
@@ -208,7 +208,7 @@ def _study_folder(
     """The study's folder, RESULTS_DIR/STUDY (the space's name unless --study-name); a study kept
     as before in its search space's folder is found there and said so, once (on stderr, so that
     stdout stays what scripts read)."""
-    from deepsc_tune.study._folder import StudyFolder
+    from deepsc_tune.study import StudyFolder
 
     _check_study_name(study_name)
     name = study_name or space_name
@@ -223,8 +223,8 @@ def _study_folder(
 
 def _prepare(space, results_dir: Path, *, echo: bool = True):
     """Load and preprocess the data once (disk cache under RESULTS_DIR/cache)."""
-    from deepsc_tune.data._prepare import prepare_data
-    from deepsc_tune.study._folder import cache_dir
+    from deepsc_tune.data import prepare_data
+    from deepsc_tune.study import cache_dir
 
     data = prepare_data(space.data_settings, cache_dir=cache_dir(results_dir), hint=space.source)
     if echo:
@@ -235,7 +235,7 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
         )
         for note in data.notes:
             _echo(f"data: {note}")
-        from deepsc_tune.data._split import validation_warning
+        from deepsc_tune.data import validation_warning
 
         warning = validation_warning(data.y_val, data.classes)
         if warning:
@@ -245,7 +245,7 @@ def _prepare(space, results_dir: Path, *, echo: bool = True):
 
 def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: bool = True):
     """The backend named by ``finetune.backend``, and the data fingerprint for the study."""
-    from deepsc_tune.backends._registry import get_backend
+    from deepsc_tune.backends import get_backend
 
     backend = get_backend(space.backend)
     # A missing data file is reported before torch loads.
@@ -256,8 +256,8 @@ def _make_finetuner(space, results_dir: Path, *, log=None, defaults=None, echo: 
 
 def _space_name(name: str) -> str:
     """The ``name:`` of a search space (its study's default name), without validating the file."""
-    from deepsc_tune.config._search_space import parse_yaml, resolve_search_space_path
-    from deepsc_tune.utils._yaml_file import read_yaml_text
+    from deepsc_tune.config import parse_yaml, resolve_search_space_path
+    from deepsc_tune.utils import read_yaml_text
 
     try:
         path = resolve_search_space_path(name)
@@ -269,10 +269,7 @@ def _space_name(name: str) -> str:
 def _load_study(name: str, results_dir: Path, storage: str | None, study_name: str | None):
     """Open an existing study for reading (the search-space file itself is not needed): the
     study, its backend and its :class:`~deepsc_tune.study._folder.StudyFolder`."""
-    from deepsc_tune.study._folder import command_args
-    from deepsc_tune.study._storage import open_storage
-    from deepsc_tune.study._study import load_existing_study
-    from deepsc_tune.study._trial_record import study_backend
+    from deepsc_tune.study import command_args, load_existing_study, open_storage, study_backend
 
     _quiet_libraries()
     _check_study_name(study_name)
@@ -280,8 +277,7 @@ def _load_study(name: str, results_dir: Path, storage: str | None, study_name: s
     folder = _study_folder(results_dir, space_name=space_name, study_name=study_name, storage=storage)
     run_args = command_args(name, study_name, space_name)
     if storage is None and not folder.db.is_file():
-        from deepsc_tune.study._file import study_names
-        from deepsc_tune.study._folder import find_databases
+        from deepsc_tune.study import find_databases, study_names
 
         there = sorted({n for db in find_databases(results_dir) for n in study_names(db)})
         raise DeepscTuneError(

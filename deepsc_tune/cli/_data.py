@@ -74,10 +74,10 @@ def split(
     (DeepSC evaluates on it), seperated_train_eval_dataset = true. Keep test.h5ad out of the
     study. With --for original the files keep the input's values and columns.
     """
-    from deepsc_tune.backends._registry import get_backend
-    from deepsc_tune.backends.command.deepsc._split import write_split
-    from deepsc_tune.config._search_space import load_search_space
-    from deepsc_tune.study._folder import cache_dir
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.backends.command.deepsc import write_split
+    from deepsc_tune.config import load_search_space
+    from deepsc_tune.study import cache_dir
 
     _quiet_libraries()
     with user_errors():
@@ -87,7 +87,7 @@ def split(
         settings = space.data_settings
         folder = out or _study_folder(results_dir, space_name=space.name, study_name=study_name).split
         if for_ is None:
-            from deepsc_tune.backends.command.deepsc._checkout import is_deepsc_command
+            from deepsc_tune.backends.command.deepsc import is_deepsc_command
 
             runs_deepsc = get_backend(space.backend).runs_program and is_deepsc_command(space.settings.command)
             for_ = "deepsc" if runs_deepsc else "original"
@@ -102,9 +102,9 @@ def split(
 
 
 def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None, write_gene_map: bool) -> None:
-    from deepsc_tune.backends._registry import get_backend
-    from deepsc_tune.backends.command.deepsc._split import deepsc_options, write_deepsc_split
-    from deepsc_tune.config._search_space import dump_settings
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.backends.command.deepsc import deepsc_options, write_deepsc_split
+    from deepsc_tune.config import dump_settings
 
     options = deepsc_options(space.config.get("finetune") if get_backend(space.backend).runs_program else None)
     if gene_map is not None:

@@ -39,7 +39,7 @@ def finetune(
     Searched settings not given fall back to DeepSC's defaults. Prints DeepSC's start banner and
     one evaluation line per epoch, then the best epoch and the test metrics.
     """
-    from deepsc_tune.config._search_space import load_search_space
+    from deepsc_tune.config import load_search_space
 
     _quiet_libraries()
     with user_errors():
@@ -91,12 +91,12 @@ def predict(
     uns['deepsc_tune']['classes']); QUERY itself is
     never changed. When QUERY has the training label column, prints the accuracy on it.
     """
-    from deepsc_tune.backends.builtin._tuned_model import predict_file
-    from deepsc_tune.study._folder import command_args, study_model
+    from deepsc_tune.backends.builtin import predict_file
+    from deepsc_tune.study import command_args, study_model
 
     _quiet_libraries()
     with user_errors():
-        from deepsc_tune.backends.builtin._settings import device_problem
+        from deepsc_tune.backends.builtin import device_problem
 
         why = None if device == "auto" else device_problem(device)
         if why:
@@ -153,14 +153,14 @@ def lr_find(
     --min-lr to --max-lr over --steps optimizer steps on the training cells, plots the training loss against it (RESULTS_DIR/STUDY/lr_find.html) and
     suggests a learning_rate range for the search space, as overrides for `deepsc-tune run`.
     """
-    from deepsc_tune.config._search_space import load_search_space
-    from deepsc_tune.results._lr_find import check_bounds, override_line, run_lr_find, write_lr_find
+    from deepsc_tune.config import load_search_space
+    from deepsc_tune.results import check_bounds, override_line, run_lr_find, write_lr_find
 
     _quiet_libraries()
     with user_errors():
         check_bounds(min_lr, max_lr, steps)
         space = load_search_space(name, overrides or [], fixed_only=True)
-        from deepsc_tune.backends._registry import get_backend
+        from deepsc_tune.backends import get_backend
 
         if not get_backend(space.backend).in_process:
             raise ConfigError(
@@ -168,7 +168,7 @@ def lr_find(
             )
         _check_device(space, device, overrides)
         data = _prepare(space, results_dir)
-        from deepsc_tune.backends.builtin._settings import TrainSettings
+        from deepsc_tune.backends.builtin import TrainSettings
 
         settings = TrainSettings.from_dict({**dict(space.fixed), **({"device": device} if device else {})})
         result = run_lr_find(data, settings, min_lr=min_lr, max_lr=max_lr, steps=steps)

@@ -18,8 +18,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from deepsc_tune.backends._interface import EpochMetrics
-from deepsc_tune.study._trial_record import DURATION_S, failure_reason
+from deepsc_tune.backends import EpochMetrics
+from deepsc_tune.study import DURATION_S, failure_reason
 
 
 @dataclass

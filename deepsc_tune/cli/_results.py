@@ -24,8 +24,8 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 def _print_best(study, backend: str, *, fmt: str, folder=None) -> None:
     """The chosen configuration (``folder``: the study's :class:`~deepsc_tune.study._folder.StudyFolder`,
     for a DeepSC study's search space and trial records)."""
-    from deepsc_tune.results._export import best_notes, format_best
-    from deepsc_tune.study._selection import best_search_trial, select
+    from deepsc_tune.results import best_notes, format_best
+    from deepsc_tune.study import best_search_trial, select
 
     try:
         best_search_trial(study)  # the clear error when nothing has completed
@@ -57,13 +57,13 @@ def best(
     study_name: StudyNameOpt = None,
 ) -> None:
     """Print the best configuration, ready to paste into DeepSC."""
-    from deepsc_tune.results._export import FORMATS
+    from deepsc_tune.results import FORMATS
 
     with user_errors():
         if fmt not in FORMATS:
             raise ConfigError(f"--format: unknown {fmt!r}; expected one of {', '.join(FORMATS)}")
         study, backend, folder = _load_study(name, results_dir, storage, study_name)
-        from deepsc_tune.study._selection import best_search_trial
+        from deepsc_tune.study import best_search_trial
 
         best_search_trial(study)  # no completed trial: the error, on stderr, exit 1
         _print_best(study, backend, fmt=fmt, folder=folder)
@@ -92,8 +92,8 @@ def status(
     trial with --all-test-metrics."""
     from deepsc_tune.cli._console_table import Column, print_table
     from deepsc_tune.cli._progress import format_params
-    from deepsc_tune.data._chance import chance_note, chance_trials
-    from deepsc_tune.study._trial_record import (
+    from deepsc_tune.data import chance_note, chance_trials
+    from deepsc_tune.study import (
         ENQUEUED,
         REPEAT_OF,
         RETRY_OF,
@@ -151,7 +151,7 @@ def status(
 
 def _echo_chosen_test(trials) -> None:
     """`status`: the test metrics of the chosen configuration, the one place they are shown."""
-    from deepsc_tune.study._selection import format_reported, select
+    from deepsc_tune.study import format_reported, select
 
     best = select(trials).best
     if best is None:
@@ -167,8 +167,8 @@ def _echo_chosen_test(trials) -> None:
 
 def _echo_references(study, trials, metric: str) -> None:
     """`status`: the chosen configuration against chance and the logistic-regression baseline."""
-    from deepsc_tune.results._export import reference_notes
-    from deepsc_tune.study._selection import select
+    from deepsc_tune.results import reference_notes
+    from deepsc_tune.study import select
 
     selection = select(trials)
     if selection.best is not None:
@@ -179,11 +179,11 @@ def _echo_references(study, trials, metric: str) -> None:
 def _echo_checkpoint_disk(trials, backend: str, folder) -> None:
     """`status` of a DeepSC study: the disk its trials' checkpoints take (``folder``: its
     :class:`~deepsc_tune.study._folder.StudyFolder`)."""
-    from deepsc_tune.backends._registry import get_backend
+    from deepsc_tune.backends import get_backend
 
     if not get_backend(backend).runs_program:
         return
-    from deepsc_tune.backends.command.deepsc._checkpoints import disk_usage, format_bytes
+    from deepsc_tune.backends.command.deepsc import disk_usage, format_bytes
 
     files, size = disk_usage(folder.trial(t.number) for t in trials)
     _echo(f"DeepSC checkpoints: {files} files, {format_bytes(size)} on disk (finetune.keep_checkpoints)")
@@ -193,7 +193,7 @@ def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = Fal
     """`status`: the best configurations by their mean over seeds, once any has repeats."""
     from deepsc_tune.cli._console_table import Column, print_table
     from deepsc_tune.cli._progress import format_params
-    from deepsc_tune.study._selection import format_mean_sd, format_reported, select
+    from deepsc_tune.study import format_mean_sd, format_reported, select
 
     selection = select(trials)
     if not any(c.confirmed for c in selection.ranking):
@@ -216,22 +216,34 @@ def _status_json(study, trials, metric: str) -> str:
     """``status --json``: the study, its counts and every trial, as one JSON document."""
     import json
 
-    from deepsc_tune.data._baseline import BASELINE_ATTR
-    from deepsc_tune.data._chance import CHANCE_ATTR
-    from deepsc_tune.study import _trial_record as tr
-    from deepsc_tune.study._trial_record import failure_reason, state_counts
+    from deepsc_tune.data import BASELINE_ATTR, CHANCE_ATTR
+    from deepsc_tune.study import (
+        BEST_EPOCH,
+        DEVICE,
+        DURATION_S,
+        ENQUEUED,
+        EPOCHS_RUN,
+        N_TRIALS,
+        REPEAT_OF,
+        RETRY_OF,
+        SEED,
+        TEST_ACCURACY,
+        TEST_MACRO_F1,
+        failure_reason,
+        state_counts,
+    )
 
     keys = (
-        tr.TEST_ACCURACY,
-        tr.TEST_MACRO_F1,
-        tr.BEST_EPOCH,
-        tr.EPOCHS_RUN,
-        tr.DURATION_S,
-        tr.SEED,
-        tr.ENQUEUED,
-        tr.REPEAT_OF,
-        tr.RETRY_OF,
-        tr.DEVICE,
+        TEST_ACCURACY,
+        TEST_MACRO_F1,
+        BEST_EPOCH,
+        EPOCHS_RUN,
+        DURATION_S,
+        SEED,
+        ENQUEUED,
+        REPEAT_OF,
+        RETRY_OF,
+        DEVICE,
     )
     rows = []
     for t in trials:
@@ -255,7 +267,7 @@ def _status_json(study, trials, metric: str) -> str:
         "study": study.study_name,
         "metric": metric,
         "direction": "maximize",
-        "n_trials_target": study.user_attrs.get(tr.N_TRIALS),
+        "n_trials_target": study.user_attrs.get(N_TRIALS),
         "counts": counts,
         "chance": study.user_attrs.get(CHANCE_ATTR),
         "baseline": study.user_attrs.get(BASELINE_ATTR),
@@ -297,8 +309,8 @@ def report(
     Read only: safe while a search is still running. Without NAME, writes the report of every
     study under RESULTS_DIR and an index.html linking them.
     """
-    from deepsc_tune.results.report._files import write_index, write_report
-    from deepsc_tune.study._folder import find_databases
+    from deepsc_tune.results.report import write_index, write_report
+    from deepsc_tune.study import find_databases
 
     _quiet_libraries()
     with user_errors():

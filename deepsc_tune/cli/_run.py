@@ -101,14 +101,21 @@ def run(
     --workers N (or --gpus 0,1,...) runs N worker processes on this machine; the same command
     on other machines with one --storage postgresql://... joins the same study (docs/distributed.md).
     """
-    from deepsc_tune.backends._registry import get_backend
+    from deepsc_tune.backends import get_backend
     from deepsc_tune.cli._progress import Progress
-    from deepsc_tune.config._search_space import load_search_space
-    from deepsc_tune.study._confirm import run_confirmation
-    from deepsc_tune.study._folder import command_args
-    from deepsc_tune.study._storage import folder_storage_url, open_storage
-    from deepsc_tune.study._study import open_study, run_study, sampler_label
-    from deepsc_tune.study._workers import parse_gpus, plan_workers, watch_parent
+    from deepsc_tune.config import load_search_space
+    from deepsc_tune.study import (
+        command_args,
+        folder_storage_url,
+        open_storage,
+        open_study,
+        parse_gpus,
+        plan_workers,
+        run_confirmation,
+        run_study,
+        sampler_label,
+        watch_parent,
+    )
 
     _quiet_libraries()
     child = parent_pid is not None  # started by another `run --workers`: quiet, no summary
@@ -171,7 +178,7 @@ def run(
                 timeout=budget.seconds,
             )
             if get_backend(space.backend).runs_program:  # after the workers' last trials, said once
-                from deepsc_tune.study._checkpoints import CheckpointKeeper
+                from deepsc_tune.study import CheckpointKeeper
 
                 keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
                 _prune_checkpoints(keeper, echo=True)
@@ -224,7 +231,7 @@ def _describe_trials(study) -> str:
     """``new study, 2 queued`` / ``5 finished, 1 failed, 2 queued`` (queued: not run yet)."""
     from optuna.trial import TrialState
 
-    from deepsc_tune.study._trial_record import n_finished, state_counts
+    from deepsc_tune.study import n_finished, state_counts
 
     counts = state_counts(study.get_trials(deepcopy=False))
     parts = [
@@ -243,7 +250,7 @@ def _record_chance_levels(study, data, space) -> None:
     """Store the validation set's chance levels once, so trials that learned nothing get flagged:
     the built-in fine-tuner's prepared validation cells, or for DeepSC the labels of the
     ``data_path_eval`` it evaluates on (obs only, the classes it keeps)."""
-    from deepsc_tune.data._chance import CHANCE_ATTR, chance_levels
+    from deepsc_tune.data import CHANCE_ATTR, chance_levels
 
     if CHANCE_ATTR in study.user_attrs:
         return
@@ -257,13 +264,12 @@ def _record_chance_levels(study, data, space) -> None:
 
 def _program_chance(space):
     """Chance levels of DeepSC's evaluation file, or ``None`` (another program, no such file)."""
-    from deepsc_tune.backends._registry import get_backend
-    from deepsc_tune.backends.command.deepsc._checkout import is_deepsc_command
+    from deepsc_tune.backends import get_backend
+    from deepsc_tune.backends.command.deepsc import is_deepsc_command
 
     if not get_backend(space.backend).runs_program or not is_deepsc_command(space.settings.command):
         return None
-    from deepsc_tune.backends.command.deepsc._checkout import deepsc_values
-    from deepsc_tune.backends.command.deepsc._data import deepsc_chance
+    from deepsc_tune.backends.command.deepsc import deepsc_chance, deepsc_values
 
     return deepsc_chance(deepsc_values(space.settings, space.fixed))
 
@@ -271,8 +277,8 @@ def _program_chance(space):
 def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None:
     """Fit logistic regression once on the study's own training cells (cached), store it in the study:
     the built-in fine-tuner's prepared data, or the files a DeepSC study's trials read."""
-    from deepsc_tune.backends.command.deepsc._data import deepsc_inputs
-    from deepsc_tune.data._baseline import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
+    from deepsc_tune.backends.command.deepsc import deepsc_inputs
+    from deepsc_tune.data import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
 
     if BASELINE_ATTR in study.user_attrs:
         return
@@ -296,10 +302,10 @@ def _keep_models(finetuner, space, study, folder) -> None:
     """Let the built-in fine-tuner keep the best run's weights in the study folder's model/
     (tuned_model.py); let DeepSC's keep only the chosen configuration's checkpoints
     (finetune.keep_checkpoints)."""
-    from deepsc_tune.backends._registry import get_backend
+    from deepsc_tune.backends import get_backend
 
     if get_backend(space.backend).runs_program:
-        from deepsc_tune.study._checkpoints import CheckpointKeeper
+        from deepsc_tune.study import CheckpointKeeper
 
         finetuner.checkpoint_keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
         return
@@ -307,8 +313,8 @@ def _keep_models(finetuner, space, study, folder) -> None:
         return
     from optuna.trial import TrialState
 
-    from deepsc_tune.backends.builtin._tuned_model import ModelKeeper
-    from deepsc_tune.study._folder import rehome_model
+    from deepsc_tune.backends.builtin import ModelKeeper
+    from deepsc_tune.study import rehome_model
 
     moved = rehome_model(folder)
     if moved is not None:
@@ -333,8 +339,8 @@ def _prune_checkpoints(keeper, *, echo: bool) -> None:
     (``keeper``: a :class:`~deepsc_tune.backends.command.deepsc._checkpoints.CheckpointKeeper`, or ``None``)."""
     if keeper is None:
         return
-    from deepsc_tune.backends.command.deepsc._checkpoints import disk_usage, format_bytes
-    from deepsc_tune.study._folder import trial_dir
+    from deepsc_tune.backends.command.deepsc import disk_usage, format_bytes
+    from deepsc_tune.study import trial_dir
 
     keeper.prune()
     trials = keeper.study.get_trials(deepcopy=False)
@@ -368,7 +374,7 @@ def _time_budget(option: float | None, configured: float | None) -> _Budget:
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose, timeout=None) -> None:
     """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
-    from deepsc_tune.study._workers import run_workers
+    from deepsc_tune.study import run_workers
 
     # The URL travels in the environment, so a database password never shows in `ps`.
     os.environ["DEEPSC_TUNE_STORAGE"] = url
@@ -413,10 +419,7 @@ def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device
 def _summarise(study, space, *, budget=None):
     """Counts after the workers stopped; an error when they stopped short of the target
     (unless the time budget stopped them)."""
-    from deepsc_tune.study._file import check_study_file_unchanged
-    from deepsc_tune.study._storage import storage_of
-    from deepsc_tune.study._study import RunSummary
-    from deepsc_tune.study._trial_record import count_states, n_finished
+    from deepsc_tune.study import RunSummary, check_study_file_unchanged, count_states, n_finished, storage_of
 
     check_study_file_unchanged(storage_of(study))  # the workers check it too, between trials
     finished = n_finished(count_states(study))
@@ -429,7 +432,7 @@ def _summarise(study, space, *, budget=None):
 
 
 def _short_url(url: str) -> str:
-    from deepsc_tune.study._storage import redact
+    from deepsc_tune.study import redact
 
     return redact(url)
 
@@ -458,9 +461,9 @@ def repeat(
     Running the command again only adds what is missing (a larger --seeds, failed repeats).
     """
     from deepsc_tune.cli._progress import Progress
-    from deepsc_tune.study._folder import command_args
-    from deepsc_tune.study._repeat import (
+    from deepsc_tune.study import (
         check_same_data,
+        command_args,
         enqueue_repeats,
         open_for_repeats,
         plan_repeats,

@@ -28,13 +28,13 @@ def validate(
     warmup_ratio <= 0 (a searched range is clipped, with a note), num_device other than 1,
     and where DeepSC writes its checkpoints (notes after "ok").
     """
-    from deepsc_tune.config._search_space import load_search_space
+    from deepsc_tune.config import load_search_space
 
     bad = 0
     for item in files:
         try:
             space = load_search_space(item, overrides or [], check_deepsc=True)
-            from deepsc_tune.backends._registry import get_backend
+            from deepsc_tune.backends import get_backend
 
             # The files a run needs (data files; a command's checkout and program) must exist;
             # they are not read here.
@@ -56,8 +56,8 @@ def validate(
 
 def list_spaces() -> None:
     """List the search spaces found in ./search_spaces/ and installed with the package."""
-    from deepsc_tune.config._search_space import list_search_spaces, parse_yaml
-    from deepsc_tune.utils._yaml_file import read_yaml_text
+    from deepsc_tune.config import list_search_spaces, parse_yaml
+    from deepsc_tune.utils import read_yaml_text
 
     for name, path in list_search_spaces().items():
         try:

@@ -15,8 +15,7 @@ from typing import Any
 import yaml
 
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._schema import UNKNOWN_KEY, Problem
-from deepsc_tune.utils._yaml_file import load_value
+from deepsc_tune.utils import UNKNOWN_KEY, Problem, load_value
 
 #: Top-level keys of a search-space file.
 TOP_KEYS = ("name", "description", "source", "data", "finetune", "search", "study")

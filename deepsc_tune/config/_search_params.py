@@ -17,7 +17,7 @@ import optuna
 from pydantic import ValidationError
 
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._schema import (
+from deepsc_tune.utils import (
     expected,
     line_errors,
     number,

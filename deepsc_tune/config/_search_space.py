@@ -32,26 +32,27 @@ from pydantic import (
     model_validator,
 )
 
-from deepsc_tune.backends._registry import BACKENDS, DEFAULT_BACKEND, FinetuneBlock
+from deepsc_tune.backends import BACKENDS, DEFAULT_BACKEND, FinetuneBlock
 
 # The overrides' names stay importable from here; TOP_KEYS: the top-level keys of a file.
 from deepsc_tune.config._overrides import TOP_KEYS, apply_overrides, blame_overrides, override_paths  # noqa: F401
 from deepsc_tune.config._search_params import GRID_NEEDS, ParamSpec, parse_search
 from deepsc_tune.config._study_settings import PRUNERS, SAMPLERS, StudySettings
-from deepsc_tune.data._settings import DataSettings
+from deepsc_tune.data import DataSettings
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._schema import (
+from deepsc_tune.utils import (
     STRICT,
     Problem,
     expected,
     format_problems,
     line_errors,
+    load_mapping,
     problem,
     problems_from,
     raise_errors,
+    read_yaml_text,
     validate_python,
 )
-from deepsc_tune.utils._yaml_file import load_mapping, read_yaml_text
 
 #: Where ``deepsc-tune run NAME`` looks for ``NAME.yaml``, after a path: this folder, relative
 #: to the current directory, then the copies installed with the package.

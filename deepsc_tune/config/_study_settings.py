@@ -15,9 +15,9 @@ from typing import Annotated, Any
 import optuna
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator
 
-from deepsc_tune.backends._interface import METRICS
+from deepsc_tune.backends import METRICS
 from deepsc_tune.config._tracking import check_tracking
-from deepsc_tune.utils._schema import STRICT, as_integer, expected, number, number_field, problem, raise_errors
+from deepsc_tune.utils import STRICT, as_integer, expected, number, number_field, problem, raise_errors
 
 SAMPLERS = {
     "tpe": "TPESampler",

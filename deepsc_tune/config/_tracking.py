@@ -35,7 +35,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from deepsc_tune.utils._schema import expected, problem, raise_errors, unknown_key
+from deepsc_tune.utils import expected, problem, raise_errors, unknown_key
 
 #: Trackers and the keys each accepts, with the expected type's description.
 TRACKER_KEYS: dict[str, dict[str, str]] = {

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsc_tune.utils._atomic import write_text
+from deepsc_tune.utils import write_text
 
 #: Study user attribute holding the baseline's record.
 BASELINE_ATTR = "baseline"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deepsc_tune.data._loading import InputFile, resolve_inputs, with_hint
-from deepsc_tune.utils._atomic import atomic_path, write_text
+from deepsc_tune.utils import atomic_path, write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from deepsc_tune.data._prepare import PreparedData

@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
-from deepsc_tune.utils._schema import (
+from deepsc_tune.utils import (
     STRICT,
     expected,
     integer_field,

@@ -22,8 +22,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial
 
-from deepsc_tune.backends._registry import get_backend
-from deepsc_tune.backends.command._finetuner import (
+from deepsc_tune.backends import get_backend
+from deepsc_tune.backends.command import (
     DEFAULT_COMMAND,
     RUN_DIR_PLACEHOLDER,
     CommandSettings,
@@ -31,20 +31,23 @@ from deepsc_tune.backends.command._finetuner import (
     checkout_pythonpath,
     format_value,
 )
-from deepsc_tune.backends.command.deepsc._commits import HYDRA_RUN_DIR, commit_of_module, entry_module
-from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
+from deepsc_tune.backends.command.deepsc import DEEPSC_WARMUP, HYDRA_RUN_DIR, commit_of_module, entry_module
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.study._folder import StudyFolder, as_folder
-from deepsc_tune.study._objective import read_trial_file
-from deepsc_tune.study._selection import Selection, pick_notes, pick_record, select
-from deepsc_tune.study._space_record import read_record
-from deepsc_tune.study._trial_record import (
+from deepsc_tune.study import (
     BEST_EPOCH,
     EPOCHS_RUN,
     OLD_ARGV,
     SETTINGS,
     TEST_ACCURACY,
     TEST_MACRO_F1,
+    Selection,
+    StudyFolder,
+    as_folder,
+    pick_notes,
+    pick_record,
+    read_record,
+    read_trial_file,
+    select,
     study_metric,
 )
 
@@ -157,8 +160,7 @@ def _shell_env_value(value: str) -> str:
 
 def reference_notes(study: optuna.Study, selection: Selection, number: int, *, metric: str) -> list[str]:
     """Chance and the logistic-regression baseline, against configuration ``number`` (validation)."""
-    from deepsc_tune.data._baseline import BASELINE_ATTR, baseline_line
-    from deepsc_tune.data._chance import CHANCE_ATTR, TOLERANCE
+    from deepsc_tune.data import BASELINE_ATTR, CHANCE_ATTR, TOLERANCE, baseline_line
 
     config = next((c for c in selection.ranking if c.number == number), None)
     if config is None:
@@ -218,7 +220,7 @@ def best_notes(
             f"its schedule planned for 100,000 cells ({warmup['planned_steps']} steps)"
         )
     if get_backend(backend).runs_program and folder is not None:
-        from deepsc_tune.backends.command.deepsc._checkpoints import best_epoch_checkpoint
+        from deepsc_tune.backends.command.deepsc import best_epoch_checkpoint
 
         ckpt = best_epoch_checkpoint(as_folder(folder).trial(trial.number), u.get(BEST_EPOCH))
         if ckpt is not None:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune.errors import ConfigError, FinetuneError
-from deepsc_tune.study._folder import LR_FIND_HTML, LR_FIND_JSON
+from deepsc_tune.study import LR_FIND_HTML, LR_FIND_JSON
 
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
 DIVERGE_FACTOR = 4.0
@@ -90,8 +90,7 @@ def run_lr_find(
     size, ``grad_acc``, loss, precision, ``init_checkpoint``, ``finetune_mode``, seed and device
     apply as in a trial (:func:`deepsc_tune.backends.builtin._train.run_range_test`); only the schedule differs.
     """
-    from deepsc_tune.backends.builtin._schedules import ExponentialRange
-    from deepsc_tune.backends.builtin._train import run_range_test
+    from deepsc_tune.backends.builtin import ExponentialRange, run_range_test
 
     check_bounds(min_lr, max_lr, steps)
     lrs, losses, smoothed = [], [], []

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from deepsc_tune.backends.command.deepsc._checkpoints import DEFAULT_KEEP, KEEP_POLICIES, recorded
+from deepsc_tune.backends.command.deepsc import DEFAULT_KEEP, KEEP_POLICIES, recorded
 from deepsc_tune.study._folder import trial_dir
 from deepsc_tune.study._selection import select
 

@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import TrialState
 
-from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.config._search_space import SearchSpace
+from deepsc_tune.backends import Finetuner
+from deepsc_tune.config import SearchSpace
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._objective import build_objective
 from deepsc_tune.study._repeat import enqueue_repeats, plan_repeats, waiting_repeats

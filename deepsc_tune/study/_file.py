@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.utils._disk import DiskFull, disk_is_full
+from deepsc_tune.utils import DiskFull, disk_is_full
 
 
 def sqlite_file(url: str) -> Path | None:

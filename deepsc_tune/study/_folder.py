@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepsc_tune.backends.builtin._tuned_model import model_lock, read_card
+from deepsc_tune.backends.builtin import model_lock, read_card
 from deepsc_tune.errors import DeepscTuneError
 
 DB_FILE = "study.db"

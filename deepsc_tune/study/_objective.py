@@ -17,14 +17,12 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
-from deepsc_tune.backends._interface import EpochMetrics, Finetuner, FinetuneResult
-from deepsc_tune.config._search_space import SearchSpace
-from deepsc_tune.config._tracking import Tracker, TrialRun, build_tracker
+from deepsc_tune.backends import EpochMetrics, Finetuner, FinetuneResult
+from deepsc_tune.config import SearchSpace, Tracker, TrialRun, build_tracker
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study import _trial_record as tr
 from deepsc_tune.study._folder import trial_dir
-from deepsc_tune.utils._interrupts import interrupt_reason
-from deepsc_tune.utils._processes import process_start_time
+from deepsc_tune.utils import interrupt_reason, process_start_time
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
 EpochProgress = Callable[[int, EpochMetrics], None]

@@ -36,7 +36,7 @@ from deepsc_tune.study._trial_record import (
     STALE_REASON,
     WORKER,
 )
-from deepsc_tune.utils._processes import process_start_time
+from deepsc_tune.utils import process_start_time
 
 #: A configuration whose worker keeps dying is not retried forever.
 MAX_RETRIES = 3

@@ -28,8 +28,8 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.config._search_space import SearchSpace, build_search_space
+from deepsc_tune.backends import Finetuner
+from deepsc_tune.config import SearchSpace, build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder

@@ -17,14 +17,13 @@ import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.backends._interface import EpochMetrics
+from deepsc_tune.backends import EpochMetrics
 from deepsc_tune.study._file import sqlite_file
 from deepsc_tune.study._reconnect import unreachable_in
 from deepsc_tune.study._recovery import requeue, requeue_interrupted
 from deepsc_tune.study._storage import storage_of
 from deepsc_tune.study._trial_record import FAIL_REASON
-from deepsc_tune.utils._disk import DiskFull, disk_full
-from deepsc_tune.utils._interrupts import interrupt_reason
+from deepsc_tune.utils import DiskFull, disk_full, interrupt_reason
 
 
 class Watcher(Protocol):

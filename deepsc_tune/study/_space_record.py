@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from deepsc_tune.study._folder import StudyFolder, as_folder
-from deepsc_tune.utils._atomic import write_text
+from deepsc_tune.utils import write_text
 
 #: Short study attributes a report needs without the configuration.
 DESCRIPTION_CHARS = 200

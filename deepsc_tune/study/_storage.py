@@ -28,7 +28,7 @@ from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._reconnect import ReconnectingStorage, retry_seconds
 from deepsc_tune.study._recovery import requeue_stale_trial
 from deepsc_tune.study._start_lock import hold_flock
-from deepsc_tune.utils._disk import disk_full, quiet_heartbeats_on_full_disk
+from deepsc_tune.utils import disk_full, quiet_heartbeats_on_full_disk
 
 #: Seconds between a running trial's heartbeats, and how long without one marks it dead.
 #: The environment variables below override them (whole seconds; tests use 1 and 3).

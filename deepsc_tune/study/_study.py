@@ -26,8 +26,8 @@ from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune import __version__
-from deepsc_tune.backends._interface import Finetuner
-from deepsc_tune.config._search_space import SearchSpace
+from deepsc_tune.backends import Finetuner
+from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
@@ -214,7 +214,7 @@ def _check_same_study(
 
 
 def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    from deepsc_tune.config._search_space import NEUTRAL_KEYS
+    from deepsc_tune.config import NEUTRAL_KEYS
 
     ignore = {*NEUTRAL_KEYS, "name", "description", "source"}
     out = []

@@ -28,12 +28,16 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._interrupts import CAUSES, SIGINT, SIGTERM, StopRequests, stop_requests
-from deepsc_tune.utils._processes import (
+from deepsc_tune.utils import (
+    CAUSES,
+    SIGINT,
+    SIGTERM,
+    StopRequests,
     describe_exit,
     kill_group,
     signal_group,
     start_group,
+    stop_requests,
 )
 
 #: Thread-pool variables set in each child, so numpy/BLAS follow the torch thread budget.

@@ -12,7 +12,7 @@ from typing import Any
 
 from deepsc_tune.backends._interface import EpochCallback, FinetuneResult
 from deepsc_tune.backends.builtin._train import TrainSettings, run_training
-from deepsc_tune.data._prepare import PreparedData
+from deepsc_tune.data import PreparedData
 
 
 class BuiltinFinetuner:

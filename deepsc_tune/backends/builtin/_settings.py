@@ -17,7 +17,7 @@ from pydantic_core import ArgsKwargs
 
 from deepsc_tune.backends.builtin._schedules import check_scheduler_type
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._schema import (
+from deepsc_tune.utils import (
     STRICT,
     as_integer,
     expected,

@@ -83,7 +83,7 @@ from deepsc_tune.backends.builtin._settings import (  # noqa: F401
     TrainSettings,
     device_problem,
 )
-from deepsc_tune.data._metrics import classification_metrics
+from deepsc_tune.data import classification_metrics
 from deepsc_tune.errors import ConfigError, FinetuneError
 
 #: Training sets up to this size are copied to the GPU once; larger ones go batch by batch.

@@ -34,7 +34,7 @@ from typing import Any
 
 from deepsc_tune import __version__
 from deepsc_tune.errors import ConfigError, DataError, DeepscTuneError
-from deepsc_tune.utils._disk import DiskFull, disk_full, disk_is_full
+from deepsc_tune.utils import DiskFull, disk_full, disk_is_full
 
 WEIGHTS_FILE = "weights.pt"
 CARD_FILE = "model.json"
@@ -369,8 +369,7 @@ def predict_file(
     import pandas as pd
 
     from deepsc_tune.backends.builtin._evaluation import predict_logits
-    from deepsc_tune.data._preprocess import prepare_query
-    from deepsc_tune.data._settings import DataSettings
+    from deepsc_tune.data import DataSettings, prepare_query
 
     query = Path(query)
     out = Path(out) if out is not None else default_output(query)

@@ -57,8 +57,7 @@ from deepsc_tune.backends.command._settings import (
     METRIC_SOURCES,
     CommandSettings,
 )
-from deepsc_tune.backends.command.deepsc._output_folders import StartSpacing, start_lock_path
-from deepsc_tune.backends.command.deepsc._schedule import WarmupPlan, run_plan
+from deepsc_tune.backends.command.deepsc import StartSpacing, WarmupPlan, run_plan, start_lock_path
 from deepsc_tune.errors import ConfigError
 
 
@@ -114,19 +113,19 @@ class CommandFinetuner:
         passed to DeepSC, which plans for 100,000 cells (:mod:`deepsc_tune.backends.command.deepsc._schedule`);
         ``None`` for another program or schedule. Raises ``FinetuneError`` for a warmup that
         cannot run as meant, ``DataError`` for an unreadable ``data_path``."""
-        from deepsc_tune.backends.command.deepsc._checkout import is_deepsc_command
+        from deepsc_tune.backends.command.deepsc import is_deepsc_command
 
         if not is_deepsc_command(self.settings.command):
             return None
         if self._deepsc_config is None:
-            from deepsc_tune.backends.command.deepsc._checkout import load_config
+            from deepsc_tune.backends.command.deepsc import load_config
 
             self._deepsc_config = load_config(self.settings.cwd)
         return run_plan(self.settings, params, self._deepsc_config)
 
     def trial_attrs(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """What the objective stores with a trial before it runs: the warmup plan, if any."""
-        from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
+        from deepsc_tune.backends.command.deepsc import DEEPSC_WARMUP
 
         plan = self.warmup_plan(params)
         return {} if plan is None else {DEEPSC_WARMUP: plan.record()}

@@ -26,10 +26,15 @@ from pathlib import Path
 from deepsc_tune.backends._interface import EpochCallback, EpochMetrics, FinetuneResult
 from deepsc_tune.backends.command._metrics_parsing import JsonLinesTail, StdoutParser
 from deepsc_tune.backends.command._settings import CommandSettings
-from deepsc_tune.backends.command.deepsc._checkpoints import checkpoint_folder, record_checkpoint, saved_path
-from deepsc_tune.backends.command.deepsc._output_folders import StartSpacing, claim_output_dir
+from deepsc_tune.backends.command.deepsc import (
+    StartSpacing,
+    checkpoint_folder,
+    claim_output_dir,
+    record_checkpoint,
+    saved_path,
+)
 from deepsc_tune.errors import FinetuneError
-from deepsc_tune.utils._processes import KILL_WAIT_S, describe_exit, start_group, stop_group
+from deepsc_tune.utils import KILL_WAIT_S, describe_exit, start_group, stop_group
 
 #: Environment variable naming the JSON-lines metrics file the child may append to.
 METRICS_ENV = "DEEPSC_TUNE_METRICS"

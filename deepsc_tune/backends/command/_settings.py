@@ -23,8 +23,8 @@ from pydantic_core import ArgsKwargs
 
 from deepsc_tune.backends.command._hydra_overrides import HYDRA_KEY, coerce_value, resolve_path
 from deepsc_tune.backends.command._metrics_parsing import DEFAULT_EPOCH_REGEX, DEFAULT_METRICS_REGEX
-from deepsc_tune.backends.command.deepsc._checkpoints import DEFAULT_KEEP, KEEP_POLICIES
-from deepsc_tune.utils._schema import STRICT, expected, line_errors, number_field, one_of, raise_errors, validate
+from deepsc_tune.backends.command.deepsc import DEFAULT_KEEP, KEEP_POLICIES
+from deepsc_tune.utils import STRICT, expected, line_errors, number_field, one_of, raise_errors, validate
 
 #: Keys of the ``finetune:`` block that configure this backend; every other key is a fixed
 #: DeepSC setting passed to the command as an override.

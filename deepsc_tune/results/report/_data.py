@@ -34,18 +34,20 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.study._selection import configurations, rank_configurations, select
-from deepsc_tune.study._trial_record import (
+from deepsc_tune.study import (
     ENQUEUED,
     REPEAT_SEED,
     SEED,
     TEST_ACCURACY,
     TEST_MACRO_F1,
     complete_repeats,
+    configurations,
     epochs_run,
     is_repeat,
     metric_value,
+    rank_configurations,
     search_only,
+    select,
     setting,
 )
 

@@ -25,18 +25,33 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.results.report._data import TOP_CONFIGS, epochs_set
 from deepsc_tune.results.report._page import render_index, render_report
 from deepsc_tune.results.report._summary import IndexRow, ReportData, build_report_data, index_row
-from deepsc_tune.study import _trial_record as tr
-from deepsc_tune.study._folder import (
+from deepsc_tune.study import (
+    BEST_EPOCH,
+    BEST_VAL_ACCURACY,
+    BEST_VAL_MACRO_F1,
     BEST_YAML,
     DB_FILE,
+    DURATION_S,
+    ENQUEUED,
     INDEX_HTML,
+    REPEAT_OF,
+    REPEAT_SEED,
     REPORT_HTML,
+    RETRY_OF,
+    SEED,
+    TEST_ACCURACY,
+    TEST_MACRO_F1,
     TRIALS_CSV,
+    VAL_ACCURACY,
+    VAL_MACRO_F1,
     StudyFolder,
+    epochs_run,
+    failure_reason,
     find_databases,
+    metric_value,
+    study_backend,
 )
-from deepsc_tune.study._trial_record import epochs_run, failure_reason, metric_value, study_backend
-from deepsc_tune.utils._atomic import atomic_path, write_text
+from deepsc_tune.utils import atomic_path, write_text
 
 #: Columns of ``trials.csv`` after ``number``, ``state`` and the searched parameters.
 CSV_COLUMNS = (
@@ -73,22 +88,22 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
         row.update(
             {
                 "value": metric_value(t),
-                "best_val_accuracy": u.get(tr.BEST_VAL_ACCURACY),
-                "best_val_macro_f1": u.get(tr.BEST_VAL_MACRO_F1),
-                "val_accuracy": u.get(tr.VAL_ACCURACY),
-                "val_macro_f1": u.get(tr.VAL_MACRO_F1),
-                "best_epoch": u.get(tr.BEST_EPOCH),
-                "test_accuracy": u.get(tr.TEST_ACCURACY),
-                "test_macro_f1": u.get(tr.TEST_MACRO_F1),
+                "best_val_accuracy": u.get(BEST_VAL_ACCURACY),
+                "best_val_macro_f1": u.get(BEST_VAL_MACRO_F1),
+                "val_accuracy": u.get(VAL_ACCURACY),
+                "val_macro_f1": u.get(VAL_MACRO_F1),
+                "best_epoch": u.get(BEST_EPOCH),
+                "test_accuracy": u.get(TEST_ACCURACY),
+                "test_macro_f1": u.get(TEST_MACRO_F1),
                 "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
                 "epochs_set": epochs_set(t),
-                "duration_s": u.get(tr.DURATION_S),
-                "seed": u.get(tr.SEED),
+                "duration_s": u.get(DURATION_S),
+                "seed": u.get(SEED),
                 "fail_reason": (failure_reason(t) or "").strip() or None,
-                "enqueued": bool(u.get(tr.ENQUEUED)) or None,
-                "repeat_of": u.get(tr.REPEAT_OF),
-                "repeat_seed": u.get(tr.REPEAT_SEED),
-                "retry_of": u.get(tr.RETRY_OF),
+                "enqueued": bool(u.get(ENQUEUED)) or None,
+                "repeat_of": u.get(REPEAT_OF),
+                "repeat_seed": u.get(REPEAT_SEED),
+                "retry_of": u.get(RETRY_OF),
                 "datetime_start": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
                 "datetime_complete": (
                     t.datetime_complete.isoformat(timespec="seconds") if t.datetime_complete else None
@@ -183,7 +198,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
     (the only study there) or ``F/S/``, so equal names never overwrite each other. A database
     that cannot be read is listed with the reason instead of stopping the others.
     """
-    from deepsc_tune.study._storage import open_storage
+    from deepsc_tune.study import open_storage
 
     results_dir = Path(results_dir)
     rows, reports, errors, notes = [], [], [], []

@@ -17,8 +17,7 @@ from typing import Any, NamedTuple
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.data._baseline import BASELINE_ATTR
-from deepsc_tune.data._chance import CHANCE_ATTR
+from deepsc_tune.data import BASELINE_ATTR, CHANCE_ATTR
 from deepsc_tune.results._export import format_best, reference_notes
 from deepsc_tune.results.report._data import (
     TOP_CONFIGS,
@@ -41,10 +40,18 @@ from deepsc_tune.results.report._data import (
     setting,
     stability_data,
 )
-from deepsc_tune.study._folder import StudyFolder, command_args
-from deepsc_tune.study._selection import format_reported, select
-from deepsc_tune.study._space_record import config_value
-from deepsc_tune.study._trial_record import RETRY_OF, SEARCH_SPACE_NAME, failure_reason, state_counts, study_metric
+from deepsc_tune.study import (
+    RETRY_OF,
+    SEARCH_SPACE_NAME,
+    StudyFolder,
+    command_args,
+    config_value,
+    failure_reason,
+    format_reported,
+    select,
+    state_counts,
+    study_metric,
+)
 
 
 class FailedTrial(NamedTuple):
@@ -202,7 +209,7 @@ def build_report_data(
             notes.append("no trial has completed yet (pruned only): no best configuration")
         if importances.note:
             notes.append(importances.note)
-        from deepsc_tune.data._chance import chance_note
+        from deepsc_tune.data import chance_note
 
         if (chance := chance_note(study, trials)) is not None:
             notes.append(chance)

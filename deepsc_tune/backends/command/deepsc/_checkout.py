@@ -36,7 +36,7 @@ from deepsc_tune.backends.command.deepsc._commits import (
     is_deepsc_command,
 )
 from deepsc_tune.errors import ConfigError
-from deepsc_tune.utils._schema import Problem
+from deepsc_tune.utils import Problem
 
 CONFIG_DIR = Path("configs/finetune")
 CONFIG_FILE = CONFIG_DIR / "finetune.yaml"

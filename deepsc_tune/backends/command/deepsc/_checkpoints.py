@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from deepsc_tune.utils._atomic import write_text
+from deepsc_tune.utils import write_text
 
 #: Values of ``finetune.keep_checkpoints``.
 KEEP_POLICIES = ("best", "all", "none")

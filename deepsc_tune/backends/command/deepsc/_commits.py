@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from deepsc_tune.utils._schema import Problem
+from deepsc_tune.utils import Problem
 
 FINETUNE_DIR = Path("src/deepsc/finetune")
 ENTRY_FILE = FINETUNE_DIR / "finetune.py"

@@ -188,7 +188,7 @@ def deepsc_cells(settings: Mapping[str, Any]) -> DeepscCells | None:
 def deepsc_chance(settings: Mapping[str, Any]) -> dict[str, Any] | None:
     """Chance levels of DeepSC's evaluation file (:func:`deepsc_tune.data._chance.chance_levels`), or
     ``None`` when there is none to read (DeepSC splitting ``data_path`` itself, no file)."""
-    from deepsc_tune.data._chance import chance_levels
+    from deepsc_tune.data import chance_levels
 
     cells = deepsc_cells(settings)
     if cells is None or cells.eval_counts is None:

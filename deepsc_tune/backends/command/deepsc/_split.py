@@ -36,11 +36,15 @@ import pandas as pd
 import scipy.sparse as sp
 
 from deepsc_tune.backends.command.deepsc._data import DEFAULT_GENE_COLUMN, DEFAULT_LABEL_COLUMN
-from deepsc_tune.data._loading import read_input, resolve_inputs, with_hint
-from deepsc_tune.data._prepare import prepare_data
-from deepsc_tune.data._preprocess import prepare_expression
-from deepsc_tune.data._settings import DataSettings
-from deepsc_tune.data._split import split_adata
+from deepsc_tune.data import (
+    DataSettings,
+    prepare_data,
+    prepare_expression,
+    read_input,
+    resolve_inputs,
+    split_adata,
+    with_hint,
+)
 from deepsc_tune.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
