@@ -1225,7 +1225,8 @@ def test_fault_while_running(live: Live, case_dir: Path, request):
     else:
         assert after[NAME] == before[NAME], "the prepared study's trials changed"
         states = study_states(live, case_dir / "results", url, name)
-        assert live.states(states) if callable(live.states) else states == live.states, states
+        # On failure, the states and everything the command printed (each worker's last words).
+        assert live.states(states) if callable(live.states) else states == live.states, (states, everything)
     if live.code == 0:
         assert not err.strip(), err
         for text in live.says:
