@@ -14,6 +14,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -27,8 +28,28 @@ CHECKOUT_ABCF2BE = CHECKOUT.parent / "DeepSC-abcf2be"
 BARON = Path(__file__).parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
 
 
+SHARED_DATA = BARON.parent
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> NoReturn:
+    """The one guard for what a test needs from outside the repository (the shared folder,
+    PostgreSQL, DeepSC's environment, Chromium, a test extra): skipped with ``reason`` in a
+    user's clone, failed in CI (``CI=true``), which must provide it."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI must provide it", pytrace=False)
+    pytest.skip(reason)
+
+
+def shared_file(name: str) -> Path:
+    """A real data file of ``../shared/data`` (its README), or :func:`missing`."""
+    path = SHARED_DATA / name
+    if not path.is_file():
+        missing(f"real data not found: {path} (the shared data folder beside the repository)")
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +61,7 @@ def postgres_url() -> str:
             f"{POSTGRES_ENV} is not set; .ci/run starts PostgreSQL on 127.0.0.1 and sets it "
             "(or export it to a server of your own)"
         )
-        if in_ci():
-            pytest.fail(f"postgres tests must run in CI: {message}", pytrace=False)
-        pytest.skip(message)
+        missing(message)
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(url)
@@ -78,10 +97,7 @@ def checkout() -> Path:
     from deepsc_tune.backends.command.deepsc._checkout import ENTRY_FILE
 
     if not (CHECKOUT / ENTRY_FILE).is_file():
-        reason = f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
+        missing(f"DeepSC checkout not found: {CHECKOUT} (the shared folder beside the repository)")
     return CHECKOUT
 
 
@@ -99,10 +115,7 @@ def checkout_abcf2be() -> Path:
     from deepsc_tune.backends.command.deepsc._commits import RUN_CTA_FILE
 
     if not (CHECKOUT_ABCF2BE / RUN_CTA_FILE).is_file():
-        reason = f"DeepSC checkout not found: {CHECKOUT_ABCF2BE} (the shared folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
+        missing(f"DeepSC checkout not found: {CHECKOUT_ABCF2BE} (the shared folder beside the repository)")
     return CHECKOUT_ABCF2BE
 
 
@@ -117,12 +130,7 @@ def copy_abcf2be(checkout_abcf2be, tmp_path) -> Path:
 @pytest.fixture
 def baron() -> Path:
     """Baron pancreas (../shared/data); fails in CI when it is missing."""
-    if not BARON.is_file():
-        reason = f"real data not found: {BARON} (the shared data folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
-    return BARON
+    return shared_file(BARON.name)
 
 
 @pytest.fixture

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_file
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
@@ -21,10 +21,7 @@ SHARED = REPO.parent / "shared" / "data"
 
 
 def need_shared_data():
-    if not (SHARED / "baron_human_pancreas.h5ad").is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI needs the real data in {SHARED}")
-        pytest.skip(f"real data not found in {SHARED} (a clone without ../shared)")
+    shared_file("baron_human_pancreas.h5ad")
 
 
 @pytest.fixture(scope="module")

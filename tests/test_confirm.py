@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import threading
 
 import optuna
 import pytest
+from fakes import CurveFinetuner
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError
@@ -41,29 +40,10 @@ CONFIG = {
 }
 
 
-class SeedCurveFinetuner:
-    """Accuracy peaked at learning rate 1e-3, shifted by the seed; can be interrupted once."""
-
-    def __init__(self, interrupt_seed=None):
-        self.calls = []
-        self.interrupt_seed = interrupt_seed
-        self.lock = threading.Lock()
-
-    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
-        with self.lock:
-            self.calls.append(dict(params))
-        peak = 0.9 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2 + 0.01 * (params["seed"] % 5)
-        history = []
-        for epoch in range(1, params["epoch"] + 1):
-            if params["seed"] == self.interrupt_seed and epoch == 2:
-                self.interrupt_seed = None
-                raise KeyboardInterrupt
-            # a falling curve: the median pruner would stop it if it could
-            m = EpochMetrics(epoch=epoch, val_accuracy=peak - 0.3 * (epoch - 1))
-            history.append(m)
-            if on_epoch and on_epoch(m):
-                return FinetuneResult(history, best_epoch=1, stopped=True)
-        return FinetuneResult(history, best_epoch=1, test_accuracy=peak - 0.02)
+def falling_seed_curve(interrupt_seed=None) -> CurveFinetuner:
+    """Peak 0.9 at 1e-3, shifted by the seed, falling after epoch 1 (the median pruner would stop
+    it if it could); the first run with ``interrupt_seed`` is interrupted at epoch 2."""
+    return CurveFinetuner(top=0.9, seed_shift=0.01, falling=True, test_gap=0.02, interrupt_seed=interrupt_seed)
 
 
 def _repeats(study):
@@ -75,7 +55,7 @@ def _searched(tmp_path, config=CONFIG):
     url = default_storage_url("curve", tmp_path)
     rdb = open_storage(url)
     study = open_study(space, storage=rdb, study_name="curve")
-    run_study(space, SeedCurveFinetuner(), study=study)
+    run_study(space, falling_seed_curve(), study=study)
     return space, study, rdb
 
 
@@ -104,7 +84,7 @@ def test_confirm_repeats_the_best_unpruned_and_is_idempotent(tmp_path):
     space, study, rdb = _searched(tmp_path)
     before = count_states(study)
     best = [t.number for t in top_trials(study.get_trials(), top=2)]
-    summary = run_confirmation(space, SeedCurveFinetuner(), study=study, storage=rdb)
+    summary = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
     assert summary.queued == 4 and len(summary.ran) == 4 and summary.failed == []
     reps = _repeats(study)
     assert sorted((t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"]) for t in reps) == sorted(
@@ -113,22 +93,22 @@ def test_confirm_repeats_the_best_unpruned_and_is_idempotent(tmp_path):
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in reps)  # never pruned
     assert all(t.user_attrs["settings"]["seed"] == t.user_attrs["repeat_seed"] for t in reps)
     assert count_states(study) == before  # no search trial added
-    again = run_confirmation(space, SeedCurveFinetuner(), study=study, storage=rdb)
+    again = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
     assert again.queued == 0 and again.ran == [] and len(study.get_trials()) == 5 + 4
     off = build_search_space({**CONFIG, "study": {**CONFIG["study"], "confirm": None}})
-    assert run_confirmation(off, SeedCurveFinetuner(), study=study, storage=rdb) is None
+    assert run_confirmation(off, falling_seed_curve(), study=study, storage=rdb) is None
 
 
 def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
     space, study, rdb = _searched(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        run_confirmation(space, SeedCurveFinetuner(interrupt_seed=9), study=study, storage=rdb)
+        run_confirmation(space, falling_seed_curve(interrupt_seed=9), study=study, storage=rdb)
     failed = [t for t in _repeats(study) if t.state == TrialState.FAIL]
     assert len(failed) == 1 and failed[0].user_attrs["repeat_seed"] == 9
     # Re-queued at once (as `run` does), keeping what makes it that repeat.
     retry = [t for t in _repeats(study) if t.state == TrialState.WAITING and t.user_attrs.get("retry_of")]
     assert [(t.user_attrs["retry_of"], t.user_attrs["repeat_seed"]) for t in retry] == [(failed[0].number, 9)]
-    summary = run_confirmation(space, SeedCurveFinetuner(), study=study, storage=rdb)
+    summary = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
     done = [
         (t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"])
         for t in _repeats(study)
@@ -141,7 +121,7 @@ def test_interrupted_confirmation_resumes_without_duplicates(tmp_path):
 
 def _shared_confirmation(space, study, url, name):
     """Two workers (threads, each with its own storage) queue each repeat once and take turns."""
-    finetuner = SeedCurveFinetuner()
+    finetuner = falling_seed_curve()
     errors = []
 
     def worker():
@@ -175,7 +155,7 @@ def test_workers_share_the_confirmation_on_postgres(postgres_study):
     url, name = postgres_study
     space = build_search_space(CONFIG)
     study = open_study(space, storage=open_storage(url), study_name=name)
-    run_study(space, SeedCurveFinetuner(), study=study)
+    run_study(space, falling_seed_curve(), study=study)
     _shared_confirmation(space, study, url, name)
 
 

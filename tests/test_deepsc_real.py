@@ -32,7 +32,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import in_ci
+from conftest import missing
 from deepsc_setup import (
     BARON,
     CHECKOUTS,
@@ -69,9 +69,7 @@ FINETUNE_MODE_ERROR = "ValueError: Unknown finetune_mode: everything. Must be on
 
 
 def _need(reason: str) -> None:
-    if in_ci():
-        pytest.fail(f"DeepSC tests must run in CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    missing(f"DeepSC tests: {reason}")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the original counts of a Baron pancreas subsample (../shared/data); with --for o
 
 from __future__ import annotations
 
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 import yaml
+from conftest import shared_file
 from data_helpers import balanced_labels, counts, settings, write_h5ad
 from typer.testing import CliRunner
 
@@ -41,12 +41,7 @@ def _fresh_memo():
 @pytest.fixture(scope="module")
 def baron_small(tmp_path_factory) -> Path:
     """600 Baron cells (donors human1 and human4), all genes, raw counts."""
-    if not BARON.is_file():
-        reason = f"real data not found: {BARON} (the shared data folder beside the repository)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{reason}; CI must provide it")
-        pytest.skip(reason)
-    full = ad.read_h5ad(BARON)
+    full = ad.read_h5ad(shared_file(BARON.name))
     rng = np.random.default_rng(0)
     keep = np.flatnonzero(full.obs["donor"].isin(["human1", "human4"]).to_numpy())
     rows = np.sort(rng.choice(keep, size=600, replace=False))

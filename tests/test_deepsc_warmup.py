@@ -22,6 +22,7 @@ import anndata
 import optuna
 import pytest
 import yaml
+from conftest import missing
 from deepsc_setup import deepsc_loop_steps, write_labels
 from typer.testing import CliRunner
 
@@ -384,7 +385,7 @@ def test_deepscs_own_scheduler_reaches_the_peak_within_the_real_run(commit, tmp_
     pytest.importorskip("torch")
     root = Path(__file__).resolve().parents[2] / "shared" / "deepsc" / commit
     if not (root / "src" / "deepsc" / "finetune" / "cell_type_annotation.py").is_file():
-        pytest.skip(f"DeepSC checkout not found: {root}")
+        missing(f"DeepSC checkout not found: {root} (the shared folder beside the repository)")
     n_train, epoch, batch_size, grad_acc = 1000, 2, 32, 1
     real = deepsc_loop_steps(n_train, epoch=epoch, batch_size=batch_size, grad_acc=grad_acc)
     plan = ds.plan_warmup(0.138, n_train=n_train, epoch=epoch, batch_size=batch_size, grad_acc=grad_acc)

@@ -13,7 +13,7 @@ import sys
 import optuna
 import pytest
 from optuna.trial import TrialState
-from test_study import CurveFinetuner, make_space
+from test_study import make_space, study_curve
 
 from deepsc_tune.study._recovery import MAX_RETRIES, recover_orphaned_trials, requeue
 from deepsc_tune.study._storage import default_storage_url, open_storage
@@ -53,7 +53,7 @@ def test_orphaned_running_trial_is_failed_and_requeued(storage):
     waiting = study.get_trials(states=(TrialState.WAITING,))
     assert waiting and waiting[0].user_attrs["retry_of"] == number
     assert waiting[0].system_attrs["fixed_params"] == frozen.params  # Optuna's enqueue record
-    run_study(space, CurveFinetuner(), study=study)
+    run_study(space, study_curve(), study=study)
     assert len(search_trials(study, states=(TrialState.COMPLETE,))) == 2
 
 

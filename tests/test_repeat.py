@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
+from fakes import CurveFinetuner
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.cli import app
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
@@ -43,25 +41,14 @@ CONFIG = {
 }
 
 
-class SeedCurveFinetuner:
-    """Accuracy peaked at learning rate 1e-3, shifted a little by the seed; records every call."""
-
-    def __init__(self, fail_seeds=()):
-        self.calls = []
-        self.fail_seeds = set(fail_seeds)
-
-    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
-        self.calls.append(dict(params))
-        if params["seed"] in self.fail_seeds:
-            raise DeepscTuneError(f"training diverged with seed {params['seed']}")
-        peak = 0.9 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2 + 0.01 * (params["seed"] % 5)
-        history = []
-        for epoch in range(1, params["epoch"] + 1):
-            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5**epoch))
-            history.append(m)
-            if on_epoch and on_epoch(m):
-                return FinetuneResult(history, best_epoch=epoch, stopped=True)
-        return FinetuneResult(history, best_epoch=len(history), test_accuracy=peak - 0.02)
+def seed_curve(fail_seeds=()) -> CurveFinetuner:
+    """Peak 0.9 at 1e-3, shifted a little by the seed; a run with a seed of ``fail_seeds`` diverges."""
+    return CurveFinetuner(
+        top=0.9,
+        seed_shift=0.01,
+        test_gap=0.02,
+        fail_when=lambda p: f"training diverged with seed {p['seed']}" if p["seed"] in fail_seeds else None,
+    )
 
 
 @pytest.fixture
@@ -70,7 +57,7 @@ def searched(tmp_path):
     space = build_search_space(CONFIG)
     url = default_storage_url("curve", tmp_path)
     study = open_study(space, storage=open_storage(url), study_name="curve")
-    run_study(space, SeedCurveFinetuner(), study=study)
+    run_study(space, seed_curve(), study=study)
     return url
 
 
@@ -89,7 +76,7 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
     ]  # the search ran with seed 7
     enqueue_repeats(study, plan)
     assert len(waiting_repeats(study)) == 6
-    finetuner = SeedCurveFinetuner()
+    finetuner = seed_curve()
     summary = run_repeats(study, space, finetuner)
     assert len(summary.repeats) == 6 and summary.search == [] and summary.failed == []
     assert [c["seed"] for c in finetuner.calls] == [8, 9, 10, 8, 9, 10]
@@ -113,21 +100,21 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
 def test_repeat_is_idempotent_and_adds_only_missing_seeds(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
     enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2))
-    run_repeats(study, space, SeedCurveFinetuner())
+    run_repeats(study, space, seed_curve())
     assert plan_repeats(study.get_trials(), top=1, seeds=2) == []
-    assert run_repeats(study, space, SeedCurveFinetuner()).repeats == []
+    assert run_repeats(study, space, seed_curve()).repeats == []
     more = plan_repeats(study.get_trials(), top=1, seeds=3)
     assert [p.seed for p in more] == [10]
     enqueue_repeats(study, more)
     assert plan_repeats(study.get_trials(), top=1, seeds=3) == []  # queued counts as done
-    run_repeats(study, space, SeedCurveFinetuner())
+    run_repeats(study, space, seed_curve())
     assert len([t for t in study.get_trials() if "repeat_of" in t.user_attrs]) == 3
 
 
 def test_failed_repeat_is_planned_again(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
     enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2))
-    summary = run_repeats(study, space, SeedCurveFinetuner(fail_seeds={9}))
+    summary = run_repeats(study, space, seed_curve(fail_seeds={9}))
     assert len(summary.failed) == 1
     failed = study.get_trials()[summary.failed[0]]
     assert failed.user_attrs["fail_reason"] == "training diverged with seed 9"
@@ -141,7 +128,7 @@ def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
     study.pruner = prune_all
     study.enqueue_trial({"lr_scheduler_type": "constant", "learning_rate": 1e-2})  # a search trial, first
     enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=1))
-    summary = run_repeats(study, space, SeedCurveFinetuner())
+    summary = run_repeats(study, space, seed_curve())
     assert len(summary.search) == 1 and len(summary.repeats) == 1
     trials = study.get_trials()
     assert trials[summary.search[0]].state == TrialState.PRUNED

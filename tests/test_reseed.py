@@ -7,7 +7,7 @@ import threading
 
 import optuna
 import pytest
-from test_study import CurveFinetuner, make_space
+from test_study import make_space, study_curve
 
 from deepsc_tune.study._reseed import PerTrialSeedSampler, trial_seed
 from deepsc_tune.study._storage import default_storage_url, open_storage
@@ -28,7 +28,7 @@ def run_to(tmp_path, n_trials: int, name: str = "curve", sampler=None) -> optuna
 
         space = replace(space, sampler_config=sampler)
     study = open_study(space, storage=open_storage(default_storage_url(name, tmp_path)), study_name=name)
-    run_study(space, CurveFinetuner(), study=study)
+    run_study(space, study_curve(), study=study)
     return study
 
 
@@ -55,7 +55,7 @@ def test_two_processes_at_once_do_not_duplicate(tmp_path):
 
     def worker() -> None:
         study = open_study(space, storage=open_storage(url), study_name="curve", worker=None)
-        run_study(space, CurveFinetuner(), study=study)
+        run_study(space, study_curve(), study=study)
 
     threads = [threading.Thread(target=worker) for _ in range(2)]
     for t in threads:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 import pytest
+from fakes import DIVERGED, CurveFinetuner
 from optuna.trial import TrialState
 
-from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._objective import epoch_history
@@ -19,26 +17,15 @@ from deepsc_tune.study._study import TooManyFailures, open_study, run_study
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
-class CurveFinetuner:
-    """Accuracy a smooth function of the learning rate, peaked at 1e-3 in log space."""
-
-    def __init__(self, fail_when=None):
-        self.calls = []
-        self.fail_when = fail_when
-
-    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
-        self.calls.append(dict(params))
-        if self.fail_when and self.fail_when(params):
-            raise DeepscTuneError("training diverged: loss is NaN at epoch 1")
-        peak = 1.0 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2
-        history = []
-        for epoch in range(1, params["epoch"] + 1):
-            acc = peak * (1 - 0.5**epoch)
-            m = EpochMetrics(epoch=epoch, val_accuracy=acc, val_macro_f1=acc - 0.05)
-            history.append(m)
-            if on_epoch and on_epoch(m):
-                return FinetuneResult(history, best_epoch=epoch, stopped=True)
-        return FinetuneResult(history, best_epoch=len(history), test_accuracy=peak - 0.01, test_macro_f1=peak - 0.1)
+def study_curve(fail_when=None) -> CurveFinetuner:
+    """The search tests' curve: peak 1.0 at 1e-3, macro-F1 and test metrics too; ``fail_when(params)``
+    makes a run diverge."""
+    return CurveFinetuner(
+        macro_f1_gap=0.05,
+        test_gap=0.01,
+        test_macro_f1_gap=0.1,
+        fail_when=(lambda p: DIVERGED if fail_when(p) else None) if fail_when else None,
+    )
 
 
 def make_space(n_trials=6, pruner=None, epoch=4, max_failures=3, **search_extra):
@@ -72,7 +59,7 @@ def storage(tmp_path):
 def test_runs_to_target_and_records_attrs(storage):
     space = make_space()
     study = open_study(space, storage=storage, study_name="curve", data_fingerprint="abc")
-    summary = run_study(space, CurveFinetuner(), study=study)
+    summary = run_study(space, study_curve(), study=study)
     assert summary.finished == 6 and summary.ran == 6
     trials = study.get_trials()
     # the usage guide's config ran first, tagged
@@ -94,16 +81,16 @@ def test_runs_to_target_and_records_attrs(storage):
 def test_resume_continues_to_new_target_and_keeps_trials(storage):
     space = make_space(n_trials=3)
     study = open_study(space, storage=storage, study_name="curve")
-    run_study(space, CurveFinetuner(), study=study)
+    run_study(space, study_curve(), study=study)
     before = {t.number: t.value for t in study.get_trials()}
     space5 = make_space(n_trials=5)  # n_trials may change between runs
     study = open_study(space5, storage=storage, study_name="curve")
-    summary = run_study(space5, CurveFinetuner(), study=study)
+    summary = run_study(space5, study_curve(), study=study)
     assert summary.ran == 2 and summary.finished == 5
     after = {t.number: t.value for t in study.get_trials()}
     assert all(after[n] == v for n, v in before.items())
     # running again with the target met does nothing
-    assert run_study(space5, CurveFinetuner(), study=study).ran == 0
+    assert run_study(space5, study_curve(), study=study).ran == 0
 
 
 def test_changed_search_space_is_refused(storage, tmp_path):
@@ -122,7 +109,7 @@ def test_changed_search_space_is_refused(storage, tmp_path):
 def test_pruner_prunes_hopeless_trials(storage):
     space = make_space(n_trials=12, pruner={"type": "median", "n_startup_trials": 2, "n_warmup_steps": 0})
     study = open_study(space, storage=storage, study_name="curve")
-    run_study(space, CurveFinetuner(), study=study)
+    run_study(space, study_curve(), study=study)
     pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
     assert pruned, "a median pruner over a peaked curve must prune some trials"
     for t in pruned:
@@ -133,7 +120,7 @@ def test_pruner_prunes_hopeless_trials(storage):
 def test_failed_trial_recorded_and_study_goes_on(storage):
     space = make_space(n_trials=5, max_failures=20)
     study = open_study(space, storage=storage, study_name="curve")
-    ft = CurveFinetuner(fail_when=lambda p: p["learning_rate"] > 1e-2)
+    ft = study_curve(fail_when=lambda p: p["learning_rate"] > 1e-2)
     run_study(space, ft, study=study)
     failed = [t for t in study.get_trials() if t.state == TrialState.FAIL]
     assert failed, "random start-up trials in [1e-5, 1e-1] should hit the failing range"
@@ -147,7 +134,7 @@ def test_consecutive_failures_stop_the_run(storage):
     space = make_space(n_trials=5)
     study = open_study(space, storage=storage, study_name="curve")
     with pytest.raises(TooManyFailures, match="3 failed trials in a row.*diverged"):
-        run_study(space, CurveFinetuner(fail_when=lambda p: True), study=study)
+        run_study(space, study_curve(fail_when=lambda p: True), study=study)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 3
 
 

@@ -15,6 +15,7 @@ from wsgiref.util import setup_testing_defaults
 
 import optuna
 import pytest
+from conftest import missing
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -98,9 +99,7 @@ def test_optuna_dashboard_shows_the_metric(small):
     try:
         import optuna_dashboard
     except ImportError:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("optuna-dashboard is in the test extra; CI must install it")
-        pytest.skip("optuna-dashboard not installed: pip install -e '.[test]'")
+        missing("optuna-dashboard not installed (the test extra): pip install -e '.[test]'")
     study = load(small)
     app = optuna_dashboard.wsgi(f"sqlite:///{small / 'pbmc68k' / 'study.db'}")
     listed = dashboard_get(app, "/api/studies")["study_summaries"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import anndata
 import numpy as np
 import optuna
 import pytest
+from conftest import shared_file
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
@@ -228,12 +228,7 @@ def test_keeper_ignores_a_model_of_a_deleted_study(tmp_path):
 
 
 def _needs(file: str) -> Path:
-    path = SHARED / file
-    if not path.is_file():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI needs the real data in {SHARED}")
-        pytest.skip(f"real data not found: {path} (a clone without ../shared)")
-    return path
+    return shared_file(file)
 
 
 @pytest.mark.slow

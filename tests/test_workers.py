@@ -3,9 +3,7 @@ end to end (SQLite and PostgreSQL, a worker killed mid-trial, Ctrl-C)."""
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,10 +13,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from fakes import CurveFinetuner
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
-from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.study._objective import epoch_history
@@ -105,24 +103,6 @@ def test_worker_seeds_differ_but_a_lone_worker_keeps_the_study_seed():
 # ----------------------------------------------------------------------------- in-process workers
 
 
-class SleepyFinetuner:
-    """Accuracy a function of the learning rate; each epoch sleeps, so workers overlap."""
-
-    def __init__(self, epoch_seconds: float = 0.01):
-        self.epoch_seconds = epoch_seconds
-
-    def run(self, params, *, metric="val_accuracy", on_epoch=None, run_dir=None):
-        peak = 1.0 - 0.1 * (math.log10(params["learning_rate"]) + 3) ** 2
-        history = []
-        for epoch in range(1, params["epoch"] + 1):
-            time.sleep(self.epoch_seconds * random.uniform(0.5, 1.5))
-            m = EpochMetrics(epoch=epoch, val_accuracy=peak * (1 - 0.5**epoch))
-            history.append(m)
-            if on_epoch and on_epoch(m):
-                break
-        return FinetuneResult(history, best_epoch=len(history))
-
-
 def make_space(n_trials: int):
     return build_search_space(
         {
@@ -183,7 +163,7 @@ def test_threads_sharing_a_study_stop_exactly_at_the_target(storage_url):
     def worker(k: int) -> None:
         try:
             study = open_study(space, storage=open_storage(url), study_name=name, worker=f"w{k}")
-            run_study(space, SleepyFinetuner(), study=study)
+            run_study(space, CurveFinetuner(epoch_seconds=0.01), study=study)
         except BaseException as e:  # pragma: no cover - reported below
             errors.append(e)
 
@@ -215,7 +195,7 @@ def test_heartbeat_fails_and_requeues_a_silent_workers_trial(storage_url, monkey
     lost.set_user_attr("worker", {"host": "elsewhere", "pid": 12345, "started": "1"})
     storage.record_heartbeat(trial_id(storage, study, lost.number))  # one beat, then silence
     started = time.monotonic()
-    run_study(space, SleepyFinetuner(), study=study)
+    run_study(space, CurveFinetuner(epoch_seconds=0.01), study=study)
     assert time.monotonic() - started >= 3  # not before the grace period
     dead = study.get_trials()[lost.number]
     assert dead.state == TrialState.FAIL and failure_reason(dead) == STALE_REASON
