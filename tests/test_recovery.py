@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 from test_study import make_space, study_curve
 
-from deepsc_tune.study._recovery import MAX_RETRIES, recover_orphaned_trials, requeue
+from deepsc_tune.study._recovery import MAX_RETRIES, recover_orphaned_trials, requeue, requeue_lost_retries
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import open_study, run_study
 from deepsc_tune.study._trial_record import search_trials
@@ -55,6 +55,37 @@ def test_orphaned_running_trial_is_failed_and_requeued(storage):
     assert waiting[0].system_attrs["fixed_params"] == frozen.params  # Optuna's enqueue record
     run_study(space, study_curve(), study=study)
     assert len(search_trials(study, states=(TrialState.COMPLETE,))) == 2
+
+
+def test_an_interrupted_trial_whose_retry_was_lost_is_requeued_once(storage):
+    """A process killed between recording "interrupted" and queueing the retry: the next run
+    queues it (once, with the trial's settings); other failures and retried trials are left alone."""
+    study = optuna.create_study(study_name="lost", storage=storage, direction="maximize")
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)}
+
+    def failed(lr, reason, **attrs):
+        trial = optuna.trial.create_trial(
+            state=TrialState.FAIL,
+            params={"learning_rate": lr},
+            distributions=dist,
+            user_attrs={"fail_reason": reason, **attrs},
+        )
+        study.add_trial(trial)
+        return study.get_trials()[-1]
+
+    lost = failed(1e-3, "interrupted (SIGTERM)")
+    kept = failed(2e-3, "interrupted")
+    requeue(study, kept, "interrupted")  # its worker got to re-queue it
+    failed(3e-3, "training diverged: loss is NaN at epoch 1")
+    failed(4e-3, "interrupted", retry_count=MAX_RETRIES)  # retried often enough already
+    assert requeue_lost_retries(study) == [lost.number]
+    retries = [t for t in study.get_trials() if t.state == TrialState.WAITING]
+    assert [(t.user_attrs["retry_of"], t.system_attrs["fixed_params"]) for t in retries] == [
+        (kept.number, {"learning_rate": 2e-3}),
+        (lost.number, {"learning_rate": 1e-3}),
+    ]
+    assert retries[1].user_attrs["retry_reason"] == "interrupted (SIGTERM)"
+    assert requeue_lost_retries(study) == []  # never queued twice
 
 
 def test_live_workers_trials_are_left_alone(storage):

@@ -65,6 +65,12 @@ class Progress:
         self.close()
         print(f"{self.prefix}re-queued trials left running by a dead process: {numbers}", file=self.stream, flush=True)
 
+    def requeued(self, numbers: list[int]) -> None:
+        """Said when it happens: interrupted trials whose retry was lost (a process killed between
+        recording the FAIL and queueing the retry)."""
+        self.close()
+        print(f"{self.prefix}re-queued interrupted trials that had no retry: {numbers}", file=self.stream, flush=True)
+
     def taken_over(self, number: int) -> None:
         """Said when a trial this worker ran was failed and re-queued by another meanwhile."""
         self.close()

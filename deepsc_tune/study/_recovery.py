@@ -4,7 +4,9 @@ Two ways to tell a worker is dead. Heartbeats catch it anywhere, after a grace p
 fails the trial (:func:`fail_stale_trials`) and calls :func:`requeue_stale_trial`, the storage's
 ``heartbeat_stale_trial_callback`` (:func:`~deepsc_tune.study._storage.open_storage` sets it). A trial
 started on this host by a process that no longer exists is known dead at once
-(:func:`recover_orphaned_trials`).
+(:func:`recover_orphaned_trials`). An interrupted trial is recorded FAIL, then re-queued: two
+writes, so a process killed between them leaves the FAIL without its retry;
+:func:`requeue_lost_retries` finds those and queues them.
 
 A retry is a WAITING trial queued with ``study.enqueue_trial`` and tagged ``retry_of``,
 ``retry_reason`` and ``retry_count`` (keeping a repeat's ``repeat_of``/``repeat_seed`` and a guide
@@ -36,10 +38,12 @@ from deepsc_tune.study._trial_record import (
     STALE_REASON,
     WORKER,
 )
-from deepsc_tune.utils import process_start_time
+from deepsc_tune.utils import CAUSES, SIGINT, process_start_time
 
 #: A configuration whose worker keeps dying is not retried forever.
 MAX_RETRIES = 3
+#: How the FAIL reason of an interrupted trial starts (``interrupted``, ``interrupted (SIGTERM)``, ...).
+INTERRUPTED = CAUSES[SIGINT][1]
 #: What a retry keeps of the trial it retries.
 KEPT_ON_RETRY = (REPEAT_OF, REPEAT_SEED, ENQUEUED)
 
@@ -113,6 +117,27 @@ def fail_trial(
         return
     if changed and retry and trial.user_attrs.get(RETRY_COUNT, 0) < MAX_RETRIES:
         requeue(study, trial, reason)
+
+
+def requeue_lost_retries(study: optuna.Study) -> list[int]:
+    """Re-queue interrupted trials (FAIL, ``interrupted...``) that have no retry; their numbers.
+
+    Call it under the start lock (as :func:`recover_orphaned_trials`), so that two workers never
+    queue the same retry twice. A trial already retried ``MAX_RETRIES`` times is left alone.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    lost = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL
+        and str(t.user_attrs.get(FAIL_REASON, "")).startswith(INTERRUPTED)
+        and t.number not in retried
+        and t.user_attrs.get(RETRY_COUNT, 0) < MAX_RETRIES
+    ]
+    for trial in lost:
+        requeue(study, trial, trial.user_attrs[FAIL_REASON])
+    return [t.number for t in lost]
 
 
 def trial_id(storage: BaseStorage, study: optuna.Study, number: int) -> int:

@@ -34,7 +34,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials
+from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._runner import Watcher, run_one_trial
 from deepsc_tune.study._selection import rank_configurations
 from deepsc_tune.study._space_record import read_record, record_path, sqlite_folder
@@ -203,7 +203,7 @@ def recover_dead_repeats(study: optuna.Study) -> list[int]:
     storage = storage_of(study)
     found = recover_orphaned_trials(study, storage) if storage is not None else []
     fail_stale_trials(study)  # other hosts' dead workers, after the heartbeat grace period
-    return found
+    return found + requeue_lost_retries(study)
 
 
 def check_same_data(study: optuna.Study, fingerprint: str | None) -> None:

@@ -39,6 +39,9 @@ class Watcher(Protocol):
     def recovered(self, numbers: list[int]) -> None:
         """Trials of dead workers were failed and re-queued."""
 
+    def requeued(self, numbers: list[int]) -> None:
+        """Interrupted trials whose retry was missing were re-queued."""
+
     def taken_over(self, number: int) -> None:
         """Another worker finished trial ``number`` while this process was stopped."""
 

@@ -32,7 +32,7 @@ from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials
+from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.study._runner import Watcher, run_one_trial
 from deepsc_tune.study._space_record import read_record, sqlite_folder, summary_attrs, write_record
@@ -305,6 +305,9 @@ def run_study(
             if found and progress is not None:
                 progress.recovered(found)
             recovered += found
+            lost = requeue_lost_retries(study)
+            if lost and progress is not None:
+                progress.requeued(lost)
             fail_stale_trials(study)
             counts = count_states(study)
             finished = n_finished(counts)
