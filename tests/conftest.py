@@ -14,9 +14,9 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
 
 import pytest
+from guards import BARON, missing, shared_file
 
 # The report tests' studies: the real search (real_results) runs once per session.
 from report_studies import real_copy, real_results, real_study, synthetic  # noqa: F401
@@ -25,31 +25,6 @@ POSTGRES_ENV = "DEEPSC_TUNE_TEST_POSTGRES_URL"
 #: DeepSC at 2416d85 and at abcf2be, read only (the shared folder beside the repository).
 CHECKOUT = Path(__file__).resolve().parents[1].parent / "shared" / "deepsc" / "DeepSC-2416d85"
 CHECKOUT_ABCF2BE = CHECKOUT.parent / "DeepSC-abcf2be"
-BARON = Path(__file__).parents[1].parent / "shared" / "data" / "baron_human_pancreas.h5ad"
-
-
-SHARED_DATA = BARON.parent
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
-
-
-def missing(reason: str) -> NoReturn:
-    """The one guard for what a test needs from outside the repository (the shared folder,
-    PostgreSQL, DeepSC's environment, Chromium, a test extra): skipped with ``reason`` in a
-    user's clone, failed in CI (``CI=true``), which must provide it."""
-    if in_ci():
-        pytest.fail(f"{reason}; CI must provide it", pytrace=False)
-    pytest.skip(reason)
-
-
-def shared_file(name: str) -> Path:
-    """A real data file of ``../shared/data`` (its README), or :func:`missing`."""
-    path = SHARED_DATA / name
-    if not path.is_file():
-        missing(f"real data not found: {path} (the shared data folder beside the repository)")
-    return path
 
 
 @pytest.fixture(scope="session")

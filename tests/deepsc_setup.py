@@ -1,5 +1,5 @@
 """A CPU copy of DeepSC (2416d85 or abcf2be) and small real data for it: shared by the tests that
-run DeepSC's real fine-tuner (tests/test_deepsc_real.py) and bench/deepsc_overhead.py.
+run DeepSC's real fine-tuner (tests/backends/command/deepsc/test_real_deepsc.py) and bench/deepsc_overhead.py.
 
 ``copy_for_cpu`` copies ``../shared/deepsc/DeepSC-<commit>`` and changes ONE thing:
 ``Fabric(accelerator="cuda", ...)`` in the entry module (``src/deepsc/finetune/finetune.py:25``

@@ -31,7 +31,7 @@ it also writes ``finetune_<timestamp>.log`` into its working directory and print
 ``Output directory created: ...`` (DeepSC's hard-coded checkpoint folder; here ``./outputs/...``,
 or, copied into a fake checkout, the ``base_dir`` of the ``cell_type_annotation.py`` beside it).
 
-What it mirrors of DeepSC 2416d85 (tests/test_deepsc_real.py runs the real one): the defaults
+What it mirrors of DeepSC 2416d85 (tests/backends/command/deepsc/test_real_deepsc.py runs the real one): the defaults
 of ``configs/finetune/finetune.yaml`` for the keys below, tqdm's progress lines on stderr with
 ``\r`` and cursor-up codes, the doubled epoch header, 8 worker processes, and the errors for an
 unknown ``lr_scheduler_type`` or ``finetune_mode`` and for ``cosine`` with 0 warmup steps.

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from deepsc_tune.backends import EpochMetrics, FinetuneResult
+from deepsc_tune.config import SearchSpace, build_search_space
 from deepsc_tune.errors import DeepscTuneError
 
 #: "training diverged" as the built-in fine-tuner says it.
@@ -92,3 +93,38 @@ class CurveFinetuner:
             test_accuracy=None if self.test_gap is None else peak - self.test_gap,
             test_macro_f1=None if self.test_macro_f1_gap is None else peak - self.test_macro_f1_gap,
         )
+
+
+def study_curve(fail_when=None) -> CurveFinetuner:
+    """The search tests' curve: peak 1.0 at 1e-3, macro-F1 and test metrics too; ``fail_when(params)``
+    makes a run diverge."""
+    return CurveFinetuner(
+        macro_f1_gap=0.05,
+        test_gap=0.01,
+        test_macro_f1_gap=0.1,
+        fail_when=(lambda p: DIVERGED if fail_when(p) else None) if fail_when else None,
+    )
+
+
+def make_space(n_trials=6, pruner=None, epoch=4, max_failures=3, **search_extra) -> SearchSpace:
+    """The study tests' search space (pbmc68k, the fake's curve over scheduler, learning rate, warmup)."""
+    return build_search_space(
+        {
+            "name": "curve",
+            "data": {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"},
+            "finetune": {"epoch": epoch},
+            "search": {
+                "lr_scheduler_type": {"choices": ["constant", "cosine"]},
+                "learning_rate": {"low": 1e-5, "high": 1e-1, "log": True},
+                "warmup_ratio": {"low": 0.0, "high": 0.2, "when": {"lr_scheduler_type": "cosine"}},
+                **search_extra,
+            },
+            "study": {
+                "n_trials": n_trials,
+                "max_failures": max_failures,
+                "sampler": {"type": "tpe", "seed": 0},
+                "pruner": pruner or {"type": "none"},
+                "enqueue": [{"lr_scheduler_type": "constant", "learning_rate": 1e-4}],
+            },
+        }
+    )

@@ -6,11 +6,10 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "bench" / "compare.py"
 
 

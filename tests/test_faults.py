@@ -32,6 +32,7 @@ import optuna
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from paths import REPO
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
@@ -39,7 +40,6 @@ from deepsc_tune.utils._processes import group_alive
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-REPO = Path(__file__).resolve().parents[1]
 NAME = "tiny"
 SPACE = f"""\
 name: {NAME}

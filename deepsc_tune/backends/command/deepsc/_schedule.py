@@ -11,7 +11,7 @@ alike (``src/deepsc/finetune/cell_type_annotation.py``, ``create_scheduler``):
   joined by ``SequentialLR(milestones=[warmup_steps])`` (line 239); line 244 prints
   ``  - Warmup steps: N``.
 
-Stepped through DeepSC's own scheduler (tests/test_deepsc_warmup.py), the rate of update
+Stepped through DeepSC's own scheduler (tests/backends/command/deepsc/test_schedule.py), the rate of update
 ``k`` (from 1) rises from 0.01 x the peak (``k = 1``) to 0.9966 x at ``k = w + 1``; the peak itself
 is the rate of update ``w + 2`` (``SequentialLR`` hands over at step ``w`` and DeepSC's cosine
 class starts its cycle one step later), and the first restart (0.9 x the peak) is update
