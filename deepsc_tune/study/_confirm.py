@@ -28,10 +28,8 @@ from optuna.trial import TrialState
 
 from deepsc_tune.backends import Finetuner
 from deepsc_tune.config import SearchSpace
-from deepsc_tune.study._file import check_study_file_unchanged
-from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._repeat import enqueue_repeats, plan_repeats, waiting_repeats
-from deepsc_tune.study._runner import Watcher, run_one_trial
+from deepsc_tune.study._repeat import enqueue_repeats, plan_repeats, run_repeats
+from deepsc_tune.study._runner import Watcher
 from deepsc_tune.study._selection import select
 from deepsc_tune.study._start_lock import start_lock
 
@@ -77,28 +75,8 @@ def run_confirmation(
     finally:
         lock.release()
 
-    objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
-    ran: list[int] = []
-
-    def started(trial: optuna.trial.Trial) -> None:
-        ran.append(trial.number)
-        lock.release()  # the repeat is RUNNING now; others may take the next one
-
-    callbacks = [progress.trial_done] if progress else []
-    while stop is None or not stop():
-        check_study_file_unchanged(storage)
-        lock.acquire()
-        try:
-            if not waiting_repeats(study):
-                break
-            taken = run_one_trial(study, objective, callbacks=callbacks, on_start=started)
-        finally:
-            lock.release()
-        if taken is not None:
-            ran.remove(taken)  # another worker runs it again
-            if progress is not None:
-                progress.taken_over(taken)
-    check_study_file_unchanged(storage)
+    done = run_repeats(study, space, finetuner, trials_dir=trials_dir, progress=progress, stop=stop, storage=storage)
+    ran = sorted(done.repeats + done.search)
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     return ConfirmSummary(
         queued=queued,

@@ -31,11 +31,10 @@ from optuna.trial import FrozenTrial, TrialState
 from deepsc_tune.backends import Finetuner
 from deepsc_tune.config import SearchSpace, build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
 from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
-from deepsc_tune.study._runner import Watcher, run_one_trial
+from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._selection import rank_configurations
 from deepsc_tune.study._space_record import read_record, record_path, sqlite_folder
 from deepsc_tune.study._storage import open_storage, remember, storage_of
@@ -235,6 +234,7 @@ def run_repeats(
     trials_dir: Path | None = None,
     progress: Watcher | None = None,
     stop: Callable[[], bool] | None = None,
+    storage: Any = None,
 ) -> RepeatSummary:
     """Run queued trials, one ``study.optimize(n_trials=1)`` at a time, until no repeat is waiting.
 
@@ -245,19 +245,14 @@ def run_repeats(
     keeping ``repeat_of`` and ``repeat_seed``), so running the command again runs it.
     """
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
-    ran: list[int] = []
-    storage = storage_of(study)
     callbacks = [progress.trial_done] if progress else []
-    while waiting_repeats(study):
-        if stop is not None and stop():
-            break
-        check_study_file_unchanged(storage)
-        taken = run_one_trial(study, objective, callbacks=callbacks, on_start=lambda t: ran.append(t.number))
-        if taken is not None:
-            ran.remove(taken)
-            if progress is not None:
-                progress.taken_over(taken)
-    check_study_file_unchanged(storage)
+
+    def next_step() -> Step:
+        return "start" if waiting_repeats(study) else "stop"
+
+    ran = run_trials(
+        study, objective, next_step=next_step, watcher=progress, stop=stop, callbacks=callbacks, storage=storage
+    ).trials
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     repeats = [n for n in ran if is_repeat(by_number[n])]
     return RepeatSummary(

@@ -1,6 +1,10 @@
-"""One trial of a study, run the one way every runner runs it (search, repeats, confirmation).
+"""The one trial loop of every runner (search, repeats, confirmation), and one trial of it.
 
-:func:`run_one_trial` runs ``study.optimize(n_trials=1)`` and turns what can end a trial from
+:func:`run_trials` is the loop: each round, under the start lock, it recovers the trials of dead
+workers, asks the runner whether to start a trial, wait for other workers or stop, and runs one
+trial; the runners (:func:`~deepsc_tune.study._study.run_study`,
+:func:`~deepsc_tune.study._repeat.run_repeats`, :func:`~deepsc_tune.study._confirm.run_confirmation`)
+only say when to stop. :func:`run_one_trial` runs ``study.optimize(n_trials=1)`` and turns what can end a trial from
 outside into one outcome each: Ctrl-C or SIGTERM (the trial recorded as interrupted and its
 settings re-queued, :mod:`deepsc_tune.study._recovery`), a database that did not come back
 (:mod:`deepsc_tune.study._reconnect`), a trial another worker took over while this process was
@@ -10,17 +14,26 @@ stopped, and a full disk (:class:`FullDiskStop`).
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
 
 import optuna
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backends import EpochMetrics
-from deepsc_tune.study._file import sqlite_file
+from deepsc_tune.study._file import check_study_file_unchanged, sqlite_file
 from deepsc_tune.study._reconnect import unreachable_in
-from deepsc_tune.study._recovery import requeue, requeue_interrupted
+from deepsc_tune.study._recovery import (
+    fail_stale_trials,
+    recover_orphaned_trials,
+    requeue,
+    requeue_interrupted,
+    requeue_lost_retries,
+)
+from deepsc_tune.study._start_lock import start_lock
 from deepsc_tune.study._storage import storage_of
 from deepsc_tune.study._trial_record import FAIL_REASON
 from deepsc_tune.utils import DiskFull, disk_full, interrupt_reason
@@ -47,6 +60,93 @@ class Watcher(Protocol):
 
     def close(self) -> None:
         """The runner stops (a live line on the terminal ends)."""
+
+
+#: How often a worker with nothing to run checks whether others' trials finished or died.
+POLL_SECONDS = 0.5
+#: What a runner answers each round: run a trial now, wait for the other workers, or stop.
+Step = Literal["start", "wait", "stop"]
+
+
+@dataclass
+class Ran:
+    """What :func:`run_trials` did in this process."""
+
+    trials: list[int] = field(default_factory=list)  # numbers of the trials it ran to their end
+    recovered: list[int] = field(default_factory=list)  # trials of dead workers it failed and re-queued
+
+
+def run_trials(
+    study: optuna.Study,
+    objective: Callable[[optuna.trial.Trial], float],
+    *,
+    next_step: Callable[[], Step],
+    watcher: Watcher | None = None,
+    stop: Callable[[], bool] | None = None,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
+    after: Callable[[int], None] | None = None,
+    storage: Any = None,
+) -> Ran:
+    """Run trials of ``study`` one at a time until ``next_step()`` says ``"stop"`` (or ``stop()``).
+
+    Safe in several processes against one storage. Each round holds the study's start lock
+    (:mod:`deepsc_tune.study._start_lock`) while it fails and re-queues the trials of dead workers
+    (this host's at once, others' after the heartbeat grace period, and interrupted trials whose
+    retry was lost) and asks ``next_step`` (``"wait"``: the last trials are running elsewhere and
+    one may still fail and come back); the lock is freed once the trial is RUNNING. ``after`` is
+    called with each trial's number once it ended (and may raise to stop the runner). The
+    study file is checked between trials (:func:`check_study_file_unchanged`). Interruptions,
+    a full disk and a lost database end the loop as :func:`run_one_trial` says. ``storage``: the
+    study's storage when it was not opened by :func:`~deepsc_tune.study._storage.open_storage`'s callers.
+    """
+    storage = storage if storage is not None else storage_of(study)
+    lock = start_lock(storage, study.study_name)  # a no-op lock without a database storage
+    ran = Ran()
+
+    def started(trial: optuna.trial.Trial) -> None:
+        ran.trials.append(trial.number)
+        lock.release()  # RUNNING now: it counts for every worker
+
+    while stop is None or not stop():
+        check_study_file_unchanged(storage)
+        lock.acquire()
+        try:
+            # Under the lock, so that two workers never fail and re-queue the same trial twice.
+            ran.recovered += _recover(study, storage, watcher)
+            step = next_step()
+            if step == "stop":
+                break
+            if step == "wait":
+                lock.release()
+                time.sleep(POLL_SECONDS)
+                continue
+            try:
+                taken = run_one_trial(study, objective, callbacks=callbacks, on_start=started)
+            except KeyboardInterrupt:
+                if watcher is not None:
+                    watcher.close()
+                raise
+        finally:
+            lock.release()
+        if taken is not None:
+            ran.trials.remove(taken)  # another worker runs it again
+            if watcher is not None:
+                watcher.taken_over(taken)
+        elif after is not None and ran.trials:
+            after(ran.trials[-1])
+    check_study_file_unchanged(storage)
+    return ran
+
+
+def _recover(study: optuna.Study, storage: Any, watcher: Watcher | None) -> list[int]:
+    found = recover_orphaned_trials(study, storage) if storage is not None else []
+    if found and watcher is not None:
+        watcher.recovered(found)
+    lost = requeue_lost_retries(study)
+    if lost and watcher is not None:
+        watcher.requeued(lost)
+    fail_stale_trials(study)
+    return found + lost
 
 
 def run_one_trial(

@@ -23,21 +23,18 @@ from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from deepsc_tune import __version__
 from deepsc_tune.backends import Finetuner
 from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
-from deepsc_tune.study._file import check_study_file_unchanged
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
-from deepsc_tune.study._runner import Watcher, run_one_trial
+from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._space_record import read_record, sqlite_folder, summary_attrs, write_record
-from deepsc_tune.study._start_lock import start_lock
-from deepsc_tune.study._storage import redact, remember, storage_of
+from deepsc_tune.study._storage import redact, remember
 from deepsc_tune.study._trial_record import (
     BACKEND,
     CREATED_ON,
@@ -55,9 +52,6 @@ from deepsc_tune.study._trial_record import (
     n_finished,
     other_data,
 )
-
-#: How often a worker with nothing to run checks whether others' trials finished or died.
-POLL_SECONDS = 0.5
 
 
 def sampler_label(url: str, worker_id: str | None) -> str | None:
@@ -277,79 +271,45 @@ def run_study(
     DiskFull
         When a full disk stopped a trial (:class:`~deepsc_tune.study._runner.FullDiskStop`).
     """
-    recovered: list[int] = []
     objective = build_objective(
         space,
         finetuner,
         trials_dir=trials_dir,
         on_epoch=progress.epoch if progress else None,
     )
-    storage = storage_of(study)
-    lock = start_lock(storage, study.study_name)
-    ended: list[FrozenTrial] = []
-
-    def record_end(_study: optuna.Study, trial: FrozenTrial) -> None:
-        ended[:] = [trial]
-
-    callbacks = [record_end, progress.trial_done] if progress else [record_end]
-    ran = failures = 0
     target = space.n_trials
-    while True:
-        if stop is not None and stop():
-            break
-        check_study_file_unchanged(storage)
-        lock.acquire()
-        try:
-            # Under the lock, so that two workers never fail and re-queue the same trial twice.
-            found = recover_orphaned_trials(study, storage) if storage is not None else []
-            if found and progress is not None:
-                progress.recovered(found)
-            recovered += found
-            lost = requeue_lost_retries(study)
-            if lost and progress is not None:
-                progress.requeued(lost)
-            fail_stale_trials(study)
-            counts = count_states(study)
-            finished = n_finished(counts)
-            if finished >= target:
-                break
-            if finished + counts[TrialState.RUNNING] >= target:
-                # Others hold the last trials; one of them may still fail and come back.
-                # A queued trial (a retry) waits too: starting it would overshoot the target.
-                lock.release()
-                time.sleep(POLL_SECONDS)
-                continue
-            ended.clear()
-            try:
-                # Once the trial is RUNNING it counts for everyone: the lock is freed.
-                taken = run_one_trial(study, objective, callbacks=callbacks, on_start=lambda _t: lock.release())
-            except KeyboardInterrupt:
-                if progress is not None:
-                    progress.close()
-                raise
-        finally:
-            lock.release()
-        if taken is not None:
-            if progress is not None:
-                progress.taken_over(taken)
-            continue
-        ran += 1
-        last = ended[0] if ended else None
-        if last is not None and last.state == TrialState.FAIL:
-            failures += 1
-            if failures >= space.max_failures:
-                raise TooManyFailures(
-                    f"stopped after {failures} failed trials in a row "
-                    f"(study.max_failures={space.max_failures}); last: trial {last.number}: "
-                    f"{(failure_reason(last) or '').splitlines()[0][:300]}"
-                )
-        else:
-            failures = 0
-    check_study_file_unchanged(storage)
+    failures = [0]
+
+    def next_step() -> Step:
+        counts = count_states(study)
+        finished = n_finished(counts)
+        if finished >= target:
+            return "stop"
+        # Others hold the last trials; one of them may still fail and come back. A queued
+        # trial (a retry) waits too: starting it would overshoot the target.
+        return "wait" if finished + counts[TrialState.RUNNING] >= target else "start"
+
+    def after(number: int) -> None:
+        last = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+        if last.state != TrialState.FAIL:
+            failures[0] = 0
+            return
+        failures[0] += 1
+        if failures[0] >= space.max_failures:
+            raise TooManyFailures(
+                f"stopped after {failures[0]} failed trials in a row "
+                f"(study.max_failures={space.max_failures}); last: trial {last.number}: "
+                f"{(failure_reason(last) or '').splitlines()[0][:300]}"
+            )
+
+    callbacks = [progress.trial_done] if progress else []
+    ran = run_trials(
+        study, objective, next_step=next_step, watcher=progress, stop=stop, callbacks=callbacks, after=after
+    )
     return RunSummary(
         study=study,
-        ran=ran,
-        recovered=recovered,
+        ran=len(ran.trials),
+        recovered=ran.recovered,
         finished=n_finished(count_states(study)),
         target=target,
     )
