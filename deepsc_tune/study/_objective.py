@@ -87,9 +87,6 @@ def build_objective(
         )
         history: list[dict[str, Any]] = []
         pruned_at: list[int] = []
-        last_epoch = settings.get("epoch")
-        last_epoch = int(last_epoch) if isinstance(last_epoch, (int, float)) else None
-        prunable = tr.prunable(trial)
 
         def report(m: EpochMetrics) -> bool:
             value = m.metric(metric)
@@ -104,10 +101,8 @@ def build_objective(
                 tracked.log_epoch(m.epoch, history[-1])
             if on_epoch is not None:
                 on_epoch(trial.number, m)
-            # Pruning after the last epoch would save nothing and hide a finished result; a
-            # repeat exists to measure the full curve of a known configuration, so it runs on.
-            may_prune = prunable and (last_epoch is None or m.epoch < last_epoch)
-            if may_prune and trial.should_prune():
+            # The study's pruner never stops a repeat nor a trial at its last epoch (_pruning.py).
+            if trial.should_prune():
                 pruned_at.append(m.epoch)
                 return True
             return False

@@ -33,6 +33,7 @@ from deepsc_tune.config import SearchSpace, build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._pruning import sparing_pruner
 from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._selection import rank_configurations
@@ -169,8 +170,8 @@ def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | No
 def open_for_repeats(
     *, storage: str, study_name: str, record_dir: StudyFolder | Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
-    """Open the study for writing: heartbeats on, its sampler and pruner (the objective never
-    lets the pruner stop a repeat: :func:`deepsc_tune.study._trial_record.prunable`).
+    """Open the study for writing: heartbeats on, its sampler and pruner (which never stops a
+    repeat: :mod:`deepsc_tune.study._pruning`).
 
     Raises
     ------
@@ -187,7 +188,7 @@ def open_for_repeats(
             study_name=study_name,
             storage=rdb,
             sampler=space.build_sampler(),
-            pruner=space.build_pruner(),
+            pruner=sparing_pruner(space),
         )
     return remember(study, rdb), space
 

@@ -31,6 +31,7 @@ from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._pruning import sparing_pruner
 from deepsc_tune.study._reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._space_record import read_record, sqlite_folder, summary_attrs, write_record
@@ -118,7 +119,7 @@ def open_study(
     ConfigError
         When the stored study was made from a different search space or data.
     """
-    sampler, pruner = build_study_sampler(space, worker), space.build_pruner()
+    sampler, pruner = build_study_sampler(space, worker), sparing_pruner(space)
     record_dir = record_dir or sqlite_folder(storage)
     if isinstance(storage, str):
         storage = RDBStorage(storage)  # what Optuna would make of the URL, kept for storage_of()

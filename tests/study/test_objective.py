@@ -15,6 +15,7 @@ from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSet
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._pruning import SparingPruner
 from deepsc_tune.study._storage import open_storage
 from deepsc_tune.study._study import open_study, run_study
 
@@ -99,12 +100,14 @@ def test_no_prune_after_last_epoch():
         def prune(self, study, trial):
             return True
 
-    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    # The study's pruner (what open_study gives every study) around one that always says prune.
+    one_epoch = build_search_space({**builtin_space().config, "finetune": {"epoch": 1}})
+    study = optuna.create_study(direction="maximize", pruner=SparingPruner(AlwaysPrune(), lambda t: None))
     ft = Recorder(values=(0.5, 0.6, 0.7))
     study.optimize(build_objective(builtin_space(), ft), n_trials=1)
     t = study.trials[0]
     assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] == 1
-    one_epoch = build_search_space({**builtin_space().config, "finetune": {"epoch": 1}})
+    study.pruner = SparingPruner(AlwaysPrune(), lambda t: one_epoch.settings_for(t.params)["epoch"])
     study.optimize(build_objective(one_epoch, Recorder(values=(0.5,))), n_trials=1)
     assert study.trials[1].state == TrialState.COMPLETE
 

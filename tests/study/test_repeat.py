@@ -12,6 +12,7 @@ from deepsc_tune.cli import app
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.results.report._data import stability_data
+from deepsc_tune.study._pruning import SparingPruner
 from deepsc_tune.study._repeat import (
     check_same_data,
     enqueue_repeats,
@@ -122,10 +123,11 @@ def test_failed_repeat_is_planned_again(searched):
 
 
 def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
-    # A pruner that prunes everything: the objective still never lets it stop a repeat.
+    # The user's pruner prunes everything: the study's pruner still never lets it stop a repeat.
     prune_all = optuna.pruners.ThresholdPruner(lower=2.0)
     study, space = open_for_repeats(storage=searched, study_name="curve")
-    study.pruner = prune_all
+    assert isinstance(study.pruner, SparingPruner)
+    study.pruner.wrapped = prune_all
     study.enqueue_trial({"lr_scheduler_type": "constant", "learning_rate": 1e-2})  # a search trial, first
     enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=1))
     summary = run_repeats(study, space, seed_curve())
@@ -166,7 +168,7 @@ def test_same_configuration_is_repeated_once(searched):
 def test_space_from_study_and_data_check(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
     assert space.sha256 == study.user_attrs["search_space_sha256"]
-    assert type(study.pruner) is type(space.build_pruner())  # the study's own pruner
+    assert type(study.pruner.wrapped) is type(space.build_pruner())  # the study's own pruner, sparing repeats
     study.set_user_attr("data_fingerprint", "a" * 40)
     check_same_data(study, "a" * 40)
     check_same_data(study, None)
