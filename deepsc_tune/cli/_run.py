@@ -111,8 +111,8 @@ def run(
         open_study,
         parse_gpus,
         plan_workers,
-        run_confirmation,
-        run_study,
+        record_references,
+        run_search,
         sampler_label,
         watch_parent,
     )
@@ -158,8 +158,9 @@ def run(
             worker=sampler_label(url, worker_id),
             record_dir=folder,
         )
-        _record_chance_levels(study, data, space)
-        _record_baseline(study, data, space, folder.cache, echo=not child)
+        for line in record_references(study, space, data, folder.cache):
+            if not child:
+                _echo(line)
         if not child:
             _echo(
                 f"{prefix}study '{study_name}' in {_short_url(url)}: {_describe_trials(study)}, "
@@ -178,39 +179,24 @@ def run(
                 timeout=budget.seconds,
             )
             if get_backend(space.backend).runs_program:  # after the workers' last trials, said once
-                from deepsc_tune.study import CheckpointKeeper
+                from deepsc_tune.study import CheckpointKeeper, prune_checkpoints
 
-                keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
-                _prune_checkpoints(keeper, echo=True)
+                _echo(prune_checkpoints(CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)))
             summary = _summarise(study, space, budget=budget)
         else:
             if child:
                 watch_parent(parent_pid)
             progress = Progress(metric=space.metric, verbose=verbose, prefix=prefix)
-            _keep_models(finetuner, space, study, folder)
-            summary = run_study(
+            summary = run_search(
                 space,
                 finetuner,
                 study=study,
-                progress=progress,
-                trials_dir=folder.trials,
-                stop=budget.spent,
-            )
-            confirmed = run_confirmation(
-                space,
-                finetuner,
-                study=study,
+                folder=folder,
                 storage=opened,
                 progress=progress,
-                trials_dir=folder.trials,
-            )
-            _prune_checkpoints(getattr(finetuner, "checkpoint_keeper", None), echo=not child)
-            if confirmed is not None and not child:
-                _echo(
-                    f"confirmation (study.confirm top {space.confirm['top']}, seeds "
-                    f"{space.confirm['seeds']}): queued {confirmed.queued}, ran {len(confirmed.ran)} "
-                    f"({len(confirmed.failed)} failed)"
-                )
+                stop=budget.spent,
+                say=lambda line: _echo(line) if not child or line.startswith("note:") else None,
+            ).summary
             if child:
                 return
         _echo(f"study '{study_name}': {summary.finished}/{summary.target} finished trials")
@@ -244,112 +230,6 @@ def _describe_trials(study) -> str:
     if not any(n for n, what in parts[:3]):
         return "new study" + (f", {text}" if text else "")
     return text
-
-
-def _record_chance_levels(study, data, space) -> None:
-    """Store the validation set's chance levels once, so trials that learned nothing get flagged:
-    the built-in fine-tuner's prepared validation cells, or for DeepSC the labels of the
-    ``data_path_eval`` it evaluates on (obs only, the classes it keeps)."""
-    from deepsc_tune.data import CHANCE_ATTR, chance_levels
-
-    if CHANCE_ATTR in study.user_attrs:
-        return
-    if data is not None:
-        levels = chance_levels(data.y_val, data.classes)
-    else:
-        levels = _program_chance(space)
-    if levels is not None:
-        study.set_user_attr(CHANCE_ATTR, levels)
-
-
-def _program_chance(space):
-    """Chance levels of DeepSC's evaluation file, or ``None`` (another program, no such file)."""
-    from deepsc_tune.backends import get_backend
-    from deepsc_tune.backends.command.deepsc import is_deepsc_command
-
-    if not get_backend(space.backend).runs_program or not is_deepsc_command(space.settings.command):
-        return None
-    from deepsc_tune.backends.command.deepsc import deepsc_chance, deepsc_values
-
-    return deepsc_chance(deepsc_values(space.settings, space.fixed))
-
-
-def _record_baseline(study, data, space, cache_dir: Path, *, echo: bool) -> None:
-    """Fit logistic regression once on the study's own training cells (cached), store it in the study:
-    the built-in fine-tuner's prepared data, or the files a DeepSC study's trials read."""
-    from deepsc_tune.backends.command.deepsc import deepsc_inputs
-    from deepsc_tune.data import BASELINE_ATTR, baseline_for, baseline_for_files, record_baseline
-
-    if BASELINE_ATTR in study.user_attrs:
-        return
-    if data is not None:
-        record, cells = baseline_for(data, cache_dir), "the same cells"
-    elif (inputs := deepsc_inputs(space.settings) if space.backend == "command" else None) is not None:
-        record, cells = baseline_for_files(inputs, cache_dir), "DeepSC's data_path / data_path_eval"
-        if record is None and echo:
-            _echo("baseline: none: DeepSC splits its validation cells off data_path itself (no data_path_eval read)")
-    else:
-        return
-    record_baseline(study, record)
-    if echo and record is not None:
-        _echo(
-            f"baseline: logistic regression on {cells}, validation accuracy {record['accuracy']:.4f}, "
-            f"macro-F1 {record['macro_f1']:.4f} (the score to beat)"
-        )
-
-
-def _keep_models(finetuner, space, study, folder) -> None:
-    """Let the built-in fine-tuner keep the best run's weights in the study folder's model/
-    (tuned_model.py); let DeepSC's keep only the chosen configuration's checkpoints
-    (finetune.keep_checkpoints)."""
-    from deepsc_tune.backends import get_backend
-
-    if get_backend(space.backend).runs_program:
-        from deepsc_tune.study import CheckpointKeeper
-
-        finetuner.checkpoint_keeper = CheckpointKeeper(study, folder.trials, space.settings.keep_checkpoints)
-        return
-    if not get_backend(space.backend).in_process:
-        return
-    from optuna.trial import TrialState
-
-    from deepsc_tune.backends.builtin import ModelKeeper
-    from deepsc_tune.study import rehome_model
-
-    moved = rehome_model(folder)
-    if moved is not None:
-        typer.secho(
-            f"note: moved the model of another study from {folder.model} to {moved}, its study's folder",
-            fg=typer.colors.YELLOW,
-            err=True,
-        )
-    completed = {t.number: t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    finetuner.keeper = ModelKeeper(
-        folder.model,
-        study_name=study.study_name,
-        metric=space.metric,
-        data=finetuner.data,
-        data_settings=space.data_settings.to_dict(),
-        completed=completed,
-    )
-
-
-def _prune_checkpoints(keeper, *, echo: bool) -> None:
-    """After the last trial: remove the checkpoints the trials' own pruning could not yet
-    (``keeper``: a :class:`~deepsc_tune.backends.command.deepsc._checkpoints.CheckpointKeeper`, or ``None``)."""
-    if keeper is None:
-        return
-    from deepsc_tune.backends.command.deepsc import disk_usage, format_bytes
-    from deepsc_tune.study import trial_dir
-
-    keeper.prune()
-    trials = keeper.study.get_trials(deepcopy=False)
-    files, size = disk_usage(trial_dir(keeper.trials_dir, t.number) for t in trials)
-    if echo:
-        _echo(
-            f"DeepSC checkpoints kept: {files} files, {format_bytes(size)} "
-            f"(finetune.keep_checkpoints: {keeper.policy}; the others are removed as trials end)"
-        )
 
 
 class _Budget:
@@ -462,11 +342,13 @@ def repeat(
     """
     from deepsc_tune.cli._progress import Progress
     from deepsc_tune.study import (
+        attach_keepers,
         check_same_data,
         command_args,
         enqueue_repeats,
         open_for_repeats,
         plan_repeats,
+        prune_checkpoints,
         recover_dead_repeats,
         run_repeats,
         waiting_repeats,
@@ -490,7 +372,8 @@ def repeat(
         defaults = {k: v for k, v in (("device", device), ("num_threads", threads)) if v is not None}
         finetuner, fingerprint = _make_finetuner(space, results_dir, defaults=defaults)
         check_same_data(study, fingerprint)
-        _keep_models(finetuner, space, study, folder)
+        for line in attach_keepers(finetuner, space, study, folder):
+            _echo(line)
         enqueue_repeats(study, plan)
         for item in plan:
             _echo(f"queued: trial {item.repeat_of} with seed {item.seed}")
@@ -501,7 +384,9 @@ def repeat(
             progress=Progress(metric=space.metric, verbose=verbose),
             trials_dir=folder.trials,
         )
-        _prune_checkpoints(getattr(finetuner, "checkpoint_keeper", None), echo=True)
+        kept = prune_checkpoints(getattr(finetuner, "checkpoint_keeper", None))
+        if kept is not None:
+            _echo(kept)
         _echo(
             f"ran {len(summary.repeats)} repeats ({len(summary.failed)} failed)"
             + (f" and {len(summary.search)} queued search trials" if summary.search else "")

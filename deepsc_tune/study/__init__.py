@@ -1,8 +1,11 @@
 """The Optuna study: create or resume it, run trials, recover from faults, choose the result.
 
-:func:`create_or_load_study` and :func:`run_study` (``_study``) drive the trial function
-(``_objective``: suggest, run a backend, report every epoch, prune) through the one runner
-(``_runner``). A study lives in one folder (``_folder``: :class:`StudyFolder` owns every path under
+:func:`run_search` (``_search``) is ``deepsc-tune run`` as a library call: the search
+(:func:`run_study`; :func:`open_study` creates or resumes a study made from the same space and
+data) to its target, then ``study.confirm``'s repeats; :func:`record_references` stores chance
+and the baseline first. Every runner goes through the one trial loop (``_runner``) and the trial
+function (``_objective``: suggest, run a backend, report every epoch); the study's pruner never
+stops a repeat nor a last epoch (``_pruning``). A study lives in one folder (``_folder``: :class:`StudyFolder` owns every path under
 ``RESULTS_DIR/STUDY/``) with its database (``_storage``, ``_file``, ``_reconnect``, ``_start_lock``).
 Trials of dead, preempted or suspended workers are failed with their reason and re-queued
 (``_recovery``); ``_workers`` runs local worker processes. The trial record's keys and views are
@@ -46,6 +49,13 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "top_trials",
             "trial_seed",
             "waiting_repeats",
+        ],
+        "_search": [
+            "SearchOutcome",
+            "attach_keepers",
+            "prune_checkpoints",
+            "record_references",
+            "run_search",
         ],
         "_selection": [
             "RULES",

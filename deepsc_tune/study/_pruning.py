@@ -3,8 +3,8 @@
 :class:`SparingPruner` wraps the pruner of ``study.pruner`` the way Optuna's own
 :class:`optuna.pruners.PatientPruner` wraps another: it answers ``False`` where the rule says so
 and asks the wrapped pruner otherwise. Every study deepsc-tune opens gets it
-(:func:`~deepsc_tune.study._study.open_study`), so the search, ``repeat`` and ``study.confirm``
-share one rule.
+(:func:`~deepsc_tune.study._study.open_study`), and every runner makes sure of it before its first
+trial (:func:`spare`), so the search, ``repeat`` and ``study.confirm`` share one rule.
 
 - A repeat (``repeat_of``: ``deepsc-tune repeat``, ``study.confirm``) re-runs a known
   configuration with another seed to measure its full curve: stopping it would defeat it.
@@ -48,12 +48,19 @@ class SparingPruner(BasePruner):
         return self.wrapped.prune(study, trial)
 
 
-def sparing_pruner(space: SearchSpace) -> SparingPruner:
-    """``study.pruner`` of ``space``, sparing repeats and last epochs (a trial's ``epoch``
-    setting: fixed, or searched)."""
+def sparing_pruner(space: SearchSpace, wrapped: BasePruner | None = None) -> SparingPruner:
+    """``study.pruner`` of ``space`` (or ``wrapped``), sparing repeats and last epochs (a trial's
+    ``epoch`` setting: fixed, or searched)."""
 
     def last_epoch(trial: FrozenTrial) -> int | None:
         epoch = space.settings_for(trial.params).get("epoch")
         return int(epoch) if isinstance(epoch, (int, float)) else None
 
-    return SparingPruner(space.build_pruner(), last_epoch)
+    return SparingPruner(wrapped if wrapped is not None else space.build_pruner(), last_epoch)
+
+
+def spare(study: optuna.Study, space: SearchSpace) -> None:
+    """Make sure the pruner of ``study`` follows the rule, also for a study its caller loaded
+    with plain ``optuna.load_study`` (every runner calls this before its first trial)."""
+    if not isinstance(study.pruner, SparingPruner):
+        study.pruner = sparing_pruner(space, wrapped=study.pruner)

@@ -33,7 +33,7 @@ from deepsc_tune.config import SearchSpace, build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._pruning import sparing_pruner
+from deepsc_tune.study._pruning import spare, sparing_pruner
 from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._selection import rank_configurations
@@ -246,6 +246,7 @@ def run_repeats(
     keeping ``repeat_of`` and ``repeat_seed``), so running the command again runs it.
     """
     objective = build_objective(space, finetuner, trials_dir=trials_dir, on_epoch=progress.epoch if progress else None)
+    spare(study, space)  # the rule holds for a study loaded elsewhere too
     callbacks = [progress.trial_done] if progress else []
 
     def next_step() -> Step:

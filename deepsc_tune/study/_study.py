@@ -31,7 +31,7 @@ from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._pruning import sparing_pruner
+from deepsc_tune.study._pruning import spare, sparing_pruner
 from deepsc_tune.study._reseed import SHARED_SEED_SAMPLERS, seeded_per_trial
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._space_record import read_record, sqlite_folder, summary_attrs, write_record
@@ -278,6 +278,7 @@ def run_study(
         trials_dir=trials_dir,
         on_epoch=progress.epoch if progress else None,
     )
+    spare(study, space)  # the rule holds for a study loaded elsewhere too
     target = space.n_trials
     failures = [0]
 

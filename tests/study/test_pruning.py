@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from deepsc_tune.config import build_search_space
 from deepsc_tune.study._pruning import SparingPruner, sparing_pruner
+from deepsc_tune.study._repeat import enqueue_repeats, plan_repeats, run_repeats
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import open_study, run_study
 
@@ -62,3 +63,20 @@ def test_every_study_gets_it_and_a_searched_epoch_counts(tmp_path):
     run_study(space, CurveFinetuner(falling=True), study=study)
     states = [t.state for t in study.get_trials()]
     assert TrialState.PRUNED in states  # a falling curve is pruned by the median rule
+
+
+def test_a_study_loaded_with_plain_optuna_gets_the_rule_from_the_runner(tmp_path):
+    """Repeats run on a study its caller loaded with optuna.load_study, with a pruner that stops
+    everything, are still never pruned."""
+    space = make_space(n_trials=4, epoch=4)
+    url = default_storage_url("curve", tmp_path)
+    run_study(
+        space, CurveFinetuner(falling=True), study=open_study(space, storage=open_storage(url), study_name="curve")
+    )
+    plain = optuna.load_study(study_name="curve", storage=open_storage(url))
+    plain.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # prunes every trial at its first epoch
+    enqueue_repeats(plain, plan_repeats(plain.get_trials(), top=2, seeds=1))
+    run_repeats(plain, space, CurveFinetuner(falling=True))
+    assert isinstance(plain.pruner, SparingPruner) and isinstance(plain.pruner.wrapped, optuna.pruners.ThresholdPruner)
+    repeats = [t for t in plain.get_trials() if "repeat_of" in t.user_attrs]
+    assert len(repeats) == 2 and all(t.state == TrialState.COMPLETE for t in repeats)
