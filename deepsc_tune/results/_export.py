@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,6 @@ from deepsc_tune.study import (
     BEST_EPOCH,
     EPOCHS_RUN,
     OLD_ARGV,
-    SETTINGS,
     TEST_ACCURACY,
     TEST_MACRO_F1,
     Selection,
@@ -48,7 +48,9 @@ from deepsc_tune.study import (
     read_record,
     read_trial_file,
     select,
+    study_fixed,
     study_metric,
+    trial_settings,
 )
 
 #: DeepSC's fine-tuning command, as its users type it.
@@ -60,14 +62,17 @@ DEEPSC_KEYS = ("lr_scheduler_type", "learning_rate", "warmup_ratio", "epoch", "b
 FORMATS = ("yaml", "hydra", "json")
 
 
-def deepsc_settings(trial: FrozenTrial, *, backend: str = "builtin") -> tuple[dict[str, Any], list[str]]:
-    """The trial's settings under DeepSC's names, and notes on what does not carry over.
+def deepsc_settings(
+    trial: FrozenTrial, *, backend: str = "builtin", fixed: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The trial's settings under DeepSC's names, and notes on what does not carry over
+    (``fixed``: the search space's fixed settings, :func:`~deepsc_tune.study._space_record.study_fixed`).
 
     The built-in ``cosine`` is warmup + one cosine decay; DeepSC's ``cosine`` is warmup + warm
     restarts (``cosine_restarts`` here), so a built-in result names the shape it used.
     """
     builtin = get_backend(backend).in_process  # the built-in fine-tuner, not DeepSC itself
-    settings = dict(trial.user_attrs.get(SETTINGS) or trial.params)
+    settings = trial_settings(trial, fixed)
     keys = list(trial.params) + [k for k in DEEPSC_KEYS if k in settings and k not in trial.params]
     if builtin:
         keys = [k for k in keys if k in trial.params or k == "epoch"]
@@ -127,7 +132,7 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder |
         program = list(argv[: len(settings.command)])
         args = list(argv[len(settings.command) :])
     else:
-        merged = {**fixed, **(trial.user_attrs.get(SETTINGS) or trial.params)}
+        merged = {**fixed, **trial_settings(trial)}
         warmup = trial.user_attrs.get(DEEPSC_WARMUP)
         if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
             merged["warmup_ratio"] = warmup["deepsc_ratio"]  # what DeepSC was given, not the fraction
@@ -210,7 +215,7 @@ def best_notes(
             + (f" / macro-F1 {f1:.4f}" if f1 is not None else "")
             + " (reported only, never used for selection)"
         )
-    notes += deepsc_settings(trial, backend=backend)[1]
+    notes += deepsc_settings(trial, backend=backend, fixed=study_fixed(study, folder))[1]
     warmup = u.get(DEEPSC_WARMUP)
     if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
         notes.append(
@@ -251,7 +256,8 @@ def format_best(
     """
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
-    settings, _ = deepsc_settings(trial, backend=backend)
+    fixed = study_fixed(study, folder)
+    settings, _ = deepsc_settings(trial, backend=backend, fixed=fixed)
     notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
@@ -265,7 +271,7 @@ def format_best(
                 "deepsc": settings,
                 "deepsc_run": run,
                 "command": deepsc_shell_command(run) if run else None,
-                "settings": u.get(SETTINGS),
+                "settings": trial_settings(trial, fixed),
                 "best_epoch": u.get(BEST_EPOCH),
                 "test_accuracy": u.get(TEST_ACCURACY),
                 "test_macro_f1": u.get(TEST_MACRO_F1),

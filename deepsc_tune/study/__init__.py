@@ -69,7 +69,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "rank_configurations",
             "select",
         ],
-        "_space_record": ["config_value", "read_record"],
+        "_space_record": ["config_value", "read_record", "space_from_study", "study_fixed"],
         "_storage": ["folder_storage_url", "last_study_file", "open_storage", "redact", "storage_of"],
         "_study": ["RunSummary", "load_existing_study", "open_study", "run_study", "sampler_label"],
         "_trial_record": [
@@ -106,6 +106,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "state_counts",
             "study_backend",
             "study_metric",
+            "trial_settings",
         ],
         "_workers": ["parse_gpus", "plan_workers", "run_workers", "watch_parent"],
     },

@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,6 @@ def build_objective(
         seed = trial.user_attrs.get(tr.REPEAT_SEED)
         if seed is not None:
             settings["seed"] = seed
-        trial.set_user_attr(tr.SETTINGS, settings)
         trial.set_user_attr(tr.SEED, settings.get("seed"))
         trial.set_user_attr(tr.WORKER, worker_identity())
         attrs = {tr.SEED: settings.get("seed"), tr.REPEAT_OF: trial.user_attrs.get(tr.REPEAT_OF)}
@@ -125,11 +124,11 @@ def build_objective(
             else:
                 reason = f"{type(e).__name__}: {e}"
             _record_failure(trial, reason, started, history)
-            _write_trial_file(run_dir, history)
+            _write_trial_file(run_dir, history, settings=settings)
             _end_tracking(tracked, "FAIL", None, reason)
             raise
         _record_result(trial, result, metric=metric, started=started)
-        _write_trial_file(run_dir, history, result.extra)
+        _write_trial_file(run_dir, history, result.extra, settings=settings)
         best = result.best()
         value = best.metric(metric) if best is not None else None
         if pruned_at:
@@ -202,12 +201,19 @@ def _compact(value: Any) -> Any:
     return value
 
 
-def _write_trial_file(run_dir: Path | None, history: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+def _write_trial_file(
+    run_dir: Path | None,
+    history: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    *,
+    settings: Mapping[str, Any] | None = None,
+) -> None:
+    """The trial's folder keeps its full settings, every epoch and the backend's details."""
     if run_dir is None:
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"history": history, **_compact(extra or {})}
+        record = {"settings": dict(settings or {}), "history": history, **_compact(extra or {})}
         (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
     except OSError:
         pass  # details only: the study has the metric per epoch and the results

@@ -29,7 +29,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.backends import Finetuner
-from deepsc_tune.config import SearchSpace, build_search_space
+from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
@@ -37,17 +37,16 @@ from deepsc_tune.study._pruning import spare, sparing_pruner
 from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._selection import rank_configurations
-from deepsc_tune.study._space_record import read_record, record_path, sqlite_folder
+from deepsc_tune.study._space_record import space_from_study, sqlite_folder
 from deepsc_tune.study._storage import open_storage, remember, storage_of
 from deepsc_tune.study._study import load_existing_study
 from deepsc_tune.study._trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
-    SEARCH_SPACE_SHA256,
     SEED,
-    SETTINGS,
     is_repeat,
     other_data,
+    trial_settings,
 )
 
 #: States in which a planned repeat counts as done or under way.
@@ -77,7 +76,7 @@ def trial_seed(trial: FrozenTrial) -> int:
     """The seed ``trial`` ran with (recorded ``seed``, else its settings', else the default)."""
     seed = trial.user_attrs.get(SEED)
     if seed is None:
-        seed = (trial.user_attrs.get(SETTINGS) or {}).get("seed", DEFAULT_SEED)
+        seed = trial_settings(trial).get("seed", DEFAULT_SEED)
     return int(seed)
 
 
@@ -141,30 +140,6 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
             user_attrs={REPEAT_OF: item.repeat_of, REPEAT_SEED: item.seed},
             skip_if_exists=False,  # same parameters as the original on purpose
         )
-
-
-def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | None = None) -> SearchSpace:
-    """The search space the study was made from (as stored in it, overrides applied).
-
-    Raises
-    ------
-    DeepscTuneError
-        When the study holds no search space (not made by ``deepsc-tune run``).
-    """
-    record = read_record(study.user_attrs, record_dir)
-    if record is None:
-        sha = study.user_attrs.get(SEARCH_SPACE_SHA256)
-        where = (
-            f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
-            "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
-            if sha and record_dir is not None
-            else ""
-        )
-        raise DeepscTuneError(
-            f"study '{study.study_name}' records no search space{where or ' (user attribute config)'}; "
-            "only studies made by `deepsc-tune run` can be repeated"
-        )
-    return build_search_space(record["config"], text=record.get("text") or "")
 
 
 def open_for_repeats(

@@ -20,7 +20,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
+
+from deepsc_tune.config import SearchSpace, build_search_space
+from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder, as_folder
+from deepsc_tune.study._trial_record import SEARCH_SPACE_SHA256
 from deepsc_tune.utils import write_text
 
 #: Short study attributes a report needs without the configuration.
@@ -100,3 +105,39 @@ def config_value(study_attrs: Mapping[str, Any], key: str) -> Any:
         train = str((config.get("data") or {}).get("train") or "")
         return train.split(":", 1)[1] if train.startswith("builtin:") else (Path(train).stem if train else "-")
     return None
+
+
+def space_from_study(study: optuna.Study, *, record_dir: StudyFolder | Path | None = None) -> SearchSpace:
+    """The search space the study was made from (as stored in it, overrides applied).
+
+    Raises
+    ------
+    DeepscTuneError
+        When the study holds no search space (not made by ``deepsc-tune run``).
+    """
+    record = read_record(study.user_attrs, record_dir)
+    if record is None:
+        sha = study.user_attrs.get(SEARCH_SPACE_SHA256)
+        where = (
+            f"; its search space is kept in {record_path(record_dir, sha)}, not on this machine: "
+            "copy it from the machine that ran the search, or run `deepsc-tune run` once here"
+            if sha and record_dir is not None
+            else ""
+        )
+        raise DeepscTuneError(
+            f"study '{study.study_name}' records no search space{where or ' (user attribute config)'}; "
+            "only studies made by `deepsc-tune run` can be repeated"
+        )
+    return build_search_space(record["config"], text=record.get("text") or "")
+
+
+def study_fixed(study: optuna.Study, record_dir: StudyFolder | Path | None = None) -> dict[str, Any]:
+    """The fixed settings of the search space ``study`` was made from (its record in
+    ``record_dir``); where that record is not on this machine, what the study itself says (its
+    ``epoch``). With a trial's values they make its settings
+    (:func:`~deepsc_tune.study._trial_record.trial_settings`)."""
+    try:
+        return dict(space_from_study(study, record_dir=record_dir).fixed)
+    except DeepscTuneError:
+        epoch = config_value(study.user_attrs, "epoch")
+        return {"epoch": epoch} if epoch is not None else {}

@@ -153,11 +153,26 @@ def metric_value(trial: FrozenTrial) -> float | None:
     return last_reported(trial)
 
 
-def setting(trial: FrozenTrial, key: str, default: Any = None) -> Any:
-    """A searched or fixed setting of ``trial`` (searched value first)."""
-    if key in trial.params:
-        return trial.params[key]
-    return (trial.user_attrs.get(SETTINGS) or {}).get(key, default)
+def trial_settings(trial: FrozenTrial, fixed: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``trial``'s full fine-tuner settings: the search space's ``fixed`` settings, its searched
+    values, and the seed it ran with (a repeat's own).
+
+    The study keeps no copy per trial (``optuna trials`` stays readable; the trial's folder has
+    one, ``trial.json``); studies written before kept them in the ``settings`` attribute, which
+    is read instead of ``fixed``.
+    """
+    old = trial.user_attrs.get(SETTINGS)
+    if isinstance(old, dict):
+        return {**old, **trial.params}
+    out = {**(fixed or {}), **trial.params}
+    if trial.user_attrs.get(SEED) is not None:
+        out["seed"] = trial.user_attrs[SEED]
+    return out
+
+
+def setting(trial: FrozenTrial, key: str, default: Any = None, fixed: Mapping[str, Any] | None = None) -> Any:
+    """A searched or fixed setting of ``trial`` (:func:`trial_settings`)."""
+    return trial_settings(trial, fixed).get(key, default)
 
 
 def epochs_run(trial: FrozenTrial) -> int:

@@ -16,6 +16,7 @@ from deepsc_tune.cli import app
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.study._confirm import run_confirmation
+from deepsc_tune.study._objective import read_trial_file
 from deepsc_tune.study._repeat import top_trials
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import open_study, run_study
@@ -91,7 +92,7 @@ def test_confirm_repeats_the_best_unpruned_and_is_idempotent(tmp_path):
         (n, s) for n in best for s in (8, 9)
     )  # finetune.seed 7 -> seeds 8 and 9
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in reps)  # never pruned
-    assert all(t.user_attrs["settings"]["seed"] == t.user_attrs["repeat_seed"] for t in reps)
+    assert all(t.user_attrs["seed"] == t.user_attrs["repeat_seed"] for t in reps)
     assert count_states(study) == before  # no search trial added
     again = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
     assert again.queued == 0 and again.ran == [] and len(study.get_trials()) == 5 + 4
@@ -191,7 +192,8 @@ def test_run_confirms_on_real_data_and_best_uses_the_mean(tmp_path):
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{db}")
     reps = [t for t in study.get_trials() if "repeat_of" in t.user_attrs]
     assert len(reps) == 2 and all(t.state == TrialState.COMPLETE for t in reps)
-    assert all(t.user_attrs["settings"]["seed"] == 1 for t in reps)  # pbmc68k.yaml: seed 0
+    trials = db.parent / "trials"
+    assert all(read_trial_file(trials, t.number)["settings"]["seed"] == 1 for t in reps)  # pbmc68k.yaml: seed 0
 
     snapshot = _trials_snapshot(db)
     again = runner.invoke(app, [*args, "study.confirm={top: 2, seeds: 1}"])

@@ -14,7 +14,7 @@ from deepsc_tune.backends._interface import EpochMetrics, FinetuneResult
 from deepsc_tune.backends.command._finetuner import CommandFinetuner, CommandSettings
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._objective import build_objective, read_trial_file
 from deepsc_tune.study._pruning import SparingPruner
 from deepsc_tune.study._storage import open_storage
 from deepsc_tune.study._study import open_study, run_study
@@ -81,18 +81,20 @@ def test_metric_choice_is_used():
     assert value == pytest.approx(0.35)
 
 
-def test_user_attrs_and_reason_recorded_on_failure():
+def test_user_attrs_and_reason_recorded_on_failure(tmp_path):
     class Failing(Recorder):
         def run(self, params, **kw):
             raise DeepscTuneError("training diverged: loss is NaN at epoch 2 (learning_rate=0.01)")
 
     study = optuna.create_study(direction="maximize")
-    objective = build_objective(builtin_space(), Failing())
+    objective = build_objective(builtin_space(), Failing(), trials_dir=tmp_path)
     study.optimize(objective, n_trials=1, catch=(Exception,))
     t = study.trials[0]
     assert t.state == TrialState.FAIL
     assert t.user_attrs["fail_reason"].startswith("training diverged")
-    assert t.user_attrs["settings"]["epoch"] == 3
+    # The full settings, failed or not, in the trial's folder (the study keeps its params only).
+    assert read_trial_file(tmp_path, 0)["settings"] == {**builtin_space().fixed, **t.params}
+    assert "settings" not in t.user_attrs
 
 
 def test_no_prune_after_last_epoch():

@@ -12,6 +12,7 @@ from deepsc_tune.cli import app
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.results.report._data import stability_data
+from deepsc_tune.study._objective import read_trial_file
 from deepsc_tune.study._pruning import SparingPruner
 from deepsc_tune.study._repeat import (
     check_same_data,
@@ -19,13 +20,13 @@ from deepsc_tune.study._repeat import (
     open_for_repeats,
     plan_repeats,
     run_repeats,
-    space_from_study,
     top_trials,
     waiting_repeats,
 )
+from deepsc_tune.study._space_record import space_from_study
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import open_study, run_study
-from deepsc_tune.study._trial_record import count_states, search_trials
+from deepsc_tune.study._trial_record import count_states, search_trials, trial_settings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -88,7 +89,8 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
         original = originals[t.user_attrs["repeat_of"]]
         assert t.state == TrialState.COMPLETE
         assert t.params == original.params
-        assert t.user_attrs["settings"]["seed"] == t.user_attrs["repeat_seed"] == t.user_attrs["seed"]
+        assert t.user_attrs["repeat_seed"] == t.user_attrs["seed"] == trial_settings(t)["seed"]
+        assert "settings" not in t.user_attrs  # the full settings live in the trial's folder
         assert len(t.intermediate_values) == 3
     assert count_states(study) == before  # not counted as search trials
     assert len(search_trials(study)) == 5
@@ -202,7 +204,8 @@ def test_cli_repeat_on_real_data(tmp_path):
     assert "ran 2 repeats (0 failed)" in result.output
     study = optuna.load_study(study_name="pbmc68k", storage=f"sqlite:///{tmp_path / 'results/pbmc68k/study.db'}")
     repeats = [t for t in study.get_trials() if "repeat_of" in t.user_attrs]
-    assert [t.user_attrs["settings"]["seed"] for t in repeats] == [1, 2]  # pbmc68k.yaml: seed 0
+    trials = tmp_path / "results" / "pbmc68k" / "trials"
+    assert [read_trial_file(trials, t.number)["settings"]["seed"] for t in repeats] == [1, 2]  # pbmc68k.yaml: seed 0
     assert all(t.state == TrialState.COMPLETE for t in repeats)
     assert len(search_trials(study)) == 3
     again = runner.invoke(app, ["repeat", "pbmc68k", "--top", "1", "--seeds", "2", "--results-dir", results])

@@ -12,6 +12,7 @@ from deepsc_tune.study._objective import epoch_history
 from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import TooManyFailures, open_study, run_study
+from deepsc_tune.study._trial_record import trial_settings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -37,7 +38,7 @@ def test_runs_to_target_and_records_attrs(storage):
     assert "history" not in u  # per-epoch values live in intermediate values, written once each
     assert sorted(t.intermediate_values) == [1, 2, 3, 4]
     assert t.value == pytest.approx(u["best_val_accuracy"])
-    assert u["settings"]["epoch"] == 4
+    assert "settings" not in u and trial_settings(t, space.fixed)["epoch"] == 4
     assert study.user_attrs["search_space_sha256"] == space.sha256
     assert study.user_attrs["data_fingerprint"] == "abc"
     assert study.user_attrs["optuna_version"] == optuna.__version__

@@ -26,6 +26,7 @@ from deepsc_tune.study._trial_record import (
     state_counts,
     study_backend,
     study_metric,
+    trial_settings,
 )
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -140,11 +141,20 @@ def test_study_attributes_with_defaults():
     assert study_backend({}) == "builtin" and study_backend({"backend": "command"}) == "command"
 
 
-def test_setting_prefers_the_searched_value_then_the_recorded_settings():
+def test_setting_is_the_searched_value_then_the_spaces_fixed_one():
+    t = make(curve=(0.5,), seed=3)
+    fixed = {"learning_rate": 9.0, "epoch": 7, "seed": 0}
+    assert setting(t, "learning_rate", fixed=fixed) == 1e-3  # searched
+    assert setting(t, "epoch", fixed=fixed) == 7  # fixed, from the search space
+    assert setting(t, "seed", fixed=fixed) == 3  # the seed it ran with (a repeat's own)
+    assert setting(t, "warmup_ratio", 0.0, fixed=fixed) == 0.0 and setting(t, "epoch") is None
+    assert trial_settings(t, fixed) == {**fixed, **t.params, "seed": 3}
+
+
+def test_a_study_written_before_keeps_its_recorded_settings():
     t = make(curve=(0.5,), settings={"learning_rate": 9.0, "epoch": 7})
     assert setting(t, "learning_rate") == 1e-3  # searched
-    assert setting(t, "epoch") == 7  # fixed, from the record
-    assert setting(t, "warmup_ratio", 0.0) == 0.0 and setting(make(curve=(0.5,)), "epoch") is None
+    assert setting(t, "epoch", fixed={"epoch": 2}) == 7  # the trial's own record wins over the space
 
 
 def test_epochs_run_is_recorded_else_the_epochs_reported():

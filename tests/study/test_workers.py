@@ -147,7 +147,7 @@ def check_study(study: optuna.Study, target: int, epochs: int) -> list[optuna.tr
         if t.state == TrialState.COMPLETE:
             assert u["epochs_run"] == epochs
             assert t.value == pytest.approx(max(t.intermediate_values.values()))
-        assert u["worker"]["pid"] and u["settings"]["learning_rate"] == t.params["learning_rate"]
+        assert u["worker"]["pid"] and "settings" not in u
     for t in trials:
         assert "locked" not in (failure_reason(t) or ""), failure_reason(t)
     return finished

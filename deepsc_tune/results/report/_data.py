@@ -66,9 +66,10 @@ MIN_IMPORTANCE_TRIALS = 10
 _CONTOUR_GRID = 60
 
 
-def epochs_set(trial: FrozenTrial, default: int | None = None) -> int | None:
-    """Epochs the trial was set to run (its ``epoch`` setting)."""
-    n = setting(trial, "epoch", default)
+def epochs_set(trial: FrozenTrial, default: int | None = None, *, fixed: Mapping[str, Any] | None = None) -> int | None:
+    """Epochs the trial was set to run (its ``epoch`` setting; ``fixed``: the search space's fixed
+    settings, ``default``: the study's ``epoch`` where those are not known)."""
+    n = setting(trial, "epoch", default, fixed=fixed)
     return None if n is None else int(n)
 
 
@@ -160,6 +161,7 @@ def frontier_data(
     metric: str | None = None,
     chance: Mapping[str, Any] | None = None,
     baseline: Mapping[str, Any] | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> Frontier:
     """Learning rate against metric value for finished search trials, grouped by scheduler type.
 
@@ -167,17 +169,18 @@ def frontier_data(
     repeats), PRUNED ones at their last intermediate value with the epoch reached; trials with no
     learning rate or no value are left out. The usage guide's configs (``enqueued``) get a
     ``label`` such as ``guide: cosine 1e-4 warmup 0.03``. ``chance`` (the study's ``val_chance``)
-    and ``baseline`` (its ``baseline``) give the reference levels of ``metric``.
+    and ``baseline`` (its ``baseline``) give the reference levels of ``metric``; ``fixed``: the
+    search space's fixed settings (a fixed learning rate or scheduler).
     """
     points: dict[str, list[FrontierPoint]] = {}
     configs = {c.number: c for c in configurations(trials)}
     for t in search_only(trials):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
-        lr, value = setting(t, "learning_rate"), metric_value(t)
+        lr, value = setting(t, "learning_rate", fixed=fixed), metric_value(t)
         if lr is None or value is None:
             continue
-        scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER))
+        scheduler = str(setting(t, "lr_scheduler_type", NO_SCHEDULER, fixed=fixed))
         label = f"guide: {config_label(t.params)}" if t.user_attrs.get(ENQUEUED) else None
         c = configs.get(t.number)
         seeds, sd = (c.n, c.sd) if c is not None and c.n > 1 else (1, None)
@@ -231,8 +234,9 @@ class Curve(NamedTuple):
     is_best: bool
 
 
-def learning_curves(trials: Sequence[FrozenTrial]) -> list[Curve]:
-    """Intermediate values of every search trial that reported any (running ones included)."""
+def learning_curves(trials: Sequence[FrozenTrial], *, fixed: Mapping[str, Any] | None = None) -> list[Curve]:
+    """Intermediate values of every search trial that reported any (running ones included;
+    ``fixed``: the search space's fixed settings)."""
     best = best_trial(trials)
     curves = []
     for t in search_only(trials):
@@ -243,7 +247,7 @@ def learning_curves(trials: Sequence[FrozenTrial]) -> list[Curve]:
             Curve(
                 number=t.number,
                 state=t.state.name,
-                scheduler=str(setting(t, "lr_scheduler_type", NO_SCHEDULER)),
+                scheduler=str(setting(t, "lr_scheduler_type", NO_SCHEDULER, fixed=fixed)),
                 epochs=epochs,
                 values=tuple(float(t.intermediate_values[e]) for e in epochs),
                 is_best=best is not None and t.number == best.number,
@@ -472,7 +476,9 @@ class ContourData(NamedTuple):
     note: str | None
 
 
-def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") -> ContourData:
+def contour_data(
+    trials: Sequence[FrozenTrial], *, scheduler: str = "cosine", fixed: Mapping[str, Any] | None = None
+) -> ContourData:
     """Points for the learning_rate x warmup_ratio contour of ``scheduler`` trials.
 
     COMPLETE search trials that searched both parameters; one line instead of a contour when
@@ -483,7 +489,7 @@ def contour_data(trials: Sequence[FrozenTrial], *, scheduler: str = "cosine") ->
         for t in search_only(trials)
         if t.state == TrialState.COMPLETE
         and t.value is not None
-        and setting(t, "lr_scheduler_type") == scheduler
+        and setting(t, "lr_scheduler_type", fixed=fixed) == scheduler
         and "learning_rate" in t.params
         and "warmup_ratio" in t.params
     ]

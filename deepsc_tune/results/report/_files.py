@@ -15,7 +15,7 @@ trials, and it never changes the study. The report is made in layers, as Optuna'
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,8 +77,9 @@ CSV_COLUMNS = (
 )
 
 
-def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
-    """One flat dict per trial for ``trials.csv``: number, state, each parameter, metrics, tags."""
+def trial_rows(trials: Sequence[FrozenTrial], fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One flat dict per trial for ``trials.csv``: number, state, each parameter, metrics, tags
+    (``fixed``: the search space's fixed settings, for each trial's epochs)."""
     names = sorted({name for t in trials for name in t.params})
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
@@ -96,7 +97,7 @@ def trial_rows(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
                 "test_accuracy": u.get(TEST_ACCURACY),
                 "test_macro_f1": u.get(TEST_MACRO_F1),
                 "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
-                "epochs_set": epochs_set(t),
+                "epochs_set": epochs_set(t, fixed=fixed),
                 "duration_s": u.get(DURATION_S),
                 "seed": u.get(SEED),
                 "fail_reason": (failure_reason(t) or "").strip() or None,
@@ -129,9 +130,9 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def write_trials_csv(trials: Sequence[FrozenTrial], path: Path) -> Path:
+def write_trials_csv(trials: Sequence[FrozenTrial], path: Path, fixed: Mapping[str, Any] | None = None) -> Path:
     """``trials.csv``: one row per trial (see :data:`CSV_COLUMNS`)."""
-    rows = trial_rows(trials)
+    rows = trial_rows(trials, fixed)
     params = sorted({name for t in trials for name in t.params})
     columns = ["number", "state", *params, *CSV_COLUMNS]
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
@@ -168,7 +169,7 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
         head, end, tail = page.rpartition("</body>")
         page = head + section + end + tail
     _write_atomic(html_path, page)
-    csv_path = write_trials_csv(data.trials, folder / TRIALS_CSV)
+    csv_path = write_trials_csv(data.trials, folder / TRIALS_CSV, data.fixed)
     best_path: Path | None = folder / BEST_YAML
     if data.summary.yaml_block:
         _write_atomic(best_path, data.summary.yaml_block + "\n")

@@ -50,6 +50,7 @@ from deepsc_tune.study import (
     format_reported,
     select,
     state_counts,
+    study_fixed,
     study_metric,
 )
 
@@ -177,6 +178,7 @@ class ReportData(NamedTuple):
     description: str
     dataset: str
     notes: list[str]  # what the page cannot show yet, and why (also printed by the CLI)
+    fixed: dict[str, Any] = {}  # the search space's fixed settings (a trial's others are its params)
 
 
 def dataset_name(study_user_attrs: Mapping[str, Any]) -> str:
@@ -194,9 +196,10 @@ def build_report_data(
     """Read the study once and compute the data of every section (``record_dir``: the study's
     folder, as in :func:`summary_data`)."""
     trials = list(study.get_trials(deepcopy=False))
+    fixed = study_fixed(study, record_dir)
     summary = summary_data(study, trials, backend=backend, record_dir=record_dir)
     importances = param_importances(trials)
-    contour = contour_data(trials)
+    contour = contour_data(trials, fixed=fixed)
     notes = []
     if summary.finished == 0:
         running = summary.counts["RUNNING"]
@@ -220,8 +223,9 @@ def build_report_data(
             metric=summary.metric,
             chance=study.user_attrs.get(CHANCE_ATTR),
             baseline=study.user_attrs.get(BASELINE_ATTR),
+            fixed=fixed,
         ),
-        curves=learning_curves(trials),
+        curves=learning_curves(trials, fixed=fixed),
         history=optimization_history(trials),
         importances=importances,
         contour=contour,
@@ -230,6 +234,7 @@ def build_report_data(
         description=str(config_value(study.user_attrs, "description") or ""),
         dataset=dataset_name(study.user_attrs),
         notes=notes,
+        fixed=fixed,
     )
 
 
@@ -274,10 +279,10 @@ def index_row(data: ReportData, *, report: str) -> IndexRow:
         dataset=data.dataset,
         report=report,
         trials=len(search_only(data.trials)),
-        scheduler=setting(best, "lr_scheduler_type") if best else None,
-        learning_rate=setting(best, "learning_rate") if best else None,
-        warmup_ratio=setting(best, "warmup_ratio")
-        if best and setting(best, "lr_scheduler_type") != "constant"
+        scheduler=setting(best, "lr_scheduler_type", fixed=data.fixed) if best else None,
+        learning_rate=setting(best, "learning_rate", fixed=data.fixed) if best else None,
+        warmup_ratio=setting(best, "warmup_ratio", fixed=data.fixed)
+        if best and setting(best, "lr_scheduler_type", fixed=data.fixed) != "constant"
         else None,
         epochs=s.epochs_set,
         best_epoch=s.best_epoch,

@@ -125,7 +125,7 @@ def test_pruned_points_carry_the_epoch_they_reached(real_study):
     pruned = [p for ps in frontier_data(list(trials.values())).points.values() for p in ps if p.state == "PRUNED"]
     for p in pruned:
         assert p.epochs == len(trials[p.number].intermediate_values)
-        assert p.epochs < epochs_set(trials[p.number])
+        assert p.epochs < epochs_set(trials[p.number], real_study.user_attrs["epoch"])
 
 
 def test_guide_configs_are_labelled(real_study, synthetic):
@@ -225,7 +225,7 @@ def test_epochs_saved_uses_the_default_when_a_trial_recorded_no_settings():
 
 def test_epochs_saved_on_real_study(real_study):
     trials = real_study.get_trials()
-    budget = epoch_budget(trials)
+    budget = epoch_budget(trials, default_epochs=real_study.user_attrs["epoch"])
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert budget.saved == sum(REAL_EPOCHS - len(t.intermediate_values) for t in pruned) > 0
     assert budget.trained == sum(len(t.intermediate_values) for t in trials)
