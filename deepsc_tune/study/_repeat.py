@@ -20,7 +20,6 @@ run it again afterwards to complete what was pruned.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,13 +32,13 @@ from deepsc_tune.config import SearchSpace
 from deepsc_tune.errors import ConfigError, DeepscTuneError
 from deepsc_tune.study._folder import StudyFolder
 from deepsc_tune.study._objective import build_objective
-from deepsc_tune.study._pruning import spare, sparing_pruner
+from deepsc_tune.study._pruning import spare
 from deepsc_tune.study._recovery import fail_stale_trials, recover_orphaned_trials, requeue_lost_retries
 from deepsc_tune.study._runner import Step, Watcher, run_trials
 from deepsc_tune.study._selection import rank_configurations
 from deepsc_tune.study._space_record import space_from_study, sqlite_folder
-from deepsc_tune.study._storage import open_storage, remember, storage_of
-from deepsc_tune.study._study import load_existing_study
+from deepsc_tune.study._storage import open_storage, storage_of
+from deepsc_tune.study._study import load_existing_study, open_study
 from deepsc_tune.study._trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
@@ -145,27 +144,19 @@ def enqueue_repeats(study: optuna.Study, plan: Sequence[RepeatPlan]) -> None:
 def open_for_repeats(
     *, storage: str, study_name: str, record_dir: StudyFolder | Path | None = None
 ) -> tuple[optuna.Study, SearchSpace]:
-    """Open the study for writing: heartbeats on, its sampler and pruner (which never stops a
-    repeat: :mod:`deepsc_tune.study._pruning`).
+    """Open the existing study for writing, as ``run`` opens it (:func:`open_study`: heartbeats
+    on, its sampler and its pruner, which never stops a repeat), with the search space it was
+    made from.
 
     Raises
     ------
     DeepscTuneError
         When the study does not exist or holds no search space.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = open_storage(storage)
-        space = space_from_study(
-            load_existing_study(storage=rdb, study_name=study_name), record_dir=record_dir or sqlite_folder(storage)
-        )
-        study = optuna.load_study(
-            study_name=study_name,
-            storage=rdb,
-            sampler=space.build_sampler(),
-            pruner=sparing_pruner(space),
-        )
-    return remember(study, rdb), space
+    rdb = open_storage(storage)
+    record_dir = record_dir or sqlite_folder(storage)
+    space = space_from_study(load_existing_study(storage=rdb, study_name=study_name), record_dir=record_dir)
+    return open_study(space, storage=rdb, study_name=study_name, record_dir=record_dir), space
 
 
 def recover_dead_repeats(study: optuna.Study) -> list[int]:

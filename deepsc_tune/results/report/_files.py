@@ -48,6 +48,7 @@ from deepsc_tune.study import (
     epochs_run,
     failure_reason,
     find_databases,
+    load_existing_study,
     metric_value,
     study_backend,
 )
@@ -218,7 +219,7 @@ def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:
                 out = db.parent if len(names) == 1 else db.parent / name
             elif folder.note:
                 notes.append(folder.note)
-            study = optuna.load_study(study_name=name, storage=storage)
+            study = load_existing_study(storage=storage, study_name=name)
             files = write_report(study, folder=out, backend=study_backend(study.user_attrs), top=top, record_dir=folder)
             reports.append(files)
             report = files.html.relative_to(results_dir).as_posix()
