@@ -1,6 +1,6 @@
 """The small interface every fine-tuner backend implements.
 
-The objective (``objective.py``) is the only caller. A backend runs one fine-tune with a dict of
+The objective (``study/_objective.py``) is the only caller. A backend runs one fine-tune with a dict of
 settings (DeepSC's names: ``learning_rate``, ``lr_scheduler_type``, ``warmup_ratio``, ``epoch``...),
 calls ``on_epoch`` after every epoch with that epoch's validation metrics, stops early when the
 callback returns ``True``, and returns a :class:`FinetuneResult`.

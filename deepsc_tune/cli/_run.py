@@ -206,7 +206,7 @@ def run(
         _echo(f"next: deepsc-tune report {command_args(name, study_name, space.name)}   (HTML report in {folder.path})")
 
 
-#: The one line after Ctrl-C, SIGTERM or a closed stdout, after "interrupted: " (cli_common.py).
+#: The one line after Ctrl-C, SIGTERM or a closed stdout, after "interrupted: " (cli/_common.py).
 INTERRUPTED = (
     "the running trial (if any) is recorded as FAIL (interrupted) and its settings re-queued; "
     "run the same command to resume."
@@ -253,7 +253,7 @@ def _time_budget(option: float | None, configured: float | None) -> _Budget:
 
 
 def _run_workers(plans, *, name, overrides, results_dir, url, study_name, device, verbose, timeout=None) -> None:
-    """Start the worker processes of `run --workers/--gpus` and wait for them (see workers.py)."""
+    """Start the worker processes of `run --workers/--gpus` and wait for them (see study/_workers.py)."""
     from deepsc_tune.study import run_workers
 
     # The URL travels in the environment, so a database password never shows in `ps`.

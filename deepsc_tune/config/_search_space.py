@@ -93,12 +93,12 @@ class SearchSpace:
     sampler_config: dict[str, Any]
     pruner_config: dict[str, Any]
     source: str | None = None
-    #: Lines to show the user (DeepSC's output folder, a clipped range); see deepsc.py.
+    #: Lines to show the user (DeepSC's output folder, a clipped range); see backends/command/deepsc/_space.py.
     notes: list[str] = field(default_factory=list)
     #: ``{"top": K, "seeds": N}`` from ``study.confirm``, or ``None`` (no confirmation).
     confirm: dict[str, int] | None = None
     timeout: float | None = None
-    #: ``{tracker: {key: value}}`` from ``study.tracking`` (tracking.py), or ``None``.
+    #: ``{tracker: {key: value}}`` from ``study.tracking`` (config/_tracking.py), or ``None``.
     tracking: dict[str, dict[str, Any]] | None = None
     #: The ``data:`` block, typed (``None`` for a file built without one, e.g. in a test).
     data_settings: DataSettings | None = None
@@ -400,7 +400,7 @@ def build_search_space(
     finetune = parsed.get("finetune")
     check_space = BACKENDS[backend].check_space if backend in BACKENDS else None
     if check_space is not None and finetune is not None:
-        # What the backend's program would refuse (DeepSC's checks, deepsc.py). A range whose
+        # What the backend's program would refuse (DeepSC's checks, backends/command/deepsc/_space.py). A range whose
         # low end it would refuse is clipped (the study samples from ``params``; the hash is of
         # the file, so resuming a study is unaffected); the problems are reported on request.
         study = parsed.get("study")

@@ -50,7 +50,7 @@ DEFAULT_STUDY = {
     # Off by default: see docs/benchmark.md ("Confirmation") for the evidence.
     "confirm": None,
     "timeout": None,  # seconds for one `deepsc-tune run`; it stops between trials
-    "tracking": None,  # {mlflow: {...}} and/or {wandb: {...}}: one run per trial (tracking.py)
+    "tracking": None,  # {mlflow: {...}} and/or {wandb: {...}}: one run per trial (config/_tracking.py)
 }
 #: Keys of the ``study`` block.
 STUDY_KEYS = tuple(DEFAULT_STUDY)

@@ -102,8 +102,8 @@ def deepsc_settings(
 def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder | Path | None = None) -> dict[str, Any]:
     """How to run a ``command``-backend trial again: program, checkout, environment, overrides.
 
-    ``folder`` is the study's folder (``RESULTS_DIR/STUDY``, study_folder.py): it holds the search space
-    (``space_record.py``) and each trial's ``trials/NNNNN/trial.json``. The overrides are the
+    ``folder`` is the study's folder (``RESULTS_DIR/STUDY``, study/_folder.py): it holds the search space
+    (``study/_space_record.py``) and each trial's ``trials/NNNNN/trial.json``. The overrides are the
     trial's own command line (``argv`` in that file, relative paths already resolved) less the
     run-folder override (``hydra.run.dir``), so that the re-run writes where DeepSC writes by
     default; at abcf2be, whose config hard-codes ``hydra.run.dir`` under its authors' home, the

@@ -4,9 +4,9 @@
 another, so two studies of one search space never write into each other's folder::
 
     RESULTS_DIR/STUDY/study.db                  the Optuna study (unless --storage names a database)
-    RESULTS_DIR/STUDY/search_space-<sha12>.json the search space it was made from (space_record.py)
+    RESULTS_DIR/STUDY/search_space-<sha12>.json the search space it was made from (study/_space_record.py)
     RESULTS_DIR/STUDY/trials/NNNNN/             each trial's run folder and trial.json
-    RESULTS_DIR/STUDY/model/                    the best run's weights (tuned_model.py)
+    RESULTS_DIR/STUDY/model/                    the best run's weights (backends/builtin/_tuned_model.py)
     RESULTS_DIR/STUDY/report.html, trials.csv, best.yaml
     RESULTS_DIR/STUDY/lr_find.html, lr_find.json
     RESULTS_DIR/STUDY/split/, finetune/         `deepsc-tune split` and `finetune`

@@ -156,7 +156,7 @@ def open_storage(url: str, *, heartbeat: bool = True, label: str | None = "--sto
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             if "mode=ro" in url:  # read-only media: nothing to wait for
                 storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
-            else:  # a lost connection, a busy SQLite file: retried for a while (reconnect.py)
+            else:  # a lost connection, a busy SQLite file: retried for a while (study/_reconnect.py)
                 storage = ReconnectingStorage(url, where=redact(url), engine_kwargs=engine_kwargs, **kwargs)
         if url.startswith("sqlite") and "mode=ro" not in url:
             _use_wal(storage)

@@ -165,7 +165,7 @@ def _describe_new_study(study: optuna.Study, space: SearchSpace, data_fingerprin
     attrs = {
         SEARCH_SPACE_NAME: space.name,
         SEARCH_SPACE_PATH: str(space.path) if space.path else None,
-        # The text and configuration go beside the study (space_record.py): attributes stay short.
+        # The text and configuration go beside the study (study/_space_record.py): attributes stay short.
         SEARCH_SPACE_SHA256: space.sha256,
         **summary_attrs(space),
         METRIC: space.metric,

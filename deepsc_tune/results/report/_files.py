@@ -187,7 +187,7 @@ class IndexFiles(NamedTuple):
     rows: list[IndexRow]
     reports: list[ReportFiles]
     errors: list[tuple[str, str]]  # (study, reason) for studies that could not be read
-    notes: tuple[str, ...] = ()  # one line per study found in a folder from before (study_folder.py)
+    notes: tuple[str, ...] = ()  # one line per study found in a folder from before (study/_folder.py)
 
 
 def write_index(results_dir: Path, *, top: int = TOP_CONFIGS) -> IndexFiles:

@@ -15,7 +15,7 @@ What DeepSC 2416d85 does with an ``.h5ad`` (``deepsc/data/dataset.py``,
 
 So the files written here hold ``log1p`` of counts per 10,000 (scanpy's
 ``normalize_total(target_sum=1e4)`` then ``log1p``) computed from raw counts; data that are
-already log-normalised are kept as they are. The decision is data.py's own (the one the
+already log-normalised are kept as they are. The decision is data/_prepare.py's own (the one the
 built-in fine-tuner uses, ``data.normalize``); it is stated in the notes. All genes are kept
 (no highly variable genes: DeepSC maps genes through its own vocabulary), as a sparse matrix,
 with ``var[gene_col]``, and the label column under DeepSC's ``obs_celltype_col`` name. The
@@ -193,7 +193,7 @@ def write_deepsc_split(
         raise DataError(f"--write-gene-map: a gene map is given already ({gene_map}); expected one or the other")
     names = read_gene_map(gene_map) if gene_map is not None else None
     settings = with_hint(settings, hint)
-    # data.py's own reading, splitting and normalisation, so both backends see the same cells
+    # data/_prepare.py's own reading, splitting and normalisation, so both backends see the same cells
     # on the same scale.
     train_inp, test_inp = resolve_inputs(settings)
     train_ad = read_input(train_inp)
