@@ -104,6 +104,7 @@ class ChildRun:
         self.base: dict[str, int] = {}
         self.warnings: list[str] = []
         self.log_lock = threading.Lock()
+        self._log_mid_line = False  # the child's last chunk in the log ended inside a line
         self.proc: subprocess.Popen[bytes] | None = None
         self.start = time.monotonic()
         self.last_report = self.start
@@ -249,6 +250,7 @@ class ChildRun:
                     if not self.log.closed:
                         self.log.write(chunk)
                         self.log.flush()
+                        self._log_mid_line = not chunk.endswith((b"\n", b"\r"))
                 # Progress bars (tqdm) redraw with \r: treat each redraw as a line of its own.
                 parts = re.split(r"\r\n|\r|\n", pending + decoder.decode(chunk))
                 pending = parts.pop()
@@ -312,11 +314,15 @@ class ChildRun:
                 self.events.put(m)
 
     def _note(self, text: str) -> None:
-        """A line of our own in the log, marked so it is not mistaken for the child's."""
+        """A line of our own in the log, marked so it is not mistaken for the child's, on a line of
+        its own: a note written while the child is half-way through a line starts a new one, so
+        the child's line stays whole (the rest of it follows on the next line)."""
         with self.log_lock:
             if not self.log.closed:
-                self.log.write(f"[deepsc-tune] {text}\n".encode())
+                start = b"\n" if self._log_mid_line else b""
+                self.log.write(start + f"[deepsc-tune] {text}\n".encode())
                 self.log.flush()
+                self._log_mid_line = False
 
     # -- stopping
 

@@ -627,3 +627,23 @@ def test_cosine_without_warmup_fails_like_deepsc(run_dir):
     finetuner, fixed = make(epoch=1)
     with pytest.raises(FinetuneError, match=r"exit status 1: ValueError: Expected positive integer T_0, but got 0"):
         finetuner.run({**fixed, "lr_scheduler_type": "cosine", "warmup_ratio": 0.0}, run_dir=run_dir)
+
+
+def test_a_note_never_splits_the_childs_line_in_the_log(tmp_path, run_dir):
+    """deepsc-tune's own notes go on lines of their own, also when the child is half-way through
+    a line (seen with DeepSC: its output-folder line and the start of the warmup line in one
+    read, the note written after it, then the rest of the line)."""
+    out = tmp_path / "outputs"
+    child = tmp_path / "child.py"
+    child.write_text(
+        "import sys, time\n"
+        f"sys.stdout.write('Output directory created: {out}\\n  - Warmup steps: 2')\n"
+        "sys.stdout.flush(); time.sleep(0.5)\n"
+        "print(); print('Epoch 1 [Finetune Cell Type Annotation]')\n"
+        "print('Evaluation Loss: 0.5, Error Rate: 0.4, Accuracy: 0.6000, Precision: 0.5, Recall: 0.5, Macro F1: 0.5000')\n"
+    )
+    settings, fixed = CommandSettings.from_dict({"backend": "command", "command": [sys.executable, str(child)]})
+    CommandFinetuner(settings).run({**fixed, "epoch": 1}, run_dir=run_dir)
+    lines = (run_dir / "log.txt").read_text().splitlines()
+    assert "  - Warmup steps: 2" in lines, lines
+    assert any(line.startswith("[deepsc-tune] DeepSC writes this run's checkpoints") for line in lines), lines
