@@ -10,17 +10,8 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from deepsc_tune.results.report._data import (
-    LAST_EPOCHS,
-    ContourData,
-    Curve,
-    Frontier,
-    HistoryPoint,
-    Importances,
-    StabilityRow,
-    config_label,
-    contour_grid,
-)
+from deepsc_tune.results.report._data import LAST_EPOCHS, Curve, Frontier, HistoryPoint, StabilityRow, config_label
+from deepsc_tune.results.report._parameters import ContourData, Importances, contour_grid
 
 if TYPE_CHECKING:  # the figures see plot data only; a trial list is accepted and unused
     from optuna.trial import FrozenTrial
@@ -285,8 +276,8 @@ def plot_importances(importances: Importances):
 
 def plot_contour(contour: ContourData, *, trials: Sequence[FrozenTrial] = (), metric: str = "val_accuracy"):
     """The cosine trials on learning_rate x warmup_ratio, coloured by value; shaded only inside
-    the region they span (:func:`~deepsc_tune.results.report._data.contour_data` gives no contour below
-    :data:`~deepsc_tune.results.report._data.MIN_CONTOUR_SHADING` trials)."""
+    the region they span (:func:`~deepsc_tune.results.report._parameters.contour_data` gives no contour below
+    :data:`~deepsc_tune.results.report._parameters.MIN_CONTOUR_SHADING` trials)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()

@@ -21,25 +21,22 @@ from deepsc_tune.data import BASELINE_ATTR, CHANCE_ATTR
 from deepsc_tune.results._export import format_best, reference_notes
 from deepsc_tune.results.report._data import (
     TOP_CONFIGS,
-    ContourData,
     Curve,
     EpochBudget,
     Frontier,
     HistoryPoint,
-    Importances,
     StabilityRow,
-    contour_data,
     epoch_budget,
     epochs_set,
     frontier_data,
     is_repeat,
     learning_curves,
     optimization_history,
-    param_importances,
     search_only,
     setting,
     stability_data,
 )
+from deepsc_tune.results.report._parameters import ContourData, Importances, contour_data, param_importances
 from deepsc_tune.study import (
     RETRY_OF,
     SEARCH_SPACE_NAME,

@@ -34,8 +34,8 @@ from paths import REPO
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
-from deepsc_tune.results.report._data import MIN_CONTOUR_SHADING
 from deepsc_tune.results.report._files import build_report_data
+from deepsc_tune.results.report._parameters import MIN_CONTOUR_SHADING
 
 pytestmark = pytest.mark.browser
 

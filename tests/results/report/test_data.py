@@ -13,11 +13,8 @@ from optuna.trial import TrialState, create_trial
 from report_studies import REAL_EPOCHS, add, const, cos
 
 from deepsc_tune.results.report._data import (
-    MIN_CONTOUR_SHADING,
-    MIN_IMPORTANCE_TRIALS,
     FrontierPoint,
     config_label,
-    contour_data,
     epoch_budget,
     epochs_set,
     format_number,
@@ -26,8 +23,13 @@ from deepsc_tune.results.report._data import (
     learning_curves,
     metric_value,
     optimization_history,
-    param_importances,
     stability_data,
+)
+from deepsc_tune.results.report._parameters import (
+    MIN_CONTOUR_SHADING,
+    MIN_IMPORTANCE_TRIALS,
+    contour_data,
+    param_importances,
 )
 from deepsc_tune.study._selection import best_search_trial, select
 from deepsc_tune.study._trial_record import search_trials

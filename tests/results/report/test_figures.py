@@ -9,8 +9,9 @@ import numpy as np
 import optuna
 import pytest
 
-from deepsc_tune.results.report._data import MIN_CONTOUR_SHADING, ContourData, contour_grid, frontier_data
+from deepsc_tune.results.report._data import frontier_data
 from deepsc_tune.results.report._figures import plot_contour, plot_frontier
+from deepsc_tune.results.report._parameters import MIN_CONTOUR_SHADING, ContourData, contour_grid
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
