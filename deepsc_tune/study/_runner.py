@@ -219,10 +219,7 @@ class FullDiskStop:
     """
 
     def __init__(self, study: Any) -> None:
-
-        from deepsc_tune.study._storage import storage_of
-
-        storage = storage_of(study) or getattr(study, "_storage", None)
+        storage = storage_of(study)  # the study file is named when deepsc-tune opened the study
         self.study = study
         self.db = sqlite_file(storage.url) if isinstance(storage, RDBStorage) else None
         self.number: int | None = None
