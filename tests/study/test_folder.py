@@ -241,13 +241,27 @@ def two_studies(tmp_path_factory):
     results = tmp / "results"
     outputs, untouched = {}, {}
     outputs[A] = every_command(results, A, tmp, first=True)
-    before = tree_digest(results / A)
+    before = settled_digest(results / A)
     outputs[B] = every_command(results, B, tmp, first=True)
-    untouched[A] = (before, tree_digest(results / A))
-    before = tree_digest(results / B)
+    untouched[A] = (before, settled_digest(results / A))
+    before = settled_digest(results / B)
     outputs[A] = every_command(results, A, tmp, first=False)
-    untouched[B] = (before, tree_digest(results / B))
+    untouched[B] = (before, settled_digest(results / B))
     return results, tmp, outputs, untouched
+
+
+def settled_digest(folder: Path) -> dict[str, str]:
+    """The folder's digest once the commands run before have let go of their databases.
+
+    The commands run in this process (CliRunner); a study's SQLite connections live until the
+    garbage collector frees its storage, and the last one to close folds the write-ahead log
+    into study.db (its bytes change, -wal and -shm go), which a separate process does as it
+    exits. Collecting first makes that happen before the digest, not at a random later moment
+    during the other study's commands."""
+    import gc
+
+    gc.collect()
+    return tree_digest(folder)
 
 
 @pytest.mark.slow  # every command on two studies, about a minute
