@@ -189,11 +189,13 @@ def best_notes(
     backend: str = "builtin",
     selection: Selection | None = None,
     folder: Path | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """What to know about the exported trial (printed to standard error, or as YAML comments).
 
     ``folder``: the study's results folder; for a DeepSC study the best epoch's checkpoint there
-    (the tuned DeepSC model) is named.
+    (the tuned DeepSC model) is named. ``fixed``: the search space's fixed settings, when the
+    caller has read them already (default: :func:`~deepsc_tune.study._space_record.study_fixed`).
 
     ``selection`` (default: :func:`deepsc_tune.study._selection.select` over the study's trials) adds
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
@@ -215,7 +217,8 @@ def best_notes(
             + (f" / macro-F1 {f1:.4f}" if f1 is not None else "")
             + " (reported only, never used for selection)"
         )
-    notes += deepsc_settings(trial, backend=backend, fixed=study_fixed(study, folder))[1]
+    fixed = study_fixed(study, folder) if fixed is None else fixed
+    notes += deepsc_settings(trial, backend=backend, fixed=fixed)[1]
     warmup = u.get(DEEPSC_WARMUP)
     if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
         notes.append(
@@ -247,8 +250,10 @@ def format_best(
     backend: str = "builtin",
     selection: Selection | None = None,
     folder: StudyFolder | Path | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> str:
-    """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``.
+    """Render the chosen trial as ``yaml``, ``hydra`` (one shell command) or ``json``
+    (``fixed`` as in :func:`best_notes`).
 
     ``hydra`` holds the command only (the notes are :func:`best_notes`); ``yaml`` starts with
     the notes as comments; ``json`` has them under ``notes``. ``selection`` as in
@@ -256,9 +261,9 @@ def format_best(
     """
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
-    fixed = study_fixed(study, folder)
+    fixed = study_fixed(study, folder) if fixed is None else fixed
     settings, _ = deepsc_settings(trial, backend=backend, fixed=fixed)
-    notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder)
+    notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder, fixed=fixed)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
     u = trial.user_attrs
     if fmt == "json":

@@ -108,11 +108,13 @@ def summary_data(
     *,
     backend: str = "builtin",
     record_dir: StudyFolder | Path | None = None,
+    fixed: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Best configuration and its metrics, trial counts, failures with reasons, epochs spent.
 
     ``record_dir``: the study's folder (a DeepSC study's export reads its search space and
-    trial records there)."""
+    trial records there); ``fixed``: the search space's fixed settings, if read already."""
+    fixed = study_fixed(study, record_dir) if fixed is None else fixed
     search = search_only(trials)
     retries = {int(t.user_attrs[RETRY_OF]): t.number for t in trials if RETRY_OF in t.user_attrs}
     failed = [
@@ -151,9 +153,11 @@ def summary_data(
     summary.test_accuracy = u.get("test_accuracy")
     summary.test_macro_f1 = u.get("test_macro_f1")
     summary.override_line = _strip_comments(
-        format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir)
+        format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir, fixed=fixed)
     )
-    summary.yaml_block = format_best(study, best, fmt="yaml", backend=backend, selection=selection, folder=record_dir)
+    summary.yaml_block = format_best(
+        study, best, fmt="yaml", backend=backend, selection=selection, folder=record_dir, fixed=fixed
+    )
     return summary
 
 
@@ -194,7 +198,7 @@ def build_report_data(
     folder, as in :func:`summary_data`)."""
     trials = list(study.get_trials(deepcopy=False))
     fixed = study_fixed(study, record_dir)
-    summary = summary_data(study, trials, backend=backend, record_dir=record_dir)
+    summary = summary_data(study, trials, backend=backend, record_dir=record_dir, fixed=fixed)
     importances = param_importances(trials)
     contour = contour_data(trials, fixed=fixed)
     notes = []
