@@ -19,7 +19,7 @@ from rich.live import Live
 from rich.text import Text
 
 from deepsc_tune.backends import EpochMetrics
-from deepsc_tune.study import DURATION_S, failure_reason
+from deepsc_tune.study import failure_reason, trial_result
 
 
 @dataclass
@@ -104,7 +104,7 @@ def format_trial_line(study: optuna.Study, trial: FrozenTrial, metric: str) -> s
         values = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]
         curve = " ".join(f"{v:.3f}" for v in values[:4]) + " ... " + " ".join(f"{v:.3f}" for v in values[-4:])
     state = trial.state.name
-    duration = trial.user_attrs.get(DURATION_S)
+    duration = trial_result(trial).duration_s
     parts = [f"#{trial.number:>3} {state:<8}", format_params(trial.params)]
     if curve:
         parts.append(f"{metric} {curve}")

@@ -97,11 +97,11 @@ def status(
         ENQUEUED,
         REPEAT_OF,
         RETRY_OF,
-        TEST_ACCURACY,
         failure_reason,
         last_reported,
         state_counts,
         study_metric,
+        trial_result,
     )
 
     with user_errors():
@@ -109,7 +109,7 @@ def status(
         trials = study.get_trials(deepcopy=False)
         metric = study_metric(study.user_attrs)
         if as_json:
-            _echo(_status_json(study, trials, metric))
+            _echo(_status_json(study, trials, metric, folder))
             return
         at_chance = set(chance_trials(study, trials))
         rows = []
@@ -117,7 +117,8 @@ def status(
             u = t.user_attrs
             shown = t.value if t.value is not None else last_reported(t)
             value = f"{shown:.4f}" if shown is not None else "-"
-            test = f"{u[TEST_ACCURACY]:.4f}" if u.get(TEST_ACCURACY) is not None else "-"
+            accuracy = trial_result(t).test_accuracy
+            test = f"{accuracy:.4f}" if accuracy is not None else "-"
             tags = [f"{k}={u[k]}" for k in (ENQUEUED, REPEAT_OF, RETRY_OF) if k in u]
             if t.number in at_chance:
                 tags.append("chance level")
@@ -212,42 +213,40 @@ def _echo_ranking(trials, metric: str, *, top: int = 5, test_metrics: bool = Fal
         _echo(f"trial {selection.best.number}: {selection.leader_test.reason}")
 
 
-def _status_json(study, trials, metric: str) -> str:
-    """``status --json``: the study, its counts and every trial, as one JSON document."""
+def _status_json(study, trials, metric: str, folder) -> str:
+    """``status --json``: the study, its counts and every trial, as one JSON document (the
+    device each trial trained on from its ``trial.json`` in ``folder``, where there)."""
     import json
 
     from deepsc_tune.data import BASELINE_ATTR, CHANCE_ATTR
     from deepsc_tune.study import (
-        BEST_EPOCH,
-        DEVICE,
-        DURATION_S,
         ENQUEUED,
-        EPOCHS_RUN,
         N_TRIALS,
         REPEAT_OF,
         RETRY_OF,
-        SEED,
-        TEST_ACCURACY,
-        TEST_MACRO_F1,
         failure_reason,
+        read_trial_file,
+        seed_of,
         state_counts,
+        study_fixed,
+        trial_result,
     )
 
-    keys = (
-        TEST_ACCURACY,
-        TEST_MACRO_F1,
-        BEST_EPOCH,
-        EPOCHS_RUN,
-        DURATION_S,
-        SEED,
-        ENQUEUED,
-        REPEAT_OF,
-        RETRY_OF,
-        DEVICE,
-    )
+    keys = (ENQUEUED, REPEAT_OF, RETRY_OF)
+    fixed = study_fixed(study, folder)
     rows = []
     for t in trials:
         u = t.user_attrs
+        r = trial_result(t)
+        result = {
+            "test_accuracy": r.test_accuracy,
+            "test_macro_f1": r.test_macro_f1,
+            "best_epoch": r.best_epoch,
+            "epochs_run": r.epochs_run if t.state.is_finished() else None,
+            "duration_s": r.duration_s,
+            "seed": seed_of(t, fixed),
+        }
+        device = u.get("device") or (read_trial_file(folder.trials, t.number) or {}).get("device")
         rows.append(
             {
                 "number": t.number,
@@ -255,7 +254,9 @@ def _status_json(study, trials, metric: str) -> str:
                 "value": t.value,
                 "params": t.params,
                 "intermediate_values": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+                **{k: v for k, v in result.items() if v is not None},
                 **{k: u[k] for k in keys if k in u},
+                **({"device": device} if device is not None else {}),
                 "fail_reason": failure_reason(t),
                 "datetime_start": t.datetime_start.isoformat() if t.datetime_start else None,
                 "datetime_complete": t.datetime_complete.isoformat() if t.datetime_complete else None,

@@ -365,7 +365,7 @@ def repeat(
         recovered = recover_dead_repeats(study)  # before planning: a killed repeat is not under way
         if recovered:
             _echo(f"re-queued trials left running by a dead process: {recovered}")
-        plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds)
+        plan = plan_repeats(study.get_trials(deepcopy=False), top=top, seeds=seeds, fixed=space.fixed)
         if not plan and not waiting_repeats(study):
             _echo(f"nothing to add: the {top} best configurations already have {seeds} further seeds")
             return

@@ -32,14 +32,16 @@ from deepsc_tune.backends.command import (
     checkout_pythonpath,
     format_value,
 )
-from deepsc_tune.backends.command.deepsc import DEEPSC_WARMUP, HYDRA_RUN_DIR, commit_of_module, entry_module
+from deepsc_tune.backends.command.deepsc import (
+    HYDRA_RUN_DIR,
+    commit_of_module,
+    entry_module,
+    recorded_plan,
+    recorded_ratio,
+)
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study import (
-    BEST_EPOCH,
-    EPOCHS_RUN,
     OLD_ARGV,
-    TEST_ACCURACY,
-    TEST_MACRO_F1,
     Selection,
     StudyFolder,
     as_folder,
@@ -50,6 +52,7 @@ from deepsc_tune.study import (
     select,
     study_fixed,
     study_metric,
+    trial_result,
     trial_settings,
 )
 
@@ -79,9 +82,9 @@ def deepsc_settings(
     else:
         keys += [k for k in settings if k not in keys]  # every fixed setting, the seed included
     out = {k: settings[k] for k in keys if k in settings}
-    warmup = trial.user_attrs.get(DEEPSC_WARMUP)
-    if not builtin and "warmup_ratio" in out and isinstance(warmup, dict) and "deepsc_ratio" in warmup:
-        out["warmup_ratio"] = warmup["deepsc_ratio"]  # DeepSC's value; the searched fraction is in settings
+    ratio = recorded_ratio(trial.user_attrs)
+    if not builtin and "warmup_ratio" in out and ratio is not None:
+        out["warmup_ratio"] = ratio  # DeepSC's value; the searched fraction is in settings
     notes: list[str] = []
     kind = out.get("lr_scheduler_type")
     if builtin and kind == "cosine_restarts":
@@ -133,9 +136,9 @@ def deepsc_run(study: optuna.Study, trial: FrozenTrial, *, folder: StudyFolder |
         args = list(argv[len(settings.command) :])
     else:
         merged = {**fixed, **trial_settings(trial)}
-        warmup = trial.user_attrs.get(DEEPSC_WARMUP)
-        if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
-            merged["warmup_ratio"] = warmup["deepsc_ratio"]  # what DeepSC was given, not the fraction
+        ratio = recorded_ratio(trial.user_attrs)
+        if ratio is not None:
+            merged["warmup_ratio"] = ratio  # what DeepSC was given, not the fraction
         full = build_argv(settings, merged, run_dir=run_dir)
         program, args = full[: len(settings.command)], full[len(settings.command) :]
     if settings.run_dir_override:
@@ -201,26 +204,28 @@ def best_notes(
     the configuration's mean ± sd over seeds and whether it is ahead of the runner-up.
     """
     metric = study_metric(study.user_attrs)
-    u = trial.user_attrs
+    result = trial_result(trial)
     if selection is None:
         selection = select(study.get_trials(deepcopy=False))
     notes = [
         f"deepsc-tune best: study {study.study_name}, trial {trial.number}, "
-        f"{metric} {trial.value:.4f} (best epoch {u.get(BEST_EPOCH)} of {u.get(EPOCHS_RUN)})",
+        f"{metric} {trial.value:.4f} (best epoch {result.best_epoch} of {result.epochs_run})",
     ]
     notes += pick_notes(selection, trial.number, metric=metric)
     notes += reference_notes(study, selection, trial.number, metric=metric)
-    if u.get(TEST_ACCURACY) is not None:
-        f1 = u.get(TEST_MACRO_F1)
+    if result.test_accuracy is not None:
+        f1 = result.test_macro_f1
         notes.append(
-            f"test accuracy {u[TEST_ACCURACY]:.4f}"
+            f"test accuracy {result.test_accuracy:.4f}"
             + (f" / macro-F1 {f1:.4f}" if f1 is not None else "")
             + " (reported only, never used for selection)"
         )
     fixed = study_fixed(study, folder) if fixed is None else fixed
     notes += deepsc_settings(trial, backend=backend, fixed=fixed)[1]
-    warmup = u.get(DEEPSC_WARMUP)
-    if isinstance(warmup, dict) and "deepsc_ratio" in warmup:
+    folder = as_folder(folder)
+    details = read_trial_file(folder.trials, trial.number) if folder is not None else None
+    warmup = recorded_plan(trial.user_attrs, details)
+    if warmup is not None:
         notes.append(
             f"warmup_ratio: searched as {warmup['fraction']:.4g} of the run's {warmup['real_steps']} real "
             f"optimizer steps ({warmup['warmup_steps']} warmup steps, restarts every {warmup['restart_steps']}); "
@@ -230,7 +235,7 @@ def best_notes(
     if get_backend(backend).runs_program and folder is not None:
         from deepsc_tune.backends.command.deepsc import best_epoch_checkpoint
 
-        ckpt = best_epoch_checkpoint(as_folder(folder).trial(trial.number), u.get(BEST_EPOCH))
+        ckpt = best_epoch_checkpoint(folder.trial(trial.number), result.best_epoch)
         if ckpt is not None:
             notes.append(f"tuned DeepSC model: {ckpt} (its best epoch's checkpoint, as DeepSC saved it)")
     if get_backend(backend).runs_program:
@@ -265,7 +270,7 @@ def format_best(
     settings, _ = deepsc_settings(trial, backend=backend, fixed=fixed)
     notes = best_notes(study, trial, backend=backend, selection=selection, folder=folder, fixed=fixed)
     run = deepsc_run(study, trial, folder=folder) if get_backend(backend).runs_program else None
-    u = trial.user_attrs
+    result = trial_result(trial)
     if fmt == "json":
         return json.dumps(
             {
@@ -277,9 +282,9 @@ def format_best(
                 "deepsc_run": run,
                 "command": deepsc_shell_command(run) if run else None,
                 "settings": trial_settings(trial, fixed),
-                "best_epoch": u.get(BEST_EPOCH),
-                "test_accuracy": u.get(TEST_ACCURACY),
-                "test_macro_f1": u.get(TEST_MACRO_F1),
+                "best_epoch": result.best_epoch,
+                "test_accuracy": result.test_accuracy,
+                "test_macro_f1": result.test_macro_f1,
                 **pick_record(selection, trial.number),
                 "notes": notes,
             },

@@ -69,7 +69,7 @@ def run_confirmation(
         trials = study.get_trials(deepcopy=False)
         queued = 0
         if select(trials).best is not None:
-            plan = plan_repeats(trials, top=space.confirm["top"], seeds=space.confirm["seeds"])
+            plan = plan_repeats(trials, top=space.confirm["top"], seeds=space.confirm["seeds"], fixed=space.fixed)
             enqueue_repeats(study, plan)
             queued = len(plan)
     finally:

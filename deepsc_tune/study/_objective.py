@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,10 +27,10 @@ from deepsc_tune.utils import interrupt_reason, process_start_time
 EpochProgress = Callable[[int, EpochMetrics], None]
 
 
-def worker_identity() -> dict[str, Any]:
-    """Who is running a trial: host, pid and the pid's start time."""
+def worker_identity() -> str:
+    """Who is running a trial (:class:`~deepsc_tune.study._trial_record.Worker`'s attribute)."""
     pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid)}
+    return tr.Worker(socket.gethostname(), pid, process_start_time(pid)).attr()
 
 
 def build_objective(
@@ -71,9 +70,8 @@ def build_objective(
         seed = trial.user_attrs.get(tr.REPEAT_SEED)
         if seed is not None:
             settings["seed"] = seed
-        trial.set_user_attr(tr.SEED, settings.get("seed"))
         trial.set_user_attr(tr.WORKER, worker_identity())
-        attrs = {tr.SEED: settings.get("seed"), tr.REPEAT_OF: trial.user_attrs.get(tr.REPEAT_OF)}
+        attrs = {"seed": settings.get("seed"), tr.REPEAT_OF: trial.user_attrs.get(tr.REPEAT_OF)}
         tracked = (
             tracker.start_trial(
                 study_name=trial.study.study_name,
@@ -107,12 +105,12 @@ def build_objective(
             return False
 
         run_dir = trial_dir(trials_dir, trial.number) if trials_dir is not None else None
-        started = time.perf_counter()
         try:
             # What the backend derives from the settings before it runs them (DeepSC's warmup
             # in real steps, and the ratio it is passed): stored with the trial, failed or not.
             trial_attrs = getattr(finetuner, "trial_attrs", None)
-            for key, value in (trial_attrs(settings) if trial_attrs is not None else {}).items():
+            derived = trial_attrs(settings) if trial_attrs is not None else {}
+            for key, value in derived.items():
                 trial.set_user_attr(key, value)
             result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
         except (KeyboardInterrupt, Exception) as e:
@@ -123,12 +121,12 @@ def build_objective(
                 reason = str(e)
             else:
                 reason = f"{type(e).__name__}: {e}"
-            _record_failure(trial, reason, started, history)
+            _record_failure(trial, reason)
             _write_trial_file(run_dir, history, settings=settings)
             _end_tracking(tracked, "FAIL", None, reason)
             raise
-        _record_result(trial, result, metric=metric, started=started)
-        _write_trial_file(run_dir, history, result.extra, settings=settings)
+        _record_result(trial, result)
+        _write_trial_file(run_dir, history, {"device": result.device, **result.extra}, settings=settings)
         best = result.best()
         value = best.metric(metric) if best is not None else None
         if pruned_at:
@@ -158,27 +156,19 @@ def _end_tracking(
         tracked.end(state=state, value=value, fail_reason=reason, summary=summary)
 
 
-def _record_failure(trial: optuna.trial.Trial, reason: str, started: float, history: list[dict[str, Any]]) -> None:
+def _record_failure(trial: optuna.trial.Trial, reason: str) -> None:
     trial.set_user_attr(tr.FAIL_REASON, reason.strip()[:2000])
-    trial.set_user_attr(tr.EPOCHS_RUN, len(history))
-    trial.set_user_attr(tr.DURATION_S, round(time.perf_counter() - started, 3))
 
 
-def _record_result(trial: optuna.trial.Trial, result: FinetuneResult, *, metric: str, started: float) -> None:
-    last = result.history[-1] if result.history else None
+def _record_result(trial: optuna.trial.Trial, result: FinetuneResult) -> None:
     best = result.best()
-    attrs = {
-        tr.VAL_ACCURACY: last.val_accuracy if last else None,
-        tr.VAL_MACRO_F1: last.val_macro_f1 if last else None,
-        tr.BEST_EPOCH: result.best_epoch,
-        tr.BEST_VAL_ACCURACY: best.val_accuracy if best else None,
-        tr.BEST_VAL_MACRO_F1: best.val_macro_f1 if best else None,
-        tr.TEST_ACCURACY: result.test_accuracy,
-        tr.TEST_MACRO_F1: result.test_macro_f1,
-        tr.EPOCHS_RUN: len(result.history),
-        tr.DURATION_S: round(time.perf_counter() - started, 3),
-        tr.DEVICE: result.device,
-    }
+    attrs = tr.result_attrs(
+        best_epoch=result.best_epoch,
+        val_accuracy=best.val_accuracy if best else None,
+        val_macro_f1=best.val_macro_f1 if best else None,
+        test_accuracy=result.test_accuracy,
+        test_macro_f1=result.test_macro_f1,
+    )
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
 
@@ -188,6 +178,11 @@ def _record_result(trial: optuna.trial.Trial, result: FinetuneResult, *, metric:
 #: intermediate values and the results as short attributes; the rest would make `optuna trials`
 #: unreadable and cost a database transaction per entry.
 TRIAL_FILE = "trial.json"
+
+
+#: Backend details kept whole: DeepSC's warmup plan (the ratio it is passed must give the same
+#: steps again).
+EXACT_DETAILS = ("warmup",)
 
 
 def _compact(value: Any) -> Any:
@@ -213,7 +208,8 @@ def _write_trial_file(
         return
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        record = {"settings": dict(settings or {}), "history": history, **_compact(extra or {})}
+        details = {k: v if k in EXACT_DETAILS else _compact(v) for k, v in (extra or {}).items()}
+        record = {"settings": dict(settings or {}), "history": history, **details}
         (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
     except OSError:
         pass  # details only: the study has the metric per epoch and the results
@@ -238,3 +234,18 @@ def epoch_history(trial: FrozenTrial, *, metric: str = "val_accuracy") -> list[d
     if isinstance(old, list):
         return old
     return [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())]
+
+
+def last_epoch(trial: FrozenTrial, folder: Any = None, *, metric: str = "val_accuracy") -> dict[str, Any]:
+    """The metrics of ``trial``'s last epoch: from its ``trial.json`` in ``folder`` (a
+    :class:`~deepsc_tune.study._folder.StudyFolder`), else from the attributes of studies
+    written before, else the selection ``metric``'s last reported value; ``{}`` for none."""
+    details = read_trial_file(folder.trials, trial.number) if folder is not None else None
+    history = (details or {}).get("history")
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        return history[-1]
+    u = trial.user_attrs
+    if tr.OLD_RESULTS["val_accuracy"] in u:  # before, "val_accuracy" was the last epoch's
+        return {"val_accuracy": u.get("val_accuracy"), "val_macro_f1": u.get("val_macro_f1")}
+    value = tr.last_reported(trial)
+    return {} if value is None else {metric: value}

@@ -36,7 +36,7 @@ from deepsc_tune.study._trial_record import (
     RETRY_OF,
     RETRY_REASON,
     STALE_REASON,
-    WORKER,
+    worker_of,
 )
 from deepsc_tune.utils import CAUSES, SIGINT, process_start_time
 
@@ -82,13 +82,13 @@ def recover_orphaned_trials(study: optuna.Study, storage: BaseStorage) -> list[i
     host = socket.gethostname()
     recovered = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.user_attrs.get(WORKER) or {}
-        if worker.get("host") != host or not worker.get("pid"):
+        worker = worker_of(trial)
+        if worker is None or worker.host != host or not worker.pid:
             continue
-        started = process_start_time(int(worker["pid"]))
-        if started is not None and started == worker.get("started"):
+        started = process_start_time(worker.pid)
+        if started is not None and started == worker.started:
             continue  # that worker is alive
-        reason = f"worker process {worker['pid']} on {host} died while the trial ran"
+        reason = f"worker process {worker.pid} on {host} died while the trial ran"
         fail_trial(study, trial, reason, storage=storage)
         recovered.append(trial.number)
     return recovered

@@ -20,7 +20,7 @@ run it again afterwards to complete what was pruned.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -42,10 +42,9 @@ from deepsc_tune.study._study import load_existing_study, open_study
 from deepsc_tune.study._trial_record import (
     REPEAT_OF,
     REPEAT_SEED,
-    SEED,
     is_repeat,
     other_data,
-    trial_settings,
+    seed_of,
 )
 
 #: States in which a planned repeat counts as done or under way.
@@ -71,12 +70,11 @@ class RepeatSummary(NamedTuple):
     failed: list[int]  # repeats that ended FAIL
 
 
-def trial_seed(trial: FrozenTrial) -> int:
-    """The seed ``trial`` ran with (recorded ``seed``, else its settings', else the default)."""
-    seed = trial.user_attrs.get(SEED)
-    if seed is None:
-        seed = trial_settings(trial).get("seed", DEFAULT_SEED)
-    return int(seed)
+def trial_seed(trial: FrozenTrial, fixed: Mapping[str, Any] | None = None) -> int:
+    """The seed ``trial`` ran with (:func:`~deepsc_tune.study._trial_record.seed_of`, ``fixed``:
+    the search space's fixed settings), else the fine-tuners' default."""
+    seed = seed_of(trial, fixed)
+    return DEFAULT_SEED if seed is None else seed
 
 
 def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
@@ -95,8 +93,9 @@ def top_trials(trials: Sequence[FrozenTrial], *, top: int) -> list[FrozenTrial]:
     return chosen
 
 
-def plan_repeats(trials: Sequence[FrozenTrial], *, top: int, seeds: int) -> list[RepeatPlan]:
-    """Repeats still needed so that each of the ``top`` best configurations has ``seeds`` more seeds.
+def plan_repeats(trials: Sequence[FrozenTrial], *, top: int, seeds: int, fixed: Mapping[str, Any]) -> list[RepeatPlan]:
+    """Repeats still needed so that each of the ``top`` best configurations has ``seeds`` more seeds
+    (``fixed``: the search space's fixed settings, whose ``seed`` the search trials ran with).
 
     The extra seeds of a trial that ran with seed ``s`` are ``s+1 ... s+seeds``, so asking for
     more seeds later only adds the new ones. Repeats already WAITING, RUNNING or COMPLETE are
@@ -124,7 +123,7 @@ def plan_repeats(trials: Sequence[FrozenTrial], *, top: int, seeds: int) -> list
     }
     plan = []
     for t in chosen:
-        base = trial_seed(t)
+        base = trial_seed(t, fixed)
         for seed in range(base + 1, base + seeds + 1):
             if (t.number, seed) not in done:
                 plan.append(RepeatPlan(t.number, dict(t.params), seed))

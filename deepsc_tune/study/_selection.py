@@ -35,7 +35,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.errors import DeepscTuneError
-from deepsc_tune.study._trial_record import TEST_ACCURACY, TEST_MACRO_F1, complete_repeats, is_repeat
+from deepsc_tune.study._trial_record import complete_repeats, is_repeat, trial_result
 
 #: Selection rules (how one trial's validation curve becomes one number).
 RULES = ("best_epoch", "last_epoch", "last3")
@@ -133,15 +133,17 @@ def configurations(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -
                 values=values,
                 mean=mean,
                 sd=sd,
-                test_accuracy=_reported(runs, TEST_ACCURACY),
-                test_macro_f1=_reported(runs, TEST_MACRO_F1),
+                test_accuracy=_reported(runs, "test_accuracy"),
+                test_macro_f1=_reported(runs, "test_macro_f1"),
             )
         )
     return out
 
 
-def _reported(runs: Sequence[FrozenTrial], key: str) -> tuple[float, ...]:
-    return tuple(float(r.user_attrs[key]) for r in runs if r.user_attrs.get(key) is not None)
+def _reported(runs: Sequence[FrozenTrial], field: str) -> tuple[float, ...]:
+    """The :class:`~deepsc_tune.study._trial_record.TrialResult` ``field`` of each run that has one."""
+    values = (getattr(trial_result(r), field) for r in runs)
+    return tuple(float(v) for v in values if v is not None)
 
 
 def rank_configurations(trials: Sequence[FrozenTrial], *, rule: str = DEFAULT_RULE) -> list[ConfigScore]:

@@ -12,6 +12,7 @@ Read only: nothing here changes a study.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -19,23 +20,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 # ----------------------------------------------------------------------------- trial attributes
 
-#: The full fixed+searched settings a trial ran with, and the seed among them.
-SETTINGS = "settings"
-SEED = "seed"
-#: Who ran it: ``{"host", "pid", "started"}`` (recovery tells dead workers by it).
+#: Who ran it, ``"host:pid:started"`` (:class:`Worker`; recovery tells dead workers by it).
 WORKER = "worker"
-#: Results, written once when the trial ends.
-VAL_ACCURACY = "val_accuracy"
-VAL_MACRO_F1 = "val_macro_f1"
-BEST_VAL_ACCURACY = "best_val_accuracy"
-BEST_VAL_MACRO_F1 = "best_val_macro_f1"
+#: Results, written once when the trial ends (:func:`result_attrs`): the best epoch and that
+#: epoch's metrics, to 4 significant digits (the trial's value keeps the selection metric whole;
+#: every epoch, the device and the backend's details are in the trial's folder, ``trial.json``).
+#: A trial's settings are not stored per trial: the search space's fixed ones (the seed
+#: included) and its params make them (:func:`trial_settings`), a repeat's seed is its own.
 BEST_EPOCH = "best_epoch"
-TEST_ACCURACY = "test_accuracy"
-TEST_MACRO_F1 = "test_macro_f1"
-EPOCHS_RUN = "epochs_run"
-DURATION_S = "duration_s"
-DEVICE = "device"
-#: A DeepSC cosine trial's warmup is set by the command backend (its ``DEEPSC_WARMUP``).
+VAL_ACC = "val_acc"
+VAL_F1 = "val_f1"
+TEST_ACC = "test_acc"
+TEST_F1 = "test_f1"
+#: :class:`TrialResult`'s metric fields and the attribute each is kept in.
+RESULT_KEYS = {"val_accuracy": VAL_ACC, "val_macro_f1": VAL_F1, "test_accuracy": TEST_ACC, "test_macro_f1": TEST_F1}
 #: Why a FAIL trial failed.
 FAIL_REASON = "fail_reason"
 #: A configuration of the usage guide, queued by ``study.enqueue``.
@@ -47,9 +45,22 @@ REPEAT_SEED = "repeat_seed"
 RETRY_OF = "retry_of"
 RETRY_REASON = "retry_reason"
 RETRY_COUNT = "retry_count"
-#: Attributes of studies written by older versions (still read).
+#: Attributes of studies written by older versions (still read): the full settings, every
+#: epoch, the command line, the seed, the results under their long names (``val_accuracy`` was
+#: then the last epoch's), the epoch count, the duration and the device.
+SETTINGS = "settings"
+SEED = "seed"
+OLD_DEVICE = "device"
 OLD_HISTORY = "history"
 OLD_ARGV = "argv"
+OLD_RESULTS = {
+    "val_accuracy": "best_val_accuracy",
+    "val_macro_f1": "best_val_macro_f1",
+    "test_accuracy": "test_accuracy",
+    "test_macro_f1": "test_macro_f1",
+}
+OLD_EPOCHS_RUN = "epochs_run"
+OLD_DURATION_S = "duration_s"
 
 # ----------------------------------------------------------------------------- study attributes
 
@@ -165,9 +176,21 @@ def trial_settings(trial: FrozenTrial, fixed: Mapping[str, Any] | None = None) -
     if isinstance(old, dict):
         return {**old, **trial.params}
     out = {**(fixed or {}), **trial.params}
-    if trial.user_attrs.get(SEED) is not None:
-        out["seed"] = trial.user_attrs[SEED]
+    seed = seed_of(trial, fixed)
+    if seed is not None:
+        out["seed"] = seed
     return out
+
+
+def seed_of(trial: FrozenTrial, fixed: Mapping[str, Any] | None = None) -> int | None:
+    """The seed ``trial`` ran with: a repeat's own, else the search space's (``fixed``); what
+    studies written before recorded comes first. ``None`` where no seed was set."""
+    u = trial.user_attrs
+    old = u.get(SETTINGS) if isinstance(u.get(SETTINGS), dict) else {}
+    for seed in (u.get(SEED), u.get(REPEAT_SEED), old.get("seed"), (fixed or {}).get("seed")):
+        if seed is not None:
+            return int(seed)
+    return None
 
 
 def setting(trial: FrozenTrial, key: str, default: Any = None, fixed: Mapping[str, Any] | None = None) -> Any:
@@ -176,11 +199,94 @@ def setting(trial: FrozenTrial, key: str, default: Any = None, fixed: Mapping[st
 
 
 def epochs_run(trial: FrozenTrial) -> int:
-    """Epochs the trial trained (``epochs_run``; else the epochs it reported)."""
-    n = trial.user_attrs.get(EPOCHS_RUN)
+    """Epochs the trial trained: the epochs it reported (studies before kept ``epochs_run``)."""
+    n = trial.user_attrs.get(OLD_EPOCHS_RUN)
     if n is None:
         return len(trial.intermediate_values)
     return int(n)
+
+
+def _short(value: float | None) -> float | None:
+    return None if value is None else float(f"{float(value):.4g}")
+
+
+def result_attrs(
+    *,
+    best_epoch: int | None,
+    val_accuracy: float | None,
+    val_macro_f1: float | None,
+    test_accuracy: float | None,
+    test_macro_f1: float | None,
+) -> dict[str, Any]:
+    """The attributes a finished trial keeps (metrics of its best epoch, 4 significant digits)."""
+    return {
+        BEST_EPOCH: best_epoch,
+        VAL_ACC: _short(val_accuracy),
+        VAL_F1: _short(val_macro_f1),
+        TEST_ACC: _short(test_accuracy),
+        TEST_F1: _short(test_macro_f1),
+    }
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial's attributes say about its result (:func:`trial_result`)."""
+
+    #: The epoch whose selection metric was best, and that epoch's metrics.
+    best_epoch: int | None
+    val_accuracy: float | None
+    val_macro_f1: float | None
+    #: Reported only, never used for selection.
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    epochs_run: int
+    #: Seconds from start to end (``None`` while it runs).
+    duration_s: float | None
+
+
+def trial_result(trial: FrozenTrial) -> TrialResult:
+    """The result of ``trial`` as its attributes record it, in this version's keys or those of
+    studies written before (:data:`OLD_RESULTS`)."""
+    u = trial.user_attrs
+    old = VAL_ACC not in u and any(k in u for k in OLD_RESULTS.values())
+    keys = OLD_RESULTS if old else RESULT_KEYS
+    duration = u.get(OLD_DURATION_S)
+    if duration is None and trial.datetime_start is not None and trial.datetime_complete is not None:
+        duration = round((trial.datetime_complete - trial.datetime_start).total_seconds(), 3)
+    return TrialResult(
+        best_epoch=u.get(BEST_EPOCH),
+        **{name: u.get(key) for name, key in keys.items()},
+        epochs_run=epochs_run(trial),
+        duration_s=duration,
+    )
+
+
+@dataclass(frozen=True)
+class Worker:
+    """The process that runs a trial: its host, pid and the pid's start time (which tells a
+    live worker from a later process that reuses its pid)."""
+
+    host: str
+    pid: int
+    started: str | None
+
+    def attr(self) -> str:
+        """The :data:`WORKER` attribute: ``"host:pid:started"``."""
+        return f"{self.host}:{self.pid}:{self.started or ''}"
+
+
+def worker_of(trial: FrozenTrial | optuna.trial.Trial) -> Worker | None:
+    """Who ran ``trial`` (:data:`WORKER`; studies before stored a dict), or ``None``."""
+    value = trial.user_attrs.get(WORKER)
+    try:
+        if isinstance(value, dict):
+            return Worker(str(value["host"]), int(value["pid"]), value.get("started"))
+        if isinstance(value, str):
+            host, pid, started = value.rsplit(":", 2)
+            return Worker(host, int(pid), started or None)
+    except (KeyError, TypeError, ValueError):
+        pass
+    return None
 
 
 def failure_reason(trial: FrozenTrial) -> str | None:

@@ -18,6 +18,8 @@ from paths import GOLDEN, REPO
 from typer.testing import CliRunner
 
 from deepsc_tune.cli import app
+from deepsc_tune.study._objective import read_trial_file
+from deepsc_tune.study._trial_record import trial_result
 
 runner = CliRunner()
 # A small, fast pbmc68k study: 4 epochs, 6 trials.
@@ -125,8 +127,8 @@ def test_run_output_and_study(small_study):
     assert study.trials[0].params == {"lr_scheduler_type": "constant", "learning_rate": 1e-4}
     best = max((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
     assert 0.3 < best.value <= 1.0
-    assert best.user_attrs["test_accuracy"] is not None  # reported, from the held-out split
-    assert best.user_attrs["device"] == "cpu"
+    assert trial_result(best).test_accuracy is not None  # reported, from the held-out split
+    assert read_trial_file(small_study / "pbmc68k" / "trials", best.number)["device"] == "cpu"
 
 
 def test_rerun_with_target_met_runs_nothing(results):
@@ -173,8 +175,8 @@ def test_status_shows_test_metrics_for_the_chosen_configuration_only(results):
     ]
     every = cli("status", "pbmc68k", "--results-dir", str(results), "--all-test-metrics").output
     assert "test acc " in every.splitlines()[0]
-    tested = [t for t in study.trials if t.user_attrs.get("test_accuracy") is not None]
-    assert tested and all(f"{t.user_attrs['test_accuracy']:.4f}" in every for t in tested)
+    tested = [t for t in study.trials if trial_result(t).test_accuracy is not None]
+    assert tested and all(f"{trial_result(t).test_accuracy:.4f}" in every for t in tested)
 
 
 def test_changed_search_space_is_refused_and_study_untouched(results):

@@ -6,6 +6,7 @@ import optuna
 
 from deepsc_tune.backends._interface import EpochMetrics
 from deepsc_tune.cli._progress import Progress, format_params
+from deepsc_tune.study._trial_record import trial_result
 
 
 class Terminal(io.StringIO):
@@ -37,7 +38,7 @@ def test_off_a_terminal_only_trial_lines_are_written():
     assert "epoch" not in text and "\x1b" not in text and "\r" not in text
     assert text.splitlines() == [
         f"#  0 COMPLETE | learning_rate={trial.params['learning_rate']:.3g} | "
-        "val_accuracy 0.500 0.750 | best 0.7500 (#0)"
+        f"val_accuracy 0.500 0.750 | {trial_result(trial).duration_s:.1f}s | best 0.7500 (#0)"
     ]
 
 

@@ -29,6 +29,7 @@ from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.config._tracking import MlflowTracker
 from deepsc_tune.errors import ConfigError
 from deepsc_tune.study._objective import build_objective
+from deepsc_tune.study._trial_record import trial_result
 
 if in_ci():  # CI installs '.[test]', which has both: a missing one must fail there, not skip
     import mlflow
@@ -159,7 +160,7 @@ def test_real_run_logs_one_run_per_trial_to_mlflow_and_wandb(offline):
         assert run.data.tags["seed"] == "0"  # pbmc68k.yaml
         assert run.data.metrics["value"] == pytest.approx(max(trial.intermediate_values.values()))
         assert run.info.status == ("KILLED" if trial.state == TrialState.PRUNED else "FINISHED")
-    assert runs[0].data.metrics["test_accuracy"] == pytest.approx(trials[0].user_attrs["test_accuracy"])
+    assert float(f"{runs[0].data.metrics['test_accuracy']:.4g}") == trial_result(trials[0]).test_accuracy
     assert runs[1].data.metrics["pruned_at"] == 1
 
     # a repeat of the best configuration is one more run, told apart by its seed and repeat_of
@@ -168,7 +169,7 @@ def test_real_run_logs_one_run_per_trial_to_mlflow_and_wandb(offline):
     repeat = next(t for t in study.get_trials() if "repeat_of" in t.user_attrs)
     run = next(r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name == str(repeat.number))
     assert run.data.tags["repeat_of"] == str(repeat.user_attrs["repeat_of"])
-    assert run.data.tags["seed"] == str(repeat.user_attrs["seed"]) != "0"
+    assert run.data.tags["seed"] == str(repeat.user_attrs["repeat_seed"]) != "0"
     assert {
         m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")
     } == repeat.intermediate_values

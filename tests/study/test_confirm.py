@@ -85,14 +85,15 @@ def test_confirm_repeats_the_best_unpruned_and_is_idempotent(tmp_path):
     space, study, rdb = _searched(tmp_path)
     before = count_states(study)
     best = [t.number for t in top_trials(study.get_trials(), top=2)]
-    summary = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
+    finetuner = falling_seed_curve()
+    summary = run_confirmation(space, finetuner, study=study, storage=rdb)
     assert summary.queued == 4 and len(summary.ran) == 4 and summary.failed == []
     reps = _repeats(study)
     assert sorted((t.user_attrs["repeat_of"], t.user_attrs["repeat_seed"]) for t in reps) == sorted(
         (n, s) for n in best for s in (8, 9)
     )  # finetune.seed 7 -> seeds 8 and 9
     assert all(t.state == TrialState.COMPLETE and len(t.intermediate_values) == 3 for t in reps)  # never pruned
-    assert all(t.user_attrs["seed"] == t.user_attrs["repeat_seed"] for t in reps)
+    assert [c["seed"] for c in finetuner.calls] == [t.user_attrs["repeat_seed"] for t in reps]  # ran with it
     assert count_states(study) == before  # no search trial added
     again = run_confirmation(space, falling_seed_curve(), study=study, storage=rdb)
     assert again.queued == 0 and again.ran == [] and len(study.get_trials()) == 5 + 4

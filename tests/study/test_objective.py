@@ -108,7 +108,7 @@ def test_no_prune_after_last_epoch():
     ft = Recorder(values=(0.5, 0.6, 0.7))
     study.optimize(build_objective(builtin_space(), ft), n_trials=1)
     t = study.trials[0]
-    assert t.state == TrialState.PRUNED and t.user_attrs["epochs_run"] == 1
+    assert t.state == TrialState.PRUNED and sorted(t.intermediate_values) == [1]
     study.pruner = SparingPruner(AlwaysPrune(), lambda t: one_epoch.settings_for(t.params)["epoch"])
     study.optimize(build_objective(one_epoch, Recorder(values=(0.5,))), n_trials=1)
     assert study.trials[1].state == TrialState.COMPLETE
@@ -163,12 +163,14 @@ def test_study_over_deepsc_subprocess_prunes_and_leaves_no_process(tmp_path):
         folder = trials_dir / f"{t.number:05d}"
         assert (folder / "log.txt").is_file()
         # every epoch DeepSC printed was parsed and reported to the trial
-        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs_run"] + 1))
+        details = read_trial_file(trials_dir, t.number)
+        assert sorted(t.intermediate_values) == [h["epoch"] for h in details["history"]]
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
         for pidfile in ("pid", "grandchild.pid"):
             pid = int((folder / pidfile).read_text())
             assert not alive(pid), f"trial {t.number}: {pidfile} {pid} still running"
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert all(t.user_attrs["epochs_run"] < 5 for t in pruned)
+    assert all(len(t.intermediate_values) < 5 for t in pruned)
     best = study.best_trial
     assert best.params["learning_rate"] == pytest.approx(1e-4, rel=3)  # the fake peaks at 1e-4
 

@@ -75,7 +75,7 @@ def test_a_study_loaded_with_plain_optuna_gets_the_rule_from_the_runner(tmp_path
     )
     plain = optuna.load_study(study_name="curve", storage=open_storage(url))
     plain.pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # prunes every trial at its first epoch
-    enqueue_repeats(plain, plan_repeats(plain.get_trials(), top=2, seeds=1))
+    enqueue_repeats(plain, plan_repeats(plain.get_trials(), top=2, seeds=1, fixed=space.fixed))
     run_repeats(plain, space, CurveFinetuner(falling=True))
     assert isinstance(plain.pruner, SparingPruner) and isinstance(plain.pruner.wrapped, optuna.pruners.ThresholdPruner)
     repeats = [t for t in plain.get_trials() if "repeat_of" in t.user_attrs]

@@ -67,7 +67,7 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
     before = count_states(study)
     best = top_trials(study.get_trials(), top=2)
-    plan = plan_repeats(study.get_trials(), top=2, seeds=3)
+    plan = plan_repeats(study.get_trials(), top=2, seeds=3, fixed=space.fixed)
     assert [(p.repeat_of, p.seed) for p in plan] == [
         (best[0].number, 8),
         (best[0].number, 9),
@@ -89,12 +89,12 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
         original = originals[t.user_attrs["repeat_of"]]
         assert t.state == TrialState.COMPLETE
         assert t.params == original.params
-        assert t.user_attrs["repeat_seed"] == t.user_attrs["seed"] == trial_settings(t)["seed"]
+        assert t.user_attrs["repeat_seed"] == trial_settings(t)["seed"] == finetuner.calls[repeats.index(t)]["seed"]
         assert "settings" not in t.user_attrs  # the full settings live in the trial's folder
         assert len(t.intermediate_values) == 3
     assert count_states(study) == before  # not counted as search trials
     assert len(search_trials(study)) == 5
-    rows = stability_data(study.get_trials(), top=2)
+    rows = stability_data(study.get_trials(), top=2, fixed=space.fixed)
     assert [len(r.runs) for r in rows] == [4, 4]
     assert [r.seed for r in rows[0].runs] == [7, 8, 9, 10]
     assert rows[0].seed_std is not None and rows[0].seed_std > 0
@@ -102,26 +102,26 @@ def test_repeats_are_tagged_seeded_and_not_search_trials(searched):
 
 def test_repeat_is_idempotent_and_adds_only_missing_seeds(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
-    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2))
+    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2, fixed=space.fixed))
     run_repeats(study, space, seed_curve())
-    assert plan_repeats(study.get_trials(), top=1, seeds=2) == []
+    assert plan_repeats(study.get_trials(), top=1, seeds=2, fixed=space.fixed) == []
     assert run_repeats(study, space, seed_curve()).repeats == []
-    more = plan_repeats(study.get_trials(), top=1, seeds=3)
+    more = plan_repeats(study.get_trials(), top=1, seeds=3, fixed=space.fixed)
     assert [p.seed for p in more] == [10]
     enqueue_repeats(study, more)
-    assert plan_repeats(study.get_trials(), top=1, seeds=3) == []  # queued counts as done
+    assert plan_repeats(study.get_trials(), top=1, seeds=3, fixed=space.fixed) == []  # queued counts as done
     run_repeats(study, space, seed_curve())
     assert len([t for t in study.get_trials() if "repeat_of" in t.user_attrs]) == 3
 
 
 def test_failed_repeat_is_planned_again(searched):
     study, space = open_for_repeats(storage=searched, study_name="curve")
-    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2))
+    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=2, fixed=space.fixed))
     summary = run_repeats(study, space, seed_curve(fail_seeds={9}))
     assert len(summary.failed) == 1
     failed = study.get_trials()[summary.failed[0]]
     assert failed.user_attrs["fail_reason"] == "training diverged with seed 9"
-    assert [p.seed for p in plan_repeats(study.get_trials(), top=1, seeds=2)] == [9]
+    assert [p.seed for p in plan_repeats(study.get_trials(), top=1, seeds=2, fixed=space.fixed)] == [9]
 
 
 def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
@@ -131,7 +131,7 @@ def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
     assert isinstance(study.pruner, SparingPruner)
     study.pruner.wrapped = prune_all
     study.enqueue_trial({"lr_scheduler_type": "constant", "learning_rate": 1e-2})  # a search trial, first
-    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=1))
+    enqueue_repeats(study, plan_repeats(study.get_trials(), top=1, seeds=1, fixed=space.fixed))
     summary = run_repeats(study, space, seed_curve())
     assert len(summary.search) == 1 and len(summary.repeats) == 1
     trials = study.get_trials()
@@ -143,9 +143,9 @@ def test_repeats_are_never_pruned_but_queued_search_trials_are(searched):
 def test_plan_errors(tmp_path, searched):
     study = optuna.create_study(direction="maximize")
     with pytest.raises(DeepscTuneError, match="no completed search trial to repeat yet"):
-        plan_repeats(study.get_trials(), top=1, seeds=1)
+        plan_repeats(study.get_trials(), top=1, seeds=1, fixed={})
     with pytest.raises(ConfigError, match="--top 0 --seeds 1"):
-        plan_repeats(study.get_trials(), top=0, seeds=1)
+        plan_repeats(study.get_trials(), top=0, seeds=1, fixed={})
     with pytest.raises(DeepscTuneError, match="records no search space"):
         space_from_study(study)
     with pytest.raises(DeepscTuneError, match="no study 'nope'"):

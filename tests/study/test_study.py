@@ -12,7 +12,7 @@ from deepsc_tune.study._objective import epoch_history
 from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import TooManyFailures, open_study, run_study
-from deepsc_tune.study._trial_record import trial_settings
+from deepsc_tune.study._trial_record import trial_result, trial_settings
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -33,11 +33,13 @@ def test_runs_to_target_and_records_attrs(storage):
     assert trials[0].user_attrs["enqueued"] is True
     t = best_search_trial(study)
     u = t.user_attrs
-    assert u["epochs_run"] == 4 and u["best_epoch"] == 4
-    assert u["test_accuracy"] is not None and len(epoch_history(t)) == 4
+    result = trial_result(t)
+    assert result.epochs_run == 4 and result.best_epoch == 4
+    assert result.test_accuracy is not None and len(epoch_history(t)) == 4
     assert "history" not in u  # per-epoch values live in intermediate values, written once each
     assert sorted(t.intermediate_values) == [1, 2, 3, 4]
-    assert t.value == pytest.approx(u["best_val_accuracy"])
+    assert result.val_accuracy == float(f"{t.value:.4g}")  # the best epoch's, to 4 digits
+    assert set(u) - {"enqueued"} == {"worker", "best_epoch", "val_acc", "val_f1", "test_acc", "test_f1"}  # short
     assert "settings" not in u and trial_settings(t, space.fixed)["epoch"] == 4
     assert study.user_attrs["search_space_sha256"] == space.sha256
     assert study.user_attrs["data_fingerprint"] == "abc"
@@ -79,8 +81,8 @@ def test_pruner_prunes_hopeless_trials(storage):
     pruned = [t for t in study.get_trials() if t.state == TrialState.PRUNED]
     assert pruned, "a median pruner over a peaked curve must prune some trials"
     for t in pruned:
-        assert t.user_attrs["epochs_run"] < 4
-        assert len(t.intermediate_values) == t.user_attrs["epochs_run"]
+        assert sorted(t.intermediate_values) == list(range(1, trial_result(t).epochs_run + 1))
+        assert trial_result(t).epochs_run < 4
 
 
 def test_failed_trial_recorded_and_study_goes_on(storage):

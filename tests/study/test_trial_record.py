@@ -11,6 +11,7 @@ from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study._selection import best_search_trial
 from deepsc_tune.study._trial_record import (
     STALE_REASON,
+    Worker,
     complete_repeats,
     count_states,
     epochs_run,
@@ -21,12 +22,16 @@ from deepsc_tune.study._trial_record import (
     n_finished,
     other_data,
     prunable,
+    result_attrs,
     search_trials,
+    seed_of,
     setting,
     state_counts,
     study_backend,
     study_metric,
+    trial_result,
     trial_settings,
+    worker_of,
 )
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -142,11 +147,13 @@ def test_study_attributes_with_defaults():
 
 
 def test_setting_is_the_searched_value_then_the_spaces_fixed_one():
-    t = make(curve=(0.5,), seed=3)
+    t = make(curve=(0.5,), repeat_of=0, repeat_seed=3)
     fixed = {"learning_rate": 9.0, "epoch": 7, "seed": 0}
     assert setting(t, "learning_rate", fixed=fixed) == 1e-3  # searched
     assert setting(t, "epoch", fixed=fixed) == 7  # fixed, from the search space
     assert setting(t, "seed", fixed=fixed) == 3  # the seed it ran with (a repeat's own)
+    assert seed_of(make(curve=(0.5,)), fixed) == 0 and seed_of(make(curve=(0.5,))) is None  # the space's
+    assert seed_of(make(curve=(0.5,), seed=5), fixed) == 5  # recorded by a study written before
     assert setting(t, "warmup_ratio", 0.0, fixed=fixed) == 0.0 and setting(t, "epoch") is None
     assert trial_settings(t, fixed) == {**fixed, **t.params, "seed": 3}
 
@@ -160,3 +167,38 @@ def test_a_study_written_before_keeps_its_recorded_settings():
 def test_epochs_run_is_recorded_else_the_epochs_reported():
     assert epochs_run(make(curve=(0.1, 0.2, 0.3))) == 3
     assert epochs_run(make(curve=(0.1,), epochs_run=4)) == 4
+
+
+def test_trial_result_reads_the_short_keys_and_those_of_studies_before():
+    attrs = result_attrs(
+        best_epoch=2, val_accuracy=0.123456, val_macro_f1=0.05066666, test_accuracy=0.98765, test_macro_f1=None
+    )
+    assert attrs == {"best_epoch": 2, "val_acc": 0.1235, "val_f1": 0.05067, "test_acc": 0.9877, "test_f1": None}
+    new = trial_result(make(curve=(0.1, 0.2, 0.15), **attrs))
+    assert (new.best_epoch, new.val_accuracy, new.test_accuracy, new.test_macro_f1) == (2, 0.1235, 0.9877, None)
+    assert new.epochs_run == 3 and new.duration_s is not None and new.duration_s >= 0  # Optuna's start and end
+    old = trial_result(
+        make(
+            curve=(0.1, 0.2),
+            val_accuracy=0.1,  # the last epoch's, then
+            best_val_accuracy=0.2,
+            best_val_macro_f1=0.3,
+            test_accuracy=0.4,
+            test_macro_f1=0.5,
+            epochs_run=4,
+            duration_s=1.5,
+        )
+    )
+    assert (old.val_accuracy, old.val_macro_f1, old.test_accuracy, old.test_macro_f1) == (0.2, 0.3, 0.4, 0.5)
+    assert old.epochs_run == 4 and old.duration_s == 1.5
+    assert trial_result(make(TrialState.WAITING)).duration_s is None
+
+
+def test_worker_is_one_short_string_and_old_dicts_still_read():
+    w = Worker("gpu-node:17", 4242, "123")
+    assert w.attr() == "gpu-node:17:4242:123"
+    running = TrialState.RUNNING
+    assert worker_of(make(running, worker=w.attr())) == w  # a colon in the host name
+    assert worker_of(make(running, worker={"host": "a", "pid": 7, "started": "9"})) == Worker("a", 7, "9")
+    assert worker_of(make(running, worker="a:1:")) == Worker("a", 1, None)
+    assert worker_of(make(running)) is None and worker_of(make(running, worker="nonsense")) is None

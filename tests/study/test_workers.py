@@ -24,7 +24,7 @@ from deepsc_tune.study._objective import epoch_history
 from deepsc_tune.study._recovery import trial_id
 from deepsc_tune.study._storage import default_storage_url, open_storage
 from deepsc_tune.study._study import open_study, run_study, sampler_label, worker_seed
-from deepsc_tune.study._trial_record import STALE_REASON, failure_reason
+from deepsc_tune.study._trial_record import STALE_REASON, failure_reason, worker_of
 from deepsc_tune.study._workers import WorkerPlan, describe_exit, parse_gpus, plan_workers
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -140,14 +140,14 @@ def check_study(study: optuna.Study, target: int, epochs: int) -> list[optuna.tr
     for t in finished:
         u = t.user_attrs
         history = epoch_history(t, metric="val_accuracy")
-        assert len(t.intermediate_values) == u["epochs_run"] == len(history) >= 1, t.number
+        assert len(t.intermediate_values) == len(history) >= 1, t.number
         assert [h["epoch"] for h in history] == sorted(t.intermediate_values) == list(range(1, len(history) + 1))
         for h in history:
             assert t.intermediate_values[h["epoch"]] == pytest.approx(h["val_accuracy"])
         if t.state == TrialState.COMPLETE:
-            assert u["epochs_run"] == epochs
+            assert len(t.intermediate_values) == epochs
             assert t.value == pytest.approx(max(t.intermediate_values.values()))
-        assert u["worker"]["pid"] and "settings" not in u
+        assert worker_of(t).pid and "settings" not in u
     for t in trials:
         assert "locked" not in (failure_reason(t) or ""), failure_reason(t)
     return finished
@@ -175,7 +175,7 @@ def test_threads_sharing_a_study_stop_exactly_at_the_target(storage_url):
     assert not errors and not any(t.is_alive() for t in threads)
     study = optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
     finished = check_study(study, target=24, epochs=3)
-    assert len({t.user_attrs["worker"]["pid"] for t in finished}) == 1  # one process, four threads
+    assert len({worker_of(t).pid for t in finished}) == 1  # one process, four threads
     params = [t.params["learning_rate"] for t in study.get_trials()]
     assert len(set(params)) == len(params), "workers with distinct seeds propose distinct settings"
 
@@ -276,7 +276,7 @@ def test_four_workers_on_sqlite(tmp_path):
     assert "starting 4 workers" in out and out.count("1 torch thread") == 4
     study = load(results)
     finished = check_study(study, target=24, epochs=2)
-    assert len({t.user_attrs["worker"]["pid"] for t in finished}) >= 2
+    assert len({worker_of(t).pid for t in finished}) >= 2
 
 
 @pytest.mark.postgres
@@ -374,7 +374,7 @@ def test_worker_killed_mid_trial_is_recovered_and_target_reached(tmp_path):
     assert "died while the trial ran" in dead.user_attrs["fail_reason"]
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == killed_trial]
     assert len(retry) == 1 and retry[0].params == dead.params and retry[0].state in FINISHED
-    assert retry[0].user_attrs["worker"]["pid"] != pid
+    assert worker_of(retry[0]).pid != pid
     check_study(study, target=6, epochs=30)
 
 

@@ -124,11 +124,12 @@ class CommandFinetuner:
         return run_plan(self.settings, params, self._deepsc_config)
 
     def trial_attrs(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        """What the objective stores with a trial before it runs: the warmup plan, if any."""
+        """What the objective stores with a trial before it runs: the ``warmup_ratio`` DeepSC is
+        passed, if it plans a warmup (the whole plan goes to the trial's ``trial.json``)."""
         from deepsc_tune.backends.command.deepsc import DEEPSC_WARMUP
 
         plan = self.warmup_plan(params)
-        return {} if plan is None else {DEEPSC_WARMUP: plan.record()}
+        return {} if plan is None else {DEEPSC_WARMUP: plan.deepsc_ratio}
 
     def build_argv(self, params: Mapping[str, Any], *, run_dir: Path | str) -> list[str]:
         """The child's argument list (:func:`build_argv` with this finetuner's settings)."""

@@ -35,10 +35,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deepsc_tune.study import (
     ENQUEUED,
-    REPEAT_SEED,
-    SEED,
-    TEST_ACCURACY,
-    TEST_MACRO_F1,
     complete_repeats,
     configurations,
     epochs_run,
@@ -46,8 +42,10 @@ from deepsc_tune.study import (
     metric_value,
     rank_configurations,
     search_only,
+    seed_of,
     select,
     setting,
+    trial_result,
 )
 
 #: Default number of best configurations shown in the stability section.
@@ -335,9 +333,14 @@ def _std(values: Sequence[float], *, ddof: int) -> float | None:
 
 
 def stability_data(
-    trials: Sequence[FrozenTrial], *, top: int = TOP_CONFIGS, last: int = LAST_EPOCHS
+    trials: Sequence[FrozenTrial],
+    *,
+    top: int = TOP_CONFIGS,
+    last: int = LAST_EPOCHS,
+    fixed: Mapping[str, Any] | None = None,
 ) -> list[StabilityRow]:
-    """The ``top`` best COMPLETE search trials, with their epoch-to-epoch and seed-to-seed spread.
+    """The ``top`` best COMPLETE search trials, with their epoch-to-epoch and seed-to-seed spread
+    (``fixed``: the search space's fixed settings, whose seed the search trials ran with).
 
     ``last_epochs_std`` is the population standard deviation of the metric over the last ``last``
     epochs the trial ran (fewer if it ran fewer). ``seed_std`` is the sample standard deviation of
@@ -350,8 +353,9 @@ def stability_data(
     for t in ranked:
         epochs = sorted(t.intermediate_values)[-last:]
         last_values = tuple(float(t.intermediate_values[e]) for e in epochs)
-        runs = [_seed_run(t)] + [
-            _seed_run(r) for r in sorted(repeats.get(t.number, []), key=lambda r: (_seed(r) or 0, r.number))
+        runs = [_seed_run(t, fixed)] + [
+            _seed_run(r, fixed)
+            for r in sorted(repeats.get(t.number, []), key=lambda r: (seed_of(r, fixed) or 0, r.number))
         ]
         values = [r.value for r in runs]
         tests = [r.test_accuracy for r in runs if r.test_accuracy is not None]
@@ -372,13 +376,9 @@ def stability_data(
     return rows
 
 
-def _seed(t: FrozenTrial) -> int | None:
-    seed = t.user_attrs.get(REPEAT_SEED, t.user_attrs.get(SEED))
-    return None if seed is None else int(seed)
-
-
-def _seed_run(t: FrozenTrial) -> SeedRun:
-    return SeedRun(t.number, _seed(t), float(t.value), t.user_attrs.get(TEST_ACCURACY), t.user_attrs.get(TEST_MACRO_F1))
+def _seed_run(t: FrozenTrial, fixed: Mapping[str, Any] | None) -> SeedRun:
+    result = trial_result(t)
+    return SeedRun(t.number, seed_of(t, fixed), float(t.value), result.test_accuracy, result.test_macro_f1)
 
 
 def best_trial(trials: Sequence[FrozenTrial]) -> FrozenTrial | None:

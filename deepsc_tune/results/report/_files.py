@@ -26,31 +26,24 @@ from deepsc_tune.results.report._data import TOP_CONFIGS, epochs_set
 from deepsc_tune.results.report._page import render_index, render_report
 from deepsc_tune.results.report._summary import IndexRow, ReportData, build_report_data, index_row
 from deepsc_tune.study import (
-    BEST_EPOCH,
-    BEST_VAL_ACCURACY,
-    BEST_VAL_MACRO_F1,
     BEST_YAML,
     DB_FILE,
-    DURATION_S,
     ENQUEUED,
     INDEX_HTML,
     REPEAT_OF,
     REPEAT_SEED,
     REPORT_HTML,
     RETRY_OF,
-    SEED,
-    TEST_ACCURACY,
-    TEST_MACRO_F1,
     TRIALS_CSV,
-    VAL_ACCURACY,
-    VAL_MACRO_F1,
     StudyFolder,
-    epochs_run,
     failure_reason,
     find_databases,
+    last_epoch,
     load_existing_study,
     metric_value,
+    seed_of,
     study_backend,
+    trial_result,
 )
 from deepsc_tune.utils import atomic_path, write_text
 
@@ -78,29 +71,41 @@ CSV_COLUMNS = (
 )
 
 
-def trial_rows(trials: Sequence[FrozenTrial], fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+def trial_rows(
+    trials: Sequence[FrozenTrial],
+    fixed: Mapping[str, Any] | None = None,
+    *,
+    folder: StudyFolder | None = None,
+    metric: str = "val_accuracy",
+) -> list[dict[str, Any]]:
     """One flat dict per trial for ``trials.csv``: number, state, each parameter, metrics, tags
-    (``fixed``: the search space's fixed settings, for each trial's epochs)."""
+    (``fixed``: the search space's fixed settings, for each trial's epochs; ``folder``: the
+    study's folder, whose ``trial.json`` files have each trial's last epoch; ``metric``: the
+    study's, the one last epoch value known without them).
+
+    ``best_val_*`` are the best epoch's metrics, ``val_*`` the last epoch's."""
     names = sorted({name for t in trials for name in t.params})
     rows = []
     for t in sorted(trials, key=lambda t: t.number):
         u = t.user_attrs
+        result = trial_result(t)
+        last = last_epoch(t, folder, metric=metric)
         row: dict[str, Any] = {"number": t.number, "state": t.state.name}
         row.update({name: t.params.get(name) for name in names})
         row.update(
             {
                 "value": metric_value(t),
-                "best_val_accuracy": u.get(BEST_VAL_ACCURACY),
-                "best_val_macro_f1": u.get(BEST_VAL_MACRO_F1),
-                "val_accuracy": u.get(VAL_ACCURACY),
-                "val_macro_f1": u.get(VAL_MACRO_F1),
-                "best_epoch": u.get(BEST_EPOCH),
-                "test_accuracy": u.get(TEST_ACCURACY),
-                "test_macro_f1": u.get(TEST_MACRO_F1),
-                "epochs_run": epochs_run(t) if t.state != TrialState.WAITING else None,
+                "best_val_accuracy": result.val_accuracy,
+                "best_val_macro_f1": result.val_macro_f1,
+                "val_accuracy": last.get("val_accuracy"),
+                "val_macro_f1": last.get("val_macro_f1"),
+                "best_epoch": result.best_epoch,
+                "test_accuracy": result.test_accuracy,
+                "test_macro_f1": result.test_macro_f1,
+                "epochs_run": result.epochs_run if t.state != TrialState.WAITING else None,
                 "epochs_set": epochs_set(t, fixed=fixed),
-                "duration_s": u.get(DURATION_S),
-                "seed": u.get(SEED),
+                "duration_s": result.duration_s,
+                "seed": seed_of(t, fixed),
                 "fail_reason": (failure_reason(t) or "").strip() or None,
                 "enqueued": bool(u.get(ENQUEUED)) or None,
                 "repeat_of": u.get(REPEAT_OF),
@@ -131,9 +136,16 @@ def _write_atomic(path: Path, text: str) -> None:
     write_text(path, text)
 
 
-def write_trials_csv(trials: Sequence[FrozenTrial], path: Path, fixed: Mapping[str, Any] | None = None) -> Path:
-    """``trials.csv``: one row per trial (see :data:`CSV_COLUMNS`)."""
-    rows = trial_rows(trials, fixed)
+def write_trials_csv(
+    trials: Sequence[FrozenTrial],
+    path: Path,
+    fixed: Mapping[str, Any] | None = None,
+    *,
+    folder: StudyFolder | None = None,
+    metric: str = "val_accuracy",
+) -> Path:
+    """``trials.csv``: one row per trial (see :data:`CSV_COLUMNS`; the rest as in :func:`trial_rows`)."""
+    rows = trial_rows(trials, fixed, folder=folder, metric=metric)
     params = sorted({name for t in trials for name in t.params})
     columns = ["number", "state", *params, *CSV_COLUMNS]
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
@@ -170,7 +182,9 @@ def write_report_files(data: ReportData, *, folder: Path) -> ReportFiles:
         head, end, tail = page.rpartition("</body>")
         page = head + section + end + tail
     _write_atomic(html_path, page)
-    csv_path = write_trials_csv(data.trials, folder / TRIALS_CSV, data.fixed)
+    csv_path = write_trials_csv(
+        data.trials, folder / TRIALS_CSV, data.fixed, folder=StudyFolder.at(folder), metric=data.summary.metric
+    )
     best_path: Path | None = folder / BEST_YAML
     if data.summary.yaml_block:
         _write_atomic(best_path, data.summary.yaml_block + "\n")

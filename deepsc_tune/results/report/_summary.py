@@ -49,6 +49,7 @@ from deepsc_tune.study import (
     state_counts,
     study_fixed,
     study_metric,
+    trial_result,
 )
 
 
@@ -142,16 +143,16 @@ def summary_data(
     summary.seeds_test_macro_f1 = format_reported(chosen.test_macro_f1)
     summary.leader = selection.leader_test.reason if selection.leader_test is not None else None
     summary.references = reference_notes(study, selection, chosen.number, metric=summary.metric)
-    u = best.user_attrs
+    result = trial_result(best)
     summary.best_number = best.number
     summary.best_params = dict(best.params)
     summary.best_value = best.value
-    summary.best_epoch = u.get("best_epoch")
+    summary.best_epoch = result.best_epoch
     summary.epochs_set = epochs_set(best, default_epochs)
-    summary.val_accuracy = u.get("best_val_accuracy")
-    summary.val_macro_f1 = u.get("best_val_macro_f1")
-    summary.test_accuracy = u.get("test_accuracy")
-    summary.test_macro_f1 = u.get("test_macro_f1")
+    summary.val_accuracy = result.val_accuracy
+    summary.val_macro_f1 = result.val_macro_f1
+    summary.test_accuracy = result.test_accuracy
+    summary.test_macro_f1 = result.test_macro_f1
     summary.override_line = _strip_comments(
         format_best(study, best, fmt="hydra", backend=backend, selection=selection, folder=record_dir, fixed=fixed)
     )
@@ -230,7 +231,7 @@ def build_report_data(
         history=optimization_history(trials),
         importances=importances,
         contour=contour,
-        stability=stability_data(trials, top=top),
+        stability=stability_data(trials, top=top, fixed=fixed),
         trials=trials,
         description=str(config_value(study.user_attrs, "description") or ""),
         dataset=dataset_name(study.user_attrs),

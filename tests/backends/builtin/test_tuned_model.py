@@ -33,6 +33,7 @@ from deepsc_tune.backends.builtin._tuned_model import (
     read_card,
 )
 from deepsc_tune.cli import app
+from deepsc_tune.study._trial_record import trial_result
 
 runner = CliRunner()
 SHARED = REPO.parent / "shared" / "data"
@@ -87,8 +88,8 @@ def test_run_keeps_only_the_best_trials_model(pbmc):
     card = read_card(folder)
     best = best_complete(load(pbmc, "pbmc68k"))
     assert card["trial"] == best.number and card["value"] == best.value
-    assert card["best_epoch"] == best.user_attrs["best_epoch"]
-    assert card["test_accuracy"] == best.user_attrs["test_accuracy"]
+    assert card["best_epoch"] == trial_result(best).best_epoch
+    assert float(f"{card['test_accuracy']:.4g}") == trial_result(best).test_accuracy  # the study keeps 4 digits
     assert card["settings"]["learning_rate"] == best.params["learning_rate"]
     assert len(card["genes"]) == 765 and len(card["classes"]) >= 2
     assert card["data"]["normalize"] == "auto" and card["data"]["label_key"] == "bulk_labels"

@@ -32,6 +32,7 @@ from deepsc_tune.results.report._parameters import (
     param_importances,
 )
 from deepsc_tune.study._selection import best_search_trial, select
+from deepsc_tune.study._space_record import study_fixed
 from deepsc_tune.study._trial_record import search_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -255,8 +256,8 @@ def test_stability_exact(synthetic):
     assert len(three.runs) == 1 and three.seed_std is None and three.test_accuracy_mean is None
 
 
-def test_stability_on_real_study(real_study):
-    rows = stability_data(real_study.get_trials(), top=3)
+def test_stability_on_real_study(real_study, real_results):
+    rows = stability_data(real_study.get_trials(), top=3, fixed=study_fixed(real_study, real_results / "pbmc68k"))
     complete = sorted(search_trials(real_study, states=(TrialState.COMPLETE,)), key=lambda t: -t.value)
     assert [r.number for r in rows] == [t.number for t in complete[:3]]
     for r, t in zip(rows, complete):

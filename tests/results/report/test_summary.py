@@ -10,6 +10,7 @@ from report_studies import REAL_EPOCHS, add, cos
 from deepsc_tune.results._export import format_best
 from deepsc_tune.results.report._summary import summary_data
 from deepsc_tune.study._selection import best_search_trial
+from deepsc_tune.study._trial_record import trial_result
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
@@ -19,9 +20,10 @@ def test_summary_on_real_study(real_study):
     s = summary_data(real_study, trials)
     best = best_search_trial(real_study)
     assert s.best_number == best.number and s.best_value == best.value
-    assert s.val_accuracy == best.user_attrs["best_val_accuracy"]
-    assert s.test_accuracy == best.user_attrs["test_accuracy"]
-    assert s.test_macro_f1 == best.user_attrs["test_macro_f1"]
+    result = trial_result(best)
+    assert s.val_accuracy == result.val_accuracy == float(f"{best.value:.4g}")  # the best epoch's
+    assert s.test_accuracy == result.test_accuracy is not None
+    assert s.test_macro_f1 == result.test_macro_f1 is not None
     assert s.epochs_set == REAL_EPOCHS
     assert s.counts["COMPLETE"] + s.counts["PRUNED"] == 8 and s.counts["FAIL"] == 0
     assert s.yaml_block == format_best(real_study, best, fmt="yaml")

@@ -29,7 +29,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
         "_commits": ["HYDRA_RUN_DIR", "commit_of_module", "entry_module", "is_deepsc_command"],
         "_data": ["deepsc_chance", "deepsc_inputs"],
         "_output_folders": ["StartSpacing", "claim_output_dir", "start_lock_path"],
-        "_schedule": ["DEEPSC_WARMUP", "WarmupPlan", "run_plan"],
+        "_schedule": ["DEEPSC_WARMUP", "WarmupPlan", "recorded_plan", "recorded_ratio", "run_plan"],
         "_space": ["check_command_space"],
         "_split": ["deepsc_options", "write_deepsc_split", "write_split"],
     },

@@ -50,9 +50,13 @@ RESTART_WARMUP_MULTIPLE = 3
 #: DeepSC's peak decay at each restart.
 RESTART_DECAY = 0.9
 
-#: The trial attribute holding a cosine trial's :meth:`WarmupPlan.record`: the searched
-#: ``fraction`` of the real run, the ``deepsc_ratio`` passed to DeepSC, and the step counts.
-DEEPSC_WARMUP = "deepsc_warmup"
+#: The trial attribute holding the ``warmup_ratio`` a cosine trial passed DeepSC; the whole
+#: :meth:`WarmupPlan.record` (the searched ``fraction`` of the real run, the step counts) is in
+#: the trial's ``trial.json`` under :data:`PLAN_KEY`.
+DEEPSC_WARMUP = "deepsc_warmup_ratio"
+PLAN_KEY = "warmup"
+#: Where studies written before kept the whole plan (still read).
+OLD_DEEPSC_WARMUP = "deepsc_warmup"
 
 
 def planned_steps(*, epoch: float, batch_size: float, grad_acc: float, world_size: float = 1) -> int:
@@ -153,6 +157,24 @@ class WarmupPlan:
         return {**asdict(self), "restart_steps": self.restart_steps}
 
 
+def recorded_plan(user_attrs: Mapping[str, Any], details: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """A trial's warmup plan (:meth:`WarmupPlan.record`) from its ``trial.json`` ``details``, or
+    from the attribute of studies written before; ``None`` for a trial without one."""
+    for plan in ((details or {}).get(PLAN_KEY), user_attrs.get(OLD_DEEPSC_WARMUP)):
+        if isinstance(plan, dict) and "deepsc_ratio" in plan:
+            return plan
+    return None
+
+
+def recorded_ratio(user_attrs: Mapping[str, Any]) -> float | None:
+    """The ``warmup_ratio`` a trial passed DeepSC (:data:`DEEPSC_WARMUP`), or ``None``."""
+    ratio = user_attrs.get(DEEPSC_WARMUP)
+    if isinstance(ratio, (int, float)):
+        return float(ratio)
+    plan = recorded_plan(user_attrs)
+    return float(plan["deepsc_ratio"]) if plan is not None else None
+
+
 def max_fraction(real: int) -> float:
     """The largest fraction of ``real`` steps whose warmup finishes within them: ``w + 2 <= real``
     (DeepSC's peak is the rate of update ``w + 2``, module docstring)."""
@@ -210,6 +232,8 @@ __all__ = [
     "plan_warmup",
     "planned_steps",
     "real_step_findings",
+    "recorded_plan",
+    "recorded_ratio",
     "real_steps",
     "run_plan",
     "steps_per_epoch",

@@ -307,7 +307,8 @@ def check_warmup(t, log: str, record: dict) -> None:
     [printed] = [int(n) for n in re.findall(r"^\s*- Warmup steps: (\d+)$", log, re.MULTILINE)]
     real = deepsc_loop_steps(n_train, epoch=2, batch_size=32, grad_acc=1)
     assert printed == math.ceil(t.params["warmup_ratio"] * real) == record["deepsc_warmup_steps"]
-    assert t.user_attrs["deepsc_warmup"]["n_train"] == n_train and t.user_attrs["deepsc_warmup"]["real_steps"] == real
+    assert record["warmup"]["n_train"] == n_train and record["warmup"]["real_steps"] == real
+    assert t.user_attrs["deepsc_warmup_ratio"] == record["warmup"]["deepsc_ratio"]
 
 
 @BOTH_COMMITS

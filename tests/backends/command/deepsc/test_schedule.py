@@ -34,6 +34,7 @@ from deepsc_tune.backends.command.deepsc._schedule import DEEPSC_WARMUP
 from deepsc_tune.cli import app
 from deepsc_tune.data._chance import CHANCE_ATTR
 from deepsc_tune.errors import FinetuneError
+from deepsc_tune.study._objective import read_trial_file
 
 FAKE = FAKE_DEEPSC
 MODULE = "src.deepsc.finetune.finetune"
@@ -289,7 +290,8 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     assert levels["val_accuracy"] == pytest.approx(0.6) and levels["n_cells"] == 100
     real = deepsc_loop_steps(N_TRAIN, epoch=2, batch_size=32, grad_acc=2)
     for trial in study.trials:
-        warmup = trial.user_attrs[DEEPSC_WARMUP]
+        warmup = read_trial_file(results / "fake" / "trials", trial.number)["warmup"]  # the whole plan
+        assert trial.user_attrs[DEEPSC_WARMUP] == warmup["deepsc_ratio"]  # the study keeps the ratio passed
         fraction = trial.params["warmup_ratio"]
         assert warmup["fraction"] == fraction and warmup["real_steps"] == real
         log = results / "fake" / "trials" / f"{trial.number:05d}" / "log.txt"
@@ -301,7 +303,8 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     assert best.exit_code == 0, best.output
     command = best.stdout.strip()
     chosen = max((t for t in study.trials if t.value is not None), key=lambda t: t.value)
-    ratio = chosen.user_attrs[DEEPSC_WARMUP]["deepsc_ratio"]
+    ratio = chosen.user_attrs[DEEPSC_WARMUP]
+    plan = read_trial_file(results / "fake" / "trials", chosen.number)["warmup"]
     fraction = chosen.params["warmup_ratio"]
     assert f"warmup_ratio={ratio!r}" in command
     assert (
@@ -312,7 +315,7 @@ def test_run_status_best_reproduce_the_warmup(fake_checkout, files, tmp_path, mo
     rerun = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     [steps] = re.findall(r"^  - Warmup steps: (\d+)$", rerun.stdout, re.MULTILINE)
-    assert int(steps) == chosen.user_attrs[DEEPSC_WARMUP]["warmup_steps"]
+    assert int(steps) == plan["warmup_steps"]
     # Without the trial's record (a study run on another machine) the command is rebuilt from
     # the study: still DeepSC's ratio, not the searched fraction.
     (results / "fake" / "trials" / f"{chosen.number:05d}" / "trial.json").unlink()
