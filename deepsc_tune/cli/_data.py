@@ -106,7 +106,8 @@ def _split_for_deepsc(space, settings, folder: Path, *, gene_map: Path | None, w
     from deepsc_tune.backends.command.deepsc import deepsc_options, write_deepsc_split
     from deepsc_tune.config import dump_settings
 
-    options = deepsc_options(space.config.get("finetune") if get_backend(space.backend).runs_program else None)
+    runs_program = get_backend(space.backend).runs_program
+    options = deepsc_options({"overrides": space.settings.overrides, **space.fixed} if runs_program else None)
     if gene_map is not None:
         options["gene_map"] = gene_map
     if write_gene_map:

@@ -82,9 +82,12 @@ class SearchSpace:
     description: str
     path: Path | None
     text: str
+    #: The file as written, overrides applied: what the study's hash and record are of.
     config: dict[str, Any]
     params: dict[str, ParamSpec]
-    fixed: dict[str, Any]
+    #: The ``finetune:`` block, validated once by its backend: typed settings (``TrainSettings``,
+    #: ``CommandSettings``) and the typed fixed settings every trial starts from.
+    finetune: FinetuneBlock
     backend: str
     metric: str
     n_trials: int
@@ -102,8 +105,16 @@ class SearchSpace:
     tracking: dict[str, dict[str, Any]] | None = None
     #: The ``data:`` block, typed (``None`` for a file built without one, e.g. in a test).
     data_settings: DataSettings | None = None
-    #: The ``finetune:`` block, typed by its backend (``TrainSettings``, ``CommandSettings``).
-    settings: Any = None
+
+    @property
+    def settings(self) -> Any:
+        """The ``finetune:`` block, typed by its backend (``TrainSettings``, ``CommandSettings``)."""
+        return self.finetune.settings
+
+    @property
+    def fixed(self) -> dict[str, Any]:
+        """The fixed settings (DeepSC's names, validated values) every trial starts from."""
+        return self.finetune.fixed
 
     @property
     def data(self) -> dict[str, Any]:
@@ -429,7 +440,7 @@ def build_search_space(
         text=text,
         config=config,
         params=params,
-        fixed=finetune.fixed,
+        finetune=finetune,
         backend=backend,
         metric=study.metric,
         n_trials=study.n_trials,
@@ -443,7 +454,6 @@ def build_search_space(
         timeout=study.timeout,
         tracking=study.tracking,
         data_settings=parsed.get("data"),
-        settings=finetune.settings,
     )
 
 

@@ -45,7 +45,7 @@ def summary_attrs(space: Any) -> dict[str, Any]:
     return {
         "dataset": dataset,
         "description": str(config.get("description") or "")[:DESCRIPTION_CHARS],
-        "epoch": (config.get("finetune") or {}).get("epoch"),
+        "epoch": space.fixed.get("epoch"),
     }
 
 

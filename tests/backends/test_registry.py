@@ -12,6 +12,7 @@ from deepsc_tune.backends.command._settings import CommandSettings
 from deepsc_tune.config._search_space import build_search_space
 from deepsc_tune.data._settings import DataSettings
 from deepsc_tune.errors import ConfigError
+from deepsc_tune.study._space_record import summary_attrs
 
 DATA = {"train": "builtin:pbmc68k_reduced", "label_key": "bulk_labels"}
 
@@ -33,6 +34,10 @@ def test_search_space_carries_typed_settings():
     finetune = {"backend": "command", "command": [sys.executable, "train.py"], "epoch": "1e1"}
     space = build_search_space({"name": "c", "data": DATA, "finetune": finetune})
     assert isinstance(space.settings, CommandSettings) and space.fixed == {"epoch": 10.0}
+    # one typed block: the settings and the fixed values are the block's own, not copies
+    assert space.settings is space.finetune.settings and space.fixed is space.finetune.fixed
+    assert space.fixed == space.settings.fixed
+    assert summary_attrs(space)["epoch"] == 10.0  # the study's `epoch` attribute: the typed value
 
 
 def test_unknown_backend_is_named():
