@@ -28,6 +28,7 @@ from typing import Any
 
 from deepsc_tune.errors import ConfigError, FinetuneError
 from deepsc_tune.study import LR_FIND_HTML, LR_FIND_JSON
+from deepsc_tune.utils import write_text
 
 SMOOTHING = 0.9  # exponential moving average of the loss (bias-corrected)
 DIVERGE_FACTOR = 4.0
@@ -183,10 +184,12 @@ def write_lr_find(result: LRFindResult, folder: Path, *, name: str, settings: Ma
     folder.mkdir(parents=True, exist_ok=True)
     fig = plot_lr_find(result, title=f"{name}: LR range test ({len(result.learning_rates)} steps)")
     html = folder / LR_FIND_HTML
-    html.write_text(fig.to_html(full_html=True, include_plotlyjs=True))
+    write_text(html, fig.to_html(full_html=True, include_plotlyjs=True))
     data = folder / LR_FIND_JSON
-    data.write_text(
-        json.dumps({**result.to_dict(), "override": override_line(result), "settings": dict(settings)}, indent=1) + "\n"
+    write_text(
+        data,
+        json.dumps({**result.to_dict(), "override": override_line(result), "settings": dict(settings)}, indent=1)
+        + "\n",
     )
     return html, data
 

@@ -21,7 +21,7 @@ from deepsc_tune.config import SearchSpace, Tracker, TrialRun, build_tracker
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study import _trial_record as tr
 from deepsc_tune.study._folder import trial_dir
-from deepsc_tune.utils import interrupt_reason, process_start_time
+from deepsc_tune.utils import interrupt_reason, process_start_time, write_text
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
 EpochProgress = Callable[[int, EpochMetrics], None]
@@ -210,7 +210,7 @@ def _write_trial_file(
         run_dir.mkdir(parents=True, exist_ok=True)
         details = {k: v if k in EXACT_DETAILS else _compact(v) for k, v in (extra or {}).items()}
         record = {"settings": dict(settings or {}), "history": history, **details}
-        (run_dir / TRIAL_FILE).write_text(json.dumps(record, default=str) + "\n")
+        write_text(run_dir / TRIAL_FILE, json.dumps(record, default=str) + "\n")  # whole or not at all
     except OSError:
         pass  # details only: the study has the metric per epoch and the results
 
