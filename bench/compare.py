@@ -87,6 +87,7 @@ from deepsc_tune.study import (  # noqa: E402  # noqa: E402
     run_confirmation,  # noqa: E402
     run_study,
     search_trials,
+    trial_result,
 )
 
 #: The usage guide's manual grid (its "LR range test" values x both schedules).
@@ -197,7 +198,7 @@ def _curve(trial: optuna.trial.FrozenTrial) -> list[float]:
 
 
 def _epochs(trial: optuna.trial.FrozenTrial) -> int:
-    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values)))
+    return trial_result(trial).epochs_run
 
 
 def epochs_to_reach(trials: list[dict[str, Any]], target: float, *, complete_only: bool = True) -> int | None:
@@ -270,7 +271,8 @@ def run_strategy(
                 {k: _round(v) if isinstance(v, float) else v for k, v in r.items()} for r in repeat_records(every)
             ],
             "variants": [
-                {k: _round(v) for k, v in r.items()} for r in variants(every, k_max=confirm[0], n_max=confirm[1])
+                {k: _round(v) for k, v in r.items()}
+                for r in variants(every, k_max=confirm[0], n_max=confirm[1], fixed=space.fixed)
             ],
         }
 
@@ -285,11 +287,11 @@ def run_strategy(
                 "epochs": _epochs(t),
                 "curve": [_round(v) for v in _curve(t)],
                 "value": _round(t.value) if t.value is not None else None,
-                "best_epoch": t.user_attrs.get("best_epoch"),
-                "best_val_accuracy": _round(t.user_attrs.get("best_val_accuracy")),
-                "best_val_macro_f1": _round(t.user_attrs.get("best_val_macro_f1")),
-                "test_accuracy": _round(t.user_attrs.get("test_accuracy")),
-                "test_macro_f1": _round(t.user_attrs.get("test_macro_f1")),
+                "best_epoch": trial_result(t).best_epoch,
+                "best_val_accuracy": _round(trial_result(t).val_accuracy),
+                "best_val_macro_f1": _round(trial_result(t).val_macro_f1),
+                "test_accuracy": _round(trial_result(t).test_accuracy),
+                "test_macro_f1": _round(trial_result(t).test_macro_f1),
             }
         )
     best = best_search_trial(study)
@@ -312,10 +314,10 @@ def run_strategy(
         "selected": {
             "number": best.number,
             "params": {k: _round(v, 8) for k, v in best.params.items()},
-            "best_epoch": best.user_attrs.get("best_epoch"),
+            "best_epoch": trial_result(best).best_epoch,
         },
-        "test_accuracy": _round(best.user_attrs.get("test_accuracy")),
-        "test_macro_f1": _round(best.user_attrs.get("test_macro_f1")),
+        "test_accuracy": _round(trial_result(best).test_accuracy),
+        "test_macro_f1": _round(trial_result(best).test_macro_f1),
         "trials": trials,
         "confirmation": confirmation,
     }

@@ -21,16 +21,16 @@ trials and the repeats of the top K with the first N extra seeds) go through
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from deepsc_tune.study import RULES, is_repeat, select, top_trials, trial_seed
+from deepsc_tune.study import RULES, is_repeat, select, top_trials, trial_result, trial_seed
 
 
 def _epochs(t: FrozenTrial) -> int:
-    return int(t.user_attrs.get("epochs_run", len(t.intermediate_values)))
+    return trial_result(t).epochs_run
 
 
 def _mean(xs: Sequence[float | None]) -> float | None:
@@ -53,8 +53,8 @@ def repeat_records(trials: Sequence[FrozenTrial]) -> list[dict[str, Any]]:
                 "epochs": _epochs(t),
                 "value": t.value,
                 "curve": [t.intermediate_values[e] for e in sorted(t.intermediate_values)],
-                "test_accuracy": t.user_attrs.get("test_accuracy"),
-                "test_macro_f1": t.user_attrs.get("test_macro_f1"),
+                "test_accuracy": trial_result(t).test_accuracy,
+                "test_macro_f1": trial_result(t).test_macro_f1,
             }
         )
     return out
@@ -66,12 +66,18 @@ def _offset(t: FrozenTrial, base: dict[int, int]) -> int:
 
 
 def variants(
-    trials: Sequence[FrozenTrial], *, k_max: int, n_max: int, rules: Sequence[str] = RULES
+    trials: Sequence[FrozenTrial],
+    *,
+    k_max: int,
+    n_max: int,
+    fixed: Mapping[str, Any],
+    rules: Sequence[str] = RULES,
 ) -> list[dict[str, Any]]:
-    """Every (rule, K, N) variant replayed on one confirmed study (see the module doc)."""
+    """Every (rule, K, N) variant replayed on one confirmed study (see the module doc;
+    ``fixed``: the search space's fixed settings, whose seed the search trials ran with)."""
     search = [t for t in trials if not is_repeat(t)]
     by_number = {t.number: t for t in search}
-    base = {t.number: trial_seed(t) for t in search}
+    base = {t.number: trial_seed(t, fixed) for t in search}
     repeats = [t for t in trials if is_repeat(t) and int(t.user_attrs["repeat_of"]) in base]
     order = [t.number for t in top_trials(search, top=k_max)]
     held_out = {
@@ -111,8 +117,8 @@ def variants(
                     "distinguishable": bool(sel.leader_test and sel.leader_test.distinguishable),
                     "test_accuracy": _mean(list(best.test_accuracy)),
                     "test_macro_f1": _mean(list(best.test_macro_f1)),
-                    "test_accuracy_all": _mean([t.user_attrs.get("test_accuracy") for t in everything]),
-                    "test_macro_f1_all": _mean([t.user_attrs.get("test_macro_f1") for t in everything]),
+                    "test_accuracy_all": _mean([trial_result(t).test_accuracy for t in everything]),
+                    "test_macro_f1_all": _mean([trial_result(t).test_macro_f1 for t in everything]),
                     "extra_epochs": sum(_epochs(t) for t in used),
                 }
             )

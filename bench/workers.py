@@ -52,7 +52,7 @@ from benchinfo import cpu_model, git_commit, load_average  # noqa: E402
 from deepsc_tune import __version__  # noqa: E402
 from deepsc_tune.config import load_search_space  # noqa: E402
 from deepsc_tune.data import prepare_data  # noqa: E402
-from deepsc_tune.study import open_storage  # noqa: E402
+from deepsc_tune.study import open_storage, trial_result  # noqa: E402
 
 NAME = "pbmc68k"
 DEFAULT_THREADS = "1 worker, default threads"
@@ -105,7 +105,7 @@ def run_once(args: list[str], results: Path, overrides: list[str]) -> dict:
         "trials_per_min_wall": round(60 * len(finished) / wall, 1),
         "trials_per_min_search": round(60 * len(finished) / search, 1),
         "epochs_per_min_search": round(60 * epochs / search, 1),
-        "mean_trial_s": round(statistics.mean(t.user_attrs.get("duration_s", 0) for t in trials), 3),
+        "mean_trial_s": round(statistics.mean(trial_result(t).duration_s or 0 for t in trials), 3),
         "load_before": load_before,
         "load_after": load_average(),
     }

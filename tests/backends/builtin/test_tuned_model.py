@@ -255,7 +255,7 @@ def test_predict_on_the_held_out_donor_or_condition_matches_the_study(tmp_path, 
     accuracy = np.mean(
         annotated.obs[LABEL_COLUMN].astype(str).to_numpy() == annotated.obs[label_key].astype(str).to_numpy()
     )
-    assert accuracy == best.user_attrs["test_accuracy"]
+    assert accuracy == card["test_accuracy"] and float(f"{accuracy:.4g}") == trial_result(best).test_accuracy
     assert json.loads((results / name / "model" / CARD_FILE).read_text())["genes"] == card["genes"]
 
 
