@@ -78,6 +78,16 @@ def test_plan_of_the_issue_run():
     assert f"warmup_ratio={plan.deepsc_ratio!r}" in text and "6250" in text
 
 
+def test_recorded_plan_and_ratio_read_this_version_and_studies_before():
+    plan = ds.plan_warmup(0.138, n_train=1000, epoch=2, batch_size=32, grad_acc=1).record()
+    new_attrs = {DEEPSC_WARMUP: plan["deepsc_ratio"]}  # the study keeps the ratio; trial.json the plan
+    assert ds.recorded_ratio(new_attrs) == plan["deepsc_ratio"]
+    assert ds.recorded_plan(new_attrs, {"warmup": plan}) == plan and ds.recorded_plan(new_attrs) is None
+    old_attrs = {"deepsc_warmup": plan}  # studies before kept the whole plan as an attribute
+    assert ds.recorded_ratio(old_attrs) == plan["deepsc_ratio"] and ds.recorded_plan(old_attrs) == plan
+    assert ds.recorded_ratio({}) is None and ds.recorded_plan({}, {"warmup": "?"}) is None
+
+
 def test_plan_problems():
     assert (
         "never steps the optimizer" in ds.plan_warmup(0.1, n_train=300, epoch=2, batch_size=32, grad_acc=20).problem()
