@@ -225,10 +225,10 @@ def _status_json(study, trials, metric: str, folder) -> str:
         REPEAT_OF,
         RETRY_OF,
         failure_reason,
-        read_trial_file,
         seed_of,
         state_counts,
         study_fixed,
+        trial_device,
         trial_result,
     )
 
@@ -246,7 +246,7 @@ def _status_json(study, trials, metric: str, folder) -> str:
             "duration_s": r.duration_s,
             "seed": seed_of(t, fixed),
         }
-        device = u.get("device") or (read_trial_file(folder.trials, t.number) or {}).get("device")
+        device = trial_device(t, folder)
         rows.append(
             {
                 "number": t.number,

@@ -38,7 +38,7 @@ __getattr__, __dir__, __all__ = lazy_loader.attach(
             "study_model",
             "trial_dir",
         ],
-        "_objective": ["last_epoch", "read_trial_file"],
+        "_objective": ["last_epoch", "read_trial_file", "trial_device"],
         "_repeat": [
             "check_same_data",
             "enqueue_repeats",

@@ -20,7 +20,7 @@ from deepsc_tune.backends import EpochMetrics, Finetuner, FinetuneResult
 from deepsc_tune.config import SearchSpace, Tracker, TrialRun, build_tracker
 from deepsc_tune.errors import DeepscTuneError
 from deepsc_tune.study import _trial_record as tr
-from deepsc_tune.study._folder import trial_dir
+from deepsc_tune.study._folder import StudyFolder, trial_dir
 from deepsc_tune.utils import interrupt_reason, process_start_time, write_text
 
 #: Called with (trial number, epoch metrics) after every epoch, for progress display.
@@ -109,8 +109,7 @@ def build_objective(
             # What the backend derives from the settings before it runs them (DeepSC's warmup
             # in real steps, and the ratio it is passed): stored with the trial, failed or not.
             trial_attrs = getattr(finetuner, "trial_attrs", None)
-            derived = trial_attrs(settings) if trial_attrs is not None else {}
-            for key, value in derived.items():
+            for key, value in (trial_attrs(settings) if trial_attrs is not None else {}).items():
                 trial.set_user_attr(key, value)
             result = finetuner.run(settings, metric=metric, on_epoch=report, run_dir=run_dir)
         except (KeyboardInterrupt, Exception) as e:
@@ -126,7 +125,7 @@ def build_objective(
             _end_tracking(tracked, "FAIL", None, reason)
             raise
         _record_result(trial, result)
-        _write_trial_file(run_dir, history, {"device": result.device, **result.extra}, settings=settings)
+        _write_trial_file(run_dir, history, {DEVICE: result.device, **result.extra}, settings=settings)
         best = result.best()
         value = best.metric(metric) if best is not None else None
         if pruned_at:
@@ -178,6 +177,8 @@ def _record_result(trial: optuna.trial.Trial, result: FinetuneResult) -> None:
 #: intermediate values and the results as short attributes; the rest would make `optuna trials`
 #: unreadable and cost a database transaction per entry.
 TRIAL_FILE = "trial.json"
+#: Its key for the device the trial trained on.
+DEVICE = "device"
 
 
 #: Backend details kept whole: DeepSC's warmup plan (the ratio it is passed must give the same
@@ -188,7 +189,7 @@ EXACT_DETAILS = ("warmup",)
 def _compact(value: Any) -> Any:
     """Floats to 4 significant digits, recursively (seconds, schedule shapes, weights)."""
     if isinstance(value, float):
-        return float(f"{value:.4g}")
+        return tr.four_digits(value)
     if isinstance(value, dict):
         return {k: _compact(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -236,16 +237,27 @@ def epoch_history(trial: FrozenTrial, *, metric: str = "val_accuracy") -> list[d
     return [{"epoch": e, metric: v} for e, v in sorted(trial.intermediate_values.items())]
 
 
-def last_epoch(trial: FrozenTrial, folder: Any = None, *, metric: str = "val_accuracy") -> dict[str, Any]:
-    """The metrics of ``trial``'s last epoch: from its ``trial.json`` in ``folder`` (a
-    :class:`~deepsc_tune.study._folder.StudyFolder`), else from the attributes of studies
-    written before, else the selection ``metric``'s last reported value; ``{}`` for none."""
-    details = read_trial_file(folder.trials, trial.number) if folder is not None else None
-    history = (details or {}).get("history")
+def _details(trial: FrozenTrial, folder: StudyFolder | None) -> dict[str, Any]:
+    return (read_trial_file(folder.trials, trial.number) if folder is not None else None) or {}
+
+
+def last_epoch(
+    trial: FrozenTrial, folder: StudyFolder | None = None, *, metric: str = "val_accuracy"
+) -> dict[str, Any]:
+    """The metrics of ``trial``'s last epoch: from its ``trial.json`` in the study's ``folder``,
+    else from the attributes of studies written before, else the selection ``metric``'s last
+    reported value; ``{}`` for none."""
+    history = _details(trial, folder).get("history")
     if isinstance(history, list) and history and isinstance(history[-1], dict):
         return history[-1]
     u = trial.user_attrs
-    if tr.OLD_RESULTS["val_accuracy"] in u:  # before, "val_accuracy" was the last epoch's
-        return {"val_accuracy": u.get("val_accuracy"), "val_macro_f1": u.get("val_macro_f1")}
+    if tr.OLD_RESULTS["val_accuracy"] in u:  # the old study's long names: its val_* were the last epoch's
+        return {key: u.get(key) for key in tr.OLD_LAST_EPOCH}
     value = tr.last_reported(trial)
     return {} if value is None else {metric: value}
+
+
+def trial_device(trial: FrozenTrial, folder: StudyFolder | None = None) -> str | None:
+    """The device ``trial`` trained on: from its ``trial.json`` in the study's ``folder``, else
+    the attribute of studies written before; ``None`` where neither says."""
+    return _details(trial, folder).get(DEVICE) or trial.user_attrs.get(tr.OLD_DEVICE)

@@ -61,6 +61,8 @@ OLD_RESULTS = {
 }
 OLD_EPOCHS_RUN = "epochs_run"
 OLD_DURATION_S = "duration_s"
+#: The last epoch's metrics, as studies written before kept them.
+OLD_LAST_EPOCH = ("val_accuracy", "val_macro_f1")
 
 # ----------------------------------------------------------------------------- study attributes
 
@@ -206,8 +208,13 @@ def epochs_run(trial: FrozenTrial) -> int:
     return int(n)
 
 
+def four_digits(value: float) -> float:
+    """``value`` to 4 significant digits: how results are kept (the study's, ``trial.json``'s)."""
+    return float(f"{float(value):.4g}")
+
+
 def _short(value: float | None) -> float | None:
-    return None if value is None else float(f"{float(value):.4g}")
+    return None if value is None else four_digits(value)
 
 
 def result_attrs(

@@ -152,6 +152,7 @@ def _old_style_copy(small: Path, dest: Path) -> Path:
         t.set_user_attr("epochs_run", len(t.intermediate_values) + 10)
         t.set_user_attr("duration_s", 12.5)
         t.set_user_attr("seed", 4)
+        t.set_user_attr("device", "cuda:7")
         t.set_user_attr("worker", {"host": "old", "pid": 1, "started": "1"})
         t.user_attrs.pop("val_acc", None)
         t.user_attrs.pop("test_acc", None)
@@ -174,7 +175,7 @@ def test_old_studies_still_read(small, tmp_path):
     assert epoch_history(t)[0]["val_loss"] == 1.0  # the old attribute wins
     doc = json.loads(cli("status", "pbmc68k", "--results-dir", results, "--json").output)["trials"][0]
     assert doc["test_accuracy"] == t.user_attrs["test_accuracy"] and doc["duration_s"] == 12.5
-    assert doc["epochs_run"] == len(t.intermediate_values) + 10 and doc["seed"] == 4
+    assert doc["epochs_run"] == len(t.intermediate_values) + 10 and doc["seed"] == 4 and doc["device"] == "cuda:7"
     assert [(t.number, t.state, t.value) for t in load(results).trials] == before
 
 
@@ -188,6 +189,7 @@ def test_status_json(small):
     first = doc["trials"][0]
     assert first["params"] == study.trials[0].params and first["state"] == study.trials[0].state.name
     assert len(first["intermediate_values"]) == len(study.trials[0].intermediate_values)
+    assert first["device"] == "cpu" and first["seed"] == 0  # from trial.json and the search space
 
 
 def test_time_budget_stops_between_trials(small, tmp_path):
